@@ -1,0 +1,35 @@
+"""Token ids in the one form the store works on: a 1-D contiguous uint32 array."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kvstore.errors import InvalidArgument
+
+TOKEN_DTYPE = np.dtype("<u4")
+
+
+def as_tokens(tokens) -> np.ndarray:
+    """Return ``tokens`` (list, numpy array or torch tensor) as 1-D little-endian uint32.
+
+    Raises InvalidArgument for negative ids, ids >= 2**32 or a non 1-D input.
+    """
+    if hasattr(tokens, "detach") and hasattr(tokens, "cpu"):  # torch.Tensor
+        tokens = tokens.detach().cpu().numpy()
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        raise InvalidArgument(f"tokens must be 1-D, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.empty(0, dtype=TOKEN_DTYPE)
+    if arr.dtype == TOKEN_DTYPE and arr.flags.c_contiguous:
+        return arr
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InvalidArgument(f"tokens must be integers, got dtype {arr.dtype}")
+    if arr.min() < 0 or arr.max() > np.iinfo(np.uint32).max:
+        raise InvalidArgument("token ids must lie in [0, 2**32)")
+    return np.ascontiguousarray(arr, dtype=TOKEN_DTYPE)
+
+
+def full_blocks(tokens: np.ndarray, block_tokens: int) -> int:
+    """Number of whole blocks in ``tokens`` (a partial tail block is not stored)."""
+    return len(tokens) // block_tokens

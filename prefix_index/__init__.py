@@ -1,0 +1,1 @@
+"""kvstore.prefix_index"""

@@ -1,0 +1,273 @@
+"""Block-granular radix tree over token ids (RadixAttention with page = block).
+
+One tree per namespace; one root per ``extra`` (LoRA id, multimodal hashes,
+salt), since equal tokens under a different ``extra`` are different KV.
+
+* ``match`` walks the tree comparing whole token runs with numpy and returns
+  the number of leading tokens cached and their blocks.
+* ``insert`` adds the blocks of a prompt that are not cached yet, splitting a
+  node where the prompt leaves its edge at a block boundary.
+* ``lock``/``unlock`` pin the path to a node: locked blocks are never removed.
+* ``remove`` takes a block off the tree; only the last block of an unlocked
+  leaf may go, so a cached prefix never loses its middle.
+
+Every block is also reachable by its key (``get``), so eviction policies can
+name blocks by key. Not thread-safe: the owning store serialises access.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kvstore.errors import InvalidArgument
+from kvstore.prefix_index.block import BlockMeta
+from kvstore.prefix_index.node import RadixNode
+from kvstore.tokens import TOKEN_DTYPE, as_tokens
+
+_EMPTY = np.empty(0, dtype=TOKEN_DTYPE)
+
+
+@dataclass
+class MatchResult:
+    """Longest cached prefix of a query: ``num_tokens`` tokens in ``blocks``."""
+
+    num_tokens: int
+    blocks: list[BlockMeta] = field(default_factory=list)
+    node: RadixNode | None = None  # deepest node touched; lock it to pin the prefix
+
+    @property
+    def keys(self) -> list[bytes]:
+        return [b.key for b in self.blocks]
+
+
+@dataclass
+class InsertResult:
+    """Outcome of an insert: how many leading blocks existed, which were added."""
+
+    existing_blocks: int
+    added: list[BlockMeta]
+    node: RadixNode | None
+
+
+class RadixTree:
+    def __init__(self, block_tokens: int, clock=time.monotonic):
+        if block_tokens <= 0:
+            raise InvalidArgument("block_tokens must be positive")
+        self.block_tokens = block_tokens
+        self.clock = clock
+        self._roots: dict[bytes, RadixNode] = {}
+        self._node_of: dict[bytes, RadixNode] = {}  # block key -> node holding it
+
+    # -- queries ------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._node_of)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._node_of
+
+    def get(self, key: bytes) -> BlockMeta | None:
+        node = self._node_of.get(key)
+        if node is None:
+            return None
+        for block in node.blocks:
+            if block.key == key:
+                return block
+        raise AssertionError("index out of sync")  # pragma: no cover
+
+    def node_of(self, key: bytes) -> RadixNode | None:
+        return self._node_of.get(key)
+
+    def match(self, tokens, extra: bytes = b"", touch: bool = False) -> MatchResult:
+        """Longest cached prefix of ``tokens`` (whole blocks only)."""
+        query = as_tokens(tokens)
+        root = self._roots.get(extra)
+        result = MatchResult(0, [], root)
+        if root is None:
+            return result
+        now = self.clock() if touch else 0.0
+        node, pos = root, 0
+        limit = (len(query) // self.block_tokens) * self.block_tokens
+        while pos < limit:
+            child = node.children.get(self._first_block_bytes(query, pos))
+            if child is None:
+                break
+            n = self._common_blocks(child, query, pos)
+            taken = child.blocks[:n]
+            if touch:
+                for block in taken:
+                    block.hits += 1
+                    block.last_access = now
+            result.blocks.extend(taken)
+            result.node = child
+            pos += n * self.block_tokens
+            if n < len(child.blocks):
+                break
+            node = child
+        result.num_tokens = pos
+        return result
+
+    def lock(self, node: RadixNode | None) -> None:
+        while node is not None:
+            node.lock_count += 1
+            node = node.parent
+
+    def unlock(self, node: RadixNode | None) -> None:
+        while node is not None:
+            if node.lock_count <= 0:
+                raise InvalidArgument("unlock without a matching lock")
+            node.lock_count -= 1
+            node = node.parent
+
+    def is_locked(self, key: bytes) -> bool:
+        node = self._node_of.get(key)
+        return node is not None and node.lock_count > 0
+
+    def is_evictable(self, key: bytes) -> bool:
+        """True when ``key`` is the last block of an unlocked leaf."""
+        node = self._node_of.get(key)
+        return (
+            node is not None
+            and node.is_leaf
+            and node.lock_count == 0
+            and node.blocks[-1].key == key
+        )
+
+    def leaves(self) -> Iterator[RadixNode]:
+        stack = list(self._roots.values())
+        while stack:
+            node = stack.pop()
+            if node.is_leaf and not node.is_root:
+                yield node
+            stack.extend(node.children.values())
+
+    def evictable_keys(self) -> Iterator[bytes]:
+        for leaf in self.leaves():
+            if leaf.lock_count == 0:
+                yield leaf.blocks[-1].key
+
+    def blocks(self) -> Iterator[BlockMeta]:
+        for node in set(self._node_of.values()):
+            yield from node.blocks
+
+    def prefix_of(self, key: bytes) -> tuple[np.ndarray, bytes, list[BlockMeta]]:
+        """Tokens, extra and blocks of the whole prefix ending with block ``key``."""
+        node = self._node_of[key]
+        idx = next(i for i, b in enumerate(node.blocks) if b.key == key)
+        parts, blocks = [node.tokens[: (idx + 1) * self.block_tokens]], list(node.blocks[: idx + 1])
+        while node.parent is not None and not node.parent.is_root:
+            node = node.parent
+            parts.append(node.tokens)
+            blocks[:0] = node.blocks
+        root = node.parent if node.parent is not None else node
+        extra = next(e for e, r in self._roots.items() if r is root)
+        return np.concatenate(parts[::-1]), extra, blocks
+
+    # -- updates ------------------------------------------------------------
+    def insert(self, tokens, blocks: Sequence[BlockMeta], extra: bytes = b"") -> InsertResult:
+        """Add ``blocks`` (one per whole block of ``tokens``) not cached yet.
+
+        Blocks already in the tree are kept as they are (their metadata wins);
+        ``added`` lists the metas that entered the tree.
+        """
+        query = as_tokens(tokens)
+        nblocks = len(query) // self.block_tokens
+        if len(blocks) != nblocks:
+            raise InvalidArgument(f"{nblocks} whole blocks in tokens but {len(blocks)} metas")
+        root = self._roots.get(extra)
+        if root is None:
+            root = self._roots[extra] = RadixNode(_EMPTY, [], None)
+        now = self.clock()
+        node, pos, bi = root, 0, 0
+        while bi < nblocks:
+            child = node.children.get(self._first_block_bytes(query, pos))
+            if child is None:
+                break
+            n = self._common_blocks(child, query, pos)
+            if n < len(child.blocks):
+                child = self._split(child, n)
+            node, pos, bi = child, pos + n * self.block_tokens, bi + n
+        existing = bi
+        if bi == nblocks:
+            return InsertResult(existing, [], node if node is not root else None)
+        new = list(blocks[bi:])
+        for block in new:
+            if block.key in self._node_of:
+                raise InvalidArgument("block key already cached under another prefix")
+            block.inserted_at = block.last_access = now
+        leaf = RadixNode(np.array(query[pos : nblocks * self.block_tokens]), new, node)
+        node.children[self._first_block_bytes(query, pos)] = leaf
+        for block in new:
+            self._node_of[block.key] = leaf
+        return InsertResult(existing, new, leaf)
+
+    def remove(self, key: bytes) -> BlockMeta:
+        """Remove block ``key``: it must be the last block of an unlocked leaf."""
+        if not self.is_evictable(key):
+            raise InvalidArgument("only the last block of an unlocked leaf can be removed")
+        node = self._node_of.pop(key)
+        block = node.blocks.pop()
+        if node.blocks:
+            node.tokens = node.tokens[: len(node.blocks) * self.block_tokens]
+            return block
+        parent = node.parent
+        del parent.children[self._first_block_bytes(node.tokens, 0)]
+        if parent.is_root and not parent.children:
+            self._roots = {e: r for e, r in self._roots.items() if r is not parent}
+        elif not parent.is_root and len(parent.children) == 1 and parent.lock_count == 0:
+            self._merge_with_only_child(parent)
+        return block
+
+    def clear(self) -> None:
+        self._roots.clear()
+        self._node_of.clear()
+
+    # -- internals ----------------------------------------------------------
+    def _first_block_bytes(self, tokens: np.ndarray, pos: int) -> bytes:
+        return tokens[pos : pos + self.block_tokens].tobytes()
+
+    def _common_blocks(self, node: RadixNode, query: np.ndarray, pos: int) -> int:
+        """Whole blocks of ``node``'s edge equal to ``query[pos:]`` (numpy compare)."""
+        bt = self.block_tokens
+        avail = min(len(node.tokens), ((len(query) - pos) // bt) * bt)
+        if avail == 0:
+            return 0
+        diff = node.tokens[:avail] != query[pos : pos + avail]
+        first = int(np.argmax(diff)) if diff.any() else avail
+        return first // bt
+
+    def _split(self, node: RadixNode, n: int) -> RadixNode:
+        """Cut ``node``'s edge after ``n`` blocks; return the new upper node."""
+        bt = self.block_tokens
+        parent = node.parent
+        upper = RadixNode(node.tokens[: n * bt], node.blocks[:n], parent)
+        upper.lock_count = node.lock_count
+        parent.children[self._first_block_bytes(node.tokens, 0)] = upper
+        node.tokens, node.blocks, node.parent = node.tokens[n * bt :], node.blocks[n:], upper
+        upper.children[self._first_block_bytes(node.tokens, 0)] = node
+        self._redepth(node)
+        for block in upper.blocks:
+            self._node_of[block.key] = upper
+        return upper
+
+    def _merge_with_only_child(self, node: RadixNode) -> None:
+        (child,) = node.children.values()
+        if child.lock_count:
+            return
+        node.tokens = np.concatenate([node.tokens, child.tokens])
+        node.blocks = node.blocks + child.blocks
+        node.children = child.children
+        for grandchild in node.children.values():
+            grandchild.parent = node
+        for block in child.blocks:
+            self._node_of[block.key] = node
+
+    def _redepth(self, node: RadixNode) -> None:
+        stack = [node]
+        while stack:
+            n = stack.pop()
+            n.depth_blocks = n.parent.depth_blocks + len(n.parent.blocks)
+            stack.extend(n.children.values())

@@ -81,6 +81,16 @@ class RadixTree:
     def node_of(self, key: bytes) -> RadixNode | None:
         return self._node_of.get(key)
 
+    def depth(self, key: bytes) -> int:
+        """Blocks from the root to ``key`` inclusive (TreeView for eviction policies)."""
+        node = self._node_of[key]
+        return node.depth_blocks + 1 + next(i for i, b in enumerate(node.blocks) if b.key == key)
+
+    def num_children(self, key: bytes) -> int:
+        """Branches directly below block ``key`` (TreeView for eviction policies)."""
+        node = self._node_of[key]
+        return len(node.children) if node.blocks[-1].key == key else 1
+
     def match(self, tokens, extra: bytes = b"", touch: bool = False) -> MatchResult:
         """Longest cached prefix of ``tokens`` (whole blocks only)."""
         query = as_tokens(tokens)
@@ -220,6 +230,32 @@ class RadixTree:
         elif not parent.is_root and len(parent.children) == 1 and parent.lock_count == 0:
             self._merge_with_only_child(parent)
         return block
+
+    def remove_subtree(self, key: bytes) -> list[BlockMeta]:
+        """Remove block ``key`` and every block cached after it (its extensions).
+
+        Used when a lower tier loses a block outright (a freed SSD segment, a
+        corrupt record): the blocks after it are unreachable as prefixes.
+        Raises InvalidArgument when any of them is locked.
+        """
+        node = self._node_of.get(key)
+        if node is None:
+            return []
+        start = next(i for i, b in enumerate(node.blocks) if b.key == key)
+        order = [b.key for b in node.blocks[start:]]  # pre-order: parents before children
+        stack = list(node.children.values())
+        while stack:
+            n = stack.pop()
+            if n.lock_count:
+                raise InvalidArgument("cannot remove a locked prefix")
+            order.extend(b.key for b in n.blocks)
+            stack.extend(n.children.values())
+        if node.lock_count:
+            raise InvalidArgument("cannot remove a locked prefix")
+        # reversed pre-order: every block goes after all of its extensions,
+        # so each one is the tail of a leaf when its turn comes
+        removed = [self.remove(k) for k in reversed(order)]
+        return removed
 
     def clear(self) -> None:
         self._roots.clear()

@@ -122,3 +122,18 @@ def test_numpy_and_torch_queries():
     tree = RadixTree(B)
     put(tree, np.arange(8))
     assert tree.match(torch.arange(8)).num_tokens == 8
+
+
+def test_tree_view_and_remove_subtree():
+    tree = RadixTree(B)
+    a = list(range(16))
+    b = list(range(8)) + [9] * 8
+    put(tree, a)
+    put(tree, b)
+    ka = block_keys(a, B)
+    assert [tree.depth(k) for k in ka] == [1, 2, 3, 4]
+    assert tree.num_children(ka[1]) == 2 and tree.num_children(ka[0]) == 1
+    assert tree.num_children(ka[3]) == 0
+    removed = tree.remove_subtree(ka[1])
+    assert len(removed) == 1 + 2 + 2 and len(tree) == 1
+    assert tree.match(a).num_tokens == 4 and tree.match(b).num_tokens == 4

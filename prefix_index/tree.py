@@ -145,7 +145,7 @@ class RadixTree:
         node = self._node_of.get(key)
         return (
             node is not None
-            and node.is_leaf
+            and not node.children
             and node.lock_count == 0
             and node.blocks[-1].key == key
         )

@@ -31,6 +31,7 @@ rarely-shared blocks first and keeps shared roots for as long as they pay.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import OrderedDict
 
 from kvstore.eviction.heap import Entry, HeapPolicy
@@ -47,7 +48,7 @@ class PrefixAwarePolicy(HeapPolicy):
         capacity: int | None = None,
         horizon: float = 3.0,
         ghost_factor: float = 4.0,
-        depth_buckets: tuple[int, ...] = (4, 16),
+        depth_buckets: tuple[int, ...] = (4, 16),  # depth >= 4, >= 16: buckets 1 and 2
         max_touches: int = 4,
     ) -> None:
         super().__init__(capacity)
@@ -69,10 +70,8 @@ class PrefixAwarePolicy(HeapPolicy):
         view = self.view
         if view is None:
             return (min(touches, self.max_touches), False, 0)
-        depth = view.depth(key)
         tail = fresh and touches == 1 and view.num_children(key) == 0
-        bucket = sum(depth >= b for b in self.depth_buckets)
-        return (min(touches, self.max_touches), tail, bucket)
+        return (min(touches, self.max_touches), tail, bisect_right(self.depth_buckets, view.depth(key)))
 
     def _touch(self, key: bytes, touches: int, fresh: bool) -> None:
         self._clock += 1
@@ -111,9 +110,13 @@ class PrefixAwarePolicy(HeapPolicy):
         touches, last, cls = self._state.pop(key)
         if not evicted:
             return
-        self._stats.setdefault(cls, [1.0, 1.0])[1] += 1
+        stats = self._stats.get(cls)
+        if stats is None:
+            stats = self._stats[cls] = [1.0, 1.0]
+        stats[1] += 1
         age = self._clock - last
         self.residence += (age - self.residence) / (1024 if self.residence else 1)
-        self._ghost[key] = (touches, cls)
-        while len(self._ghost) > self.ghost_factor * self._cap():
-            self._ghost.popitem(last=False)
+        ghost = self._ghost
+        ghost[key] = (touches, cls)
+        if len(ghost) > self.ghost_factor * self._cap():
+            ghost.popitem(last=False)

@@ -88,13 +88,20 @@ def plot(rows: list[dict], path: str, title: str, ceiling: float | None = None) 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    markers = iter("osD^v<>px*h")
     for name in dict.fromkeys(r["policy"] for r in rows):
         mine = [r for r in rows if r["policy"] == name]
-        style = {"linestyle": "--", "color": "black"} if name in OFFLINE else {"marker": "o"}
+        if name in OFFLINE:
+            style = {"linestyle": "--", "color": "black"}
+        else:
+            style = {"marker": next(markers, "o"), "markersize": 4}
         ax.plot([100 * r["fraction"] for r in mine], [r["hit_rate"] for r in mine], label=name, **style)
     if ceiling is not None:
         ax.axhline(ceiling, color="grey", linewidth=0.8, linestyle=":", label="unbounded cache")
     ax.set_xscale("log")
+    ticks = sorted({100 * r["fraction"] for r in rows})
+    ax.set_xticks(ticks, [f"{t:g}%" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("cache capacity (% of unique blocks)")
     ax.set_ylabel("prefix hit rate (blocks)")
     ax.set_title(title)

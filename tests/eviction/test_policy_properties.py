@@ -24,12 +24,13 @@ ops = st.lists(
         st.tuples(st.just("evict"), st.integers(1, 4), st.booleans(), st.integers(0, 7)),
         st.tuples(st.just("drop"), st.integers(0, 50)),
     ),
+    min_size=5,
     max_size=60,
 )
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN))
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=ops, capacity=st.integers(1, 12))
 def test_policy_keeps_in_step_with_the_tree(name, steps, capacity):
     tree = RadixTree(1)

@@ -4,7 +4,7 @@ PY     ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,ucx
+EXTRAS ?= dev,ucx,hf
 
 .PHONY: venv system test test-fast lint demo bench clean
 

@@ -191,6 +191,7 @@ class LeaseOps:
                 if st.slot is not None:
                     st.tier.policy.on_access(nst.fp + meta.key)
                     st.tier.stats.hits += 1
+                    st.tier.stats.bytes_out += meta.size
                     if st.tier is self.cpu:
                         plan.append(("slot", st.slot))
                     else:  # GPU slots are only touched under the lock

@@ -30,11 +30,17 @@ Segment file::
 
 Record (starts at a multiple of ``align`` from the start of the file)::
 
-    +----------------+---------------------------------+--------------+---------+
-    | fixed header   | meta: tokens (u32 x n_tokens),  | payload      | zero    |
-    | 128 bytes      |       codec name, extra         | (stored_len) | padding |
-    +----------------+---------------------------------+--------------+---------+
-    |<------------------------------ record_len (multiple of align) ------------>|
+    |<------- payload_offset ------->|
+    +--------------+-------------+---+------------------+---------+
+    | fixed header | meta        | 0 | payload          | 0       |
+    | 128 bytes    | tokens u32, |   | stored_len bytes |         |
+    |              | codec, extra|   |                  |         |
+    +--------------+-------------+---+------------------+---------+
+    |<------------- record_len (a multiple of align) ------------>|
+
+    payload_offset = align_up(128 + meta_len, align): the payload starts on
+    an aligned file offset too, so it can be written and read with O_DIRECT
+    straight from and into the caller's (aligned) buffer.
 
     fixed header, little-endian:
 
@@ -70,9 +76,11 @@ whose record would run past the end of the file is a torn tail and ends the
 scan of that segment. Bytes that are not covered by a checksum (padding, the
 zero tail of the segment header block) carry no information.
 
-Alignment (4 KiB by default) keeps every record on file-system block
-boundaries: file sizes are exact disk usage (the capacity cap counts them),
-resync only probes block boundaries, and a record can be read with O_DIRECT.
+Alignment (4 KiB by default) keeps every record and every payload on
+file-system block boundaries: file sizes are exact disk usage (the capacity
+cap counts them), resync only probes block boundaries, and payloads move with
+O_DIRECT without a bounce copy. It costs at most 2 x align per record (under
+1% for blocks of 1 MiB and more).
 """
 
 from __future__ import annotations
@@ -111,6 +119,15 @@ TOMBSTONE_ENTRY = 2 * KEY_BYTES
 
 def align_up(n: int, align: int) -> int:
     return (n + align - 1) // align * align
+
+
+def payload_offset(meta_len: int, align: int) -> int:
+    """Where the payload starts, relative to the record."""
+    return align_up(RECORD_HEADER_SIZE + meta_len, align)
+
+
+def record_length(meta_len: int, stored_len: int, align: int) -> int:
+    return payload_offset(meta_len, align) + align_up(stored_len, align)
 
 
 @dataclass(frozen=True, eq=False)
@@ -236,7 +253,7 @@ def unpack_record_header(buf, nonce: int, align: int) -> RecordFields | None:
         return None
     if meta_len != 4 * n_tokens + codec_len + extra_len:
         return None
-    if record_len % align or record_len < RECORD_HEADER_SIZE + meta_len + stored_len:
+    if record_len % align or record_len != record_length(meta_len, stored_len, align):
         return None
     if not flags & FLAG_LZ4 and stored_len != raw_len:
         return None

@@ -9,6 +9,7 @@ numbers (what ``flush`` still has to fsync).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ from kvstore.ssd_record import (
     SegmentHeader,
     SSDLocation,
     pack_segment_header,
+    payload_offset,
     unpack_record_header,
     unpack_segment_header,
 )
@@ -51,7 +53,7 @@ def parse_segment_name(name: str) -> int | None:
 class Segment:
     id: int
     path: str
-    fd: int
+    fd: int  # buffered: headers, small records, scans, fsync, truncate
     nonce: int
     align: int
     size: int  # bytes the file occupies (what the capacity counts)
@@ -62,6 +64,31 @@ class Segment:
     live: set = field(default_factory=set)  # (namespace, key) whose newest record is here
     written: int = 0  # write counter, bumped by every append
     synced: int = 0  # value of ``written`` covered by the last completed fsync
+    dfd: int | None = None  # the same file opened with O_DIRECT (large payloads), if any
+
+
+def open_direct(fs: SSDFileSystem, seg: Segment) -> bool:
+    """Open ``seg.dfd`` with O_DIRECT; False when the filesystem refuses it."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return False
+    try:
+        seg.dfd = fs.open(seg.path, os.O_RDWR | flag)
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return False
+        raise
+    return True
+
+
+def close_segment(fs: SSDFileSystem, seg: Segment) -> None:
+    for fd in (seg.fd, seg.dfd):
+        if fd is not None:
+            try:
+                fs.close(fd)
+            except OSError:
+                pass
+    seg.dfd = None
 
 
 def create_segment(fs: SSDFileSystem, directory: str, segment_id: int, align: int) -> Segment:
@@ -155,13 +182,13 @@ def scan_segment(fs: SSDFileSystem, seg: Segment, verify: bool = True) -> Iterat
             continue
         payload = None
         if verify or f.flags & FLAG_TOMBSTONE:
-            payload_at = pos + RECORD_HEADER_SIZE + f.meta_len
+            payload_at = pos + payload_offset(f.meta_len, seg.align)
             payload = fs.pread(seg.fd, f.stored_len, payload_at) if f.stored_len else b""
             if len(payload) != f.stored_len or xxhash.xxh3_64_intdigest(payload) != f.payload_sum:
                 log.warning("ssd: corrupt record payload in %s at %d dropped", seg.path, pos)
                 pos += f.record_len
                 continue
-        loc = SSDLocation(seg.id, pos, f.record_len, RECORD_HEADER_SIZE + f.meta_len,
+        loc = SSDLocation(seg.id, pos, f.record_len, payload_offset(f.meta_len, seg.align),
                           f.stored_len, f.raw_len, f.flags)
         yield ScannedRecord(f, loc, meta, payload)
         pos += f.record_len

@@ -54,17 +54,21 @@ calling ``write``/``remove``/``flush`` on this tier.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import xxhash
 
-from kvstore.errors import CapacityError, InvalidArgument, NotFound, StorageError
+from kvstore.errors import CapacityError, InvalidArgument, KVStoreError, NotFound, StorageError
 from kvstore.keys import ROOT_KEY
 from kvstore.ssd_compress import check_mode, compress, decompress
 from kvstore.ssd_fs import SSDFileSystem
+from kvstore.ssd_io import DIRECT_MIN_BYTES, RecordIO
 from kvstore.ssd_manifest import (
     MANIFEST_NAME,
     MANIFEST_TMP,
@@ -81,19 +85,20 @@ from kvstore.ssd_record import (
     SEGMENT_HEADER_SIZE,
     SSDLocation,
     SSDRecordHeader,
-    align_up,
-    header_from_fields,
     pack_record_header,
-    tombstone_pairs,
+    payload_offset,
+    record_length,
     tombstone_payload,
     unpack_record_header,
 )
+from kvstore.ssd_recovery import parents_first, scan_all
 from kvstore.ssd_segment import (
     Segment,
+    close_segment,
     create_segment,
+    open_direct,
     open_segment,
     parse_segment_name,
-    scan_segment,
 )
 from kvstore.store_api import TierStats
 
@@ -101,6 +106,28 @@ log = logging.getLogger("kvstore.ssd")
 
 Key = tuple[bytes, bytes]
 EvictionCallback = Callable[[list[Key]], None]
+
+
+@dataclass
+class _Prepared:
+    """A record ready to append: compressed (or not) and checksummed."""
+
+    flags: int
+    namespace: bytes
+    key: bytes
+    parent: bytes
+    n_tokens: int
+    codec_len: int
+    extra_len: int
+    meta: bytes
+    stored: object  # bytes-like
+    raw_len: int
+    payload_sum: int = 0
+    meta_sum: int = 0
+
+    def __post_init__(self) -> None:
+        self.payload_sum = xxhash.xxh3_64_intdigest(self.stored)
+        self.meta_sum = xxhash.xxh3_64_intdigest(self.meta)
 
 
 class SSDTier:
@@ -114,6 +141,8 @@ class SSDTier:
         fs: SSDFileSystem | None = None,
         align: int = DEFAULT_ALIGN,
         verify_on_recover: bool = True,
+        direct_io: bool | None = None,
+        io_threads: int = 4,
     ) -> None:
         if align < 512 or align & (align - 1) or SEGMENT_HEADER_SIZE % align:
             raise InvalidArgument("align must be a power of two in [512, 4096]")
@@ -128,7 +157,11 @@ class SSDTier:
         self.align = align
         self.verify_on_recover = verify_on_recover
         self._fs = fs or SSDFileSystem()
-        self._zeros = bytes(align)
+        self._io = RecordIO(self._fs, align)
+        self.io_threads = io_threads
+        self._pool: ThreadPoolExecutor | None = None
+        # O_DIRECT for payloads of this size and up (None: large ones only; False: never)
+        self._direct_min = {None: DIRECT_MIN_BYTES, True: 0, False: None}[direct_io]
 
         self._lock = threading.RLock()  # appends, removes, eviction, recovery
         self._meta = threading.Lock()  # index, segment table, counters (short holds)
@@ -170,6 +203,8 @@ class SSDTier:
                     continue
                 self._segments[seg_id] = seg
                 self._used += seg.size
+                if self._direct_min is not None and not open_direct(fs, seg):
+                    self._direct_min = None
             if ids:
                 self._next_id = ids[-1] + 1
             data = read_manifest(fs, self.directory)
@@ -195,37 +230,15 @@ class SSDTier:
         with self._lock:
             self._check_open()
             found = self._recover_locked(verify, collect=True)
-        return _parents_first(found)
+        return parents_first(found)
 
     def _ensure_recovered(self) -> None:
         if not self._recovered:
             self._recover_locked(self.verify_on_recover, collect=False)
 
     def _recover_locked(self, verify: bool, collect: bool) -> dict:
-        found: dict[Key, tuple[SSDRecordHeader | None, SSDLocation]] = {}
-        index: dict[Key, SSDLocation] = {}
-        seq = 0
         try:
-            for seg in list(self._segments.values()):
-                seg.live = set()
-                for rec in scan_segment(self._fs, seg, verify):
-                    seq = max(seq, rec.fields.seq + 1)
-                    if rec.fields.flags & FLAG_TOMBSTONE:
-                        for k in tombstone_pairs(rec.payload):
-                            old = index.pop(k, None)
-                            if old is not None:
-                                self._segments[old.segment].live.discard(k)
-                                found.pop(k, None)
-                        continue
-                    k = (rec.fields.namespace, rec.fields.key)
-                    old = index.pop(k, None)
-                    if old is not None:
-                        self._segments[old.segment].live.discard(k)
-                        found.pop(k, None)
-                    index[k] = rec.location
-                    seg.live.add(k)
-                    header = header_from_fields(rec.fields, rec.meta) if collect else None
-                    found[k] = (header, rec.location)
+            found, index, seq = scan_all(self._fs, self._segments.values(), verify, collect)
         except OSError as e:
             self._degrade(f"recover: {e}")
             raise StorageError(f"ssd: recovery failed: {e}") from e
@@ -244,25 +257,58 @@ class SSDTier:
 
     def write(self, header: SSDRecordHeader, payload) -> SSDLocation:
         """Append a record; returns where it is. Raises StorageError, CapacityError."""
+        return self._append(self._prepare(header, payload))
+
+    def write_many(self, items) -> list[SSDLocation | Exception]:
+        """Write ``(header, payload)`` pairs; per item its location or its error.
+
+        Compression and checksums of the next records run on helper threads
+        while this one writes, so the device does not wait for the CPU.
+        """
+        items = list(items)
+        if len(items) <= 1 or self.io_threads <= 1:
+            return [self._try(self.write, h, p) for h, p in items]
+        pool = self._read_pool()
+        window = 2 * self.io_threads
+        futures = [pool.submit(self._prepare, h, p) for h, p in items[:window]]
+        out: list[SSDLocation | Exception] = []
+        for i in range(len(items)):
+            if i + window < len(items):
+                futures.append(pool.submit(self._prepare, *items[i + window]))
+            try:
+                out.append(self._append(futures[i].result()))
+            except (KVStoreError, OSError) as e:
+                out.append(e)
+        return out
+
+    @staticmethod
+    def _try(fn, *args):
+        try:
+            return fn(*args)
+        except (KVStoreError, OSError) as e:
+            return e
+
+    def _prepare(self, header: SSDRecordHeader, payload) -> _Prepared:
+        """Compress and checksum a block (no lock held)."""
         mv = memoryview(payload).cast("B")
         if len(mv) != header.payload_len:
             raise InvalidArgument(
                 f"payload is {len(mv)} bytes, header says {header.payload_len}")
         packed, stored = compress(mv, self.compression)
-        meta = header.meta_bytes()
-        return self._append(
+        return _Prepared(
             flags=FLAG_LZ4 if packed else 0,
             namespace=header.namespace, key=header.key, parent=header.parent,
             n_tokens=len(header.tokens), codec_len=len(header.codec.encode()),
-            extra_len=len(header.extra), meta=meta, stored=stored, raw_len=len(mv),
+            extra_len=len(header.extra), meta=header.meta_bytes(), stored=stored,
+            raw_len=len(mv),
         )
 
-    def _append(self, *, flags, namespace, key, parent, n_tokens, codec_len, extra_len,
-                meta, stored, raw_len) -> SSDLocation:
-        payload_sum = xxhash.xxh3_64_intdigest(stored)
-        meta_sum = xxhash.xxh3_64_intdigest(meta)
-        body = RECORD_HEADER_SIZE + len(meta) + len(stored)
-        record_len = align_up(body, self.align)
+    def _append(self, rec: _Prepared) -> SSDLocation:
+        flags, namespace, key, meta, stored = rec.flags, rec.namespace, rec.key, rec.meta, rec.stored
+        raw_len = rec.raw_len
+        head_len = payload_offset(len(meta), self.align)
+        record_len = record_length(len(meta), len(stored), self.align)
+        direct = self._direct_min is not None and len(stored) >= self._direct_min
         freed: list[Key] = []
         with self._lock:
             try:
@@ -271,18 +317,15 @@ class SSDTier:
                 seg = self._make_room(record_len, freed)
                 hdr = pack_record_header(
                     nonce=seg.nonce, flags=flags, seq=self._seq, namespace=namespace,
-                    key=key, parent=parent, n_tokens=n_tokens, codec_len=codec_len,
-                    extra_len=extra_len, stored_len=len(stored), raw_len=raw_len,
-                    record_len=record_len, payload_sum=payload_sum, meta_sum=meta_sum,
+                    key=key, parent=rec.parent, n_tokens=rec.n_tokens,
+                    codec_len=rec.codec_len, extra_len=rec.extra_len, stored_len=len(stored),
+                    raw_len=raw_len, record_len=record_len, payload_sum=rec.payload_sum,
+                    meta_sum=rec.meta_sum,
                 )
+                head = b"".join((hdr, meta, bytes(head_len - len(hdr) - len(meta))))
                 at = seg.append_at
-                try:
-                    self._fs.pwritev_all(
-                        seg.fd, [hdr, meta, stored, self._zeros[: record_len - body]], at)
-                except OSError as e:
-                    self._write_failed(seg, at, record_len, e)
-                loc = SSDLocation(seg.id, at, record_len, RECORD_HEADER_SIZE + len(meta),
-                                  len(stored), raw_len, flags)
+                self._write_record(seg, at, head, stored, record_len, direct)
+                loc = SSDLocation(seg.id, at, record_len, head_len, len(stored), raw_len, flags)
                 with self._meta:
                     self._seq += 1
                     seg.append_at = at + record_len
@@ -301,6 +344,19 @@ class SSDTier:
             finally:
                 if freed:
                     self._notify(freed)
+
+    def _write_record(self, seg, at, head, stored, record_len, direct) -> None:
+        try:
+            try:
+                self._io.write(seg, at, head, stored, record_len, direct)
+            except OSError as e:
+                if not (direct and e.errno == errno.EINVAL):
+                    raise
+                log.warning("ssd: O_DIRECT write refused (%s); writing buffered from now on", e)
+                self._direct_min = None
+                self._io.write(seg, at, head, stored, record_len, False)
+        except OSError as e:
+            self._write_failed(seg, at, record_len, e)
 
     def _make_room(self, record_len: int, freed: list[Key]) -> Segment:
         """The segment to append ``record_len`` bytes to, freeing old segments as needed."""
@@ -329,6 +385,9 @@ class SSDTier:
         self._next_id += 1
         try:
             seg = create_segment(self._fs, self.directory, seg_id, self.align)
+            if self._direct_min is not None and not open_direct(self._fs, seg):
+                log.info("ssd: %s refuses O_DIRECT; all I/O is buffered", self.directory)
+                self._direct_min = None
         except OSError as e:
             self._degrade(f"creating a segment: {e}")
             raise StorageError(f"ssd: cannot create a segment: {e}") from e
@@ -368,10 +427,7 @@ class SSDTier:
             self._evictions += len(keys)
         if self._active is seg:
             self._active = None
-        try:
-            self._fs.close(seg.fd)
-        except OSError:
-            pass
+        close_segment(self._fs, seg)
         try:
             self._fs.unlink(seg.path)
         except FileNotFoundError:
@@ -422,11 +478,11 @@ class SSDTier:
             if not present:
                 return 0
             payload = tombstone_payload(present)
-            self._append(
+            self._append(_Prepared(
                 flags=FLAG_TOMBSTONE, namespace=ROOT_KEY, key=ROOT_KEY, parent=ROOT_KEY,
                 n_tokens=0, codec_len=0, extra_len=0, meta=b"", stored=payload,
                 raw_len=len(payload),
-            )
+            ))
             return len(present)
 
     # ------------------------------------------------------------------ read
@@ -453,13 +509,14 @@ class SSDTier:
             f is not None
             and len(head) == loc.payload_offset
             and f.record_len == loc.length
-            and RECORD_HEADER_SIZE + f.meta_len == loc.payload_offset
+            and payload_offset(f.meta_len, seg.align) == loc.payload_offset
             and f.stored_len == loc.stored_len
             and f.raw_len == loc.payload_len
             and f.flags == loc.flags
             and not f.flags & FLAG_TOMBSTONE
             and len(payload) == loc.stored_len
-            and xxhash.xxh3_64_intdigest(memoryview(head)[RECORD_HEADER_SIZE:]) == f.meta_sum
+            and f.meta_sum == xxhash.xxh3_64_intdigest(
+                memoryview(head)[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + f.meta_len])
             and xxhash.xxh3_64_intdigest(payload) == f.payload_sum
         )
         if not ok:
@@ -473,13 +530,13 @@ class SSDTier:
         """The payload of the record at ``loc`` (checksums verified)."""
         seg = self._acquire(loc)
         try:
-            head = self._fs.pread(seg.fd, loc.payload_offset, loc.offset)
-            stored = self._fs.pread(seg.fd, loc.stored_len, loc.offset + loc.payload_offset)
+            head, stored = self._io.read_head_and_payload(
+                seg, loc.offset, loc.payload_offset, loc.stored_len)
             self._check_record(seg, loc, head, stored)
             data = decompress(stored, loc.payload_len) if loc.compressed else stored
+        except StorageError:
+            raise
         except OSError as e:
-            if isinstance(e, StorageError):
-                raise
             self._read_failed(loc, e)
         finally:
             self._release(seg)
@@ -490,7 +547,12 @@ class SSDTier:
         return data
 
     def read_into(self, loc: SSDLocation, out) -> None:
-        """Read the payload at ``loc`` into ``out`` (writable, >= payload_len bytes)."""
+        """Read the payload at ``loc`` into ``out`` (writable, >= payload_len bytes).
+
+        Zero-copy (O_DIRECT into ``out``) for large uncompressed payloads when
+        ``out`` is 512-byte aligned, as a CPU arena slot is. On StorageError
+        the contents of ``out`` are undefined.
+        """
         dst = memoryview(out).cast("B")
         if dst.readonly or len(dst) < loc.payload_len:
             raise InvalidArgument("out must be writable and hold payload_len bytes")
@@ -498,19 +560,50 @@ class SSDTier:
         if loc.compressed:
             dst[:] = self.read(loc)
             return
+        direct = self._direct_min is not None and loc.stored_len >= self._direct_min
         seg = self._acquire(loc)
         try:
-            head = bytearray(loc.payload_offset)
-            self._fs.preadv_all(seg.fd, [head, dst], loc.offset)
+            try:
+                head = self._io.read_into(seg, loc.offset, loc.payload_offset, dst, direct)
+            except OSError as e:
+                if not (direct and e.errno == errno.EINVAL) or isinstance(e, StorageError):
+                    raise
+                head = self._io.read_into(seg, loc.offset, loc.payload_offset, dst, False)
             self._check_record(seg, loc, head, dst)
+        except StorageError:
+            raise
         except OSError as e:
-            if isinstance(e, StorageError):
-                raise
             self._read_failed(loc, e)
         finally:
             self._release(seg)
         with self._meta:
             self._bytes_out += loc.payload_len
+
+    def read_many_into(self, locs: list[SSDLocation], outs: list) -> list[Exception | None]:
+        """Read several payloads, ``io_threads`` at a time; per location: None or its error.
+
+        Several reads in flight keep the device busy while earlier payloads are
+        checksummed (a prefix of many blocks is promoted this way).
+        """
+        if len(locs) != len(outs):
+            raise InvalidArgument("locs and outs differ in length")
+
+        def one(i):
+            try:
+                self.read_into(locs[i], outs[i])
+                return None
+            except (KVStoreError, OSError) as e:
+                return e
+
+        if len(locs) <= 1 or self.io_threads <= 1:
+            return [one(i) for i in range(len(locs))]
+        return list(self._read_pool().map(one, range(len(locs))))
+
+    def _read_pool(self) -> ThreadPoolExecutor:
+        with self._meta:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="ssd-io")
+            return self._pool
 
     def _read_failed(self, loc: SSDLocation, err: OSError) -> None:
         self._degrade(f"read: {err}")
@@ -671,11 +764,11 @@ class SSDTier:
                     lambda: all(s.refs == 0 for s in self._segments.values()))
                 segs = list(self._segments.values())
             for seg in segs:
-                try:
-                    self._fs.close(seg.fd)
-                except OSError:
-                    pass
+                close_segment(self._fs, seg)
             self._active = None
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
         if err is not None:
             raise err
 
@@ -689,20 +782,3 @@ class SSDTier:
         return (f"SSDTier({self.directory!r}, used={self._used}, cap={self._capacity}, "
                 f"segments={len(self._segments)}, blocks={len(self._index)})")
 
-
-def _parents_first(found: dict) -> list[tuple[SSDRecordHeader, SSDLocation]]:
-    """Records in write order, each moved after its parent when the parent is live."""
-    out = []
-    emitted: set[Key] = set()
-    for k in found:
-        chain = []
-        cur = k
-        while cur not in emitted and cur in found:
-            emitted.add(cur)
-            chain.append(cur)
-            header = found[cur][0]
-            if header.parent == ROOT_KEY:
-                break
-            cur = (header.namespace, header.parent)
-        out.extend(found[c] for c in reversed(chain))
-    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import threading
@@ -12,6 +13,7 @@ import pytest
 
 from kvstore.errors import CapacityError, InvalidArgument, NotFound, StorageError
 from kvstore.keys import ROOT_KEY
+from kvstore.ssd_fs import SSDFileSystem
 from kvstore.ssd_record import SSDRecordHeader
 from kvstore.ssd_tier import SSDTier
 
@@ -247,4 +249,71 @@ def test_concurrent_writers_readers_and_eviction(tmp_path):
     live = set(tier.keys())
     assert live.isdisjoint(evicted)
     assert len(live) + len(evicted) == 300
+    tier.close()
+
+
+def _aligned(n: int) -> np.ndarray:
+    import mmap
+
+    return np.frombuffer(mmap.mmap(-1, max(n, 1)), np.uint8)[:n]
+
+
+@pytest.mark.parametrize("size", [1, 511, 512, 4096, 70_001, 300_000])
+def test_direct_io_round_trip(tmp_path, size):
+    """O_DIRECT for every record: aligned and unaligned sources and destinations."""
+    tier = open_tier(tmp_path, compression="none", direct_io=True)
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
+    src = _aligned(size)
+    src[:] = data
+    h = SSDRecordHeader(W.NAMESPACES[0], W.key_of(size), ROOT_KEY, [1, 2, 3], b"e", "none", size)
+    locs = [tier.write(h, src), tier.write(h, data.tobytes())]  # aligned, then not
+    for loc in locs:
+        assert loc.payload_offset % 4096 == 0 and loc.offset % 4096 == 0
+        assert tier.read(loc) == data.tobytes()
+        out = _aligned(size)
+        tier.read_into(loc, out)  # O_DIRECT straight into the buffer
+        assert out.tobytes() == data.tobytes()
+        odd = bytearray(size + 1)
+        tier.read_into(loc, memoryview(odd)[1:])  # unaligned: through the bounce buffer
+        assert bytes(odd[1:]) == data.tobytes()
+    tier.close()
+    tier = open_tier(tmp_path)
+    assert [loc for _, loc in tier.recover()] == locs[1:]
+    tier.close()
+
+
+class NoDirectFS(SSDFileSystem):
+    """A filesystem that refuses O_DIRECT, as tmpfs does."""
+
+    def open(self, path, flags, mode=0o644):
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "O_DIRECT refused")
+        return super().open(path, flags, mode)
+
+
+def test_direct_io_refused_falls_back_to_buffered(tmp_path):
+    tier = open_tier(tmp_path, fs=NoDirectFS(), direct_io=True, compression="none")
+    payload = os.urandom(300_000)
+    h = SSDRecordHeader(W.NAMESPACES[0], W.key_of(1), ROOT_KEY, [1], b"", "none", len(payload))
+    loc = tier.write(h, payload)
+    out = _aligned(len(payload))
+    tier.read_into(loc, out)
+    assert out.tobytes() == payload
+    tier.close()
+
+
+def test_write_many_and_read_many_into(tmp_path):
+    tier = open_tier(tmp_path, cap=8 << 20, seg=1 << 20)
+    items = [W.record(i, 300_000) for i in range(20)]
+    bad = (W.header_of(99, 5), b"123")  # payload length disagrees with its header
+    locs = tier.write_many(items[:10] + [bad] + items[10:])
+    assert isinstance(locs[10], InvalidArgument)
+    locs = locs[:10] + locs[11:]
+    outs = [_aligned(h.payload_len) for h, _ in items]
+    assert tier.read_many_into(locs, outs) == [None] * 20
+    for (_, payload), out in zip(items, outs):
+        assert out.tobytes() == payload
+    outs[3] = bytearray(1)  # too small: that one fails alone
+    errors = tier.read_many_into(locs, outs)
+    assert isinstance(errors[3], InvalidArgument) and errors.count(None) == 19
     tier.close()

@@ -22,22 +22,12 @@ def model():
     return transformers.LlamaForCausalLM(config).eval()
 
 
-class DictNamespace:
-    """A namespace that keeps canonical tensors by exact whole-block prefix (test double
-    for the conversion logic only; the real client is exercised in tests/client)."""
+@pytest.fixture
+def client(tmp_path):
+    from kvstore.client import KVClient
 
-    def __init__(self, block):
-        self.block, self.data = block, {}
-
-    def put(self, tokens, kv):
-        self.data[tuple(tokens)] = kv.clone()
-        return len(tokens)
-
-    def get(self, tokens):
-        for n in range(len(tokens) // self.block * self.block, 0, -self.block):
-            if tuple(tokens[:n]) in self.data:
-                return n, self.data[tuple(tokens[:n])][:, :, :n]
-        return 0, None
+    with KVClient.connect("embedded", cpu_bytes=64 << 20, ssd_bytes=0) as c:
+        yield c
 
 
 def test_layout_from_config(model):
@@ -56,9 +46,9 @@ def test_round_trip_is_exact(model):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
 
 
-def test_restored_prefix_continues_prompt(model):
+def test_restored_prefix_continues_prompt(model, client):
     layout = layout_for_model(model.config, "tiny", block_tokens=16)
-    adapter = HFPrefixCache(DictNamespace(16), layout, model.config)
+    adapter = HFPrefixCache(client.namespace(layout), layout, model.config)
     ids = torch.randint(0, 500, (1, 70))
     tokens = ids[0].tolist()
     with torch.no_grad():
@@ -71,10 +61,16 @@ def test_restored_prefix_continues_prompt(model):
     assert torch.allclose(full, cont, atol=1e-5)
 
 
-def test_geometry_mismatch_is_refused(model):
+def test_geometry_mismatch_is_refused(model, client):
     layout = layout_for_model(model.config, "tiny", block_tokens=16, dtype=torch.float16)
-    adapter = HFPrefixCache(DictNamespace(16), layout)
+    adapter = HFPrefixCache(client.namespace(layout), layout)
     with torch.no_grad():
         cache = model(torch.randint(0, 500, (1, 20)), use_cache=True).past_key_values
     with pytest.raises(LayoutMismatch):
         adapter.store(list(range(20)), cache)
+
+
+def test_miss_restores_nothing(model, client):
+    layout = layout_for_model(model.config, "tiny", block_tokens=16)
+    adapter = HFPrefixCache(client.namespace(layout), layout, model.config)
+    assert adapter.restore(list(range(100))) == (0, None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from kvstore.errors import InvalidArgument, LayoutMismatch
@@ -68,23 +69,17 @@ def block_source(block: torch.Tensor, layout: KVLayout) -> PagedSource:
     return PagedSource(layout, k, v, ids, layout.block_tokens)
 
 
-def as_block_ids(block_ids: Sequence[int] | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``block_ids`` as a 1-D int64 tensor on ``device``."""
+def as_block_ids(block_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """``block_ids`` as a 1-D int64 tensor (on the CPU unless it already is a tensor)."""
     if isinstance(block_ids, torch.Tensor):
         if block_ids.dim() != 1 or block_ids.dtype.is_floating_point or block_ids.is_complex() \
                 or block_ids.dtype == torch.bool:
             raise InvalidArgument("block_ids must be a 1-D integer tensor")
-        ids = block_ids
-    else:
-        try:
-            ids = torch.as_tensor(list(block_ids), dtype=torch.int64)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise InvalidArgument(f"block_ids must be integers: {exc}") from None
-        if ids.dim() != 1:
-            raise InvalidArgument("block_ids must be a flat sequence of ints")
-    if ids.device != device and device.type == "cuda" and ids.device.type == "cpu":
-        ids = ids.to(torch.int64).pin_memory().to(device, non_blocking=True)
-    return ids.to(device=device, dtype=torch.int64).contiguous()
+        return block_ids.to(torch.int64)
+    arr = np.asarray(block_ids)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise InvalidArgument("block_ids must be a flat sequence of integers")
+    return torch.from_numpy(arr.astype(np.int64))
 
 
 def paged_source(k: Sequence[torch.Tensor], v: Sequence[torch.Tensor], block_ids,
@@ -109,16 +104,21 @@ def paged_source(k: Sequence[torch.Tensor], v: Sequence[torch.Tensor], block_ids
         if tuple(t.shape) != shape0:
             raise LayoutMismatch(f"all layers must have one shape, got {tuple(t.shape)} "
                                  f"and {shape0}")
-    ids = as_block_ids(block_ids, device)
+    ids = as_block_ids(block_ids)
     R = T // ebs
     if ids.numel() % R:
         raise InvalidArgument(
             f"{ids.numel()} engine block ids do not make whole store blocks of {R} ids")
     if check_ids and ids.numel():
         lo, hi = torch.aminmax(ids)
-        lo, hi = int(lo), int(hi)  # one sync when ids live on a GPU
+        lo, hi = int(lo), int(hi)  # a sync only when the caller's ids live on a GPU
         if lo < 0 or hi >= shape0[0]:
             raise InvalidArgument(f"block ids must lie in [0, {shape0[0]}), got [{lo}, {hi}]")
         if writing and torch.unique(ids).numel() != ids.numel():
             raise InvalidArgument("block ids of an unpack must not repeat")
-    return PagedSource(layout, tuple(k), tuple(v), ids, ebs)
+    if ids.device != device:
+        if ids.device.type == "cpu" and device.type == "cuda":
+            ids = ids.pin_memory().to(device, non_blocking=True)
+        else:
+            ids = ids.to(device)
+    return PagedSource(layout, tuple(k), tuple(v), ids.contiguous(), ebs)

@@ -163,6 +163,16 @@ def test_fp8_saturates_and_keeps_signs():
     assert torch.equal(out[0, 1], block[0, 1])  # all-zero V: scale 0, exact zeros
 
 
+@pytest.mark.parametrize("codec", QUANTIZED)
+def test_signed_zeros_encode_canonically(oracle, make_block, codec):
+    block = make_block((2, 2, 70, 2, 64), torch.bfloat16, 11)
+    block[0, 0, :, 0] = -0.0  # a whole K head of -0 (zero scales, -0 minima)
+    block[1, 1, 3] = -0.0  # one V token of -0 (int8 / int4 per-token groups)
+    block[1, 0, ::2, 1] = -0.0  # -0 mixed with +0 and values in K channels
+    block[1, 0, 1::2, 1] = 0.0
+    check_codec_against_oracle(oracle, block, codec)
+
+
 def test_int4_odd_head_dim_is_refused():
     with pytest.raises(InvalidArgument, match="even"):
         payload_nbytes(_layout(1, 16, 1, 65, "float16"), "int4")

@@ -67,18 +67,42 @@ __device__ __forceinline__ void kv_store(char* p, const float (&x)[VEC]) {
   }
 }
 
-// Copy one unit of VEC raw elements (codec "none").
+// One unit of VEC raw elements, moved bit-exactly (codec "none").
+template <class DT, int VEC>
+struct KvRaw {
+  typename DT::raw r[VEC];
+};
+
 template <class DT, int VEC, bool VL>
-__device__ __forceinline__ void kv_copy(char* dst, const char* src) {
+__device__ __forceinline__ void kv_load_raw(const char* p, KvRaw<DT, VEC>& u) {
   typedef typename DT::raw raw;
   if (VL) {
-    *reinterpret_cast<kv_v16*>(dst) = *reinterpret_cast<const kv_v16*>(src);
+    union { kv_v16 v; KvRaw<DT, VEC> u; } c;
+    c.v = *reinterpret_cast<const kv_v16*>(p);
+    u = c.u;
   } else {
 #pragma unroll
-    for (int i = 0; i < VEC; ++i)
-      reinterpret_cast<raw*>(dst)[i] = reinterpret_cast<const raw*>(src)[i];
+    for (int i = 0; i < VEC; ++i) u.r[i] = reinterpret_cast<const raw*>(p)[i];
   }
 }
+
+template <class DT, int VEC, bool VL>
+__device__ __forceinline__ void kv_store_raw(char* p, const KvRaw<DT, VEC>& u) {
+  typedef typename DT::raw raw;
+  if (VL) {
+    union { kv_v16 v; KvRaw<DT, VEC> u; } c;
+    c.u = u;
+    *reinterpret_cast<kv_v16*>(p) = c.v;
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) reinterpret_cast<raw*>(p)[i] = u.r[i];
+  }
+}
+
+// Streaming loops take KV_BATCH units per thread per step: all loads of a
+// step are issued before any store, so each thread keeps several 16-byte
+// loads in flight (the compiler cannot hoist loads above stores that may alias).
+#define KV_BATCH 4
 
 // Store / load N code bytes; N is 1, 2, 4 or 8 and p is N-aligned when VL.
 template <int N, bool VL>

@@ -23,14 +23,24 @@ template <class DT, int VEC, bool VL>
 __device__ __forceinline__ void pack_none(KV_PARAMS) {
   KV_SLAB();
   const long long esz = sizeof(typename DT::raw);
-  const int upr = D / VEC;  // units per row
-  for (int i = threadIdx.x; i < T * upr; i += blockDim.x) {
-    const int t = i / upr, u = i - t * upr;
-    const char* src = s.row(t);
-    if (!src) continue;
-    char* dst = s.payload + off0 +
-                ((((long long)s.lkv * T + t) * H + s.h) * D + (long long)u * VEC) * esz;
-    kv_copy<DT, VEC, VL>(dst, src + u * VEC * esz);
+  const int upr = D / VEC, n = T * upr;  // units per row, per slab
+  for (int i0 = threadIdx.x; i0 < n; i0 += KV_BATCH * blockDim.x) {
+    KvRaw<DT, VEC> buf[KV_BATCH];
+    char* dst[KV_BATCH];
+#pragma unroll
+    for (int b = 0; b < KV_BATCH; ++b) {
+      const int i = i0 + b * blockDim.x, t = i / upr, u = i - t * upr;
+      const char* src = i < n ? s.row(t) : nullptr;
+      dst[b] = nullptr;
+      if (src) {
+        kv_load_raw<DT, VEC, VL>(src + u * VEC * esz, buf[b]);
+        dst[b] = s.payload + off0 +
+                 ((((long long)s.lkv * T + t) * H + s.h) * D + (long long)u * VEC) * esz;
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < KV_BATCH; ++b)
+      if (dst[b]) kv_store_raw<DT, VEC, VL>(dst[b], buf[b]);
   }
 }
 
@@ -40,9 +50,10 @@ __device__ __forceinline__ void pack_fp8(KV_PARAMS) {
   KV_SLAB();
   kv_zero_gaps(s.payload, gap0, gap1, gap2, gap3, gap4);
   const long long esz = sizeof(typename DT::raw);
-  const int upr = D / VEC;
+  const int upr = D / VEC, n = T * upr;
   float m = 0.0f;
-  for (int i = threadIdx.x; i < T * upr; i += blockDim.x) {  // pass 1: amax
+#pragma unroll 4
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {  // pass 1: amax (loads only)
     const int t = i / upr, u = i - t * upr;
     const char* src = s.row(t);
     if (!src) continue;
@@ -56,19 +67,30 @@ __device__ __forceinline__ void pack_fp8(KV_PARAMS) {
   const long long slab = (long long)s.lkv * H + s.h;
   if (threadIdx.x == 0) reinterpret_cast<float*>(s.payload + off0)[slab] = scale;
   char* q = s.payload + off1 + slab * T * D;
-  for (int i = threadIdx.x; i < T * upr; i += blockDim.x) {  // pass 2 (rows are in L2)
-    const int t = i / upr, u = i - t * upr;
-    const char* src = s.row(t);
-    if (!src) continue;
-    float x[VEC];
-    kv_load<DT, VEC, VL>(src + u * VEC * esz, x);
-    kv_u8 b[VEC];
+  for (int i0 = threadIdx.x; i0 < n; i0 += KV_BATCH * blockDim.x) {  // pass 2 (L2 hits)
+    float x[KV_BATCH][VEC];
+    char* dst[KV_BATCH];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      float y = scale > 0.0f ? __fdiv_rn(x[k], scale) : 0.0f;
-      b[k] = kv_f32_to_e4m3(fminf(fmaxf(y, -448.0f), 448.0f));
+    for (int b = 0; b < KV_BATCH; ++b) {
+      const int i = i0 + b * blockDim.x, t = i / upr, u = i - t * upr;
+      const char* src = i < n ? s.row(t) : nullptr;
+      dst[b] = nullptr;
+      if (src) {
+        kv_load<DT, VEC, VL>(src + u * VEC * esz, x[b]);
+        dst[b] = q + (long long)t * D + u * VEC;
+      }
     }
-    kv_put_bytes<VEC, VL>(q + (long long)t * D + u * VEC, b);
+#pragma unroll
+    for (int b = 0; b < KV_BATCH; ++b) {
+      if (!dst[b]) continue;
+      kv_u8 c[VEC];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float y = scale > 0.0f ? __fdiv_rn(x[b][k], scale) : 0.0f;
+        c[k] = kv_f32_to_e4m3(fminf(fmaxf(y, -448.0f), 448.0f));
+      }
+      kv_put_bytes<VEC, VL>(dst[b], c);
+    }
   }
 }
 

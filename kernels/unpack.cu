@@ -8,22 +8,36 @@
   const KvSlab s = kv_slab(k_ptrs, v_ptrs, block_ids, payload_ptrs, T, H, D, ebs,     \
                            num_blocks, block_stride, token_stride, head_stride)
 
-// Every unpack walks the slab the same way: unit u (VEC elements) of row t.
+// Every unpack walks the slab the same way: unit u (VEC elements) of row t,
+// KV_BATCH units per thread per step, their loads issued before any store.
 #define KV_FOR_UNITS                                                                  \
   const long long esz = sizeof(typename DT::raw);                                     \
-  const int upr = D / VEC;                                                            \
-  for (int i = threadIdx.x; i < T * upr; i += blockDim.x)
+  const int upr = D / VEC, n = T * upr;                                               \
+  for (int i0 = threadIdx.x; i0 < n; i0 += KV_BATCH * blockDim.x)
+
+#define KV_BATCH_UNIT(b)                                                              \
+  const int i = i0 + (b) * blockDim.x, t = i / upr, u = i - t * upr;                  \
+  dst[b] = i < n ? s.row(t) : nullptr;                                                \
+  if (!dst[b]) continue;                                                              \
+  dst[b] += u * VEC * esz
 
 template <class DT, int VEC, bool VL>
 __device__ __forceinline__ void unpack_none(KV_PARAMS) {
   KV_SLAB();
   KV_FOR_UNITS {
-    const int t = i / upr, u = i - t * upr;
-    char* dst = s.row(t);
-    if (!dst) continue;
-    const char* src = s.payload + off0 +
-                      ((((long long)s.lkv * T + t) * H + s.h) * D + (long long)u * VEC) * esz;
-    kv_copy<DT, VEC, VL>(dst + u * VEC * esz, src);
+    KvRaw<DT, VEC> buf[KV_BATCH];
+    char* dst[KV_BATCH];
+#pragma unroll
+    for (int b = 0; b < KV_BATCH; ++b) {
+      KV_BATCH_UNIT(b);
+      kv_load_raw<DT, VEC, VL>(
+          s.payload + off0 +
+              ((((long long)s.lkv * T + t) * H + s.h) * D + (long long)u * VEC) * esz,
+          buf[b]);
+    }
+#pragma unroll
+    for (int b = 0; b < KV_BATCH; ++b)
+      if (dst[b]) kv_store_raw<DT, VEC, VL>(dst[b], buf[b]);
   }
 }
 
@@ -34,15 +48,21 @@ __device__ __forceinline__ void unpack_fp8(KV_PARAMS) {
   const float scale = reinterpret_cast<const float*>(s.payload + off0)[slab];
   const char* q = s.payload + off1 + slab * T * D;
   KV_FOR_UNITS {
-    const int t = i / upr, u = i - t * upr;
-    char* dst = s.row(t);
-    if (!dst) continue;
-    kv_u8 b[VEC];
-    kv_get_bytes<VEC, VL>(q + (long long)t * D + u * VEC, b);
-    float x[VEC];
+    kv_u8 c[KV_BATCH][VEC];
+    char* dst[KV_BATCH];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) x[k] = __fmul_rn(kv_e4m3_to_f32(b[k]), scale);
-    kv_store<DT, VEC, VL>(dst + u * VEC * esz, x);
+    for (int b = 0; b < KV_BATCH; ++b) {
+      KV_BATCH_UNIT(b);
+      kv_get_bytes<VEC, VL>(q + (long long)t * D + u * VEC, c[b]);
+    }
+#pragma unroll
+    for (int b = 0; b < KV_BATCH; ++b) {
+      if (!dst[b]) continue;
+      float x[VEC];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) x[k] = __fmul_rn(kv_e4m3_to_f32(c[b][k]), scale);
+      kv_store<DT, VEC, VL>(dst[b], x);
+    }
   }
 }
 
@@ -53,16 +73,23 @@ __device__ __forceinline__ void unpack_int8(KV_PARAMS) {
   const float* scales = reinterpret_cast<const float*>(s.payload + off0) + slab * T;
   const char* q = s.payload + off1 + slab * T * D;
   KV_FOR_UNITS {
-    const int t = i / upr, u = i - t * upr;
-    char* dst = s.row(t);
-    if (!dst) continue;
-    const float scale = scales[t];
-    kv_u8 b[VEC];
-    kv_get_bytes<VEC, VL>(q + (long long)t * D + u * VEC, b);
-    float x[VEC];
+    kv_u8 c[KV_BATCH][VEC];
+    float sc[KV_BATCH];
+    char* dst[KV_BATCH];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) x[k] = __fmul_rn((float)(signed char)b[k], scale);
-    kv_store<DT, VEC, VL>(dst + u * VEC * esz, x);
+    for (int b = 0; b < KV_BATCH; ++b) {
+      KV_BATCH_UNIT(b);
+      sc[b] = scales[t];
+      kv_get_bytes<VEC, VL>(q + (long long)t * D + u * VEC, c[b]);
+    }
+#pragma unroll
+    for (int b = 0; b < KV_BATCH; ++b) {
+      if (!dst[b]) continue;
+      float x[VEC];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) x[k] = __fmul_rn((float)(signed char)c[b][k], sc[b]);
+      kv_store<DT, VEC, VL>(dst[b], x);
+    }
   }
 }
 
@@ -79,38 +106,50 @@ __device__ __forceinline__ void unpack_int4(KV_PARAMS) {
   const float* v_min = reinterpret_cast<const float*>(s.payload + off3) + lh * T;
   const char* q = s.payload + off4 + ((long long)s.lkv * H + s.h) * T * (D / 2);
   KV_FOR_UNITS {
-    const int t = i / upr, u = i - t * upr;
-    char* dst = s.row(t);
-    if (!dst) continue;
-    kv_u8 b[VEC / 2];
-    kv_get_bytes<VEC / 2, VL>(q + (long long)t * (D / 2) + u * (VEC / 2), b);
-    float x[VEC];
-    if (s.kv) {
-      const float sc = v_scale[t], mn = v_min[t];
+    kv_u8 c[KV_BATCH][VEC / 2];
+    char* dst[KV_BATCH];
+    int row[KV_BATCH], unit[KV_BATCH];
 #pragma unroll
-      for (int j = 0; j < VEC / 2; ++j) {
-        x[2 * j] = __fadd_rn(__fmul_rn((float)(b[j] & 15), sc), mn);
-        x[2 * j + 1] = __fadd_rn(__fmul_rn((float)(b[j] >> 4), sc), mn);
-      }
-    } else {
-      const long long c = (long long)(t / 64) * D + u * VEC;  // first channel of the unit
-#pragma unroll
-      for (int j = 0; j < VEC / 2; ++j) {
-        x[2 * j] = __fadd_rn(__fmul_rn((float)(b[j] & 15), k_scale[c + 2 * j]), k_min[c + 2 * j]);
-        x[2 * j + 1] =
-            __fadd_rn(__fmul_rn((float)(b[j] >> 4), k_scale[c + 2 * j + 1]), k_min[c + 2 * j + 1]);
-      }
+    for (int b = 0; b < KV_BATCH; ++b) {
+      KV_BATCH_UNIT(b);
+      row[b] = t;
+      unit[b] = u;
+      kv_get_bytes<VEC / 2, VL>(q + (long long)t * (D / 2) + u * (VEC / 2), c[b]);
     }
-    kv_store<DT, VEC, VL>(dst + u * VEC * esz, x);
+#pragma unroll
+    for (int b = 0; b < KV_BATCH; ++b) {
+      if (!dst[b]) continue;
+      const int t = row[b];
+      float x[VEC];
+      if (s.kv) {
+        const float sc = v_scale[t], mn = v_min[t];
+#pragma unroll
+        for (int j = 0; j < VEC / 2; ++j) {
+          x[2 * j] = __fadd_rn(__fmul_rn((float)(c[b][j] & 15), sc), mn);
+          x[2 * j + 1] = __fadd_rn(__fmul_rn((float)(c[b][j] >> 4), sc), mn);
+        }
+      } else {
+        // this unit's first channel, in its token group's scale / min rows
+        const long long ch = (long long)(t / 64) * D + unit[b] * VEC;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) {
+          const int level = j & 1 ? c[b][j / 2] >> 4 : c[b][j / 2] & 15;
+          x[j] = __fadd_rn(__fmul_rn((float)level, k_scale[ch + j]), k_min[ch + j]);
+        }
+      }
+      kv_store<DT, VEC, VL>(dst[b], x);
+    }
   }
 }
 
+// (KV_THREADS, 3): up to 85 registers a thread for the KV_BATCH units in flight,
+// still 768 threads an SM.
 #define KV_UNPACK_ENTRY(codec, dt, DT, VEC_S)                                               \
-  extern "C" __global__ void __launch_bounds__(KV_THREADS)                                \
+  extern "C" __global__ void __launch_bounds__(KV_THREADS, 3)                             \
       kv_unpack_##codec##_##dt##_v(KV_PARAMS) {                                           \
     unpack_##codec<DT, 16 / (int)sizeof(DT::raw), true>(KV_ARGS);                         \
   }                                                                                       \
-  extern "C" __global__ void __launch_bounds__(KV_THREADS)                                \
+  extern "C" __global__ void __launch_bounds__(KV_THREADS, 3)                             \
       kv_unpack_##codec##_##dt##_s(KV_PARAMS) {                                           \
     unpack_##codec<DT, VEC_S, false>(KV_ARGS);                                            \
   }

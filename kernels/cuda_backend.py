@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -85,20 +86,28 @@ def unsupported(src: PagedSource, codec: str) -> str | None:
 
 
 _TABLES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_TABLES_LOCK = threading.Lock()
 
 
 def _table(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """An int64 device tensor holding ``values``, cached (its content is its key)."""
+    """An int64 device tensor holding ``values``, cached (its content is its key).
+
+    A table made on one stream and used on another is marked as used there
+    (``record_stream``), so evicting it never frees memory a kernel still reads.
+    """
     key = (device.index, values)
-    hit = _TABLES.get(key)
-    if hit is not None:
-        _TABLES.move_to_end(key)
-        return hit
-    host = torch.tensor(values, dtype=torch.int64).pin_memory()
-    table = host.to(device, non_blocking=True)
-    _TABLES[key] = table
-    if len(_TABLES) > 256:
-        _TABLES.popitem(last=False)
+    with _TABLES_LOCK:
+        table = _TABLES.get(key)
+        if table is not None:
+            _TABLES.move_to_end(key)
+    if table is None:
+        host = torch.tensor(values, dtype=torch.int64).pin_memory()
+        table = host.to(device, non_blocking=True)
+        with _TABLES_LOCK:
+            _TABLES[key] = table
+            if len(_TABLES) > 256:
+                _TABLES.popitem(last=False)
+    table.record_stream(torch.cuda.current_stream(device))
     return table
 
 

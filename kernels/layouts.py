@@ -33,16 +33,18 @@ are all K rows, then all V rows::
     +--------------+--------------+-----+-----------------+--------------+-----+
      \\___ row 0 of the [.., 2*D] tensor __/   ...   \\__ row bs/2 starts the Vs
 
-    Found in vllm/v1/attention/backends/cpu_attn.py, CPUAttentionBackend:
-    get_kv_cache_shape returns ``(num_blocks, num_kv_heads, block_size,
-    2 * head_size)`` and CPUAttentionBackendImpl.forward / do_kv_cache_update
-    do ``kv_cache.view((num_blocks, num_kv_heads, block_size * 2, -1))
+    Found in vllm/v1/attention/backends/cpu_attn.py (a recent vLLM, e.g. the
+    fork MatthewBonanni/vllm at e32eae27): CPUAttentionBackend.get_kv_cache_shape
+    returns ``(num_blocks, num_kv_heads, block_size, 2 * head_size)`` and
+    CPUAttentionBackendImpl.forward / do_kv_cache_update do
+    ``kv_cache.view((num_blocks, num_kv_heads, block_size * 2, -1))
     .chunk(2, dim=2)``. So ``cache[b, h, s, :D]`` is *not* the K of slot s.
 
 Older vLLM CPU backend (``EngineKind.VLLM_CPU_SPLIT``, vLLM's CPU_ATTN before
-K and V were fused), per layer ``[2, num_blocks, H, block_size, D]``; its
-get_kv_cache_shape returned ``2, num_blocks, num_kv_heads, block_size,
-head_size`` and forward did ``kv_cache.unbind(0)``.
+K and V were fused, e.g. vllm-project/vllm at 00358600), per layer
+``[2, num_blocks, H, block_size, D]``; its get_kv_cache_shape returned
+``2, num_blocks, num_kv_heads, block_size, head_size`` and forward did
+``kv_cache.unbind(0)``.
 
 HF transformers (``pack_hf``/``unpack_hf``), per layer a pair of tensors::
 

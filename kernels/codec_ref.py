@@ -180,12 +180,12 @@ def _encode_int4(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
     else:
         pad = torch.arange(G * INT4_K_GROUP, device=x.device).clamp(max=T - 1)
         kg = k.index_select(-2, pad).unflatten(-2, (G, INT4_K_GROUP))
-    # + 0.0 turns a -0 minimum into +0, so its stored bytes do not depend on
-    # which of +0 / -0 a reduction happened to return (kernels do the same)
-    k_min, k_max = kg.amin(dim=-2).add_(0.0), kg.amax(dim=-2)  # [S, n, H, G, D]
+    # + 0.0 turns a -0 minimum / maximum into +0, so the stored bytes do not
+    # depend on which of +0 / -0 a reduction happened to return (as in the kernels)
+    k_min, k_max = kg.amin(dim=-2).add_(0.0), kg.amax(dim=-2).add_(0.0)  # [S, n, H, G, D]
     k_scale, k_safe, k_nz = _scale_and_safe(k_max - k_min, INT4_LEVELS)
     kq = _quant4_(kg, k_min[..., None, :], k_safe[..., None, :], k_nz[..., None, :])
-    v_min, v_max = v.amin(dim=-1).add_(0.0), v.amax(dim=-1)  # [S, n, H, T]
+    v_min, v_max = v.amin(dim=-1).add_(0.0), v.amax(dim=-1).add_(0.0)  # [S, n, H, T]
     v_scale, v_safe, v_nz = _scale_and_safe(v_max - v_min, INT4_LEVELS)
     vq = _quant4_(v, v_min[..., None], v_safe[..., None], v_nz[..., None])
     out["k_scale"].copy_(k_scale)

@@ -56,8 +56,8 @@ Arithmetic (identical in the torch reference and the CUDA kernels, so both
 produce the same bytes): values are widened to float32; every operation is a
 single IEEE float32 operation rounded to nearest even (no fused multiply-add);
 rounding to an integer is round-half-to-even; a group whose scale is 0 (all
-values equal, e.g. all zero) encodes q = 0; a stored zero amax or int4 min is
-+0 (never -0), so the bytes do not depend on reduction order. Decoding computes
+values equal, e.g. all zero) encodes q = 0; a zero amax, int4 min or int4 max
+is taken as +0 (never -0), so the bytes do not depend on reduction order. Decoding computes
 ``q * scale`` (+ ``min`` for int4) in float32 and rounds to the layout's dtype.
 Inputs must be finite.
 

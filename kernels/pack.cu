@@ -166,8 +166,8 @@ __device__ __forceinline__ void pack_int4_v(const KvSlab& s, long long off2, lon
         }
       }
     }
-    mn = __fadd_rn(kv_group_min(mn, G), 0.0f);  // a -0 minimum becomes +0
-    mx = kv_group_max(mx, G);
+    mn = __fadd_rn(kv_group_min(mn, G), 0.0f);  // a -0 min / max becomes +0
+    mx = __fadd_rn(kv_group_max(mx, G), 0.0f);
     if (!src) continue;
     const float scale = __fdiv_rn(__fsub_rn(mx, mn), 15.0f);
     if (li == 0) {
@@ -239,7 +239,8 @@ __device__ __forceinline__ void pack_int4_k(const KvSlab& s, long long off0, lon
         a = fminf(a, part_mn[(r * upr + du) * VEC + dk]);
         b = fmaxf(b, part_mx[(r * upr + du) * VEC + dk]);
       }
-      a = __fadd_rn(a, 0.0f);  // a -0 minimum becomes +0
+      a = __fadd_rn(a, 0.0f);  // a -0 min / max becomes +0
+      b = __fadd_rn(b, 0.0f);
       const float sc = __fdiv_rn(__fsub_rn(b, a), 15.0f);
       k_scale[(long long)g * D + d] = sc;
       k_min[(long long)g * D + d] = a;

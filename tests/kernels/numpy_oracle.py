@@ -104,12 +104,13 @@ def encode(x: np.ndarray, codec: str, itemsize: int, raw: bytes | None = None) -
     else:
         k, v = hm[:, 0], hm[:, 1]  # [L, H, T, D]
         G = -(-T // K_GROUP)
-        # "+ 0" makes a -0 minimum +0 (the documented canonical zero)
+        # "+ 0" makes a -0 minimum / maximum +0 (the documented canonical zero)
         k_min = np.stack([k[:, :, g * K_GROUP:(g + 1) * K_GROUP].min(axis=2) for g in range(G)],
                          2) + np.float32(0)
-        k_max = np.stack([k[:, :, g * K_GROUP:(g + 1) * K_GROUP].max(axis=2) for g in range(G)], 2)
+        k_max = np.stack([k[:, :, g * K_GROUP:(g + 1) * K_GROUP].max(axis=2) for g in range(G)],
+                         2) + np.float32(0)
         k_scale = _div(k_max - k_min, 15.0)
-        v_min, v_max = v.min(axis=3) + np.float32(0), v.max(axis=3)
+        v_min, v_max = v.min(axis=3) + np.float32(0), v.max(axis=3) + np.float32(0)
         v_scale = _div(v_max - v_min, 15.0)
         tg = np.arange(T) // K_GROUP
         kq = _q4(k, k_min[:, :, tg], k_scale[:, :, tg])

@@ -5,8 +5,9 @@
 
 GB/s counts the *uncompressed* bytes of the store blocks moved (S blocks of
 L x 2 x T x H x D), so a codec and the copy are compared on the same work; the
-baseline is ``torch`` copying those bytes on the same device, measured in the
-same run, and ``ratio`` = GB/s / baseline. On CUDA it also measures offload:
+baseline is ``torch`` copying those bytes on the same device, timed in the same
+run call by call interleaved with the row's operation (so a busy shared machine
+slows both alike), and ``ratio`` = GB/s / baseline. On CUDA it also measures offload:
 pack + device-to-host of the payloads into pinned memory against torch's pinned
 copy of the raw blocks (and host-to-device + unpack on the way back).
 """
@@ -26,27 +27,33 @@ from kvstore.layout import KVLayout
 COLUMNS = ["name", "op", "codec", "backend", "block_bytes", "gbps", "baseline", "ratio"]
 
 
-def measure(fn, device: torch.device, min_time: float = 0.2, max_reps: int = 20) -> float:
-    """Median seconds per call of ``fn`` (after a warm-up call)."""
+def _once(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
     fn()
-    times: list[float] = []
+    return time.perf_counter() - t0
+
+
+def measure(fn, baseline, device: torch.device, min_time: float = 0.3,
+            max_reps: int = 25) -> tuple[float, float]:
+    """Median seconds per call of ``fn`` and of ``baseline``, interleaved call by
+    call so both see the same machine (this one is shared), after a warm-up."""
+    fn()
+    baseline()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        for _ in range(max_reps):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        return statistics.median(times)
-    spent = 0.0
-    while len(times) < 3 or (spent < min_time and len(times) < max_reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        spent += times[-1]
-    return statistics.median(times)
+    times: list[float] = []
+    base: list[float] = []
+    while len(times) < 3 or (sum(times) + sum(base) < min_time and len(times) < max_reps):
+        times.append(_once(fn, device))
+        base.append(_once(baseline, device))
+    return statistics.median(times), statistics.median(base)
 
 
 def run(device: torch.device, layers: int, blocks: int, dtype: str, backend: str | None):
@@ -64,15 +71,20 @@ def run(device: torch.device, layers: int, blocks: int, dtype: str, backend: str
 
     raw = torch.empty(total, dtype=torch.uint8, device=device)
     raw_dst = torch.empty_like(raw)
-    copy_gbps = total / measure(lambda: raw_dst.copy_(raw), device) / 1e9
-    rows = [dict(name="copy", op="copy", codec="-", backend="torch", block_bytes=layout.block_nbytes,
-                 gbps=copy_gbps, baseline=copy_gbps, ratio=1.0)]
 
-    def row(op, codec, seconds, baseline):
-        gbps = total / seconds / 1e9
-        rows.append(dict(name=f"{op}/{codec}", op=op, codec=codec, backend=name,
+    def copy():
+        raw_dst.copy_(raw)
+
+    rows: list[dict] = []
+
+    def row(op, codec, fn, baseline_fn, backend_name=name):
+        seconds, base_seconds = measure(fn, baseline_fn, device)
+        gbps, baseline = total / seconds / 1e9, total / base_seconds / 1e9
+        rows.append(dict(name=f"{op}/{codec}", op=op, codec=codec, backend=backend_name,
                          block_bytes=layout.block_nbytes, gbps=gbps, baseline=baseline,
                          ratio=gbps / baseline))
+
+    row("copy", "-", copy, copy, "torch")
 
     outs = {}
     for codec in CODECS:
@@ -86,17 +98,20 @@ def run(device: torch.device, layers: int, blocks: int, dtype: str, backend: str
         def unpack(out=out, codec=codec):
             unpack_paged(out, caches, targets, layout, codec, engine, backend=backend)
 
-        row("pack", codec, measure(pack, device), copy_gbps)
-        row("unpack", codec, measure(unpack, device), copy_gbps)
+        row("pack", codec, pack, copy)
+        row("unpack", codec, unpack, copy)
 
     if device.type == "cuda":
         host = torch.empty(total, dtype=torch.uint8).pin_memory()
-        d2h = total / measure(lambda: host.copy_(raw, non_blocking=True), device) / 1e9
-        h2d = total / measure(lambda: raw.copy_(host, non_blocking=True), device) / 1e9
-        rows.append(dict(name="d2h/raw", op="d2h", codec="-", backend="torch",
-                         block_bytes=layout.block_nbytes, gbps=d2h, baseline=d2h, ratio=1.0))
-        rows.append(dict(name="h2d/raw", op="h2d", codec="-", backend="torch",
-                         block_bytes=layout.block_nbytes, gbps=h2d, baseline=h2d, ratio=1.0))
+
+        def d2h():
+            host.copy_(raw, non_blocking=True)
+
+        def h2d():
+            raw.copy_(host, non_blocking=True)
+
+        row("d2h", "-", d2h, d2h, "torch")
+        row("h2d", "-", h2d, h2d, "torch")
         for codec in CODECS:
             out = outs[codec]
             n = out.numel()
@@ -110,8 +125,8 @@ def run(device: torch.device, layers: int, blocks: int, dtype: str, backend: str
                 out.copy_(staged, non_blocking=True)
                 unpack_paged(out, caches, targets, layout, codec, engine, backend=backend)
 
-            row("pack+d2h", codec, measure(offload, device), d2h)
-            row("h2d+unpack", codec, measure(reload, device), h2d)
+            row("pack+d2h", codec, offload, d2h)
+            row("h2d+unpack", codec, reload, h2d)
     return rows
 
 

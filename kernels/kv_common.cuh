@@ -197,6 +197,10 @@ __device__ __forceinline__ KvSlab kv_slab(const long long* k_ptrs, const long lo
   return s;
 }
 
+__device__ __forceinline__ int kv_clampi(int v, int lo, int hi) {
+  return v < lo ? lo : (v > hi ? hi : v);
+}
+
 // Reductions over `width` lanes (a power of two <= 32, aligned groups).
 __device__ __forceinline__ float kv_group_max(float v, int width) {
   for (int o = width >> 1; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(KV_FULL_MASK, v, o));

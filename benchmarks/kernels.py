@@ -19,9 +19,9 @@ import statistics
 import time
 
 import torch
-from kvstore.kernels import CODECS, EngineLayout, pack_paged, payload_nbytes, unpack_paged
 
 from benchmarks.common import print_table, write_json
+from kvstore.kernels import CODECS, EngineLayout, pack_paged, payload_nbytes, unpack_paged
 from kvstore.layout import KVLayout
 
 COLUMNS = ["name", "op", "codec", "backend", "block_bytes", "gbps", "baseline", "ratio"]

@@ -3,7 +3,7 @@
 Codec ``none`` is built in: a block's payload is
 ``kv[:, :, i*B:(i+1)*B].contiguous()``'s bytes (layout ``[L, 2, B, H, D]``,
 the layout's dtype). Every other codec comes from
-``kvstore.kernels.encode / decode / payload_nbytes`` (branch ``kernels``);
+``kvstore.kernels.encode / decode / payload_nbytes``;
 this adapter is the only place the client touches them.
 """
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
+
+from kvstore.errors import InvalidArgument, LayoutMismatch
 from kvstore.kernels import dispatch
 from kvstore.kernels.codecs import check_codec, payload_nbytes
 from kvstore.kernels.source import block_source, layout_of_block
-
-from kvstore.errors import InvalidArgument, LayoutMismatch
 from kvstore.layout import KVLayout
 
 

@@ -11,6 +11,7 @@ which torch may turn into a multiplication by the reciprocal).
 from __future__ import annotations
 
 import torch
+
 from kvstore.kernels.codecs import (
     FP8_E4M3,
     FP8_MAX,
@@ -23,7 +24,6 @@ from kvstore.kernels.codecs import (
     Section,
     payload_spec,
 )
-
 from kvstore.layout import KVLayout
 
 

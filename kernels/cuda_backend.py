@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from kvstore.kernels.codecs import INT4, payload_spec
-from kvstore.kernels.source import PagedSource
 
 from kvstore.errors import InvalidArgument, LayoutMismatch
+from kvstore.kernels.codecs import INT4, payload_spec
+from kvstore.kernels.source import PagedSource
 
 THREADS = 256  # KV_THREADS in kv_common.cuh
 MAX_INT4_HEAD_DIM = 512  # g_scale[512] in pack.cu

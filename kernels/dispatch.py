@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from kvstore.errors import InvalidArgument
 from kvstore.kernels import cuda_backend, reference
 from kvstore.kernels.codecs import payload_nbytes
 from kvstore.kernels.source import PagedSource
-
-from kvstore.errors import InvalidArgument
 
 REFERENCE = "reference"
 CUDA = "cuda"

@@ -21,12 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from kvstore.errors import InvalidArgument, LayoutMismatch
 from kvstore.kernels import dispatch
 from kvstore.kernels.codecs import check_codec
 from kvstore.kernels.layouts import EngineLayout, hf_layers, hf_views
 from kvstore.kernels.source import PagedSource, paged_source
-
-from kvstore.errors import InvalidArgument, LayoutMismatch
 from kvstore.layout import KVLayout
 
 BlockIds = Sequence[int] | torch.Tensor

@@ -9,6 +9,7 @@ kernels.
 from __future__ import annotations
 
 import torch
+
 from kvstore.kernels.codec_ref import (
     decode_layers,
     encode_layers,

@@ -7,9 +7,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kvstore.kernels import CODECS, decode, encode, payload_nbytes, payload_spec
 
 from kvstore.errors import InvalidArgument, LayoutMismatch
+from kvstore.kernels import CODECS, decode, encode, payload_nbytes, payload_spec
 from kvstore.layout import KVLayout
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from kvstore.kernels import (
     CODECS,
     EngineKind,
@@ -26,7 +27,6 @@ from kvstore.kernels import (
 )
 from kvstore.kernels import cuda_backend as cb
 from kvstore.kernels.paged import _paged
-
 from kvstore.layout import KVLayout
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from kvstore.kernels import cuda_backend
 
 KERNELS = Path(cuda_backend.__file__).resolve().parent

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from kvstore.kernels import (
     CODECS,
     EngineKind,
@@ -17,7 +18,6 @@ from kvstore.kernels import (
 )
 from kvstore.kernels import dispatch as kdispatch
 from kvstore.kernels.source import block_source
-
 from kvstore.layout import KVLayout
 
 pytestmark = pytest.mark.gpu

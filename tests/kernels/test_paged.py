@@ -6,6 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
+from kvstore.errors import InvalidArgument, LayoutMismatch
 from kvstore.kernels import (
     CODECS,
     EngineKind,
@@ -18,8 +20,6 @@ from kvstore.kernels import (
     unpack_hf,
     unpack_paged,
 )
-
-from kvstore.errors import InvalidArgument, LayoutMismatch
 from kvstore.layout import KVLayout
 
 KINDS = [EngineKind.VLLM_FLASH, "vllm_flash_hnd", EngineKind.VLLM_CPU, EngineKind.VLLM_CPU_SPLIT]

@@ -21,11 +21,20 @@ from __future__ import annotations
 import errno
 import mmap
 import threading
+from dataclasses import dataclass
 
 import numpy as np
+import xxhash
 
 from kvstore.errors import StorageError
 from kvstore.ssd_fs import SSDFileSystem
+from kvstore.ssd_record import (
+    FLAG_TOMBSTONE,
+    RECORD_HEADER_SIZE,
+    SSDLocation,
+    payload_offset,
+    unpack_record_header,
+)
 from kvstore.ssd_segment import Segment
 
 DIO_ALIGN = 512
@@ -61,6 +70,48 @@ class ShortRead(StorageError):
 
     def __init__(self, got: int, want: int) -> None:
         super().__init__(errno.EIO, f"ssd: short read: {got} of {want} bytes (truncated file)")
+
+
+@dataclass
+class PreparedRecord:
+    """A record ready to append: compressed (or not) and checksummed."""
+
+    flags: int
+    namespace: bytes
+    key: bytes
+    parent: bytes
+    n_tokens: int
+    codec_len: int
+    extra_len: int
+    meta: bytes
+    stored: object  # bytes-like
+    raw_len: int
+    payload_sum: int = 0
+    meta_sum: int = 0
+
+    def __post_init__(self) -> None:
+        self.payload_sum = xxhash.xxh3_64_intdigest(self.stored)
+        self.meta_sum = xxhash.xxh3_64_intdigest(self.meta)
+
+
+def record_matches(seg: Segment, loc: SSDLocation, head, payload) -> bool:
+    """Whether ``head`` (the record's first ``payload_offset`` bytes) and ``payload``
+    (its stored bytes) are the intact record that ``loc`` names."""
+    f = unpack_record_header(head[:RECORD_HEADER_SIZE], seg.nonce, seg.align)
+    return (
+        f is not None
+        and len(head) == loc.payload_offset
+        and f.record_len == loc.length
+        and payload_offset(f.meta_len, seg.align) == loc.payload_offset
+        and f.stored_len == loc.stored_len
+        and f.raw_len == loc.payload_len
+        and f.flags == loc.flags
+        and not f.flags & FLAG_TOMBSTONE
+        and len(payload) == loc.stored_len
+        and f.meta_sum == xxhash.xxh3_64_intdigest(
+            memoryview(head)[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + f.meta_len])
+        and xxhash.xxh3_64_intdigest(payload) == f.payload_sum
+    )
 
 
 class RecordIO:

@@ -53,6 +53,7 @@ class SegmentLog:
         self._dir_changes = 0
         self._dir_synced = 0
         self.on_free: Callable[[Segment], None] = lambda seg: None
+        self.closed = False
 
     # ------------------------------------------------------------------ open
 
@@ -202,6 +203,8 @@ class SegmentLog:
     def acquire(self, segment_id: int) -> Segment:
         """Pin a segment for a read; NotFound once it is being freed."""
         with self.lock:
+            if self.closed:
+                raise StorageError("ssd: tier is closed")
             seg = self.segments.get(segment_id)
             if seg is None or seg.dying:
                 raise NotFound(f"ssd: segment {segment_id} was freed")
@@ -223,6 +226,8 @@ class SegmentLog:
         not covered). Two concurrent syncs both wait for their own fsyncs.
         """
         with self.lock:
+            if self.closed:
+                return
             targets = [(s, s.written) for s in self.segments.values() if s.written > s.synced]
             for s, _ in targets:
                 s.refs += 1
@@ -247,6 +252,7 @@ class SegmentLog:
     def close(self) -> None:
         """Close every descriptor once no read uses it."""
         with self.lock:
+            self.closed = True
             self._readers_done.wait_for(
                 lambda: all(s.refs == 0 for s in self.segments.values()))
             segs = list(self.segments.values())

@@ -182,6 +182,7 @@ class SSDTier:
             self._recover_locked(self.verify_on_recover, collect=False)
 
     def _recover_locked(self, verify: bool, collect: bool) -> dict:
+        found: dict = {}
         try:
             found, index, seq = scan_all(self._fs, self._log.segments.values(), verify, collect)
             with self._meta:

@@ -120,7 +120,7 @@ class RecordIO:
     def __init__(self, fs: SSDFileSystem, align: int) -> None:
         self.fs = fs
         self.align = align
-        self._zeros = bytes(align)
+        self._zeros = bytes(align)  # padding is always < align
         self._staging = AlignedBuffer()
         self._local = threading.local()
 
@@ -132,21 +132,40 @@ class RecordIO:
 
     # ---------------------------------------------------------------- write
 
-    def write(self, seg: Segment, at: int, head: bytes, stored, record_len: int,
+    def write(self, seg: Segment, at: int, records: list[tuple[bytes, object, int]],
               direct: bool) -> None:
-        """Write a record: ``head`` (payload_offset bytes), ``stored``, zero padding."""
-        stored = memoryview(stored).cast("B")
-        pad = record_len - len(head) - len(stored)
+        """Write consecutive records at ``at`` with one ``pwritev``.
+
+        ``records``: ``(head, stored, record_len)`` each; ``head`` is the
+        record's first ``payload_offset`` bytes, zero padding follows ``stored``.
+        """
         if not direct or seg.dfd is None:
-            self.fs.pwritev_all(seg.fd, [head, stored, self._zeros[:pad]], at)
+            iov = []
+            for head, stored, record_len in records:
+                iov += [head, stored, self._zeros[: record_len - len(head) - len(stored)]]
+            self.fs.pwritev_all(seg.fd, iov, at)
             return
-        bulk = len(stored) // DIO_ALIGN * DIO_ALIGN if dio_aligned(stored) else 0
-        rest = len(stored) - bulk
-        stage = self._staging.view(len(head) + rest + pad)
-        stage[: len(head)] = head
-        stage[len(head) : len(head) + rest] = stored[bulk:]
-        stage[len(head) + rest :] = bytes(pad)
-        iov = [stage[: len(head)], stored[:bulk], stage[len(head) :]]
+        plan = []  # (head, stored, bulk, rest, pad)
+        staged = 0
+        for head, stored, record_len in records:
+            stored = memoryview(stored).cast("B")
+            bulk = len(stored) // DIO_ALIGN * DIO_ALIGN if dio_aligned(stored) else 0
+            pad = record_len - len(head) - len(stored)
+            plan.append((head, stored, bulk, pad))
+            staged += len(head) + len(stored) - bulk + pad
+        stage = self._staging.view(staged)
+        iov = []
+        pos = 0
+        for head, stored, bulk, pad in plan:
+            stage[pos : pos + len(head)] = head
+            iov.append(stage[pos : pos + len(head)])
+            pos += len(head)
+            iov.append(stored[:bulk])
+            tail = len(stored) - bulk + pad
+            stage[pos : pos + len(stored) - bulk] = stored[bulk:]
+            stage[pos + len(stored) - bulk : pos + tail] = self._zeros[:pad]
+            iov.append(stage[pos : pos + tail])
+            pos += tail
         self.fs.pwritev_all(seg.dfd, [v for v in iov if len(v)], at)
 
     # ----------------------------------------------------------------- read

@@ -114,6 +114,14 @@ class SegmentLog:
             self.active = self._new_segment()
         return self.active
 
+    def fits_active(self, record_len: int) -> bool:
+        """Whether ``reserve(record_len)`` would return the active segment untouched."""
+        seg = self.active
+        return (seg is not None and not seg.sealed
+                and (seg.append_at == SEGMENT_HEADER_SIZE
+                     or seg.append_at + record_len <= self.segment_bytes)
+                and self.used + record_len <= self.capacity)
+
     def make_room(self, nbytes: int) -> None:
         """Free oldest segments until ``nbytes`` more fit (for the manifest)."""
         while self.used + nbytes > self.capacity and self.segments:
@@ -146,8 +154,9 @@ class SegmentLog:
             seg.size = seg.append_at
             seg.written += 1
 
-    def cut_back(self, seg: Segment, at: int, record_len: int) -> None:
-        """After a failed append: truncate the partial record away and seal the segment."""
+    def cut_back(self, seg: Segment, at: int, nbytes: int) -> None:
+        """After a failed append of ``nbytes`` at ``at`` (already counted by ``appended``
+        or not): truncate the partial bytes away and seal the segment."""
         if self.active is seg:
             self.seal_active()
         seg.sealed = True
@@ -155,11 +164,11 @@ class SegmentLog:
             self.fs.truncate(seg.fd, at)
             size = at
         except OSError:
-            size = at + record_len  # at most this much may have landed
+            size = max(seg.size, at + nbytes)  # at most this much may have landed
         with self.lock:
-            if size > seg.size:
-                self.used += size - seg.size
-                seg.size = size
+            self.used += size - seg.size
+            seg.size = size
+            seg.append_at = size
 
     def seal_active(self) -> None:
         if self.active is not None:

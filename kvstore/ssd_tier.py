@@ -103,6 +103,9 @@ from kvstore.store_api import TierStats
 
 log = logging.getLogger("kvstore.ssd")
 
+GROUP_BYTES = 8 << 20  # at most this much per pwritev (write_many)
+GROUP_RECORDS = 256  # and this many records (IOV_MAX is 1024, 3 pieces a record)
+
 Key = tuple[bytes, bytes]
 EvictionCallback = Callable[[list[Key]], None]
 
@@ -206,28 +209,30 @@ class SSDTier:
 
     def write(self, header: SSDRecordHeader, payload) -> SSDLocation:
         """Append a record; returns where it is. Raises StorageError, CapacityError."""
-        return self._append(self._prepare(header, payload))
+        (result,) = self._append([self._prepare(header, payload)])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
     def write_many(self, items) -> list[SSDLocation | Exception]:
         """Write ``(header, payload)`` pairs; per item its location or its error.
 
-        Compression and checksums of the next records run on helper threads
-        while this one writes, so the device does not wait for the CPU.
+        Compression and checksums run on helper threads, several at a time;
+        records that follow each other in a segment go out together, up to
+        ``GROUP_BYTES`` per ``pwritev`` (fewer, larger I/Os: the device queues
+        the pieces of one large O_DIRECT write in parallel).
         """
         items = list(items)
         if len(items) <= 1 or self.io_threads <= 1:
-            return [_try(self.write, h, p) for h, p in items]
-        pool = self._io_pool()
-        window = 2 * self.io_threads
-        futures = [pool.submit(self._prepare, h, p) for h, p in items[:window]]
-        out: list[SSDLocation | Exception] = []
-        for i in range(len(items)):
-            if i + window < len(items):
-                futures.append(pool.submit(self._prepare, *items[i + window]))
-            try:
-                out.append(self._append(futures[i].result()))
-            except (KVStoreError, OSError) as e:
-                out.append(e)
+            prepared = [_try(self._prepare, h, p) for h, p in items]
+        else:
+            prepared = list(self._io_pool().map(lambda hp: _try(self._prepare, *hp), items))
+        out: list[SSDLocation | Exception] = list(prepared)
+        good = [i for i, r in enumerate(prepared) if isinstance(r, PreparedRecord)]
+        for start in range(0, len(good), GROUP_RECORDS):
+            chunk = good[start : start + GROUP_RECORDS]
+            for i, r in zip(chunk, self._append([prepared[i] for i in chunk])):
+                out[i] = r
         return out
 
     def _prepare(self, header: SSDRecordHeader, payload) -> PreparedRecord:
@@ -245,41 +250,91 @@ class SSDTier:
             raw_len=len(mv),
         )
 
-    def _append(self, rec: PreparedRecord) -> SSDLocation:
-        head_len = payload_offset(len(rec.meta), self.align)
-        record_len = record_length(len(rec.meta), len(rec.stored), self.align)
-        direct = self._direct_min is not None and len(rec.stored) >= self._direct_min
+    def _append(self, recs: list[PreparedRecord]) -> list[SSDLocation | Exception]:
+        """Append records in order; per record its location or its error."""
+        out: list[SSDLocation | Exception] = []
         with self._lock:
             try:
                 self._check_writable()
                 self._ensure_recovered()
-                seg = self._reserve(record_len)
-                hdr = pack_record_header(
-                    nonce=seg.nonce, flags=rec.flags, seq=self._seq, namespace=rec.namespace,
-                    key=rec.key, parent=rec.parent, n_tokens=rec.n_tokens,
-                    codec_len=rec.codec_len, extra_len=rec.extra_len,
-                    stored_len=len(rec.stored), raw_len=rec.raw_len, record_len=record_len,
-                    payload_sum=rec.payload_sum, meta_sum=rec.meta_sum,
-                )
-                head = b"".join((hdr, rec.meta, bytes(head_len - len(hdr) - len(rec.meta))))
-                at = seg.append_at
-                self._write_record(seg, at, head, rec.stored, record_len, direct)
-                self._log.appended(seg, at, record_len)
-                loc = SSDLocation(seg.id, at, record_len, head_len, len(rec.stored),
-                                  rec.raw_len, rec.flags)
-                with self._meta:
+            except KVStoreError as e:
+                self._notify()
+                return [e] * len(recs)
+            group: list = []  # (rec, at, head, record_len, segment): counted, not yet written
+            try:
+                for rec in recs:
+                    record_len = record_length(len(rec.meta), len(rec.stored), self.align)
+                    if group and (self._group_bytes(group) + record_len > GROUP_BYTES
+                                  or not self._log.fits_active(record_len)):
+                        out += self._write_group(group)
+                        group = []
+                    try:
+                        self._check_writable()
+                        seg = self._reserve(record_len)
+                    except KVStoreError as e:
+                        out.append(e)
+                        continue
+                    head_len = payload_offset(len(rec.meta), self.align)
+                    hdr = pack_record_header(
+                        nonce=seg.nonce, flags=rec.flags, seq=self._seq,
+                        namespace=rec.namespace, key=rec.key, parent=rec.parent,
+                        n_tokens=rec.n_tokens, codec_len=rec.codec_len,
+                        extra_len=rec.extra_len, stored_len=len(rec.stored),
+                        raw_len=rec.raw_len, record_len=record_len,
+                        payload_sum=rec.payload_sum, meta_sum=rec.meta_sum,
+                    )
                     self._seq += 1
-                    if not rec.flags & FLAG_TOMBSTONE:
-                        k = (rec.namespace, rec.key)
-                        old = self._index.get(k)
-                        if old is not None and old.segment in self._log.segments:
-                            self._log.segments[old.segment].live.discard(k)
-                        self._index[k] = loc
-                        seg.live.add(k)
-                        self._bytes_in += rec.raw_len
-                return loc
+                    head = b"".join((hdr, rec.meta, bytes(head_len - len(hdr) - len(rec.meta))))
+                    group.append((rec, seg.append_at, head, record_len, seg))
+                    self._log.appended(seg, seg.append_at, record_len)
+                if group:
+                    out += self._write_group(group)
             finally:
                 self._notify()
+        return out
+
+    @staticmethod
+    def _group_bytes(group) -> int:
+        return group[-1][1] + group[-1][3] - group[0][1]
+
+    def _write_group(self, group) -> list[SSDLocation | Exception]:
+        """pwritev records already counted in the active segment; then index them."""
+        seg = group[0][4]
+        at = group[0][1]
+        parts = [(head, rec.stored, record_len) for rec, _, head, record_len, _ in group]
+        direct = self._direct_min is not None and all(
+            len(rec.stored) >= self._direct_min for rec, *_ in group)
+        try:
+            try:
+                self._io.write(seg, at, parts, direct)
+            except OSError as e:
+                if not (direct and e.errno == errno.EINVAL):
+                    raise
+                log.warning("ssd: O_DIRECT write refused (%s); writing buffered from now on", e)
+                self._direct_min = None
+                self._io.write(seg, at, parts, False)
+        except OSError as e:
+            self._log.cut_back(seg, at, self._group_bytes(group))
+            self._degrade(f"write: {e}")
+            err = StorageError(f"ssd: write failed: {e}")
+            err.__cause__ = e
+            return [err] * len(group)
+        out = []
+        with self._meta:
+            for rec, rec_at, head, record_len, _ in group:
+                loc = SSDLocation(seg.id, rec_at, record_len, len(head), len(rec.stored),
+                                  rec.raw_len, rec.flags)
+                out.append(loc)
+                if rec.flags & FLAG_TOMBSTONE:
+                    continue
+                k = (rec.namespace, rec.key)
+                old = self._index.get(k)
+                if old is not None and old.segment in self._log.segments:
+                    self._log.segments[old.segment].live.discard(k)
+                self._index[k] = loc
+                seg.live.add(k)
+                self._bytes_in += rec.raw_len
+        return out
 
     def _reserve(self, nbytes: int) -> Segment:
         try:
@@ -289,21 +344,6 @@ class SSDTier:
         except OSError as e:
             self._degrade(f"making room: {e}")
             raise StorageError(f"ssd: cannot make room: {e}") from e
-
-    def _write_record(self, seg, at, head, stored, record_len, direct) -> None:
-        try:
-            try:
-                self._io.write(seg, at, head, stored, record_len, direct)
-            except OSError as e:
-                if not (direct and e.errno == errno.EINVAL):
-                    raise
-                log.warning("ssd: O_DIRECT write refused (%s); writing buffered from now on", e)
-                self._direct_min = None
-                self._io.write(seg, at, head, stored, record_len, False)
-        except OSError as e:
-            self._log.cut_back(seg, at, record_len)
-            self._degrade(f"write: {e}")
-            raise StorageError(f"ssd: write failed: {e}") from e
 
     def _on_free(self, seg: Segment) -> None:
         """A segment is being freed: its live records leave the index."""
@@ -355,11 +395,13 @@ class SSDTier:
             if not present:
                 return 0
             payload = tombstone_payload(present)
-            self._append(PreparedRecord(
+            (result,) = self._append([PreparedRecord(
                 flags=FLAG_TOMBSTONE, namespace=ROOT_KEY, key=ROOT_KEY, parent=ROOT_KEY,
                 n_tokens=0, codec_len=0, extra_len=0, meta=b"", stored=payload,
                 raw_len=len(payload),
-            ))
+            )])
+            if isinstance(result, Exception):
+                raise result
             return len(present)
 
     # ------------------------------------------------------------------ read

@@ -13,13 +13,19 @@ first frees whole segments, oldest first (the active one too, if needed), and
 reports the live keys of each freed segment through the eviction callback.
 Other files in the directory are neither counted nor touched.
 
+Use: open, ``load_namespaces()`` (re-register them), ``recover()`` (rebuild
+the trees from its records), ``set_eviction_callback``, then write and read.
+A write or remove before ``recover()`` scans the segments itself first.
+
 Durability: a record is written with one ``pwritev`` (head, payload,
 padding): payloads of 256 KiB and more with O_DIRECT straight from the
 caller's buffer when it is aligned (``kvstore.ssd_io``), smaller ones through
 the page cache. ``flush()`` fsyncs every segment written to since the last
-flush and, when segments were created or unlinked, the directory. What was written before ``flush()`` was called survives SIGKILL and
-power loss; later writes may or may not. ``remove`` writes a tombstone record,
-durable at the next flush like any record.
+flush and, when segments were created or unlinked, the directory. What was
+written before ``flush()`` was called survives SIGKILL and power loss; later
+writes may or may not (they do survive SIGKILL of the process alone).
+``remove`` writes a tombstone record, durable at the next flush like any
+record.
 
 Recovery: opening a tier lists its segments (a segment whose header does not
 verify is deleted, logged) and ``recover()`` scans them in id order: torn or
@@ -45,10 +51,12 @@ nothing already written is disturbed; ``reset_degraded()`` lets an operator
 try again (new writes go to a new segment). A checksum failure on read raises
 ``StorageError`` without degrading (one bad record, not a bad disk).
 
-Batches: ``write_many`` compresses and checksums the next records on helper
-threads while it writes; ``read_many_into`` keeps several reads in flight.
-Both report errors per item. Use them for a prefix of many blocks: one block
-at a time, the device idles while each payload is checksummed.
+Batches: ``write_many`` compresses and checksums its records on helper
+threads and writes consecutive records with one ``pwritev`` (group commit, up
+to 8 MiB); ``read_many_into`` keeps several reads in flight. Both report
+errors per item. Use them for a prefix of many blocks: one block at a time,
+the device idles while each payload is checksummed (about 0.6x of dd for
+1 MiB blocks, against 0.9-1.2x batched; ``benchmarks.store_ssd``).
 
 Segment files and their bytes are managed by ``kvstore.ssd_log``. Each open
 segment holds two descriptors (buffered and O_DIRECT): a tier of N segments

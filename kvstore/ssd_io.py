@@ -1,4 +1,8 @@
-"""Moving one record's bytes to and from a segment file: buffered or O_DIRECT.
+"""Record bytes in flight: prepared (checksummed), written, read back and checked.
+
+``PreparedRecord`` is a block ready to append (checksums computed off the
+append lock); ``RecordIO`` moves records to and from a segment file, buffered
+or with O_DIRECT; ``record_matches`` checks what a read brought back.
 
 Buffered (``pwritev`` / ``preadv`` through the page cache) is used for small
 records and on filesystems that refuse O_DIRECT. Large uncompressed payloads

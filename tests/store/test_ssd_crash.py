@@ -127,7 +127,7 @@ def test_crash_quick(tmp_path):
 
 @pytest.mark.slow
 def test_crash_many_cycles(tmp_path):
-    crash_cycles(tmp_path / "ssd", cycles=40, seed=2, max_kill=0.8)
+    crash_cycles(tmp_path / "ssd", cycles=30, seed=2, max_kill=0.8)
 
 
 def damage(directory, rnd: random.Random, flips: int, truncate: bool):

@@ -20,15 +20,18 @@ measures, in a fresh sub-folder of ``directory``:
   flush; the pages are clean then, so the kernel drops them), so the read
   comes from the device, as dd's O_DIRECT read does.
 
-Each measurement runs ``repeat`` times, ours and dd's alternating, and the best
-of each is kept (the disk is shared, its speed wanders). dd's own reported
-time is used (its start-up is not counted). If the filesystem refuses O_DIRECT
+Ours and dd alternate every 64 MiB (up to 32 blocks; dd with ``seek``/``skip``
+and ``conv=notrunc``, its last chunk with ``fsync``), so both see the same
+moments of a shared disk whose speed wanders; each sum is the best of
+``repeat`` rounds. dd's own reported time is used (its start-up is not
+counted). If the filesystem refuses O_DIRECT
 (tmpfs, some overlay filesystems), dd runs with ``conv=fsync`` for writes and
 a plain read after ``DONTNEED`` for reads, and the row's ``baseline`` says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import re
@@ -88,50 +91,95 @@ def _headers(n: int, block_bytes: int) -> list[SSDRecordHeader]:
     return out
 
 
-def _tier_write(folder: Path, headers, payloads, capacity: int) -> tuple[float, list]:
-    if folder.exists():
-        shutil.rmtree(folder)
+class _DD:
+    """dd on one file, chunk by chunk, with O_DIRECT unless the filesystem refuses it."""
+
+    def __init__(self, path: Path, block_bytes: int) -> None:
+        self.path = path
+        self.bs = f"bs={block_bytes}"
+        self.direct = True
+
+    def write(self, first: int, count: int, last: bool) -> float:
+        args = ["if=/dev/zero", f"of={self.path}", self.bs, f"count={count}", f"seek={first}"]
+        conv = "conv=notrunc,fsync" if last else "conv=notrunc"
+        if self.direct:
+            ok, seconds = _dd([*args, "oflag=direct", conv])
+            if ok:
+                return seconds
+            self.direct = False
+        ok, seconds = _dd([*args, "conv=notrunc,fsync"])
+        if not ok:
+            raise RuntimeError("dd failed")
+        return seconds
+
+    def read(self, first: int, count: int) -> float:
+        args = [f"if={self.path}", "of=/dev/null", self.bs, f"count={count}", f"skip={first}"]
+        if self.direct:
+            ok, seconds = _dd([*args, "iflag=direct"])
+        else:
+            _drop_cache(self.path)
+            ok, seconds = _dd(args)
+        if not ok:
+            raise RuntimeError("dd failed")
+        return seconds
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _check(results) -> list:
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return results
+
+
+def _one_round(work: Path, headers, payloads, block_bytes: int, chunk: int, capacity: int):
+    """One write pass and one read pass of ours and dd's, alternating every ``chunk`` blocks.
+
+    Returns seconds: (ours write, dd write, ours read, ours read one at a time, dd read).
+    """
+    folder, n = work / "tier", len(headers)
+    shutil.rmtree(folder, ignore_errors=True)
+    dd = _DD(work / "dd.bin", block_bytes)
+    with contextlib.suppress(FileNotFoundError):
+        (work / "dd.bin").unlink()
     tier = SSDTier(folder, capacity_bytes=capacity)
     tier.recover()
-    t0 = time.perf_counter()
-    locs = []
-    step = 32
-    for i in range(0, len(headers), step):
-        batch = [(h, payloads[(i + j) % len(payloads)]) for j, h in enumerate(headers[i : i + step])]
-        for loc in tier.write_many(batch):
-            if isinstance(loc, Exception):
-                raise loc
-            locs.append(loc)
-    tier.flush()
-    seconds = time.perf_counter() - t0
+    ours_w = dd_w = 0.0
+    locs: list = []
+    for i in range(0, n, chunk):
+        items = [(h, payloads[(i + j) % len(payloads)]) for j, h in enumerate(headers[i : i + chunk])]
+        ours_w += _timed(lambda items=items: locs.extend(_check(tier.write_many(items))))
+        if i + chunk >= n:
+            ours_w += _timed(tier.flush)
+        dd_w += dd.write(i, len(items), last=i + chunk >= n)
     tier.close()
-    return seconds, locs
 
-
-def _tier_read(folder: Path, locs, block_bytes: int, batched: bool) -> float:
     tier = SSDTier(folder, capacity_bytes=1 << 62)
     tier.recover(verify=False)
     _drop_cache(folder)
-    batch = max(1, min(len(locs), (64 << 20) // block_bytes, 32)) if batched else 1
-    slots = _arena_blocks(batch, block_bytes)
-    t0 = time.perf_counter()
-    for i in range(0, len(locs), batch):
-        chunk = locs[i : i + batch]
-        if batched:
-            errors = tier.read_many_into(chunk, slots[: len(chunk)])
-            if any(errors):
-                raise next(e for e in errors if e)
-        else:
-            tier.read_into(chunk[0], slots[0])
-    seconds = time.perf_counter() - t0
+    slots = _arena_blocks(chunk, block_bytes)
+    ours_r = ours_r1 = dd_r = 0.0
+    for i in range(0, n, chunk):
+        part = locs[i : i + chunk]
+        ours_r += _timed(lambda part=part: _check(tier.read_many_into(part, slots[: len(part)])))
+        dd_r += dd.read(i, len(part))
+    _drop_cache(folder)
+    for loc in locs:
+        ours_r1 += _timed(lambda loc=loc: tier.read_into(loc, slots[0]))
     tier.close()
-    return seconds
+    return ours_w, dd_w, ours_r, ours_r1, dd_r, dd.direct
 
 
-def ssd_rows(directory, block_bytes: int, total_bytes: int, repeat: int = 2) -> list[dict]:
+def ssd_rows(directory, block_bytes: int, total_bytes: int, repeat: int = 3) -> list[dict]:
     """Rows for the SSD tier's write and read against dd in ``directory``."""
     n = max(1, total_bytes // block_bytes)
     nbytes = n * block_bytes
+    chunk = max(1, min(32, (64 << 20) // block_bytes))
     work = Path(tempfile.mkdtemp(prefix="kvstore-ssd-bench-", dir=directory))
     try:
         payloads = _arena_blocks(4, block_bytes)
@@ -139,32 +187,12 @@ def ssd_rows(directory, block_bytes: int, total_bytes: int, repeat: int = 2) -> 
             p[:] = np.random.default_rng(len(p)).integers(0, 256, block_bytes, dtype=np.uint8)
         headers = _headers(n, block_bytes)
         capacity = 2 * nbytes + (512 << 20)
-        folder, ddfile = work / "tier", work / "dd.bin"
-        count = [f"bs={block_bytes}", f"count={n}"]
-
+        best = [float("inf")] * 5
         direct = True
-        ours_w = dd_w = ours_r = ours_r1 = dd_r = float("inf")
         for _ in range(repeat):
-            seconds, locs = _tier_write(folder, headers, payloads, capacity)
-            ours_w = min(ours_w, seconds)
-            if direct:
-                ok, seconds = _dd(["if=/dev/zero", f"of={ddfile}", *count,
-                                   "oflag=direct", "conv=fsync"])
-                direct = ok
-            if not direct:
-                ok, seconds = _dd(["if=/dev/zero", f"of={ddfile}", *count, "conv=fsync"])
-                if not ok:
-                    raise RuntimeError("dd failed")
-            dd_w = min(dd_w, seconds)
-            ours_r = min(ours_r, _tier_read(folder, locs, block_bytes, batched=True))
-            ours_r1 = min(ours_r1, _tier_read(folder, locs, block_bytes, batched=False))
-            if direct:
-                ok, seconds = _dd([f"if={ddfile}", "of=/dev/null", *count, "iflag=direct"])
-            else:
-                _drop_cache(ddfile)
-                ok, seconds = _dd([f"if={ddfile}", "of=/dev/null", *count])
-            dd_r = min(dd_r, seconds)
-        note = "" if direct else "O_DIRECT refused by the filesystem: dd conv=fsync / cold read"
+            *times, direct = _one_round(work, headers, payloads, block_bytes, chunk, capacity)
+            best = [min(b, t) for b, t in zip(best, times)]
+        ours_w, dd_w, ours_r, ours_r1, dd_r = best
         rows = []
         for op, ours, base in (("write", ours_w, dd_w), ("read", ours_r, dd_r)):
             row = {
@@ -174,8 +202,8 @@ def ssd_rows(directory, block_bytes: int, total_bytes: int, repeat: int = 2) -> 
             }
             if op == "read":
                 row["one_at_a_time_gbps"] = gbps(nbytes, ours_r1)
-            if note:
-                row["note"] = note
+            if not direct:
+                row["note"] = "O_DIRECT refused by the filesystem: dd conv=fsync / cold read"
             rows.append(row)
         return rows
     finally:
@@ -188,7 +216,7 @@ def main(argv=None) -> None:
                         help="folder on the filesystem to measure (default: the temp folder)")
     parser.add_argument("--total-mib", type=int, default=1024, help="bytes written per run")
     parser.add_argument("--block-mib", type=float, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
     rows = []
     for mib in args.block_mib:

@@ -1,4 +1,8 @@
-"""Moving one record's bytes to and from a segment file: buffered or O_DIRECT.
+"""Record bytes in flight: prepared (checksummed), written, read back and checked.
+
+``PreparedRecord`` is a block ready to append (checksums computed off the
+append lock); ``RecordIO`` moves records to and from a segment file, buffered
+or with O_DIRECT; ``record_matches`` checks what a read brought back.
 
 Buffered (``pwritev`` / ``preadv`` through the page cache) is used for small
 records and on filesystems that refuse O_DIRECT. Large uncompressed payloads
@@ -21,11 +25,20 @@ from __future__ import annotations
 import errno
 import mmap
 import threading
+from dataclasses import dataclass
 
 import numpy as np
+import xxhash
 
 from kvstore.errors import StorageError
 from kvstore.ssd_fs import SSDFileSystem
+from kvstore.ssd_record import (
+    FLAG_TOMBSTONE,
+    RECORD_HEADER_SIZE,
+    SSDLocation,
+    payload_offset,
+    unpack_record_header,
+)
 from kvstore.ssd_segment import Segment
 
 DIO_ALIGN = 512
@@ -63,13 +76,55 @@ class ShortRead(StorageError):
         super().__init__(errno.EIO, f"ssd: short read: {got} of {want} bytes (truncated file)")
 
 
+@dataclass
+class PreparedRecord:
+    """A record ready to append: compressed (or not) and checksummed."""
+
+    flags: int
+    namespace: bytes
+    key: bytes
+    parent: bytes
+    n_tokens: int
+    codec_len: int
+    extra_len: int
+    meta: bytes
+    stored: object  # bytes-like
+    raw_len: int
+    payload_sum: int = 0
+    meta_sum: int = 0
+
+    def __post_init__(self) -> None:
+        self.payload_sum = xxhash.xxh3_64_intdigest(self.stored)
+        self.meta_sum = xxhash.xxh3_64_intdigest(self.meta)
+
+
+def record_matches(seg: Segment, loc: SSDLocation, head, payload) -> bool:
+    """Whether ``head`` (the record's first ``payload_offset`` bytes) and ``payload``
+    (its stored bytes) are the intact record that ``loc`` names."""
+    f = unpack_record_header(head[:RECORD_HEADER_SIZE], seg.nonce, seg.align)
+    return (
+        f is not None
+        and len(head) == loc.payload_offset
+        and f.record_len == loc.length
+        and payload_offset(f.meta_len, seg.align) == loc.payload_offset
+        and f.stored_len == loc.stored_len
+        and f.raw_len == loc.payload_len
+        and f.flags == loc.flags
+        and not f.flags & FLAG_TOMBSTONE
+        and len(payload) == loc.stored_len
+        and f.meta_sum == xxhash.xxh3_64_intdigest(
+            memoryview(head)[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + f.meta_len])
+        and xxhash.xxh3_64_intdigest(payload) == f.payload_sum
+    )
+
+
 class RecordIO:
     """Record writes (called under the tier's append lock) and reads (any thread)."""
 
     def __init__(self, fs: SSDFileSystem, align: int) -> None:
         self.fs = fs
         self.align = align
-        self._zeros = bytes(align)
+        self._zeros = bytes(align)  # padding is always < align
         self._staging = AlignedBuffer()
         self._local = threading.local()
 
@@ -81,21 +136,40 @@ class RecordIO:
 
     # ---------------------------------------------------------------- write
 
-    def write(self, seg: Segment, at: int, head: bytes, stored, record_len: int,
+    def write(self, seg: Segment, at: int, records: list[tuple[bytes, object, int]],
               direct: bool) -> None:
-        """Write a record: ``head`` (payload_offset bytes), ``stored``, zero padding."""
-        stored = memoryview(stored).cast("B")
-        pad = record_len - len(head) - len(stored)
+        """Write consecutive records at ``at`` with one ``pwritev``.
+
+        ``records``: ``(head, stored, record_len)`` each; ``head`` is the
+        record's first ``payload_offset`` bytes, zero padding follows ``stored``.
+        """
         if not direct or seg.dfd is None:
-            self.fs.pwritev_all(seg.fd, [head, stored, self._zeros[:pad]], at)
+            iov = []
+            for head, stored, record_len in records:
+                iov += [head, stored, self._zeros[: record_len - len(head) - len(stored)]]
+            self.fs.pwritev_all(seg.fd, iov, at)
             return
-        bulk = len(stored) // DIO_ALIGN * DIO_ALIGN if dio_aligned(stored) else 0
-        rest = len(stored) - bulk
-        stage = self._staging.view(len(head) + rest + pad)
-        stage[: len(head)] = head
-        stage[len(head) : len(head) + rest] = stored[bulk:]
-        stage[len(head) + rest :] = bytes(pad)
-        iov = [stage[: len(head)], stored[:bulk], stage[len(head) :]]
+        plan = []  # (head, stored, bulk, rest, pad)
+        staged = 0
+        for head, stored, record_len in records:
+            stored = memoryview(stored).cast("B")
+            bulk = len(stored) // DIO_ALIGN * DIO_ALIGN if dio_aligned(stored) else 0
+            pad = record_len - len(head) - len(stored)
+            plan.append((head, stored, bulk, pad))
+            staged += len(head) + len(stored) - bulk + pad
+        stage = self._staging.view(staged)
+        iov = []
+        pos = 0
+        for head, stored, bulk, pad in plan:
+            stage[pos : pos + len(head)] = head
+            iov.append(stage[pos : pos + len(head)])
+            pos += len(head)
+            iov.append(stored[:bulk])
+            tail = len(stored) - bulk + pad
+            stage[pos : pos + len(stored) - bulk] = stored[bulk:]
+            stage[pos + len(stored) - bulk : pos + tail] = self._zeros[:pad]
+            iov.append(stage[pos : pos + tail])
+            pos += tail
         self.fs.pwritev_all(seg.dfd, [v for v in iov if len(v)], at)
 
     # ----------------------------------------------------------------- read

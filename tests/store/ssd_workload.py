@@ -61,11 +61,12 @@ def index_of_key(limit: int) -> dict[bytes, int]:
 
 
 def child_main(argv: list[str]) -> None:
-    """``ssd_workload.py DIR START COUNT SEED``: write records START.. forever-ish.
+    """``ssd_workload.py DIR START COUNT SEED [direct]``: write records START..START+COUNT-1.
 
-    Prints ``F <n>`` after a flush that covers records ``START .. n-1`` and
-    ``R <i>`` after record ``i`` was removed (a remove is durable once a
-    later ``F`` line follows it). The parent kills it with SIGKILL.
+    Prints ``F <n>`` after a flush that covers records ``START .. n-1``,
+    ``r <i>`` before it removes record ``i`` and ``R <i>`` after (a remove is
+    durable once a later ``F`` line follows it). The parent kills it with
+    SIGKILL.
     """
     import random
 
@@ -73,7 +74,9 @@ def child_main(argv: list[str]) -> None:
 
     directory, start, count, seed = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
     rnd = random.Random(seed)
-    tier = SSDTier(directory, capacity_bytes=1 << 30, segment_bytes=256 << 10)
+    direct = len(argv) > 4 and argv[4] == "direct"
+    tier = SSDTier(directory, capacity_bytes=1 << 30, segment_bytes=256 << 10,
+                   direct_io=True if direct else False)
     tier.recover()
     out = sys.stdout
     out.write("S\n")
@@ -83,6 +86,8 @@ def child_main(argv: list[str]) -> None:
         tier.write(header, payload)
         if i > start and rnd.random() < 0.1:
             victim = rnd.randrange(start, i)
+            out.write(f"r {victim}\n")  # may be removed from here on
+            out.flush()
             tier.remove(namespace_of(victim), key_of(victim))
             out.write(f"R {victim}\n")
             out.flush()

@@ -33,7 +33,24 @@ def run_workload(path, steps: int, seed: int, cap: int, seg: int) -> None:
     n_evicted = 0
     for step in range(steps):
         op = rnd.random()
-        if op < 0.75:
+        if op < 0.1:  # a batch: grouped writes that may roll segments and evict midway
+            items = []
+            for _ in range(rnd.randrange(2, 8)):
+                n = rnd.choice([100, 4096, 9000, rnd.randrange(1, 40_000)])
+                h = SSDRecordHeader(bytes([9]) * 16, rnd.randbytes(16), ROOT_KEY, [1], b"",
+                                    "none", n)
+                items.append((h, rnd.randbytes(n)))
+            reported.clear()
+            locs = tier.write_many(items)
+            assert not any(isinstance(x, Exception) for x in locs)
+            batch = {(h.namespace, h.key) for h, _ in items}
+            live -= set(reported)
+            live |= batch - set(reported)  # a batch may evict its own first records
+            n_evicted += len(reported)
+            for (h, data), loc in zip(items, locs):
+                if (h.namespace, h.key) not in reported:
+                    assert tier.read(loc) == data
+        elif op < 0.75:
             ns = bytes([rnd.randrange(3)]) * 16
             key = rnd.randbytes(16) if rnd.random() < 0.9 or not live else rnd.choice(
                 sorted(live))[1]

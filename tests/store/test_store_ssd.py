@@ -14,7 +14,7 @@ def prompts(n, blocks=4, base=0):
     return [list(range(base + i * 1000, base + i * 1000 + 4 * blocks)) for i in range(n)]
 
 
-def wait_for(cond, timeout=5.0):
+def wait_for(cond, timeout=30.0):
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:

@@ -1,6 +1,32 @@
-"""kvstore.eviction: pluggable eviction policies (one per tier)."""
+"""kvstore.eviction: pluggable eviction policies (one per tier).
 
+``get_policy(name, **kw)`` builds any of ``available_policies()``: the
+built-ins below and plug-ins from the entry-point group ``kvstore.eviction``.
+"""
+
+from kvstore.eviction.arc import ARCPolicy
 from kvstore.eviction.base import EvictionPolicy, MayEvict, TreeView
+from kvstore.eviction.fifo import FIFOPolicy
+from kvstore.eviction.lfu import LFUPolicy
 from kvstore.eviction.lru import LRUPolicy
+from kvstore.eviction.opt import OPTPolicy
+from kvstore.eviction.prefix_aware import PrefixAwarePolicy
+from kvstore.eviction.registry import available_policies, get_policy
+from kvstore.eviction.s3fifo import S3FIFOPolicy
+from kvstore.eviction.sieve import SIEVEPolicy
 
-__all__ = ["EvictionPolicy", "MayEvict", "TreeView", "LRUPolicy"]
+__all__ = [
+    "EvictionPolicy",
+    "MayEvict",
+    "TreeView",
+    "LRUPolicy",
+    "FIFOPolicy",
+    "LFUPolicy",
+    "S3FIFOPolicy",
+    "SIEVEPolicy",
+    "ARCPolicy",
+    "PrefixAwarePolicy",
+    "OPTPolicy",
+    "get_policy",
+    "available_policies",
+]

@@ -7,10 +7,18 @@ removes (or demotes) what comes back, then calls ``on_remove`` for each.
 ``may_evict(key)`` is the tier's veto: blocks that are locked (being read or
 written) or that are not the tail of a leaf in the prefix tree (a prefix must
 never lose its middle) are skipped. A policy may return fewer than ``n`` keys
-when not enough are evictable.
+when not enough are evictable. A victim that the tier does not remove after
+all (it could not be demoted) stays tracked and may be named again.
 
-Policies that want the tree's shape (depth, descendants) receive a read-only
-``TreeView`` through ``bind``.
+Policies that want the tree's shape (depth, descendants, parent) receive a
+read-only ``TreeView`` through ``bind``. Every built-in policy accepts an
+optional ``capacity`` keyword (in blocks) as a sizing hint for its queues;
+without it the policy sizes them from the number of blocks it tracks.
+
+Cost of vetoes (see ``kvstore.eviction.scan``): a key vetoed because it still
+has children is set aside until one of its children leaves, so skipping it is
+paid once, not on every call; a key vetoed for another reason (locked) costs
+one step per call, bounded by the number of blocks in flight.
 """
 
 from __future__ import annotations
@@ -23,13 +31,20 @@ MayEvict = Callable[[bytes], bool]
 
 
 class TreeView(Protocol):
-    """What a prefix-aware policy may ask the index about a block."""
+    """What a prefix-aware policy may ask the index about a resident block."""
 
     def depth(self, key: bytes) -> int:
         """Blocks from the root to this block (the first block has depth 1)."""
 
     def num_children(self, key: bytes) -> int:
         """Branches below this block (0 for the last block of a leaf)."""
+
+    def parent(self, key: bytes) -> bytes | None:
+        """The block before this one in its prefix (None for a first block).
+
+        Optional: policies work with views that lack it, but then they cannot
+        set vetoed interior blocks aside (see ``kvstore.eviction.scan``).
+        """
 
 
 class EvictionPolicy(ABC):

@@ -61,6 +61,10 @@ class RadixTree:
         self.clock = clock
         self._roots: dict[bytes, RadixNode] = {}
         self._node_of: dict[bytes, RadixNode] = {}  # block key -> node holding it
+        # A block's depth and parent never change (keys are chained), so they
+        # are kept per key: depth/parent/get are O(1) instead of a scan of the edge.
+        self._depth_of: dict[bytes, int] = {}
+        self._parent_of: dict[bytes, bytes | None] = {}
 
     # -- queries ------------------------------------------------------------
     def __len__(self) -> int:
@@ -73,23 +77,23 @@ class RadixTree:
         node = self._node_of.get(key)
         if node is None:
             return None
-        for block in node.blocks:
-            if block.key == key:
-                return block
-        raise AssertionError("index out of sync")  # pragma: no cover
+        return node.blocks[self._index(node, key)]
 
     def node_of(self, key: bytes) -> RadixNode | None:
         return self._node_of.get(key)
 
     def depth(self, key: bytes) -> int:
         """Blocks from the root to ``key`` inclusive (TreeView for eviction policies)."""
-        node = self._node_of[key]
-        return node.depth_blocks + 1 + next(i for i, b in enumerate(node.blocks) if b.key == key)
+        return self._depth_of[key]
 
     def num_children(self, key: bytes) -> int:
         """Branches directly below block ``key`` (TreeView for eviction policies)."""
         node = self._node_of[key]
         return len(node.children) if node.blocks[-1].key == key else 1
+
+    def parent(self, key: bytes) -> bytes | None:
+        """Key of the block before ``key`` in its prefix; None for a first block (TreeView)."""
+        return self._parent_of[key]
 
     def match(self, tokens, extra: bytes = b"", touch: bool = False) -> MatchResult:
         """Longest cached prefix of ``tokens`` (whole blocks only)."""
@@ -141,7 +145,7 @@ class RadixTree:
         node = self._node_of.get(key)
         return (
             node is not None
-            and node.is_leaf
+            and not node.children
             and node.lock_count == 0
             and node.blocks[-1].key == key
         )
@@ -166,7 +170,7 @@ class RadixTree:
     def prefix_of(self, key: bytes) -> tuple[np.ndarray, bytes, list[BlockMeta]]:
         """Tokens, extra and blocks of the whole prefix ending with block ``key``."""
         node = self._node_of[key]
-        idx = next(i for i, b in enumerate(node.blocks) if b.key == key)
+        idx = self._index(node, key)
         parts, blocks = [node.tokens[: (idx + 1) * self.block_tokens]], list(node.blocks[: idx + 1])
         while node.parent is not None and not node.parent.is_root:
             node = node.parent
@@ -204,14 +208,19 @@ class RadixTree:
         if bi == nblocks:
             return InsertResult(existing, [], node if node is not root else None)
         new = list(blocks[bi:])
+        keys = [block.key for block in new]
+        if len(set(keys)) != len(keys) or any(k in self._node_of for k in keys):
+            raise InvalidArgument("block key already cached under another prefix")
         for block in new:
-            if block.key in self._node_of:
-                raise InvalidArgument("block key already cached under another prefix")
             block.inserted_at = block.last_access = now
         leaf = RadixNode(np.array(query[pos : nblocks * self.block_tokens]), new, node)
         node.children[self._first_block_bytes(query, pos)] = leaf
-        for block in new:
-            self._node_of[block.key] = leaf
+        parent = node.blocks[-1].key if node.blocks else None
+        for depth, key in enumerate(keys, bi + 1):
+            self._node_of[key] = leaf
+            self._depth_of[key] = depth
+            self._parent_of[key] = parent
+            parent = key
         return InsertResult(existing, new, leaf)
 
     def remove(self, key: bytes) -> BlockMeta:
@@ -219,6 +228,7 @@ class RadixTree:
         if not self.is_evictable(key):
             raise InvalidArgument("only the last block of an unlocked leaf can be removed")
         node = self._node_of.pop(key)
+        del self._depth_of[key], self._parent_of[key]
         block = node.blocks.pop()
         if node.blocks:
             node.tokens = node.tokens[: len(node.blocks) * self.block_tokens]
@@ -241,7 +251,7 @@ class RadixTree:
         node = self._node_of.get(key)
         if node is None:
             return []
-        start = next(i for i, b in enumerate(node.blocks) if b.key == key)
+        start = self._index(node, key)
         order = [b.key for b in node.blocks[start:]]  # pre-order: parents before children
         stack = list(node.children.values())
         while stack:
@@ -260,10 +270,16 @@ class RadixTree:
     def clear(self) -> None:
         self._roots.clear()
         self._node_of.clear()
+        self._depth_of.clear()
+        self._parent_of.clear()
 
     # -- internals ----------------------------------------------------------
     def _first_block_bytes(self, tokens: np.ndarray, pos: int) -> bytes:
         return tokens[pos : pos + self.block_tokens].tobytes()
+
+    def _index(self, node: RadixNode, key: bytes) -> int:
+        """Position of block ``key`` on ``node``'s edge."""
+        return self._depth_of[key] - node.depth_blocks - 1
 
     def _common_blocks(self, node: RadixNode, query: np.ndarray, pos: int) -> int:
         """Whole blocks of ``node``'s edge equal to ``query[pos:]`` (numpy compare)."""

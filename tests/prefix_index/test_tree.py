@@ -137,3 +137,29 @@ def test_tree_view_and_remove_subtree():
     removed = tree.remove_subtree(ka[1])
     assert len(removed) == 1 + 2 + 2 and len(tree) == 1
     assert tree.match(a).num_tokens == 4 and tree.match(b).num_tokens == 4
+
+
+def test_depth_parent_and_get_survive_split_and_merge():
+    tree = RadixTree(B)
+    a = list(range(16))
+    b = list(range(8)) + [9] * 8
+    put(tree, a)
+    put(tree, b)  # splits a's node after 2 blocks
+    ka, kb = block_keys(a, B), block_keys(b, B)
+    assert [tree.parent(k) for k in ka] == [None, *ka[:3]]
+    assert tree.parent(kb[2]) == ka[1] and tree.depth(kb[3]) == 4
+    assert all(tree.get(k).key == k for k in ka + kb)
+    tree.remove(kb[3])
+    tree.remove(kb[2])  # a's two nodes merge again
+    assert [tree.depth(k) for k in ka] == [1, 2, 3, 4]
+    assert all(tree.get(k).key == k for k in ka)
+    with pytest.raises(KeyError):
+        tree.parent(kb[2])
+
+
+def test_insert_rejects_a_key_twice_in_one_prompt():
+    tree = RadixTree(B)
+    tokens = list(range(8))
+    meta = BlockMeta(key=b"k" * 16)
+    with pytest.raises(InvalidArgument):
+        tree.insert(tokens, [meta, BlockMeta(key=b"k" * 16)])

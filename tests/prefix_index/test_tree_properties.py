@@ -65,6 +65,11 @@ class TreeVsModel(RuleBasedStateMachine):
     @invariant()
     def same_size_and_locked_survive(self):
         assert len(self.tree) == len(self.model)
+        for (extra, prefix), key in self.model.items():
+            assert self.tree.depth(key) == len(prefix) // B
+            parent = self.model[(extra, prefix[:-B])] if len(prefix) > B else None
+            assert self.tree.parent(key) == parent
+            assert self.tree.get(key).key == key
         for keys, _ in self.locks:
             for k in keys:
                 assert k in self.tree and not self.tree.is_evictable(k)

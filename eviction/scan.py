@@ -1,0 +1,135 @@
+"""Victim selection under a veto, shared by every built-in policy.
+
+A policy keeps its keys in some order (a heap, FIFO queues, a clock) and
+offers them as candidates one at a time (``_pop``). The tier's ``may_evict``
+turns a candidate down for one of two reasons, and each is paid for once:
+
+* **structural**: the block still has children in the prefix tree, so it is
+  not a leaf tail. It stays that way until its last child leaves. The key is
+  *parked*: taken out of the order with its place (``slot``) remembered, and
+  put back (``_put_back``) when this policy removes one of its children, when
+  it is accessed, or, as a last resort, when nothing else is left to offer.
+  So an interior key is offered again at most once per child removed or
+  access: amortised O(1) per operation, instead of a rescan of every interior
+  block on every call. Telling the two kinds apart needs ``TreeView.num_children`` and
+  ``TreeView.parent``; without ``parent`` every veto is treated as transient.
+* **transient**: anything else (locked, being written, refused by the tier).
+  The key is held aside for the rest of the call and then put back where it
+  was: one extra step per such key per call, bounded by the blocks in flight.
+
+Victims handed out are *pending* until ``on_remove``; the tier may fail to
+evict one, so pending keys go back to their place at the next call and no key
+is ever lost. ``len`` and ``in`` count active, parked and pending keys alike.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+from kvstore.eviction.base import EvictionPolicy, MayEvict, TreeView
+
+_UNKNOWN = object()
+
+
+class ScanPolicy(EvictionPolicy):
+    """Base of the built-in policies: veto handling around a policy's own order."""
+
+    def __init__(self, capacity: int | None = None) -> None:
+        if capacity is not None and capacity <= 0:
+            raise ValueError("capacity must be positive")
+        self.capacity = capacity
+        self.view: TreeView | None = None
+        self._can_park = False
+        self._parked: dict[bytes, Any] = {}
+        self._pending: dict[bytes, Any] = {}
+        self._parent_of: dict[bytes, bytes | None] = {}  # pending victim -> its parent
+        self._high_water = 0
+
+    # -- hooks for the concrete policy ----------------------------------------
+    @abstractmethod
+    def _pop(self) -> tuple[bytes, Any] | None:
+        """Take the next candidate out of the order: ``(key, slot)``, or None."""
+
+    @abstractmethod
+    def _put_back(self, key: bytes, slot: Any) -> None:
+        """Return a candidate taken by ``_pop`` to its place (next in line)."""
+
+    @abstractmethod
+    def _detach(self, key: bytes) -> Any:
+        """Take an active key out of the order (it is being removed); return its slot."""
+
+    @abstractmethod
+    def _gone(self, key: bytes, slot: Any, evicted: bool) -> None:
+        """Forget a removed key; ``evicted`` when it was a victim this policy chose."""
+
+    # -- shared machinery -----------------------------------------------------
+    def bind(self, view: TreeView) -> None:
+        self.view = view
+        self._can_park = callable(getattr(view, "parent", None))
+
+    def _cap(self) -> int:
+        """Capacity in blocks: the hint, else the most blocks seen when evicting."""
+        return self.capacity or max(self._high_water, 1)
+
+    def _reactivate(self, key: bytes) -> None:
+        """Put a parked or pending key back in the order (it was accessed again)."""
+        if key in self._parked:
+            self._put_back(key, self._parked.pop(key))
+        elif key in self._pending:
+            self._parent_of.pop(key, None)
+            self._put_back(key, self._pending.pop(key))
+
+    def victims(self, n: int, may_evict: MayEvict) -> list[bytes]:
+        if self.capacity is None:
+            self._high_water = max(self._high_water, len(self))
+        pending, parked = self._pending, self._parked
+        if pending:  # handed out before but not removed after all
+            for key in reversed(list(pending)):
+                self._put_back(key, pending.pop(key))
+            self._parent_of.clear()
+        can_park, view = self._can_park, self.view
+        out: list[bytes] = []
+        held: list[tuple[bytes, Any]] = []
+        refilled = False
+        while len(out) < n:
+            got = self._pop()
+            if got is None:
+                if parked and not refilled:  # last resort: offer parked keys again
+                    refilled = True
+                    for key in list(parked):
+                        self._put_back(key, parked.pop(key))
+                    continue
+                break
+            key, slot = got
+            if may_evict(key):
+                out.append(key)
+                pending[key] = slot
+                if can_park:
+                    self._parent_of[key] = view.parent(key)
+            elif can_park and view.num_children(key) > 0:
+                parked[key] = slot
+            else:
+                held.append((key, slot))
+        for key, slot in reversed(held):
+            self._put_back(key, slot)
+        return out
+
+    def on_remove(self, key: bytes) -> None:
+        if key in self._pending:
+            slot, evicted = self._pending.pop(key), True
+        elif key in self._parked:
+            slot, evicted = self._parked.pop(key), False
+        elif key in self:
+            slot, evicted = self._detach(key), False
+        else:
+            return
+        parent = self._parent_of.pop(key, _UNKNOWN)
+        if parent is _UNKNOWN and self._can_park:
+            try:  # removed without being chosen: ask the tree while it still knows
+                parent = self.view.parent(key)
+            except KeyError:
+                parent = None
+        self._gone(key, slot, evicted)
+        if parent in self._parked:  # its child left: it may be a leaf tail now
+            self._put_back(parent, self._parked.pop(parent))

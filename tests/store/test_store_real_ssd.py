@@ -31,10 +31,17 @@ def prompts(n, blocks=4, base=0):
 
 
 def dir_size(path) -> int:
-    return sum(e.stat().st_size for e in os.scandir(path))
+    """Bytes in the directory now (a segment freed while we list it no longer counts)."""
+    total = 0
+    for entry in os.scandir(path):
+        try:
+            total += entry.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
 
 
-def wait_idle(s, timeout=10.0):
+def wait_idle(s, timeout=30.0):
     deadline = time.monotonic() + timeout
     while s.ssd.pending:
         assert time.monotonic() < deadline, "SSD queue did not drain"

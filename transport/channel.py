@@ -1,0 +1,202 @@
+"""SocketChannel: framed messages over a stream socket (TCP or Unix) on asyncio.
+
+Both ends of the tcp carrier and of the shm control socket use it. asyncio's
+StreamReader has no ``readinto``, and ``StreamWriter.writelines`` joins its
+buffers (a copy) before Python 3.12, so the channel drives a non-blocking
+socket with the event loop's primitives instead:
+
+* receive: a small read-ahead buffer (64 KiB) holds prefixes and headers, so
+  a small request costs one ``recv``; payload segments are received with
+  ``recv_into`` straight into the caller's memory (an arena slot, a tensor),
+  after the bytes already read ahead are moved over;
+* send: ``sendmsg`` of the header and the payload buffers (arena views)
+  as one gather list, so payload bytes are never copied in user space.
+
+Only one coroutine may read and one may write a channel at a time (the server
+handles a connection's requests in order; the client holds a lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Sequence
+
+from kvstore.errors import Unavailable
+from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
+from kvstore.transport.limits import Limits
+
+READ_AHEAD = 64 << 10
+try:
+    IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
+except (ValueError, OSError, AttributeError):  # pragma: no cover
+    IOV_MAX = 16
+
+
+def byte_view(buf) -> memoryview:
+    """A flat unsigned-byte view of a buffer (numpy arrays, mmap slices, bytes)."""
+    view = buf if isinstance(buf, memoryview) else memoryview(buf)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def tune_socket(sock: socket.socket) -> None:
+    """Non-blocking; no Nagle delay on TCP (small requests must not wait)."""
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class SocketChannel:
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop | None = None):
+        tune_socket(sock)
+        self.sock = sock
+        self.loop = loop or asyncio.get_running_loop()
+        self._buf = bytearray(READ_AHEAD)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+        self.closed = False
+        try:
+            self.peer = str(sock.getpeername()) or "unix"
+        except OSError:
+            self.peer = "?"
+
+    # -- receiving ------------------------------------------------------------
+    async def _recv_into(self, view: memoryview) -> int:
+        try:
+            return self.sock.recv_into(view)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            raise Unavailable(f"receive failed: {exc}") from exc
+        try:
+            return await self.loop.sock_recv_into(self.sock, view)
+        except OSError as exc:
+            raise Unavailable(f"receive failed: {exc}") from exc
+
+    async def _fill(self, need: int, eof_ok: bool = False) -> bool:
+        """Buffer at least ``need`` (<= READ_AHEAD) bytes; False on a clean EOF."""
+        if self._end - self._start >= need:
+            return True
+        if self._start:
+            size = self._end - self._start
+            self._view[:size] = self._view[self._start : self._end]
+            self._start, self._end = 0, size
+        while self._end - self._start < need:
+            n = await self._recv_into(self._view[self._end :])
+            if n == 0:
+                if eof_ok and self._end == self._start:
+                    return False
+                raise Unavailable("connection closed in the middle of a frame")
+            self._end += n
+        return True
+
+    def _take(self, n: int) -> memoryview:
+        view = self._view[self._start : self._start + n]
+        self._start += n
+        return view
+
+    async def read_header(self, limits: Limits):
+        """The raw header of the next frame, or None when the peer closed cleanly.
+
+        The length is checked against ``limits`` before the header is
+        allocated or read. The returned view is valid until the next read.
+        """
+        if not await self._fill(PREFIX_BYTES, eof_ok=True):
+            return None
+        length = header_length(self._take(PREFIX_BYTES))
+        limits.check_header_length(length)
+        if length <= READ_AHEAD:
+            await self._fill(length)
+            return self._take(length)
+        raw = bytearray(length)
+        await self.read_into(memoryview(raw))
+        return raw
+
+    async def read_into(self, view: memoryview) -> None:
+        """Fill ``view`` exactly: read-ahead bytes first, then ``recv_into`` directly."""
+        view = byte_view(view)
+        have = min(self._end - self._start, len(view))
+        if have:
+            view[:have] = self._take(have)
+        pos = have
+        total = len(view)
+        while pos < total:
+            n = await self._recv_into(view[pos:])
+            if n == 0:
+                raise Unavailable("connection closed in the middle of a payload")
+            pos += n
+
+    async def skip(self, nbytes: int) -> None:
+        """Read and drop ``nbytes`` (a refused request's payload) through the read-ahead buffer."""
+        while nbytes:
+            if self._end == self._start:
+                self._start = self._end = 0
+                n = await self._recv_into(self._view)
+                if n == 0:
+                    raise Unavailable("connection closed in the middle of a payload")
+                self._end = n
+            step = min(nbytes, self._end - self._start)
+            self._start += step
+            nbytes -= step
+
+    async def read_segments(self, targets: list, sizes: list[int]) -> None:
+        """Receive consecutive segments; a None target is read and dropped."""
+        for target, size in zip(targets, sizes):
+            if target is None:
+                await self.skip(size)
+            else:
+                await self.read_into(target)
+
+    # -- sending --------------------------------------------------------------
+    async def _writable(self) -> None:
+        fut = self.loop.create_future()
+        fd = self.sock.fileno()
+        self.loop.add_writer(fd, lambda: fut.done() or fut.set_result(None))
+        try:
+            await fut
+        finally:
+            self.loop.remove_writer(fd)
+
+    async def send(self, header: dict, payloads: Sequence = ()) -> None:
+        """Send one frame: ``sendmsg`` of the header and payload views (no payload copy)."""
+        bufs = [memoryview(pack_header(header))]
+        bufs.extend(byte_view(p) for p in payloads)
+        await self.send_buffers(bufs)
+
+    async def send_buffers(self, bufs: list[memoryview]) -> None:
+        sock = self.sock
+        i = 0
+        count = len(bufs)
+        while i < count:
+            try:
+                if count - i == 1:
+                    sent = sock.send(bufs[i])
+                else:
+                    sent = sock.sendmsg(bufs[i : i + IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                await self._writable()
+                continue
+            except OSError as exc:
+                raise Unavailable(f"send failed: {exc}") from exc
+            while sent:
+                size = len(bufs[i])
+                if sent >= size:
+                    sent -= size
+                    i += 1
+                else:
+                    bufs[i] = bufs[i][sent:]
+                    sent = 0
+            while i < count and not len(bufs[i]):
+                i += 1
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.sock.close()
+            except OSError:  # pragma: no cover
+                pass

@@ -7,11 +7,11 @@ copies out and releases. No payload byte crosses the socket. When the
 socket closes (the client exits or is killed), the dispatcher releases every
 lease it held: an uncommitted write lease frees its slots.
 
-The socket file is created with mode 0600 in a directory the daemon's user
-owns (the arena file is 0600 as well): shm is for the operator's own trusted
-engines. A stale socket file (no one listening) is replaced; a live one is an
-error (another daemon serves it). The file is removed when the listener
-closes.
+The socket file is created with mode 0600 (the arena file is 0600 as well):
+shm is for the operator's own trusted engines. A missing folder is created
+with mode 0700 and removed again (when empty) on close. A stale socket file
+(no one listening) is replaced; a live one is an error (another daemon serves
+it). The file is removed when the listener closes.
 """
 
 from __future__ import annotations
@@ -57,8 +57,10 @@ class ShmListener(StreamListener):
     def _bind(self) -> socket.socket:
         path = os.path.abspath(self.requested.path)
         parent = os.path.dirname(path)
+        self._made_dir = None
         if not os.path.isdir(parent):
             os.makedirs(parent, mode=0o700, exist_ok=True)
+            self._made_dir = parent
         _remove_stale(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
@@ -69,12 +71,12 @@ class ShmListener(StreamListener):
             raise
         finally:
             os.umask(old)
-        self.path = path
+        self.path = self.bound_path = path
         return sock
 
     @property
     def url(self) -> str:
-        return str(CarrierURL("shm", path=self.path))
+        return str(CarrierURL("shm", path=getattr(self, "bound_path", self.requested.path)))
 
     async def close(self) -> None:
         await super().close()
@@ -84,3 +86,10 @@ class ShmListener(StreamListener):
                 os.unlink(path)
             except FileNotFoundError:
                 pass
+            self.path = None
+        if getattr(self, "_made_dir", None):
+            try:
+                os.rmdir(self._made_dir)  # only when empty
+            except OSError:
+                pass
+            self._made_dir = None

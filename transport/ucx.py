@@ -16,7 +16,8 @@ with a truncation error (the connection is closed) instead of growing
 anything, so the limits hold before any allocation here too.
 
 Environment: ``ucxx`` reads ``UCX_*`` variables at import; ``ucx_env_defaults``
-only silences UCX's unused-variable warning. On a machine without a GPU the
+silences UCX's unused-variable warning and sets ``UCX_TCP_CM_REUSEADDR=y`` (a
+restarted daemon rebinds its port) unless they are set already. On a machine without a GPU the
 default transports (tcp, shared memory, cma) work over loopback; set
 ``UCX_TLS`` to choose. ucxx's listener binds every interface (it takes a port,
 no address): configure ucx listeners only where that is acceptable, and use
@@ -26,6 +27,7 @@ an auth token.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 
@@ -40,11 +42,15 @@ from kvstore.transport.urls import CarrierURL
 
 log = logging.getLogger(__name__)
 INLINE = 8192
-MAX_SKIP = 256 << 20  # a refused segment larger than this closes the connection
+MAX_SKIP = 256 << 20
+BIND_RETRIES = 50  # a refused segment larger than this closes the connection
 
 
 def ucx_env_defaults() -> None:
     os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
+    # A restarted daemon must be able to listen on its port again while the
+    # previous connections linger in TIME_WAIT.
+    os.environ.setdefault("UCX_TCP_CM_REUSEADDR", "y")
 
 
 def import_ucxx():
@@ -177,7 +183,16 @@ class UcxListener:
 
     async def start(self) -> None:
         ucxx = import_ucxx()
-        self._listener = ucxx.create_listener(self._handle, self.requested.port or None)
+        from ucxx.exceptions import UCXBusyError
+
+        for attempt in range(BIND_RETRIES):  # a fixed port can linger after a restart
+            try:
+                self._listener = ucxx.create_listener(self._handle, self.requested.port or None)
+                break
+            except UCXBusyError:
+                if not self.requested.port or attempt == BIND_RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.1)
         log.info("listening on %s", self.url)
         if self.requested.host not in ("0.0.0.0", "::"):
             log.warning(
@@ -203,3 +218,4 @@ class UcxListener:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+            gc.collect()  # ucxx unbinds when the listener object is freed

@@ -143,8 +143,15 @@ class SocketChannel:
             self._start += step
             nbytes -= step
 
-    async def read_segments(self, targets: list, sizes: list[int]) -> None:
-        """Receive consecutive segments; a None target is read and dropped."""
+    async def read_segments(self, targets, sizes: list[int]) -> None:
+        """Receive consecutive segments; a None target is read and dropped.
+
+        ``targets`` is a list (one buffer or None per segment) or one buffer
+        that holds all the segments back to back (read in one stream).
+        """
+        if not isinstance(targets, list):
+            await self.read_into(byte_view(targets)[: sum(sizes)])
+            return
         for target, size in zip(targets, sizes):
             if target is None:
                 await self.skip(size)

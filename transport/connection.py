@@ -177,7 +177,8 @@ class Connection:
 
         ``receive(reply) -> targets`` is called when the reply declares payload
         segments: it returns a writable buffer per segment (or None to drop
-        it) after checking the sizes, or raises (the connection is dropped).
+        it), or one buffer for all of them back to back, after checking the
+        sizes; or it raises (the connection is dropped).
         """
         if self.closed:
             raise Unavailable("connection closed")

@@ -124,8 +124,16 @@ class UcxChannel:
     async def skip(self, nbytes: int) -> None:
         await self._recv(self._scratch_for(nbytes))
 
-    async def read_segments(self, targets: list, sizes: list[int]) -> None:
-        """Receive every segment at once; a None target is received and dropped."""
+    async def read_segments(self, targets, sizes: list[int]) -> None:
+        """Receive every segment at once; a None target is received and dropped.
+
+        ``targets`` may also be one buffer holding all segments back to back.
+        """
+        if not isinstance(targets, list):
+            whole, targets, pos = byte_view(targets), [], 0
+            for size in sizes:
+                targets.append(whole[pos : pos + size])
+                pos += size
         bufs = [t if t is not None else self._scratch_for(s) for t, s in zip(targets, sizes)]
         await _all(self._recv(b) for b in bufs)
 

@@ -92,7 +92,7 @@ class WireOps:
             if len(view) < count * block_bytes:
                 raise InvalidArgument("alloc returned a buffer that is too small")
             holder.append(buf)
-            return [view[i * block_bytes : (i + 1) * block_bytes] for i in range(count)]
+            return view[: count * block_bytes]  # the blocks back to back
 
         return receive
 

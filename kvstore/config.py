@@ -14,6 +14,7 @@ exists. Example::
     auth_token_file = "/etc/kvstore/token"
     log_level = "info"
     drain_timeout = 30
+    prefault = true               # allocate the arena's pages at start
 
     [limits]                      # transport.limits.Limits
     max_connections = 1024
@@ -25,7 +26,8 @@ exists. Example::
 Environment: ``KVSTORE_LISTEN`` (comma-separated URLs), ``KVSTORE_ADMIN``,
 ``KVSTORE_METRICS``, ``KVSTORE_CPU_BYTES``, ``KVSTORE_SSD_DIR``,
 ``KVSTORE_SSD_BYTES``, ``KVSTORE_AUTH_TOKEN_FILE``, ``KVSTORE_LOG_LEVEL``,
-``KVSTORE_LOG_FORMAT``, ``KVSTORE_DRAIN_TIMEOUT``, and each limit as
+``KVSTORE_LOG_FORMAT``, ``KVSTORE_DRAIN_TIMEOUT``, ``KVSTORE_ARENA_DIR``,
+``KVSTORE_PREFAULT``, and each limit as
 ``KVSTORE_MAX_...`` (``KVSTORE_MAX_CONNECTIONS``).
 
 Defaults (``kvstore serve`` with nothing else): listeners on loopback only
@@ -62,7 +64,7 @@ MIN_CPU = 64 << 20
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SCALARS = (
     "admin", "metrics", "cpu_bytes", "ssd_dir", "ssd_bytes", "auth_token_file",
-    "log_level", "log_format", "drain_timeout", "arena_dir",
+    "log_level", "log_format", "drain_timeout", "arena_dir", "prefault",
 )
 
 
@@ -118,6 +120,7 @@ class DaemonConfig:
     ssd_dir: str = ""
     ssd_bytes: int | None = None  # None: sized from the free space; 0 disables SSD
     arena_dir: str = "/dev/shm"
+    prefault: bool = True  # allocate the arena's pages at start (fails early if they do not fit)
     auth_token_file: str | None = None
     log_level: str = "info"
     log_format: str = "text"
@@ -148,6 +151,8 @@ class DaemonConfig:
         if self.log_format not in ("text", "json"):
             raise InvalidArgument("log_format must be text or json")
         self.drain_timeout = float(self.drain_timeout)
+        if isinstance(self.prefault, str):
+            self.prefault = self.prefault.strip().lower() in ("1", "true", "yes", "on")
         if isinstance(self.limits, dict):
             self.limits = Limits.from_dict(self.limits)
 

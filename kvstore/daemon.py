@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 
 from kvstore.config import DaemonConfig
+from kvstore.errors import StorageError
 from kvstore.sizes import format_size
 from kvstore.transport.auth import TokenAuth
 from kvstore.transport.server import Server
@@ -84,7 +85,34 @@ def build_store(config: DaemonConfig):
         except ImportError:
             log.warning("this build has no SSD tier (kvstore.ssd_tier); running on CPU only")
             store_config.ssd_dir, store_config.ssd_bytes = None, 0
-    return TieredStore(store_config)
+    store = TieredStore(store_config)
+    if config.prefault:
+        info = store.arena()
+        t0 = time.monotonic()
+        try:
+            prefault_arena(info.path, info.size)
+        except OSError as exc:
+            store.close()
+            raise StorageError(
+                f"cannot allocate the {format_size(info.size)} arena in {config.arena_dir}: {exc}"
+            ) from exc
+        log.info("arena of %s allocated in %.2fs", format_size(info.size), time.monotonic() - t0)
+    return store
+
+
+def prefault_arena(path: str, size: int) -> None:
+    """Allocate every page of the arena file now (``posix_fallocate``; tmpfs zero-fills).
+
+    The first write to a tmpfs page otherwise allocates and zeroes it inside
+    the request that touches it: measured here, a fresh arena takes puts at a
+    quarter of the speed of a warm one. It also fails the start, instead of a
+    later write (SIGBUS), when /dev/shm cannot hold the arena.
+    """
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
 
 
 def _load_service_modules() -> None:

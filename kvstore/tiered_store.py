@@ -70,6 +70,8 @@ class TieredStore(LeaseOps, IOOps, StatsOps, TierMovement):
         self._tiers = []
         if config.gpu_bytes and cuda_available():
             self._tiers.append(GPUTier(config.gpu_bytes, 0, config.gpu_device))
+        elif config.gpu_bytes:
+            log.warning("gpu_bytes set but CUDA is not available: no GPU tier")
         self.cpu = CPUTier(config.cpu_bytes, config.cpu_page_bytes, config.arena_dir)
         self._tiers.append(self.cpu)
         view = CompositeTreeView(self._ns)

@@ -34,6 +34,7 @@ class FakeSSD:
         self._next = 0
         self._records: OrderedDict = OrderedDict()  # (ns, key) -> (header, data, loc)
         self._by_loc: dict[int, tuple] = {}
+        self.used_bytes = 0
         for k, (header, data) in self.disk["records"].items():
             self._add(k, header, data)
         self._cb = None
@@ -45,13 +46,10 @@ class FakeSSD:
 
     def _add(self, k, header, data):
         self._next += 1
+        self.used_bytes += len(data)
         self._records[k] = (header, data, self._next)
         self._by_loc[self._next] = k
         return self._next
-
-    @property
-    def used_bytes(self) -> int:
-        return sum(len(d) for _, d, _ in self._records.values())
 
     def set_eviction_callback(self, fn) -> None:
         self._cb = fn
@@ -84,6 +82,7 @@ class FakeSSD:
         rec = self._records.pop(k, None)
         if rec is not None:
             self._by_loc.pop(rec[2], None)
+            self.used_bytes -= len(rec[1])
 
     def read(self, loc) -> bytes:
         with self._lock:
@@ -110,7 +109,7 @@ class FakeSSD:
             self.disk["records"] = OrderedDict((k, (h, d)) for k, (h, d, _) in self._records.items())
 
     def recover(self):
-        with self._lock:
+        with self._lock:  # write order
             return [(h, loc) for h, _, loc in self._records.values()]
 
     def save_namespaces(self, manifest) -> None:
@@ -120,8 +119,9 @@ class FakeSSD:
         return dict(self.disk["ns"])
 
     def stats(self) -> TierStats:
-        return TierStats("ssd", self.capacity_bytes, self.used_bytes, len(self._records),
-                         errors=0, degraded=self.degraded)
+        with self._lock:
+            return TierStats("ssd", self.capacity_bytes, self.used_bytes, len(self._records),
+                             errors=0, degraded=self.degraded)
 
     def close(self) -> None:
         pass

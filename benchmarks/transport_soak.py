@@ -3,7 +3,9 @@
     python -m benchmarks.transport_soak [--clients 16] [--seconds 60] [--carriers shm,tcp,ucx]
                                         [--cpu-bytes 64MiB] [--json PATH]
 
-Each carrier gets a fresh ``kvstore serve`` child process. Every client (a
+One ``kvstore serve`` child process listens on every carrier; the carriers
+are soaked one after the other (the daemon's memory must stay bounded across
+all of them). Every client (a
 thread with its own connection) works on prefixes of its own and on prefixes
 shared by all; the working set is larger than the CPU arena, so blocks are
 evicted while others read them. Every block read back is checked against the
@@ -103,28 +105,41 @@ class Client(threading.Thread):
                     return
 
 
-def soak(carrier: str, clients: int, seconds: float, cpu_bytes: str, folder: str) -> dict:
-    d = DaemonProc(daemon_args(folder, (carrier,), "--cpu-bytes", cpu_bytes, "--log-level", "warning"))
+def soak(carriers, clients: int, seconds: float, cpu_bytes: str, folder: str) -> list[dict]:
+    """One daemon listening on every carrier; each carrier soaked in turn; a row each."""
+    if isinstance(carriers, str):
+        carriers = [carriers]
+    d = DaemonProc(daemon_args(folder, tuple(carriers), "--cpu-bytes", cpu_bytes,
+                               "--log-level", "warning"))
+    rows = []
     try:
-        url = d.urls[0]
-        samples = []
-        deadline = time.monotonic() + seconds
-        shared = list(range(1, 9))
-        workers = [Client(url, i, deadline, shared, own=40) for i in range(clients)]
-        for w in workers:
-            w.start()
-        while any(w.is_alive() for w in workers):
-            samples.append(d.rss())
-            time.sleep(min(1.0, max(0.1, seconds / 20)))
-        for w in workers:
-            w.join()
-        samples.append(d.rss())
+        for carrier in carriers:
+            rows.append(_phase(d, d.url(carrier), carrier, clients, seconds, cpu_bytes))
         rc = d.terminate()
     finally:
         d.kill()
+    for row in rows:
+        row["exit_code"] = rc
+    return rows
+
+
+def _phase(d: DaemonProc, url: str, carrier: str, clients: int, seconds: float,
+           cpu_bytes: str) -> dict:
+    samples = []
+    deadline = time.monotonic() + seconds
+    shared = list(range(1, 9))
+    workers = [Client(url, i, deadline, shared, own=40) for i in range(clients)]
+    for w in workers:
+        w.start()
+    while any(w.is_alive() for w in workers):
+        samples.append(d.rss())
+        time.sleep(min(1.0, max(0.1, seconds / 20)))
+    for w in workers:
+        w.join()
+    samples.append(d.rss())
     ops = sum(sum(w.ops.values()) for w in workers)
     anon = [s.get("RssAnon", 0) for s in samples]
-    warm = anon[len(anon) // 4] if anon else 0
+    warm = anon[len(anon) // 4]
     errors = [e for w in workers for e in w.errors]
     return {
         "name": carrier,
@@ -135,11 +150,10 @@ def soak(carrier: str, clients: int, seconds: float, cpu_bytes: str, folder: str
         "errors": len(errors),
         "wrong_data": sum(w.wrong for w in workers),
         "latency_max_ms": 1000 * max(w.latency_max for w in workers),
-        "rss_anon_max_mib": max(anon) / 2**20 if anon else 0,
-        "rss_anon_growth_mib": (anon[-1] - warm) / 2**20 if anon else 0,
+        "rss_anon_max_mib": max(anon) / 2**20,
+        "rss_anon_growth_mib": (anon[-1] - warm) / 2**20,
         "rss_shmem_max_mib": max(s.get("RssShmem", 0) for s in samples) / 2**20,
         "arena_mib": parse_size(cpu_bytes) / 2**20,
-        "exit_code": rc,
         "first_errors": errors[:3],
     }
 
@@ -153,10 +167,8 @@ def main(argv=None) -> int:
     parser.add_argument("--carriers", default="shm,tcp,ucx")
     parser.add_argument("--cpu-bytes", default="64MiB")
     args = parser.parse_args(argv)
-    rows = []
-    for carrier in args.carriers.split(","):
-        with tempfile.TemporaryDirectory(prefix="kvs-soak-") as folder:
-            rows.append(soak(carrier, args.clients, args.seconds, args.cpu_bytes, folder))
+    with tempfile.TemporaryDirectory(prefix="kvs-soak-") as folder:
+        rows = soak(args.carriers.split(","), args.clients, args.seconds, args.cpu_bytes, folder)
     cols = ["name", "clients", "seconds", "ops", "ops_per_s", "errors", "wrong_data",
             "latency_max_ms", "rss_anon_max_mib", "rss_anon_growth_mib", "rss_shmem_max_mib",
             "arena_mib", "exit_code"]

@@ -12,12 +12,18 @@ waits; the asyncio twins (``alookup``, ``aput``, ``aget``, ``aget_into``,
 from any event loop without blocking it. One client is safe to share between
 threads (its requests are sent one at a time).
 
+On shm, ``zero_copy`` is True and the BlockStore lease calls work
+(``lease_read`` / ``lease_write`` / ``commit_lease`` / ``release`` /
+``read_slot``): ``kvstore.client.Namespace`` then encodes a put straight into
+the arena slots and decodes a get straight out of them (one copy each way).
+
 Unreachable daemon: with ``strict=False`` (the default) ``lookup`` returns 0,
 ``get`` returns ``(0, None)`` and ``put`` returns 0 when the daemon cannot
 be reached, times out or is draining (logged once per outage); the engine
 recomputes. With ``strict=True`` they raise ``Unavailable`` (or ``Timeout``).
-``register`` succeeds offline (the namespace id is the spec's fingerprint and
-it is registered when the connection comes back). Other errors (a wrong
+``register`` succeeds offline in both modes (the namespace id is the spec's
+fingerprint with the connection's tenant; it is registered when the
+connection comes back). Other errors (a wrong
 layout, bad arguments) always raise.
 """
 
@@ -30,8 +36,9 @@ import os
 import threading
 from collections.abc import Callable
 
-from kvstore.errors import Draining, Timeout, Unavailable
+from kvstore.errors import Draining, InvalidArgument, Timeout, Unavailable
 from kvstore.namespace import NamespaceSpec
+from kvstore.store_api import ArenaInfo, Lease
 from kvstore.transport.connection import Connection
 from kvstore.transport.urls import parse_url
 from kvstore.transport.wire_client import WireOps, default_alloc
@@ -173,9 +180,8 @@ class RemoteStore:
         try:
             return await self.ops.register(spec)
         except OFFLINE:
-            if self.strict:
-                raise
-            # Offline: remember it; it is registered on the next connect.
+            # Offline (strict or not): remember it; it is registered on the next
+            # connect, and the data calls report the outage.
             import dataclasses
 
             spec = dataclasses.replace(spec, tenant=self.conn.tenant)
@@ -216,6 +222,63 @@ class RemoteStore:
 
     def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         return self._run(self.ops.delete(ns, tokens, extra))
+
+    # -- zero-copy leases (shm only): the caller copies straight into/out of the arena --
+    @property
+    def zero_copy(self) -> bool:
+        """True on shm: ``Namespace`` then copies between its tensors and the arena itself."""
+        return self.url.scheme == "shm"
+
+    def _shm(self):
+        if not self.zero_copy:
+            raise InvalidArgument("leases are offered on the shm carrier only")
+        return self.ops
+
+    def lease_read(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
+        """Pin the cached prefix; its slots' ``read_slot`` views are this client's mapping."""
+        ops = self._shm()
+        try:
+            lease = self._run(ops.lease(ns, tokens, extra, "read"))
+        except OFFLINE as exc:
+            return self._offline(exc, Lease(0, ns, 0))  # an empty lease: a miss
+        self._online()
+        return lease
+
+    def lease_write(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
+        ops = self._shm()
+        try:
+            lease = self._run(ops.lease(ns, tokens, extra, "write"))
+        except OFFLINE as exc:
+            self._offline(exc, None)
+            raise Unavailable(str(exc)) from exc
+        self._online()
+        return lease
+
+    def commit_lease(self, lease_id: int) -> int:
+        try:
+            return self._run(self._shm().commit(lease_id))
+        except OFFLINE as exc:
+            self._offline(exc, None)
+            raise Unavailable(str(exc)) from exc
+
+    def release(self, lease_id: int) -> None:
+        if lease_id:
+            try:
+                self._run(self._shm().release(lease_id))
+            except OFFLINE:  # the daemon released it with the connection
+                pass
+
+    def read_slot(self, slot) -> memoryview:
+        view = getattr(slot, "view", None)
+        if view is None:
+            raise InvalidArgument("not a slot of this client's lease")
+        return view
+
+    def arena(self) -> ArenaInfo:
+        ops = self._shm()
+        if ops.arena is None:
+            self.ping()
+        return ArenaInfo(ops.arena.path, ops.arena.size)
 
     def flush(self) -> None:
         self._run(self.ops.flush())

@@ -17,15 +17,24 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from kvstore.errors import InvalidArgument, ProtocolError, Unavailable
+from kvstore.errors import InvalidArgument, NotFound, ProtocolError, Unavailable
+from kvstore.store_api import ArenaSlot, Lease
 from kvstore.tokens import as_tokens
 from kvstore.transport.channel import byte_view
 from kvstore.transport.connection import Connection
 from kvstore.transport.messages import Op
 from kvstore.transport.wire_client import WireOps, default_alloc
+
+
+@dataclass(frozen=True)
+class RemoteSlot(ArenaSlot):
+    """An arena slot of a lease, with the client's view of it (that lease's mapping)."""
+
+    view: memoryview | None = field(default=None, compare=False, repr=False)
 
 
 def copy(dst: memoryview, src: memoryview) -> None:
@@ -67,6 +76,7 @@ class ShmOps(WireOps):
     def __init__(self, conn: Connection):
         super().__init__(conn)
         self.arena: ArenaMapping | None = None
+        self.leases: dict[int, int] = {}  # lease id -> generation of the connection that has it
         conn.on_connect = self.on_connect
 
     async def on_connect(self, hello: dict) -> None:
@@ -100,6 +110,40 @@ class ShmOps(WireOps):
     async def _release(self, lease_id: int, generation: int) -> None:
         if self.conn.generation == generation:
             await self.conn.send_only(Op.RELEASE, {"lease": lease_id, "noreply": True})
+
+    # -- the BlockStore lease API (the client copies; Namespace's zero-copy path) ----
+    async def lease(self, ns: bytes, tokens, extra: bytes, mode: str) -> Lease:
+        block_bytes, _ = self._geometry(ns)
+        args = self._args(as_tokens(tokens), extra)
+        args["mode"] = mode
+        reply = await self.conn.request(Op.LEASE, ns, args)
+        generation = self.conn.generation
+        r = reply.result
+        lease_id = r["lease"]
+        try:
+            views = self._lease_slots(reply, block_bytes)
+            slots = [RemoteSlot(off, length, view) for (off, length), view in zip(r["slots"], views)]
+            lease = Lease(lease_id, ns, int(r["tokens"]), slots, int(r.get("first_block", 0)),
+                          bool(r.get("writable", mode == "write")))
+        except BaseException:
+            await self._release(lease_id, generation)
+            raise
+        self.leases[lease_id] = generation
+        return lease
+
+    async def commit(self, lease_id: int) -> int:
+        generation = self.leases.pop(lease_id, None)
+        if generation is None:
+            raise NotFound(f"no lease {lease_id} on this client")
+        if generation != self.conn.generation:
+            raise Unavailable("connection lost while the lease was held (the daemon released it)")
+        reply = await self.conn.request(Op.COMMIT, args={"lease": lease_id})
+        return int(reply.result["tokens"])
+
+    async def release(self, lease_id: int) -> None:
+        generation = self.leases.pop(lease_id, None)
+        if generation is not None:
+            await self._release(lease_id, generation)
 
     async def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:
         tokens, views = self._blocks(ns, tokens, payloads)

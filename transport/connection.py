@@ -222,10 +222,10 @@ class Connection:
         except asyncio.TimeoutError as exc:
             self._drop()
             raise Timeout(f"{req.op.value} to {self.url} timed out after {timeout}s") from exc
-        except (Unavailable, ProtocolError, OSError, asyncio.CancelledError):
+        except OSError as exc:  # a socket error the channel did not wrap
             self._drop()
-            raise
-        except KVStoreError:
+            raise Unavailable(f"{req.op.value} to {self.url} failed: {exc}") from exc
+        except (KVStoreError, asyncio.CancelledError):
             self._drop()
             raise
         if not reply.ok:

@@ -78,6 +78,13 @@ class Raw:
             args["token"] = token
         return self.request("hello", args=args)
 
+    def shutdown_write(self) -> None:
+        """Send EOF (the daemon may have closed already: fine)."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
     def closed(self) -> bool:
         """True when the daemon has closed the connection (reads EOF)."""
         try:

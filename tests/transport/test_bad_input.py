@@ -70,7 +70,7 @@ def test_random_bytes(stream_daemon, good):
     for size in (1, 3, 4, 5, 100, 4096, 70000):
         r = Raw(stream_daemon.urls[0])
         r.send(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
-        r.sock.shutdown(1)
+        r.shutdown_write()
         reply = r.reply()
         assert reply is None or reply["status"] != 0
         r.close()
@@ -82,7 +82,7 @@ def test_truncated_frames(stream_daemon, good):
     for cut in (1, 3, 4, 5, len(whole) // 2, len(whole) - 1):
         r = Raw(stream_daemon.urls[0])
         r.send(whole[:cut])
-        r.sock.shutdown(1)  # the daemon sees EOF mid-frame and closes
+        r.shutdown_write()  # the daemon sees EOF mid-frame and closes
         assert r.reply() is None
         r.close()
         good()
@@ -93,7 +93,7 @@ def test_truncated_frames(stream_daemon, good):
     header = {"op": "put", "id": 9, "ns": ns, "args": {"tokens": toks.tobytes()},
               "sizes": [4096, 4096]}
     r.send(frame_bytes(header) + b"x" * 5000)
-    r.sock.shutdown(1)
+    r.shutdown_write()
     assert r.reply() is None
     r.close()
     good()

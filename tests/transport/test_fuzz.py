@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import struct
 import time
 
@@ -117,10 +116,7 @@ def fuzz_stream(url: str, frames: int, seed: int, check) -> int:
         )
         sent += count
         r.send(batch)
-        try:
-            r.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        r.shutdown_write()
         deadline = time.monotonic() + 10
         while r.reply() is not None:  # every answer is a well-formed reply, then EOF
             assert time.monotonic() < deadline, "daemon kept the connection open"

@@ -43,7 +43,7 @@ class Server:
         listen: list[str],
         limits: Limits | None = None,
         auth: TokenAuth | None = None,
-        threads: int = 2,
+        threads: int = 4,
         name: str = "kvstore",
     ):
         self.store = store

@@ -166,7 +166,7 @@ class Dispatcher:
         try:
             while await self._one(channel, session):
                 pass
-        except (Unavailable, ConnectionError, asyncio.IncompleteReadError) as exc:
+        except (KVStoreError, ConnectionError) as exc:  # lost, or a frame that ends it
             log.debug("%s connection %s ended: %s", session.carrier, session.peer, exc)
         except asyncio.CancelledError:
             raise

@@ -4,6 +4,7 @@ keeps getting correct data throughout. Quick by default; ``-m slow`` runs the lo
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import struct
 import time
@@ -170,14 +171,22 @@ def run_fuzz(fuzz_daemon, good, store, carrier, frames: int) -> None:
     assert not store._leases  # nothing pinned by the fuzzers survives their connections
 
 
-def test_fuzz_quick(fuzz_daemon, good, store, carrier):
+def no_internal_errors(caplog) -> None:
+    """Malformed input is refused on purpose: nothing may reach an error-level log."""
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith("kvstore")]
+    assert not bad, [r.getMessage() for r in bad[:3]]
+
+
+def test_fuzz_quick(fuzz_daemon, good, store, carrier, caplog):
     run_fuzz(fuzz_daemon, good, store, carrier, frames=4000)
+    no_internal_errors(caplog)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_fuzz_long(fuzz_daemon, good, store, carrier):
+def test_fuzz_long(fuzz_daemon, good, store, carrier, caplog):
     run_fuzz(fuzz_daemon, good, store, carrier, frames=60000)
+    no_internal_errors(caplog)
 
 
 # -- ucx: messages instead of a stream -----------------------------------------

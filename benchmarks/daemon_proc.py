@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
+    """A port free on every interface (a ucx listener binds them all)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
@@ -82,5 +83,5 @@ def daemon_args(folder: str, carriers=("shm", "tcp"), *extra: str) -> list[str]:
         if carrier == "shm":
             args += ["--listen", f"shm://{folder}/kv.sock"]
         else:
-            args += ["--listen", f"{carrier}://127.0.0.1:{free_port()}"]
+            args += ["--listen", f"{carrier}://127.0.0.1:0"]  # the ready line has the port
     return args + ["--cpu-bytes", "64MiB", "--ssd-bytes", "0", *extra]

@@ -93,22 +93,22 @@ def test_daemon_killed_mid_request(sockdir, carrier):
 
     blocks = [np.full(spec.block_bytes, i, np.uint8) for i in range(16)]
     assert soft.put(ns, toks, blocks) == 16 * 256
-    results, errors = [], []
+    results, strict_results, errors = [], [], []
 
-    def reader(client, sink):
+    def reader(client, got):
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
                 n, _ = client.get_into(ns, toks)
             except (Unavailable, Timeout) as exc:
-                sink.append(exc)
+                errors.append(exc)
                 return
-            results.append(n)
+            got.append(n)
             if n == 0:
                 return
 
     threads = [threading.Thread(target=reader, args=(soft, results)),
-               threading.Thread(target=reader, args=(strict, errors))]
+               threading.Thread(target=reader, args=(strict, strict_results))]
     for t in threads:
         t.start()
     time.sleep(0.5)
@@ -119,7 +119,8 @@ def test_daemon_killed_mid_request(sockdir, carrier):
     assert not any(t.is_alive() for t in threads), "a client hung on a dead daemon"
     assert time.monotonic() - t0 < 15
     assert results and results[-1] == 0, results[-5:]  # the soft client now misses
-    assert errors and isinstance(errors[0], (Unavailable, Timeout)), errors
+    assert errors and isinstance(errors[0], (Unavailable, Timeout)), errors  # strict raised
+    assert all(n == 16 * 256 for n in strict_results)  # and never returned a miss
     t1 = time.monotonic()
     assert soft.lookup(ns, toks) == 0
     assert time.monotonic() - t1 < 6

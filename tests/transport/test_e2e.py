@@ -306,3 +306,30 @@ def test_server_counts_connections(daemon, connect):
     assert daemon.dispatcher.connections >= 1
     c.close()
     assert eventually(lambda: daemon.dispatcher.connections == 0)
+
+
+def test_big_blocks_bulk_paths(connect, store):
+    """2 MiB blocks: bulk transfers on worker threads, a re-put whose cached blocks are
+    dropped into scratch, and a request cancelled by its timeout mid-transfer."""
+    from kvstore.layout import KVLayout
+    from kvstore.namespace import NamespaceSpec
+
+    spec = NamespaceSpec(KVLayout("big", 2, 8, 128, "float16", 256))
+    c = connect()
+    ns = c.register(spec)
+    toks = tokens_for(90, 6, block_tokens=256)
+    blocks = [np.full(spec.block_bytes, i + 1, np.uint8) for i in range(6)]
+    assert c.put(ns, toks[: 3 * 256], blocks[:3]) == 768
+    assert c.put(ns, toks, blocks) == 6 * 256  # 3 cached blocks travel and are dropped
+    n, buf = c.get_into(ns, toks)
+    assert n == 6 * 256 and bytes(buf) == joined(blocks)
+    hasty = connect(timeout=0.001, strict=True)
+    hasty.register(spec)
+    for _ in range(3):
+        try:
+            hasty.get_into(ns, toks)
+        except Exception:  # a Timeout (or a miss): the connection is dropped, not stuck
+            pass
+    assert eventually(lambda: not store._leases)
+    n, buf = c.get_into(ns, toks)
+    assert n == 6 * 256 and bytes(buf) == joined(blocks)

@@ -44,6 +44,9 @@ READ_AHEAD = 64 << 10
 BULK_LOWAT = 256 << 10
 BULK_BYTES = 1 << 20
 BULK_THREADS = 16
+# A bulk syscall that makes no progress for this long fails the transfer
+# (a peer that stopped reading or writing cannot hold a worker for ever).
+BULK_STALL_SECONDS = 60.0
 try:
     IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 except (ValueError, OSError, AttributeError):  # pragma: no cover
@@ -51,6 +54,31 @@ except (ValueError, OSError, AttributeError):  # pragma: no cover
 
 _bulk_lock = threading.Lock()
 _bulk_pool: tuple[int, ThreadPoolExecutor] | None = None
+_bulk_busy = 0
+_bulk_pid = os.getpid()
+
+
+def _take_bulk_slot() -> bool:
+    """A worker for one bulk transfer, or False when all are busy.
+
+    Busy workers mean slow or stalled peers: the next transfers take the
+    event-loop path instead of queueing behind them, so a few clients that
+    stop reading cannot starve the others.
+    """
+    global _bulk_busy, _bulk_pid
+    with _bulk_lock:
+        if _bulk_pid != os.getpid():  # a forked child starts with no transfers
+            _bulk_busy, _bulk_pid = 0, os.getpid()
+        if _bulk_busy >= BULK_THREADS:
+            return False
+        _bulk_busy += 1
+        return True
+
+
+def _give_bulk_slot(_future=None) -> None:
+    global _bulk_busy
+    with _bulk_lock:
+        _bulk_busy -= 1
 
 
 def bulk_executor() -> ThreadPoolExecutor:
@@ -204,7 +232,7 @@ class SocketChannel:
             view[:have] = self._take(have)
         pos = have
         total = len(view)
-        if total - pos >= BULK_BYTES:
+        if total - pos >= BULK_BYTES and _take_bulk_slot():
             await self._bulk(_recv_blocking, view[pos:])
             return
         lowat = 1
@@ -282,8 +310,13 @@ class SocketChannel:
                 i += 1
             else:
                 views[i] = views[i][have:]
-        if i < len(views):
+        if i == len(views):
+            return
+        if _take_bulk_slot():
             await self._bulk(_recv_scatter_blocking, views[i:])
+            return
+        for view in views[i:]:  # every worker busy: on the loop
+            await self.read_into(view)
 
     # -- sending --------------------------------------------------------------
     async def _writable(self) -> None:
@@ -302,7 +335,7 @@ class SocketChannel:
         await self.send_buffers(bufs)
 
     async def send_buffers(self, bufs: list[memoryview]) -> None:
-        if sum(len(b) for b in bufs) >= BULK_BYTES:
+        if sum(len(b) for b in bufs) >= BULK_BYTES and _take_bulk_slot():
             await self._bulk(_send_blocking, bufs)
             return
         sock = self.sock
@@ -325,15 +358,25 @@ class SocketChannel:
     async def _bulk(self, fn, *args) -> None:
         """Run ``fn(sock, *args)`` with the socket blocking, on a bulk worker thread.
 
-        The loop does not watch the socket meanwhile (one reader, one writer).
+        The caller holds a bulk slot (``_take_bulk_slot``); it is given back
+        when the worker is done. The loop does not watch the socket meanwhile
+        (one reader, one writer).
         If the awaiting task is cancelled, the socket is shut down so the
         worker returns, and the channel closes once it has.
         """
         if self.closed:
+            _give_bulk_slot()
             raise Unavailable("channel closed")
-        self.sock.setblocking(True)
+        self.sock.settimeout(BULK_STALL_SECONDS)  # blocking, with a stall limit
         self._bulk_active = True
-        fut = self.loop.run_in_executor(bulk_executor(), fn, self.sock, *args)
+        try:
+            job = bulk_executor().submit(fn, self.sock, *args)
+        except BaseException:
+            _give_bulk_slot()
+            self._finish_bulk()
+            raise
+        job.add_done_callback(_give_bulk_slot)
+        fut = asyncio.wrap_future(job, loop=self.loop)
         try:
             await asyncio.shield(fut)
         except asyncio.CancelledError:

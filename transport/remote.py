@@ -81,12 +81,30 @@ class IOThread:
 
     @classmethod
     def shutdown(cls) -> None:
+        """At exit: cancel what is in flight (a bulk transfer then unblocks its worker)."""
         inst = cls._instance
-        if inst is not None and inst.pid == os.getpid():
-            inst.loop.call_soon_threadsafe(inst.loop.stop)
+        if inst is None or inst.pid != os.getpid() or not inst.thread.is_alive():
+            return
+
+        async def cancel_all():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            inst.submit(cancel_all()).result(5)
+        except Exception:  # pragma: no cover - exiting anyway
+            pass
+        inst.loop.call_soon_threadsafe(inst.loop.stop)
 
 
-atexit.register(IOThread.shutdown)
+# Before the thread pools join their workers at exit (threading's exit hooks
+# run before atexit's, the last registered first), so none waits on a socket.
+try:
+    threading._register_atexit(IOThread.shutdown)
+except (AttributeError, RuntimeError):  # pragma: no cover - another Python
+    atexit.register(IOThread.shutdown)
 
 
 class RemoteStore:

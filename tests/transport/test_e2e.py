@@ -308,11 +308,16 @@ def test_server_counts_connections(daemon, connect):
     assert eventually(lambda: daemon.dispatcher.connections == 0)
 
 
-def test_big_blocks_bulk_paths(connect, store):
-    """2 MiB blocks: bulk transfers on worker threads, a re-put whose cached blocks are
-    dropped into scratch, and a request cancelled by its timeout mid-transfer."""
+@pytest.mark.parametrize("workers", [16, 0], ids=["bulk-threads", "all-busy"])
+def test_big_blocks_bulk_paths(connect, store, monkeypatch, workers):
+    """2 MiB blocks: bulk transfers on worker threads (or, all workers busy, on the
+    loop), a re-put whose cached blocks are dropped into scratch, and a request
+    cancelled by its timeout mid-transfer."""
     from kvstore.layout import KVLayout
     from kvstore.namespace import NamespaceSpec
+    from kvstore.transport import channel
+
+    monkeypatch.setattr(channel, "BULK_THREADS", workers)
 
     spec = NamespaceSpec(KVLayout("big", 2, 8, 128, "float16", 256))
     c = connect()

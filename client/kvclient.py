@@ -9,8 +9,8 @@
 keywords. Other URLs (``tcp://``, ``shm://``, ``ucx://``) are resolved by
 carriers: ``register_carrier(scheme, factory)`` where ``factory(url,
 **kwargs)`` returns a backend with the ``BlockStore`` methods; the
-transport package registers its carriers on import (``kvstore.transport``
-is imported on first use of an unknown scheme).
+transport package registers its carriers (``kvstore.transport.register_carriers``,
+called on first use of an unknown scheme).
 """
 
 from __future__ import annotations
@@ -47,17 +47,28 @@ class KVClient:
         self._closed = False
 
     @classmethod
-    def connect(cls, url: str = "embedded", *, strict: bool = True, **kwargs) -> KVClient:
-        """A client for ``url``; keywords configure the backend (StoreConfig for embedded)."""
+    def connect(cls, url: str = "embedded", *, strict: bool | None = None, **kwargs) -> KVClient:
+        """A client for ``url``; keywords configure the backend (StoreConfig for embedded).
+
+        ``strict``: a remote daemon that cannot be reached makes ``lookup`` return 0
+        and ``get`` miss (the engine recomputes) unless ``strict=True``, when they
+        raise ``Unavailable``. Default: strict for ``embedded``, not for remote URLs.
+        """
         scheme = url.split("://", 1)[0] if "://" in url else url
         if scheme not in _CARRIERS:
             try:
-                import kvstore.transport  # noqa: F401  (registers its carriers)
+                from kvstore.transport import register_carriers
             except ImportError:
                 pass
+            else:
+                register_carriers()
         factory = _CARRIERS.get(scheme)
         if factory is None:
             raise InvalidArgument(f"no carrier for {url!r} (known: {sorted(_CARRIERS)})")
+        if strict is None:
+            strict = scheme == "embedded"
+        if getattr(factory, "accepts_strict", False):  # remote carriers soften misses themselves
+            kwargs["strict"] = strict
         return cls(factory(url, **kwargs), strict=strict)
 
     def namespace(self, layout: KVLayout, codec: str = "none", tenant: str = "") -> Namespace:

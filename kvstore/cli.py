@@ -6,6 +6,7 @@ import argparse
 import sys
 
 import kvstore
+from kvstore.admin_cli import add_admin
 
 
 def add_serve(sub) -> None:
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print the version")
     add_serve(sub)
+    add_admin(sub)
     return parser
 
 
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         return run_serve(args)
+    if args.command == "admin":
+        from kvstore.admin_cli import run_admin
+
+        return run_admin(args)
     return 2
 
 

@@ -95,7 +95,7 @@ class AdminService:
 
     async def stop(self) -> None:
         self.health.enter_graceful_shutdown()
-        done = self.server.stop(grace=2.0)
+        done = self.server.stop(grace=1.0)
         await asyncio.get_running_loop().run_in_executor(None, done.wait, 5.0)
 
 

@@ -55,7 +55,8 @@ def rpc(method):
             return method(self, request, context)
         except KVStoreError as exc:
             status = STATUS_OF.get(exc.code, grpc.StatusCode.INTERNAL)
-            context.abort(status, str(exc) or type(exc).__name__)
+            message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+            context.abort(status, message or type(exc).__name__)
         except Exception as exc:
             log.exception("admin %s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")

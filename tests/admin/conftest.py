@@ -70,13 +70,19 @@ def small_store(cpu_bytes: int = 64 << 10) -> TieredStore:
     return TieredStore(StoreConfig(cpu_bytes=cpu_bytes, policy_factory=policy_factory))
 
 
+SMALL = object()
+
+
 @pytest.fixture
 def running():
-    """Start daemons with ``running(config=..., store=...)``; all are stopped at the end."""
+    """Start daemons with ``running(config=..., store=...)``; all are stopped at the end.
+
+    ``store`` defaults to a ``small_store()``; ``store=None`` lets the daemon build its own.
+    """
     started = []
 
-    def start(config: DaemonConfig | None = None, store=None, wait: bool = True) -> DaemonThread:
-        d = DaemonThread(config or daemon_config(), store if store is not None else small_store())
+    def start(config: DaemonConfig | None = None, store=SMALL, wait: bool = True) -> DaemonThread:
+        d = DaemonThread(config or daemon_config(), small_store() if store is SMALL else store)
         started.append(d)
         return d.start(wait)
 

@@ -95,8 +95,19 @@ def drain(doc: dict) -> str:
     return line + ("; daemon shutting down" if doc["shutting_down"] else "")
 
 
+def flatten(settings: dict, prefix: str = "") -> dict:
+    """Nested tables as dotted keys: ``{"limits": {"max_connections": 8}}`` -> ``limits.max_connections``."""
+    out = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def config(doc: dict) -> str:
-    settings = json.loads(doc["config_json"])
+    settings = flatten(json.loads(doc["config_json"]))
     rows = [[k, json.dumps(v), doc["source"].get(k, "default")] for k, v in sorted(settings.items())]
     head = (f"kvstore {doc['version']}  carriers: {' '.join(doc['urls'])}  admin: {doc['admin']}"
             f"  metrics: {doc['metrics'] or '-'}")

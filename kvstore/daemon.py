@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 
 from kvstore.config import DaemonConfig
+from kvstore.errors import KVStoreError
 from kvstore.sizes import format_size
 from kvstore.transport.auth import TokenAuth
 from kvstore.transport.server import Server
@@ -214,4 +215,8 @@ def serve(config: DaemonConfig) -> int:
             sys.stderr.write(f"kvstore ready: {' '.join(urls)}\n")
             sys.stderr.flush()
 
-    return asyncio.run(Daemon(config).run(ready))
+    try:
+        return asyncio.run(Daemon(config).run(ready))
+    except (KVStoreError, OSError) as exc:  # a port taken, a bad token file, ...
+        log.error("kvstore serve: cannot start: %s", exc)
+        return 1

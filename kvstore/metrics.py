@@ -20,6 +20,7 @@ import logging
 from prometheus_client import CollectorRegistry, start_http_server
 
 from kvstore.daemon import SERVICE_FACTORIES
+from kvstore.errors import InvalidArgument
 from kvstore.metrics_store import StoreCollector
 from kvstore.metrics_transport import RequestMetrics
 
@@ -44,8 +45,11 @@ class MetricsService:
         self._httpd = None
 
     async def start(self) -> None:
-        host, port = split_address(self.requested)
-        self._httpd, _ = start_http_server(port, host, registry=self.registry)
+        try:
+            host, port = split_address(self.requested)
+            self._httpd, _ = start_http_server(port, host, registry=self.registry)
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"cannot serve metrics on {self.requested}: {exc}") from None
         bound = self._httpd.server_address
         self.address = f"[{host}]:{bound[1]}" if ":" in host else f"{host}:{bound[1]}"
         log.info("metrics on http://%s/metrics", self.address)

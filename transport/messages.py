@@ -133,7 +133,9 @@ def parse_request(header) -> Request:
     ns = header.get("ns")
     if ns is not None and (not isinstance(ns, bytes) or len(ns) != NS_BYTES):
         raise ProtocolError(f"ns must be {NS_BYTES} bytes")
-    args = header.get("args") or {}
+    args = header.get("args")
+    if args is None:
+        args = {}
     if not isinstance(args, dict):
         raise ProtocolError("args must be a map")
     return Request(op=OPS.get(op, op), id=request_id, ns=ns, args=args, sizes=sizes)
@@ -145,7 +147,9 @@ def parse_reply(header) -> Reply:
     status = header.get("status")
     if not isinstance(status, int) or isinstance(status, bool) or status < 0:
         raise ProtocolError("reply status must be an unsigned int")
-    result = header.get("result") or {}
+    result = header.get("result")
+    if result is None:
+        result = {}
     if not isinstance(result, dict):
         raise ProtocolError("reply result must be a map")
     error = header.get("error") or ""

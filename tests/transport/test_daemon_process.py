@@ -13,11 +13,11 @@ import time
 
 import pytest
 
+from benchmarks.daemon_proc import ROOT, DaemonProc, daemon_args
 from kvstore.errors import Timeout, Unavailable
 from kvstore.transport.remote import RemoteStore
 from kvstore.transport.server import ServerThread
 from tests.transport.conftest import HAVE_UCX, blocks_for, listen_url, spec_of, tokens_for
-from tests.transport.procs import ROOT, DaemonProc, daemon_args
 
 
 def joined(blocks) -> bytes:

@@ -1,4 +1,4 @@
-"""Daemons and clients as real processes (for SIGTERM / SIGKILL tests and the soak)."""
+"""``kvstore serve`` as a child process, for benchmarks, the soak and the process tests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:

@@ -2,7 +2,8 @@
 
 Counted once per request, never per byte: requests by carrier and op, request
 latency by op (a histogram), payload bytes read from and written to clients by
-carrier (frame headers excluded), and errors by code (failure replies, refused
+carrier (frame headers excluded; blocks a shm client copies straight through
+its arena leases never cross the socket and are not counted), and errors by code (failure replies, refused
 frames and refused connections alike). Label children are cached, so a request
 costs a few dictionary look-ups and counter increments.
 """

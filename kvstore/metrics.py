@@ -40,7 +40,8 @@ class MetricsService:
         self.requested = address
         self.address = ""  # HOST:PORT actually bound (port 0 picks a free one)
         self.registry = CollectorRegistry()
-        self.requests = RequestMetrics(self.registry)
+        self.requests = RequestMetrics()
+        self.registry.register(self.requests)
         self.registry.register(StoreCollector(daemon))
         self._httpd = None
 

@@ -65,3 +65,33 @@ def test_counters_move_with_traffic(daemon, client, admin):
     assert value(after, "kvstore_tier_policy", tier="cpu", policy="lru") == 1.0
     admin.Drain(pb.DrainRequest())
     assert value(scrape(daemon), "kvstore_draining") == 1.0
+
+
+def test_request_metrics_histogram_is_cumulative():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from kvstore.metrics_transport import RequestMetrics
+    from kvstore.transport.dispatch import Outcome
+    from kvstore.transport.messages import Op, Reply
+
+    class Req:
+        op, sizes = Op.GET, []
+
+    metrics = RequestMetrics()
+    for seconds in (20e-6, 20e-6, 3e-3, 9.0):  # two in the first bucket, one mid, one past 5 s
+        metrics.request("shm", Req, Outcome(Reply(1, sizes=[100])), seconds)
+    metrics.request("shm", Req, None, 1e-3)  # the connection broke mid-request
+    registry = CollectorRegistry()
+    registry.register(metrics)
+    samples = {}
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    assert value(samples, "kvstore_request_seconds_bucket", op="get", le="5e-05") == 2
+    assert value(samples, "kvstore_request_seconds_bucket", op="get", le="0.005") == 4
+    assert value(samples, "kvstore_request_seconds_bucket", op="get", le="5.0") == 4
+    assert value(samples, "kvstore_request_seconds_bucket", op="get", le="+Inf") == 5
+    assert value(samples, "kvstore_request_seconds_count", op="get") == 5
+    assert value(samples, "kvstore_requests_total", carrier="shm", op="get") == 5
+    assert value(samples, "kvstore_transport_written_bytes_total", carrier="shm") == 400
+    assert value(samples, "kvstore_errors_total", code="unavailable") == 1

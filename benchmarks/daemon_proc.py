@@ -25,6 +25,9 @@ class DaemonProc:
 
     def __init__(self, args: list[str], env: dict | None = None, timeout: float = 60.0):
         full_env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # admin API and metrics on free ports: daemons side by side must not clash on 7803/7804
+        full_env.setdefault("KVSTORE_ADMIN", "127.0.0.1:0")
+        full_env.setdefault("KVSTORE_METRICS", "127.0.0.1:0")
         full_env.update(env or {})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kvstore", "serve", *args],

@@ -6,8 +6,10 @@ variables > the TOML file > defaults. The file is ``--config FILE``, else
 exists. Example::
 
     listen = ["shm:///run/kvstore/kvstore.sock", "tcp://127.0.0.1:7801"]
-    admin = "127.0.0.1:7803"
-    metrics = "127.0.0.1:7804"
+    admin = "127.0.0.1:7803"       # "" turns the admin API off
+    admin_token_file = "/etc/kvstore/admin-token"
+    pin_budget = "1GiB"           # pins of the admin API (default: a quarter of cpu_bytes)
+    metrics = "127.0.0.1:7804"    # "" turns the metrics endpoint off
     cpu_bytes = "8GiB"
     ssd_dir = "/var/cache/kvstore"
     ssd_bytes = "200GiB"          # 0 disables the SSD tier
@@ -24,11 +26,11 @@ exists. Example::
     cpu_policy = "lru"
 
 Environment: ``KVSTORE_LISTEN`` (comma-separated URLs), ``KVSTORE_ADMIN``,
-``KVSTORE_METRICS``, ``KVSTORE_CPU_BYTES``, ``KVSTORE_SSD_DIR``,
-``KVSTORE_SSD_BYTES``, ``KVSTORE_AUTH_TOKEN_FILE``, ``KVSTORE_LOG_LEVEL``,
-``KVSTORE_LOG_FORMAT``, ``KVSTORE_DRAIN_TIMEOUT``, ``KVSTORE_ARENA_DIR``,
-``KVSTORE_PREFAULT``, and each limit as
-``KVSTORE_MAX_...`` (``KVSTORE_MAX_CONNECTIONS``).
+``KVSTORE_ADMIN_TOKEN_FILE``, ``KVSTORE_PIN_BUDGET``, ``KVSTORE_METRICS``,
+``KVSTORE_CPU_BYTES``, ``KVSTORE_SSD_DIR``, ``KVSTORE_SSD_BYTES``,
+``KVSTORE_AUTH_TOKEN_FILE``, ``KVSTORE_LOG_LEVEL``, ``KVSTORE_LOG_FORMAT``,
+``KVSTORE_DRAIN_TIMEOUT``, ``KVSTORE_ARENA_DIR``, ``KVSTORE_PREFAULT``, and each
+limit as ``KVSTORE_MAX_...`` (``KVSTORE_MAX_CONNECTIONS``).
 
 Defaults (``kvstore serve`` with nothing else): listeners on loopback only
 (the shm socket in ``$XDG_RUNTIME_DIR/kvstore`` or ``/tmp/kvstore-UID``, tcp
@@ -63,8 +65,8 @@ SSD_CAP = 256 * GiB
 MIN_CPU = 64 << 20
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SCALARS = (
-    "admin", "metrics", "cpu_bytes", "ssd_dir", "ssd_bytes", "auth_token_file",
-    "log_level", "log_format", "drain_timeout", "arena_dir", "prefault",
+    "admin", "admin_token_file", "pin_budget", "metrics", "cpu_bytes", "ssd_dir", "ssd_bytes",
+    "auth_token_file", "log_level", "log_format", "drain_timeout", "arena_dir", "prefault",
 )
 
 
@@ -114,8 +116,10 @@ def default_ssd_bytes(directory: Path) -> int:
 @dataclass
 class DaemonConfig:
     listen: list[str] = field(default_factory=list)
-    admin: str = "127.0.0.1:7803"
-    metrics: str = "127.0.0.1:7804"
+    admin: str = "127.0.0.1:7803"  # "": no admin API
+    admin_token_file: str | None = None  # one token; admin calls send "authorization: Bearer T"
+    pin_budget: int | None = None  # bytes the admin API may pin; None: cpu_bytes / 4
+    metrics: str = "127.0.0.1:7804"  # "": no metrics endpoint
     cpu_bytes: int = 0  # 0: sized from the available memory
     ssd_dir: str = ""
     ssd_bytes: int | None = None  # None: sized from the free space; 0 disables SSD
@@ -139,6 +143,9 @@ class DaemonConfig:
             if value and ":" not in value:
                 raise InvalidArgument(f"{name} must be HOST:PORT, got {value!r}")
         self.cpu_bytes = parse_size(self.cpu_bytes) or default_cpu_bytes(self.arena_dir)
+        if self.pin_budget in (None, ""):
+            self.pin_budget = self.cpu_bytes // 4
+        self.pin_budget = parse_size(self.pin_budget)
         if not self.ssd_dir:
             self.ssd_dir = str(cache_dir())
         self.ssd_dir = os.path.expanduser(self.ssd_dir)

@@ -20,6 +20,13 @@ or an object with ``async start()`` and ``async stop()``; it finds the
 addresses in ``daemon.config.admin`` / ``daemon.config.metrics``, the store
 in ``daemon.store`` and the transport counters in ``daemon.server.dispatcher``,
 and may call ``daemon.request_stop()`` (a drain over the admin API).
+
+Services start first, while ``daemon.state`` is ``"starting"`` and
+``daemon.store`` / ``daemon.server`` are still None (so a health probe can
+watch a long SSD rebuild); a service with a ``state_changed(state)`` method
+is told each later state, on the daemon's loop: ``"serving"`` (store and
+listeners up), ``"draining"`` (shutdown began), ``"stopping"`` (requests
+done; services stop next) and ``"stopped"``.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import time
 from collections.abc import Callable
 
 from kvstore.config import DaemonConfig
-from kvstore.errors import StorageError
+from kvstore.errors import KVStoreError, StorageError
 from kvstore.sizes import format_size
 from kvstore.transport.auth import TokenAuth
 from kvstore.transport.server import Server
@@ -131,6 +138,7 @@ class Daemon:
         self.server: Server | None = None
         self.services: list = []
         self.started_at = 0.0
+        self.state = "starting"
         self._stop: asyncio.Event | None = None
 
     def request_stop(self) -> None:
@@ -143,19 +151,17 @@ class Daemon:
         self._stop = asyncio.Event()
         config = self.config
         auth = TokenAuth.from_file(config.auth_token_file) if config.auth_token_file else None
-        if self.store is None:
-            self.store = await self._loop.run_in_executor(None, build_store, config)
-        self.server = Server(self.store, config.listen, limits=config.limits, auth=auth)
+        self.state = "starting"
         try:
+            await self._start_services()
+            if self.store is None:
+                self.store = await self._loop.run_in_executor(None, build_store, config)
+            self.server = Server(self.store, config.listen, limits=config.limits, auth=auth)
             await self.server.start()
-            _load_service_modules()
-            for factory in SERVICE_FACTORIES:
-                service = factory(self)
-                if service is not None:
-                    await service.start()
-                    self.services.append(service)
         except BaseException:
-            await self.server.drain(0)
+            if self.server is not None:
+                await self.server.drain(0)
+            await self._stop_services()
             await self._close_store()
             raise
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -173,19 +179,44 @@ class Daemon:
         line = (f"kvstore ready: {' '.join(self.server.urls)} "
                 f"({tiers}auth {'on' if auth else 'off'}, pid {os.getpid()})")
         log.info(line)
+        self._set_state("serving")
         if ready is not None:
             ready(self.server.urls)
         await self._stop.wait()
+        self._set_state("draining")
         log.info("shutting down: draining requests (up to %.0fs)", config.drain_timeout)
         await self.server.drain(config.drain_timeout)
+        self._set_state("stopping")
+        await self._stop_services()
+        await self._close_store()
+        self._set_state("stopped")
+        log.info("kvstore stopped")
+        return 0
+
+    async def _start_services(self) -> None:
+        _load_service_modules()
+        for factory in SERVICE_FACTORIES:
+            service = factory(self)
+            if service is not None:
+                await service.start()
+                self.services.append(service)
+
+    async def _stop_services(self) -> None:
         for service in reversed(self.services):
             try:
                 await service.stop()
             except Exception:
                 log.exception("stopping %r failed", service)
-        await self._close_store()
-        log.info("kvstore stopped")
-        return 0
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        for service in self.services:
+            hook = getattr(service, "state_changed", None)
+            if hook is not None:
+                try:
+                    hook(state)
+                except Exception:
+                    log.exception("%r failed to take state %s", service, state)
 
     async def _close_store(self) -> None:
         if self.store is None:
@@ -211,4 +242,8 @@ def serve(config: DaemonConfig) -> int:
             sys.stderr.write(f"kvstore ready: {' '.join(urls)}\n")
             sys.stderr.flush()
 
-    return asyncio.run(Daemon(config).run(ready))
+    try:
+        return asyncio.run(Daemon(config).run(ready))
+    except (KVStoreError, OSError) as exc:  # a port taken, a bad token file, ...
+        log.error("kvstore serve: cannot start: %s", exc)
+        return 1

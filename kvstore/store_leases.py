@@ -152,6 +152,9 @@ class LeaseOps:
                     n = i
                     break
             self._count_read(nst, blocks[:n], len(arr) // nst.spec.block_tokens)
+            fetched = {i for i, *_ in fetch}  # tier hits: memory-resident vs read from SSD
+            self.cpu.stats.hits += sum(1 for i in range(n) if i not in fetched)
+            self._ssd_hits += sum(1 for i, _, staged, _ in fetch if i < n and not staged)
             for meta in blocks[:n]:
                 self.cpu.policy.on_access(nst.fp + meta.key)
             lease = Lease(next(self._lease_ids), ns, n * nst.spec.block_tokens,

@@ -34,6 +34,7 @@ from kvstore.gpu_tier import GPUTier, cuda_available
 from kvstore.namespace import NamespaceSpec
 from kvstore.ssd_link import SSDLink
 from kvstore.store_config import StoreConfig
+from kvstore.store_control import StoreControl
 from kvstore.store_io import IOOps
 from kvstore.store_leases import LeaseOps
 from kvstore.store_rebuild import rebuild_from_ssd
@@ -50,7 +51,7 @@ def _default_ssd_factory(directory, capacity_bytes, segment_bytes, compression):
     return SSDTier(directory, capacity_bytes, segment_bytes=segment_bytes, compression=compression)
 
 
-class TieredStore(LeaseOps, IOOps, StatsOps, TierMovement):
+class TieredStore(StoreControl, LeaseOps, IOOps, StatsOps, TierMovement):
     """An in-process ``BlockStore``. ``TieredStore(StoreConfig(cpu_bytes="4GiB", ...))``."""
 
     zero_copy = True  # clients may use leases + read_slot (same process or shm)

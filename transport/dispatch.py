@@ -15,6 +15,11 @@ and a ``Session``. The loop is the same everywhere:
 
 A session's leases are released when its connection ends, however it ends
 (a client killed mid-request leaves nothing pinned).
+
+``Dispatcher.observer`` (None, or e.g. ``kvstore.metrics_transport.RequestMetrics``)
+is told of every request once it is answered, ``observer.request(carrier, req,
+outcome, seconds)``, and of every refused frame or connection,
+``observer.refused(carrier, code)``: per request, never per byte.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 
 from kvstore.errors import (
@@ -134,6 +140,7 @@ class Dispatcher:
         self._idle.set()
         self.requests = 0
         self.errors = 0
+        self.observer = None  # see the module docstring
         self._ops = {
             Op.HELLO: self._hello,
             Op.REGISTER: self._register,
@@ -160,6 +167,8 @@ class Dispatcher:
             except Exception:  # the peer may be gone already
                 pass
             channel.close()
+            if self.observer is not None:
+                self.observer.refused(session.carrier, why.code)
             return
         self.connections += 1
         log.debug("%s connection from %s", session.carrier, session.peer)
@@ -182,7 +191,7 @@ class Dispatcher:
         try:
             raw = await channel.read_header(self.limits)
         except TooLarge as exc:
-            await self._refuse(channel, 0, exc)
+            await self._refuse(channel, 0, exc, session)
             return False
         if raw is None:
             return False
@@ -194,8 +203,9 @@ class Dispatcher:
             req = m.parse_request(header)
             self.limits.check_sizes(req.sizes)
         except KVStoreError as exc:
-            await self._refuse(channel, request_id, exc)
+            await self._refuse(channel, request_id, exc, session)
             return False
+        started = time.perf_counter()
         self.inflight += 1
         self._idle.clear()
         self.requests += 1
@@ -226,6 +236,8 @@ class Dispatcher:
             self.inflight -= 1
             if self.inflight == 0:
                 self._idle.set()
+            if self.observer is not None:
+                self.observer.request(session.carrier, req, outcome, time.perf_counter() - started)
 
     def _failure(self, session: Session, req: Request, exc: BaseException) -> Outcome:
         self.errors += 1
@@ -237,8 +249,10 @@ class Dispatcher:
             return Outcome(None, close=close)
         return Outcome(Reply.failure(req.id, exc), close=close)
 
-    async def _refuse(self, channel, request_id: int, exc: KVStoreError) -> None:
+    async def _refuse(self, channel, request_id: int, exc: KVStoreError, session) -> None:
         self.errors += 1
+        if self.observer is not None:
+            self.observer.refused(session.carrier, exc.code)
         log.debug("closing connection: %s", exc)
         try:
             await channel.send(Reply.failure(request_id, exc).to_header())

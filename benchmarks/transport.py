@@ -42,7 +42,7 @@ import numpy as np
 
 from benchmarks import transport_baselines as base
 from benchmarks.common import base_parser, gbps, print_table, write_json
-from benchmarks.daemon_proc import ROOT, DaemonProc
+from kvstore.daemon_process import ROOT, DaemonProc
 from kvstore.layout import KVLayout
 from kvstore.namespace import NamespaceSpec
 from kvstore.sizes import parse_size

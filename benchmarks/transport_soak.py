@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from benchmarks.common import base_parser, print_table, write_json
-from benchmarks.daemon_proc import DaemonProc, daemon_args
+from kvstore.daemon_process import DaemonProc, daemon_args
 from kvstore.layout import KVLayout
 from kvstore.namespace import NamespaceSpec
 from kvstore.sizes import parse_size

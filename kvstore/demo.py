@@ -90,10 +90,19 @@ def _recompute(engine, tokens):
 
 def print_stats(address: str) -> None:
     from kvstore.admin_client import AdminClient
-    from kvstore.admin_format import format_stats
+    from kvstore.admin_format import stats
 
     with AdminClient(address) as admin:
-        print(format_stats(admin.call("GetStats")))
+        print(stats(admin.call("GetStats")))
+
+
+def print_rows(rows: list[dict]) -> None:
+    from kvstore.admin_format import table
+
+    def cell(v):
+        return round(v, 4) if isinstance(v, float) else v
+
+    print(table(list(rows[0]), [[cell(v) for v in r.values()] for r in rows]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from benchmarks.common import print_table
     from kvstore.local_model import build_local_model
 
     print("building / loading the local model (first run: ~15 s) ...", flush=True)
@@ -130,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rows = [run_carrier(listen[c], model, "kvstore-demo-llama", prefix, suffixes,
                                 args.codec) for c in carriers]
-            print_table(rows, title="TTFT: recompute (miss) vs load from kvstore (hit)")
+            print("TTFT: recompute (miss) vs load from kvstore (hit)")
+            print_rows(rows)
             print("\ndaemon stats (admin gRPC API):")
             print_stats(admin)
         finally:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from benchmarks.daemon_proc import ROOT, DaemonProc, daemon_args
+from kvstore.daemon_process import ROOT, DaemonProc, daemon_args
 from kvstore.errors import Timeout, Unavailable
 from kvstore.transport.remote import RemoteStore
 from kvstore.transport.server import ServerThread

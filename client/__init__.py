@@ -1,1 +1,7 @@
-"""kvstore.client"""
+"""kvstore.client: KVClient and the engine-facing Namespace API."""
+
+from kvstore.client.codec import BlockCodec
+from kvstore.client.kvclient import KVClient, register_carrier
+from kvstore.client.namespace import Namespace
+
+__all__ = ["KVClient", "Namespace", "BlockCodec", "register_carrier"]

@@ -30,24 +30,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from kvstore.errors import StorageError
+from kvstore.errors import CapacityError, NotFound, StorageError
+from kvstore.ssd_record import SSDRecordHeader
 
 log = logging.getLogger("kvstore.ssd")
 
-try:  # the SSD engineer's record header (branch ssd)
-    from kvstore.ssd_record import SSDRecordHeader
-except ImportError:  # pragma: no cover - until the SSD tier is merged
-
-    @dataclass
-    class SSDRecordHeader:  # same fields as kvstore.ssd_record.SSDRecordHeader
-        namespace: bytes
-        key: bytes
-        parent: bytes
-        tokens: Any
-        extra: bytes
-        codec: str
-        payload_len: int
-
+# what a read of a location may raise: corrupt record, failing disk, freed segment (a miss)
+READ_ERRORS = (StorageError, OSError, NotFound)
 
 @dataclass
 class Job:
@@ -140,7 +129,11 @@ class SSDLink:
             return
         try:
             loc = self.ssd.write(job.header, payload)
-        except (StorageError, OSError) as exc:
+        except CapacityError as exc:  # this record can never fit: drop it, the disk is fine
+            log.error("SSD write refused: %s", exc)
+            store._on_write_failed(job)
+            return
+        except Exception as exc:
             self.write_errors += 1
             if not self._degraded:
                 log.error("SSD tier degraded after a failed write: %s", exc)
@@ -152,6 +145,8 @@ class SSDLink:
             self._remove(job)
 
     def _remove(self, job: Job) -> None:
+        if self.degraded:
+            return  # the record stays until restart; the store no longer points at it
         try:
             self.ssd.remove(job.fp, job.key)
             self.removes += 1
@@ -174,6 +169,13 @@ class SSDLink:
         return self._take_evicted()
 
     # -- lifecycle --------------------------------------------------------------
+    def reset_degraded(self) -> None:
+        """Let an operator retry a degraded tier (after freeing space, replacing a disk)."""
+        reset = getattr(self.ssd, "reset_degraded", None)
+        if reset is not None:
+            reset()
+        self._degraded = False
+
     def flush(self) -> None:
         if self.degraded:
             raise StorageError("SSD tier is degraded: blocks cannot be made durable")

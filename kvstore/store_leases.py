@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from kvstore.block_state import BlockState, NamespaceState, new_meta
-from kvstore.errors import InvalidArgument, NotFound, StorageError
+from kvstore.errors import InvalidArgument, NotFound
 from kvstore.keys import ROOT_KEY, block_keys
 from kvstore.memory_tier import MemoryTier
+from kvstore.ssd_link import READ_ERRORS
 from kvstore.store_api import Lease
 from kvstore.tokens import as_tokens
 
@@ -140,7 +141,7 @@ class LeaseOps:
                 break
             try:
                 data[i] = src if staged else self.ssd.read(src)
-            except (StorageError, OSError):
+            except READ_ERRORS:
                 n, lost = i, meta.key
         with self._lock:
             for i, meta, _, _ in fetch:
@@ -208,7 +209,7 @@ class LeaseOps:
                 else:
                     try:
                         data = self.ssd.read(src)
-                    except (StorageError, OSError):
+                    except READ_ERRORS:
                         lost = blocks[i].key
                         break
                     sink(i, data)

@@ -10,6 +10,9 @@ flushed prefix that was not deleted since is served in full.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -20,6 +23,13 @@ from kvstore.tiered_store import TieredStore
 from .helpers import _DISKS, FakeSSD, make_spec, payloads_for
 
 B = 4
+
+
+def _real_ssd(directory, capacity, segment_bytes, compression):
+    from kvstore.ssd_tier import SSDTier
+
+    return SSDTier(directory, capacity, segment_bytes=segment_bytes, compression=compression)
+
 SPECS = [make_spec(B), make_spec(B, layers=3, model="wide")]  # 512 B and 768 B blocks
 BLOCKS = [tuple(range(i * 10, i * 10 + B)) for i in range(4)]  # few distinct blocks: shared prefixes
 prompt = st.lists(st.sampled_from(range(len(BLOCKS))), min_size=1, max_size=6)
@@ -31,15 +41,16 @@ def tokens_of(blocks: list[int], tail: int = 0) -> list[int]:
 
 class StoreMachine(RuleBasedStateMachine):
     ssd = True
+    factory = FakeSSD  # real SSDTier in RealSSDMachine
 
     @initialize()
     def open(self):
-        self.dir = f"/tmp/kvstore-prop-{id(self)}"
+        self.dir = tempfile.mkdtemp(prefix="kvstore-prop-")
         _DISKS.pop(self.dir, None)
         self.cfg = StoreConfig(
             cpu_bytes=8 * 4096, cpu_page_bytes=4096,
-            ssd_dir=self.dir if self.ssd else None, ssd_bytes=(4 << 20) if self.ssd else 0,
-            ssd_factory=FakeSSD, demotion_buffer_bytes=4096,
+            ssd_dir=self.dir if self.ssd else None, ssd_bytes=(16 << 20) if self.ssd else 0,
+            ssd_factory=self.factory, demotion_buffer_bytes=4096, segment_bytes=64 << 10,
         )
         self.store = TieredStore(self.cfg)
         self.ns = [self.store.register(s) for s in SPECS]
@@ -50,6 +61,7 @@ class StoreMachine(RuleBasedStateMachine):
         if hasattr(self, "store"):
             self.store.close()
             _DISKS.pop(self.dir, None)
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def _check_get(self, i, toks, extra):
         ns, spec = self.ns[i], SPECS[i]
@@ -114,7 +126,7 @@ class StoreMachine(RuleBasedStateMachine):
         for lease_id in self.leases:
             self.store.release(lease_id)
         self.leases.clear()
-        if crash:  # nothing after the last flush reaches the "disk"
+        if crash and self.factory is FakeSSD:  # nothing after the last flush reaches the "disk"
             self.store.ssd.ssd.flush = lambda: None
         self.store.close()
         self.store = TieredStore(self.cfg)
@@ -129,12 +141,16 @@ class StoreMachine(RuleBasedStateMachine):
         cpu = self.store.tier_stats("cpu")
         assert cpu.used_bytes <= cpu.capacity_bytes
         if self.ssd:
-            fake = self.store.ssd.ssd
-            assert fake.max_used <= fake.capacity_bytes
+            ssd = self.store.ssd.ssd
+            assert getattr(ssd, "max_used", ssd.used_bytes) <= ssd.capacity_bytes
 
 
 class CPUOnlyMachine(StoreMachine):
     ssd = False
+
+
+class RealSSDMachine(StoreMachine):
+    factory = staticmethod(_real_ssd)
 
 
 _settings = settings(max_examples=25, stateful_step_count=30, deadline=None,
@@ -143,3 +159,5 @@ TestStoreWithSSD = StoreMachine.TestCase
 TestStoreWithSSD.settings = _settings
 TestStoreCPUOnly = CPUOnlyMachine.TestCase
 TestStoreCPUOnly.settings = _settings
+TestStoreRealSSD = RealSSDMachine.TestCase
+TestStoreRealSSD.settings = settings(_settings, max_examples=15)

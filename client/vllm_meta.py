@@ -40,13 +40,15 @@ class SaveSpec:
     """Store the whole store blocks of ``tokens``, computed by the end of this step.
 
     Gathered from block 0 because a put always describes a prefix; the store
-    skips the blocks it already holds.
+    skips the blocks it already holds (``stored_before`` leading tokens, as far
+    as the scheduler knows).
     """
 
     req_id: str
     tokens: np.ndarray  # uint32 prompt prefix, a multiple of block_tokens
     block_ids: list[int]  # vLLM blocks holding tokens[0:len(tokens)]
     extra: bytes = b""
+    stored_before: int = 0
 
 
 @dataclass

@@ -149,7 +149,8 @@ class SchedulerSide:
         savable = min(computed_after, len(tracked.prompt)) // self.block_tokens * self.block_tokens
         if savable > tracked.stored:
             meta.saves.append(SaveSpec(req_id, tracked.prompt[:savable],
-                                       tracked.block_ids[: savable // bs], tracked.extra))
+                                       tracked.block_ids[: savable // bs], tracked.extra,
+                                       tracked.stored))
             tracked.stored = savable
 
     # -- 4. finished ----------------------------------------------------------

@@ -40,7 +40,7 @@ class TransferStats:
 
     loaded_tokens: int = 0
     load_seconds: float = 0.0
-    saved_tokens: int = 0
+    saved_tokens: int = 0  # tokens newly stored
     save_seconds: float = 0.0
     failed_blocks: int = 0
 
@@ -157,5 +157,5 @@ class WorkerSide:
                     raise
                 log.warning("kvstore put failed for %s", spec.req_id, exc_info=True)
                 stored = 0
-            self.stats.saved_tokens += stored
+            self.stats.saved_tokens += max(0, stored - spec.stored_before)
             self.stats.save_seconds += time.perf_counter() - start

@@ -66,11 +66,10 @@ def recompute_b(llm, prompts):
 
 @pytest.fixture(scope="module")
 def stored_a(llm, prompts, namespace):
-    """Request A (the prefix and a short tail of its own) stored under salt "a"."""
+    """Request A (the prefix and a short tail of its own, one output token) stored under "a"."""
     prefix, _ = prompts
     assert namespace.lookup(prefix, extra("a")) == 0
-    run = ve.generate(llm, prefix + [7, 8, 9], salt="a")
-    return run
+    return ve.generate(llm, prefix + [7, 8, 9], salt="a", max_tokens=1)
 
 
 def test_a_stores_its_whole_blocks(stored_a, prompts, namespace):
@@ -103,7 +102,7 @@ def test_stored_kv_is_the_models_kv(stored_a, prompts, namespace, local_model_di
         cache = model(torch.tensor([prefix[:HIT]]), use_cache=True).past_key_values
     want = cache_to_canonical(cache)
     assert kv.shape == want.shape
-    torch.testing.assert_close(kv, want, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(kv, want, atol=1e-4, rtol=1e-4)  # measured: 4.3e-6
 
 
 def test_corrupted_blocks_change_the_output(llm, stored_a, recompute_b, prompts, namespace):
@@ -117,14 +116,17 @@ def test_corrupted_blocks_change_the_output(llm, stored_a, recompute_b, prompts,
     assert ve.max_logprob_diff(bad, recompute_b) > 0.05
 
 
-def test_ttft_miss_vs_hit(llm, prompts, namespace, record_property):
-    """TTFT (one output token) of A storing vs B loading; reported, not asserted."""
+def test_ttft_miss_vs_hit(llm, stored_a, prompts, record_property):
+    """TTFT (one output token) of A computing and storing vs B loading; reported, not asserted."""
     prefix, b = prompts
-    miss = ve.generate(llm, prefix + [11, 12], salt="ttft", max_tokens=1)
-    hit = ve.generate(llm, b, salt="ttft", max_tokens=1)
+    miss = stored_a
+    hit = ve.generate(llm, b, salt="a", max_tokens=1)
     assert miss.num_cached_tokens == 0 and hit.num_cached_tokens == HIT
+    stats = ve.worker_connector().worker.stats
     record_property("ttft_miss_s", miss.seconds)
     record_property("ttft_hit_s", hit.seconds)
-    print(f"\nvLLM TTFT: A (miss, {len(prefix) + 2} tokens, stores) {miss.seconds:.3f}s;"
+    print(f"\nvLLM TTFT: A (miss, {len(prefix) + 3} tokens, stores) {miss.seconds:.3f}s;"
           f" B (hit {HIT}/{len(b)} tokens) {hit.seconds:.3f}s;"
-          f" x{miss.seconds / hit.seconds:.1f}")
+          f" x{miss.seconds / hit.seconds:.1f}; connector totals so far: saves"
+          f" {stats.saved_tokens} tokens in {stats.save_seconds:.3f}s, loads"
+          f" {stats.loaded_tokens} tokens in {stats.load_seconds:.3f}s")

@@ -76,7 +76,7 @@ class Run:
     seconds: float  # wall time of the generate call
 
 
-def generate(llm, tokens: list[int], salt: str, max_tokens: int = 8) -> Run:
+def generate(llm, tokens: list[int], salt: str, max_tokens: int = 4) -> Run:
     """Greedy ``max_tokens`` with top-5 logprobs; ``salt`` keys the request's blocks."""
     from vllm import SamplingParams
 

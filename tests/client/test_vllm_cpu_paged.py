@@ -38,9 +38,12 @@ def _write(cache, isa, slots, k, v):
                                    k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["strided", "perm"])
 @pytest.mark.parametrize("dtype,isa", _isas(), ids=lambda x: str(x).removeprefix("torch."))
-def test_gather_and_scatter_match_vllm_write(dtype, isa):
-    layout = CpuPagedLayout.probe(dtype, isa, H, BS, D)
+def test_gather_and_scatter_match_vllm_write(dtype, isa, fast):
+    layout = CpuPagedLayout.probe(dtype, isa, H, BS, D, fast=fast)
+    if fast and isa.startswith("vec"):
+        assert layout.strides is not None  # K^T and V are strided views: the fast path
     nb, blocks = 9, [7, 2, 5]
     caches = [torch.zeros(nb, H, BS, 2 * D, dtype=dtype) for _ in range(2)]
     slots = torch.cat([torch.arange(b * BS, (b + 1) * BS) for b in blocks])

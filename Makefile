@@ -6,9 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.installed-vllm
 EXTRAS ?= dev,ucx,hf
-ENGINE ?= hf
 
-.PHONY: venv venv-vllm system test test-fast lint demo bench clean
+.PHONY: venv venv-vllm system test test-slow test-fast lint demo clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -19,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# vLLM (CPU build) for the vLLM connector's tests and `make demo ENGINE=vllm`
+# vLLM (CPU build) for the vLLM connector's tests
 # (about 3 minutes, once: the stamp keeps it idempotent). The registry's
 # torchvision/torchaudio/torchcodec it pulls in are built for another torch and
 # break `import transformers`; vLLM on CPU needs none of them, nor triton.
@@ -38,13 +37,19 @@ system:
 lint: venv
 	$(BIN)/ruff check .
 
+# The whole suite except the long variants (soak 16 clients x 60 s per carrier,
+# 60k-frame fuzz, 30-cycle SIGKILL crash test): those run with `make test-slow`.
 test: venv venv-vllm system lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
 
+test-slow: venv venv-vllm system
+	$(BIN)/python -m pytest -q -m slow
+
+# For development: no vLLM install, no slow tests, stop at the first failure.
 test-fast: venv lint
 	$(BIN)/python -m pytest -q -m "not slow" -x
 
-demo: venv $(if $(filter vllm,$(ENGINE)),venv-vllm)
+demo: venv
 	$(BIN)/python -m kvstore.demo
 
 clean:

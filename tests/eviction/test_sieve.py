@@ -22,11 +22,14 @@ def test_visited_blocks_survive_and_the_hand_stays():
     assert evict(p) == ["e"] and len(p) == 0
 
 
-def test_vetoed_candidate_is_next_in_line():
+def test_vetoed_candidate_waits_behind_the_hand():
     p = SIEVEPolicy()
-    fill(p, "a", "b", "c")
+    fill(p, "a", "b", "c", "d")
     assert evict(p, 1, veto={"a"}) == ["b"]
-    assert evict(p) == ["a"]  # put back at the hand
+    fill(p, "e")
+    assert evict(p, 1, veto={"c"}) == ["d"]  # c stays behind the hand with a
+    assert evict(p) == ["e"]
+    assert evict(p) == ["a"]  # the hand wrapped around
 
 
 def test_remove_under_the_hand():

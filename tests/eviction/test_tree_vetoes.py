@@ -118,7 +118,9 @@ def test_prefix_aware_learns_from_blocks_that_come_back():
     cls = p._state[a[1]][2]
     evict_one(tree, p)
     evict_one(tree, p)  # a's middle block leaves; its class counts an eviction
-    assert p._stats[cls] == [1.0, 2.0]  # prior 1/1, one eviction
+    stats = p.stats(cls)
+    assert (stats.reuses, stats.evictions, stats.gap) == (1, 2, None)  # prior 1/1, one eviction
     put(tree, p, [1, 2, 3])  # a[0] is read again, a[1] comes back: two reuses
-    assert p._stats[cls] == [3.0, 1.0]  # the eviction of a[1] became a reuse
+    assert (stats.reuses, stats.evictions) == (3, 1)  # the eviction of a[1] became a reuse
+    assert stats.gap is not None and stats.gap > 0
     assert p._state[a[1]][0] == 2  # its touches survive through the ghost

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -380,12 +381,8 @@ class SocketChannel:
         try:
             await asyncio.shield(fut)
         except asyncio.CancelledError:
-            self.closed = True
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            fut.add_done_callback(lambda _f: self._finish_bulk())
+            self.close(abort=True)  # mid-frame: the stream is useless now
+            fut.add_done_callback(self._after_cancelled_bulk)
             raise
         except BaseException:
             self._finish_bulk()
@@ -402,7 +399,24 @@ class SocketChannel:
         else:
             self.sock.setblocking(False)
 
-    def close(self) -> None:
+    def _after_cancelled_bulk(self, fut) -> None:
+        if not fut.cancelled():
+            fut.exception()  # retrieved: the transfer was abandoned on purpose
+        self._finish_bulk()
+
+    def close(self, abort: bool = False) -> None:
+        """Close the connection; ``abort`` resets it (RST) instead of a FIN.
+
+        A connection given up in the middle of a frame is aborted: a graceful
+        close would leave the peer blocked sending into a window that the
+        closed socket never opens again (seen here: a daemon's send stuck
+        until its stall timeout, holding a read lease); a reset fails it at once.
+        """
+        if abort and not self.closed:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
         if self._bulk_active:  # a worker is inside a syscall: wake it, it closes after
             self.closed = True
             try:

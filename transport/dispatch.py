@@ -163,9 +163,11 @@ class Dispatcher:
             return
         self.connections += 1
         log.debug("%s connection from %s", session.carrier, session.peer)
+        abort = True  # a connection that ends in an exception is reset, not closed
         try:
             while await self._one(channel, session):
                 pass
+            abort = False
         except (KVStoreError, ConnectionError) as exc:  # lost, or a frame that ends it
             log.debug("%s connection %s ended: %s", session.carrier, session.peer, exc)
         except asyncio.CancelledError:
@@ -175,7 +177,7 @@ class Dispatcher:
         finally:
             self.connections -= 1
             self._end_session(session)
-            channel.close()
+            channel.close(abort=abort)
 
     async def _one(self, channel, session: Session) -> bool:
         """Serve one request; False when the connection must end."""

@@ -147,8 +147,8 @@ class UcxChannel:
             return
         await _all(self._send(m) for m in msgs)
 
-    def close(self) -> None:
-        if not self.closed:
+    def close(self, abort: bool = False) -> None:
+        if not self.closed:  # an endpoint close is always an abort
             self.closed = True
             try:
                 self.ep.abort()

@@ -45,9 +45,10 @@ READ_AHEAD = 64 << 10
 BULK_LOWAT = 256 << 10
 BULK_BYTES = 1 << 20
 BULK_THREADS = 16
-# A bulk syscall that makes no progress for this long fails the transfer
-# (a peer that stopped reading or writing cannot hold a worker for ever).
-BULK_STALL_SECONDS = 60.0
+# A transfer that makes no progress for this long inside a frame fails (a
+# peer that stopped reading or writing cannot hold a worker, or the leases
+# its request pinned, for ever). Idle time between frames is not limited.
+STALL_SECONDS = 60.0
 try:
     IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 except (ValueError, OSError, AttributeError):  # pragma: no cover
@@ -174,7 +175,8 @@ class SocketChannel:
             self.peer = "?"
 
     # -- receiving ------------------------------------------------------------
-    async def _recv_into(self, view: memoryview) -> int:
+    async def _recv_into(self, view: memoryview, stall: bool = False) -> int:
+        """One receive; ``stall``: inside a frame, where a silent peer is an error."""
         try:
             return self.sock.recv_into(view)
         except (BlockingIOError, InterruptedError):
@@ -182,7 +184,13 @@ class SocketChannel:
         except OSError as exc:
             raise Unavailable(f"receive failed: {exc}") from exc
         try:
+            if stall:
+                return await asyncio.wait_for(
+                    self.loop.sock_recv_into(self.sock, view), STALL_SECONDS
+                )
             return await self.loop.sock_recv_into(self.sock, view)
+        except asyncio.TimeoutError as exc:
+            raise Unavailable(f"peer sent nothing for {STALL_SECONDS:.0f}s mid-frame") from exc
         except OSError as exc:
             raise Unavailable(f"receive failed: {exc}") from exc
 
@@ -242,7 +250,7 @@ class SocketChannel:
                 want = min(total - pos, BULK_LOWAT)
                 if want != lowat and self._lowat_ok:  # wake once per chunk, not per packet
                     lowat = self._set_lowat(want)
-                n = await self._recv_into(view[pos:])
+                n = await self._recv_into(view[pos:], stall=True)
                 if n == 0:
                     raise Unavailable("connection closed in the middle of a payload")
                 pos += n
@@ -263,7 +271,7 @@ class SocketChannel:
         while nbytes:
             if self._end == self._start:
                 self._start = self._end = 0
-                n = await self._recv_into(self._view)
+                n = await self._recv_into(self._view, stall=True)
                 if n == 0:
                     raise Unavailable("connection closed in the middle of a payload")
                 self._end = n
@@ -325,7 +333,9 @@ class SocketChannel:
         fd = self.sock.fileno()
         self.loop.add_writer(fd, lambda: fut.done() or fut.set_result(None))
         try:
-            await fut
+            await asyncio.wait_for(fut, STALL_SECONDS)
+        except asyncio.TimeoutError as exc:
+            raise Unavailable(f"peer read nothing for {STALL_SECONDS:.0f}s") from exc
         finally:
             self.loop.remove_writer(fd)
 
@@ -368,7 +378,7 @@ class SocketChannel:
         if self.closed:
             _give_bulk_slot()
             raise Unavailable("channel closed")
-        self.sock.settimeout(BULK_STALL_SECONDS)  # blocking, with a stall limit
+        self.sock.settimeout(STALL_SECONDS)  # blocking, with a stall limit
         self._bulk_active = True
         try:
             job = bulk_executor().submit(fn, self.sock, *args)

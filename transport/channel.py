@@ -11,14 +11,14 @@ socket with the event loop's primitives instead:
   after the bytes already read ahead are moved over;
 * send: ``sendmsg`` of the header and the payload buffers (arena views)
   as one gather list, so payload bytes are never copied in user space;
-* bulk (a transfer of ``BULK_BYTES`` or more): the socket is switched to
-  blocking mode and one worker thread moves the whole transfer with
-  blocking ``sendmsg`` / ``recv_into`` calls (the GIL is released inside
-  them). Driven from the event loop, every "socket readable/writable" event
-  costs a loop iteration in Python, and a 64 MiB transfer sees hundreds of
-  them: measured here, that overhead was 10-20% of a 2 MiB-block batch.
-  Smaller transfers stay on the loop (``SO_RCVLOWAT`` batches their
-  wake-ups).
+* bulk (a transfer of ``BULK_BYTES`` or more): a worker thread of
+  ``transport.bulk`` moves it with blocking syscalls. Driven from the event
+  loop, every "socket readable/writable" event costs a loop iteration in
+  Python, and a 64 MiB transfer sees hundreds of them: measured here, that
+  overhead was 10-20% of a 2 MiB-block batch. Smaller transfers stay on the
+  loop (``SO_RCVLOWAT`` batches their wake-ups);
+* a peer silent for ``STALL_SECONDS`` inside a frame fails the transfer; a
+  connection given up mid-frame is reset (``close(abort=True)``).
 
 Only one coroutine may read and one may write a channel at a time (the server
 handles a connection's requests in order; the client holds a lock).
@@ -27,13 +27,12 @@ handles a connection's requests in order; the client holds a lock).
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import threading
+import struct
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from kvstore.errors import Unavailable
+from kvstore.transport import bulk
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
 
@@ -42,104 +41,11 @@ READ_AHEAD = 64 << 10
 # much has arrived (SO_RCVLOWAT): one event-loop wake-up per chunk instead of
 # one per segment of data, which is most of the cost of a large receive in Python.
 BULK_LOWAT = 256 << 10
-BULK_BYTES = 1 << 20
-BULK_THREADS = 16
-# A bulk syscall that makes no progress for this long fails the transfer
-# (a peer that stopped reading or writing cannot hold a worker for ever).
-BULK_STALL_SECONDS = 60.0
-try:
-    IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
-except (ValueError, OSError, AttributeError):  # pragma: no cover
-    IOV_MAX = 16
-
-_bulk_lock = threading.Lock()
-_bulk_pool: tuple[int, ThreadPoolExecutor] | None = None
-_bulk_busy = 0
-_bulk_pid = os.getpid()
-
-
-def _take_bulk_slot() -> bool:
-    """A worker for one bulk transfer, or False when all are busy.
-
-    Busy workers mean slow or stalled peers: the next transfers take the
-    event-loop path instead of queueing behind them, so a few clients that
-    stop reading cannot starve the others.
-    """
-    global _bulk_busy, _bulk_pid
-    with _bulk_lock:
-        if _bulk_pid != os.getpid():  # a forked child starts with no transfers
-            _bulk_busy, _bulk_pid = 0, os.getpid()
-        if _bulk_busy >= BULK_THREADS:
-            return False
-        _bulk_busy += 1
-        return True
-
-
-def _give_bulk_slot(_future=None) -> None:
-    global _bulk_busy
-    with _bulk_lock:
-        _bulk_busy -= 1
-
-
-def bulk_executor() -> ThreadPoolExecutor:
-    """The process's pool of threads for bulk transfers (made again after a fork)."""
-    global _bulk_pool
-    with _bulk_lock:
-        if _bulk_pool is None or _bulk_pool[0] != os.getpid():
-            pool = ThreadPoolExecutor(max_workers=BULK_THREADS, thread_name_prefix="kvstore-bulk")
-            _bulk_pool = (os.getpid(), pool)
-        return _bulk_pool[1]
-
-
-def _advance(bufs: list, i: int, sent: int) -> int:
-    """Drop ``sent`` bytes from the front of ``bufs[i:]``; the index of the first unsent."""
-    while sent:
-        size = len(bufs[i])
-        if sent >= size:
-            sent -= size
-            i += 1
-        else:
-            bufs[i] = bufs[i][sent:]
-            sent = 0
-    while i < len(bufs) and not len(bufs[i]):
-        i += 1
-    return i
-
-
-def _send_blocking(sock: socket.socket, bufs: list) -> None:
-    i = 0
-    try:
-        while i < len(bufs):
-            i = _advance(bufs, i, sock.sendmsg(bufs[i : i + IOV_MAX]))
-    except OSError as exc:
-        raise Unavailable(f"send failed: {exc}") from exc
-
-
-def _recv_scatter_blocking(sock: socket.socket, views: list) -> None:
-    """Fill every view in order (``recvmsg_into``: one call fills several)."""
-    i = 0
-    try:
-        while i < len(views):
-            n = sock.recvmsg_into(views[i : i + IOV_MAX])[0]
-            if n == 0:
-                raise Unavailable("connection closed in the middle of a payload")
-            i = _advance(views, i, n)
-    except OSError as exc:
-        raise Unavailable(f"receive failed: {exc}") from exc
-
-
-def _recv_blocking(sock: socket.socket, view: memoryview) -> None:
-    pos = 0
-    try:
-        while pos < len(view):
-            n = sock.recv_into(view[pos:])
-            if n == 0:
-                raise Unavailable("connection closed in the middle of a payload")
-            pos += n
-    except OSError as exc:
-        raise Unavailable(f"receive failed: {exc}") from exc
-
-
+BULK_BYTES = 1 << 20  # a transfer this large goes to a bulk worker (transport.bulk)
+# A transfer that makes no progress for this long inside a frame fails (a
+# peer that stopped reading or writing cannot hold a worker, or the leases
+# its request pinned, for ever). Idle time between frames is not limited.
+STALL_SECONDS = 60.0
 def byte_view(buf) -> memoryview:
     """A flat unsigned-byte view of a buffer (numpy arrays, mmap slices, bytes)."""
     view = buf if isinstance(buf, memoryview) else memoryview(buf)
@@ -173,7 +79,8 @@ class SocketChannel:
             self.peer = "?"
 
     # -- receiving ------------------------------------------------------------
-    async def _recv_into(self, view: memoryview) -> int:
+    async def _recv_into(self, view: memoryview, stall: bool = False) -> int:
+        """One receive; ``stall``: inside a frame, where a silent peer is an error."""
         try:
             return self.sock.recv_into(view)
         except (BlockingIOError, InterruptedError):
@@ -181,7 +88,13 @@ class SocketChannel:
         except OSError as exc:
             raise Unavailable(f"receive failed: {exc}") from exc
         try:
+            if stall:
+                return await asyncio.wait_for(
+                    self.loop.sock_recv_into(self.sock, view), STALL_SECONDS
+                )
             return await self.loop.sock_recv_into(self.sock, view)
+        except asyncio.TimeoutError as exc:
+            raise Unavailable(f"peer sent nothing for {STALL_SECONDS:.0f}s mid-frame") from exc
         except OSError as exc:
             raise Unavailable(f"receive failed: {exc}") from exc
 
@@ -232,8 +145,8 @@ class SocketChannel:
             view[:have] = self._take(have)
         pos = have
         total = len(view)
-        if total - pos >= BULK_BYTES and _take_bulk_slot():
-            await self._bulk(_recv_blocking, view[pos:])
+        if total - pos >= BULK_BYTES and bulk.take_slot():
+            await self._bulk(bulk.recv_blocking, view[pos:])
             return
         lowat = 1
         try:
@@ -241,7 +154,7 @@ class SocketChannel:
                 want = min(total - pos, BULK_LOWAT)
                 if want != lowat and self._lowat_ok:  # wake once per chunk, not per packet
                     lowat = self._set_lowat(want)
-                n = await self._recv_into(view[pos:])
+                n = await self._recv_into(view[pos:], stall=True)
                 if n == 0:
                     raise Unavailable("connection closed in the middle of a payload")
                 pos += n
@@ -262,7 +175,7 @@ class SocketChannel:
         while nbytes:
             if self._end == self._start:
                 self._start = self._end = 0
-                n = await self._recv_into(self._view)
+                n = await self._recv_into(self._view, stall=True)
                 if n == 0:
                     raise Unavailable("connection closed in the middle of a payload")
                 self._end = n
@@ -312,8 +225,8 @@ class SocketChannel:
                 views[i] = views[i][have:]
         if i == len(views):
             return
-        if _take_bulk_slot():
-            await self._bulk(_recv_scatter_blocking, views[i:])
+        if bulk.take_slot():
+            await self._bulk(bulk.recv_scatter_blocking, views[i:])
             return
         for view in views[i:]:  # every worker busy: on the loop
             await self.read_into(view)
@@ -324,7 +237,9 @@ class SocketChannel:
         fd = self.sock.fileno()
         self.loop.add_writer(fd, lambda: fut.done() or fut.set_result(None))
         try:
-            await fut
+            await asyncio.wait_for(fut, STALL_SECONDS)
+        except asyncio.TimeoutError as exc:
+            raise Unavailable(f"peer read nothing for {STALL_SECONDS:.0f}s") from exc
         finally:
             self.loop.remove_writer(fd)
 
@@ -335,8 +250,8 @@ class SocketChannel:
         await self.send_buffers(bufs)
 
     async def send_buffers(self, bufs: list[memoryview]) -> None:
-        if sum(len(b) for b in bufs) >= BULK_BYTES and _take_bulk_slot():
-            await self._bulk(_send_blocking, bufs)
+        if sum(len(b) for b in bufs) >= BULK_BYTES and bulk.take_slot():
+            await self._bulk(bulk.send_blocking, bufs)
             return
         sock = self.sock
         i = 0
@@ -346,13 +261,13 @@ class SocketChannel:
                 if count - i == 1:
                     sent = sock.send(bufs[i])
                 else:
-                    sent = sock.sendmsg(bufs[i : i + IOV_MAX])
+                    sent = sock.sendmsg(bufs[i : i + bulk.IOV_MAX])
             except (BlockingIOError, InterruptedError):
                 await self._writable()
                 continue
             except OSError as exc:
                 raise Unavailable(f"send failed: {exc}") from exc
-            i = _advance(bufs, i, sent)
+            i = bulk.advance(bufs, i, sent)
 
     # -- bulk transfers on a worker thread ----------------------------------------
     async def _bulk(self, fn, *args) -> None:
@@ -365,27 +280,23 @@ class SocketChannel:
         worker returns, and the channel closes once it has.
         """
         if self.closed:
-            _give_bulk_slot()
+            bulk.give_slot()
             raise Unavailable("channel closed")
-        self.sock.settimeout(BULK_STALL_SECONDS)  # blocking, with a stall limit
+        self.sock.settimeout(STALL_SECONDS)  # blocking, with a stall limit
         self._bulk_active = True
         try:
-            job = bulk_executor().submit(fn, self.sock, *args)
+            job = bulk.executor().submit(fn, self.sock, *args)
         except BaseException:
-            _give_bulk_slot()
+            bulk.give_slot()
             self._finish_bulk()
             raise
-        job.add_done_callback(_give_bulk_slot)
+        job.add_done_callback(bulk.give_slot)
         fut = asyncio.wrap_future(job, loop=self.loop)
         try:
             await asyncio.shield(fut)
         except asyncio.CancelledError:
-            self.closed = True
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            fut.add_done_callback(lambda _f: self._finish_bulk())
+            self.close(abort=True)  # mid-frame: the stream is useless now
+            fut.add_done_callback(self._after_cancelled_bulk)
             raise
         except BaseException:
             self._finish_bulk()
@@ -402,7 +313,24 @@ class SocketChannel:
         else:
             self.sock.setblocking(False)
 
-    def close(self) -> None:
+    def _after_cancelled_bulk(self, fut) -> None:
+        if not fut.cancelled():
+            fut.exception()  # retrieved: the transfer was abandoned on purpose
+        self._finish_bulk()
+
+    def close(self, abort: bool = False) -> None:
+        """Close the connection; ``abort`` resets it (RST) instead of a FIN.
+
+        A connection given up in the middle of a frame is aborted: a graceful
+        close would leave the peer blocked sending into a window that the
+        closed socket never opens again (seen here: a daemon's send stuck
+        until its stall timeout, holding a read lease); a reset fails it at once.
+        """
+        if abort and not self.closed:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
         if self._bulk_active:  # a worker is inside a syscall: wake it, it closes after
             self.closed = True
             try:

@@ -154,14 +154,17 @@ class Connection:
             log.info("reconnected to %s", self.url)
 
     def _drop(self) -> None:
+        """Forget the connection after a failure (reset: its stream position is unknown)."""
         if self.channel is not None:
-            self.channel.close()
+            self.channel.close(abort=True)
             self.channel = None
 
     async def close(self) -> None:
-        async with self._lock:
+        async with self._lock:  # between requests: a graceful close
             self.closed = True
-            self._drop()
+            if self.channel is not None:
+                self.channel.close()
+                self.channel = None
 
     # -- requests -------------------------------------------------------------
     async def request(

@@ -34,6 +34,7 @@ import os
 import numpy as np
 
 from kvstore.errors import ProtocolError, Unavailable
+from kvstore.transport import channel as channel_mod
 from kvstore.transport.channel import byte_view
 from kvstore.transport.dispatch import Session
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
@@ -111,8 +112,15 @@ class UcxChannel:
         await self._recv(raw)
         return raw
 
+    async def _in_frame(self, coro) -> None:
+        """A transfer inside a frame: a peer silent for STALL_SECONDS fails it."""
+        try:
+            await asyncio.wait_for(coro, channel_mod.STALL_SECONDS)
+        except asyncio.TimeoutError as exc:
+            raise Unavailable("ucx peer stalled in the middle of a frame") from exc
+
     async def read_into(self, view) -> None:
-        await self._recv(view)
+        await self._in_frame(self._recv(view))
 
     def _scratch_for(self, nbytes: int) -> np.ndarray:
         if nbytes > MAX_SKIP:
@@ -122,7 +130,7 @@ class UcxChannel:
         return self._scratch[:nbytes]
 
     async def skip(self, nbytes: int) -> None:
-        await self._recv(self._scratch_for(nbytes))
+        await self._in_frame(self._recv(self._scratch_for(nbytes)))
 
     async def read_segments(self, targets, sizes: list[int]) -> None:
         """Receive every segment at once; a None target is received and dropped.
@@ -135,7 +143,7 @@ class UcxChannel:
                 targets.append(whole[pos : pos + size])
                 pos += size
         bufs = [t if t is not None else self._scratch_for(s) for t, s in zip(targets, sizes)]
-        await _all(self._recv(b) for b in bufs)
+        await self._in_frame(_all(self._recv(b) for b in bufs))
 
     # -- sending --------------------------------------------------------------
     async def send(self, header: dict, payloads=()) -> None:
@@ -145,10 +153,10 @@ class UcxChannel:
         if len(msgs) == 1:
             await self._send(np.frombuffer(raw, dtype=np.uint8))
             return
-        await _all(self._send(m) for m in msgs)
+        await self._in_frame(_all(self._send(m) for m in msgs))
 
-    def close(self) -> None:
-        if not self.closed:
+    def close(self, abort: bool = False) -> None:
+        if not self.closed:  # an endpoint close is always an abort
             self.closed = True
             try:
                 self.ep.abort()

@@ -239,3 +239,27 @@ def test_connection_limit(store, sockdir):
             time.sleep(0.01)
         d = raw(srv)
         assert d.request("ping")["status"] == 0
+
+
+def test_stalled_payload_is_dropped(stream_daemon, good, store, monkeypatch):
+    """A peer that stops sending inside a frame loses the connection and its lease."""
+    from kvstore.transport import channel
+
+    monkeypatch.setattr(channel, "STALL_SECONDS", 0.5)
+    r = raw(stream_daemon)
+    ns = registered(r)
+    spec = spec_of()
+    toks = tokens_for(8, 2)
+    header = {"op": "put", "id": 4, "ns": ns, "args": {"tokens": toks.tobytes()},
+              "sizes": [spec.block_bytes] * 2}
+    r.send(frame_bytes(header) + b"\x00" * 100)  # then silence, the socket kept open
+    import time
+
+    time.sleep(0.3)
+    assert store._leases  # the put holds its write lease while it receives
+    deadline = time.monotonic() + 10
+    while store._leases and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not store._leases
+    assert r.closed()
+    good()

@@ -315,9 +315,9 @@ def test_big_blocks_bulk_paths(connect, store, monkeypatch, workers):
     cancelled by its timeout mid-transfer."""
     from kvstore.layout import KVLayout
     from kvstore.namespace import NamespaceSpec
-    from kvstore.transport import channel
+    from kvstore.transport import bulk
 
-    monkeypatch.setattr(channel, "BULK_THREADS", workers)
+    monkeypatch.setattr(bulk, "BULK_THREADS", workers)
 
     spec = NamespaceSpec(KVLayout("big", 2, 8, 128, "float16", 256))
     c = connect()

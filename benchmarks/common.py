@@ -27,8 +27,10 @@ def machine_info() -> dict:
         import torch
 
         info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
+            info["cuda"] = torch.version.cuda
     except ImportError:  # pragma: no cover
         pass
     return info

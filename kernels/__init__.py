@@ -1,1 +1,44 @@
-"""kvstore.kernels"""
+"""kvstore.kernels: pack / unpack / quantize KV-cache blocks.
+
+Block codecs (:mod:`.codecs` documents every payload's bytes)::
+
+    encode(block, codec) -> torch.uint8 [payload_nbytes(layout, codec)]
+    decode(payload, layout, codec) -> tensor layout.block_shape, layout's dtype
+    payload_nbytes(layout, codec) -> int          CODECS = none, fp8_e4m3, int8, int4
+
+Gather / scatter between engine caches and store blocks, fused with a codec
+(:mod:`.layouts` draws each engine layout)::
+
+    pack_paged(kv_caches, block_ids, layout, codec, engine) -> [payload, ...]
+    unpack_paged(payloads, kv_caches, block_ids, layout, codec, engine)
+    pack_hf(past_key_values, layout, codec, start=0, num_tokens=None) -> [payload, ...]
+    unpack_hf(payloads, past_key_values, layout, codec, start=0)
+
+Two implementations behind one dispatcher (:mod:`.dispatch`): CUDA kernels
+(``pack.cu``/``unpack.cu`` through CuPy, on the caller's torch stream) for CUDA
+tensors when CuPy imports, else a vectorised torch reference (:mod:`.reference`),
+which is also the CUDA kernels' oracle. Every call takes ``backend=None |
+"reference" | "cuda"``.
+"""
+
+from kvstore.kernels.codec_api import decode, encode
+from kvstore.kernels.codecs import CODECS, PayloadSpec, payload_nbytes, payload_spec
+from kvstore.kernels.dispatch import BACKENDS
+from kvstore.kernels.layouts import EngineKind, EngineLayout
+from kvstore.kernels.paged import pack_hf, pack_paged, unpack_hf, unpack_paged
+
+__all__ = [
+    "BACKENDS",
+    "CODECS",
+    "EngineKind",
+    "EngineLayout",
+    "PayloadSpec",
+    "decode",
+    "encode",
+    "pack_hf",
+    "pack_paged",
+    "payload_nbytes",
+    "payload_spec",
+    "unpack_hf",
+    "unpack_paged",
+]

@@ -6,12 +6,63 @@ import argparse
 import sys
 
 import kvstore
+from kvstore.admin_cli import add_admin
+
+
+def add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the daemon (loopback listeners and a sized store by default)",
+        description="Run the kvstore daemon. Settings: flags > KVSTORE_* env > TOML file > "
+        "defaults (see kvstore/config.py).",
+    )
+    p.add_argument("--config", metavar="FILE", help="TOML config file")
+    p.add_argument("--listen", metavar="URL", action="append",
+                   help="shm://PATH, tcp://HOST:PORT or ucx://HOST:PORT (repeatable)")
+    p.add_argument("--admin", metavar="HOST:PORT", help="admin gRPC address ('' turns it off)")
+    p.add_argument("--admin-token-file", metavar="FILE",
+                   help="token the admin API requires (authorization: Bearer TOKEN)")
+    p.add_argument("--pin-budget", metavar="SIZE",
+                   help="bytes the admin API may pin resident (default: a quarter of --cpu-bytes)")
+    p.add_argument("--metrics", metavar="HOST:PORT",
+                   help="Prometheus metrics address ('' turns it off)")
+    p.add_argument("--cpu-bytes", metavar="SIZE", help="CPU arena size (4GiB, ...)")
+    p.add_argument("--ssd-dir", metavar="DIR", help="SSD tier folder")
+    p.add_argument("--ssd-bytes", metavar="SIZE", help="SSD tier size (0 disables it)")
+    p.add_argument("--auth-token-file", metavar="FILE",
+                   help="token (or TENANT:TOKEN lines) a client must present in its hello")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument("--log-format", choices=["text", "json"])
+    p.add_argument("--drain-timeout", type=float, metavar="SECONDS",
+                   help="how long SIGTERM waits for in-flight requests")
+
+
+def run_serve(args) -> int:
+    from kvstore.config import load_config
+    from kvstore.daemon import serve
+    from kvstore.errors import KVStoreError
+
+    flags = {
+        "listen": args.listen, "admin": args.admin, "metrics": args.metrics,
+        "admin_token_file": args.admin_token_file, "pin_budget": args.pin_budget,
+        "cpu_bytes": args.cpu_bytes, "ssd_dir": args.ssd_dir, "ssd_bytes": args.ssd_bytes,
+        "auth_token_file": args.auth_token_file, "log_level": args.log_level,
+        "log_format": args.log_format, "drain_timeout": args.drain_timeout,
+    }
+    try:
+        config = load_config(flags, args.config)
+    except KVStoreError as exc:
+        sys.stderr.write(f"kvstore serve: {exc}\n")
+        return 2
+    return serve(config)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvstore", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("version", help="print the version")
+    add_serve(sub)
+    add_admin(sub)
     return parser
 
 
@@ -20,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(kvstore.__version__)
         return 0
+    if args.command == "serve":
+        return run_serve(args)
+    if args.command == "admin":
+        from kvstore.admin_cli import run_admin
+
+        return run_admin(args)
     return 2
 
 

@@ -1,0 +1,83 @@
+"""AsyncKVClient: the asyncio twin of KVClient (same URLs, same Namespace semantics).
+
+    c = await AsyncKVClient.connect("tcp://127.0.0.1:7801")
+    ns = await c.namespace(layout)
+    n = await ns.lookup(tokens)
+    stored = await ns.put(tokens, kv)
+    n, kv = await ns.get(tokens)
+    await c.flush(); await c.close()          # or: async with ... as c
+
+Nothing here blocks the caller's event loop. ``lookup`` (small) awaits the
+backend's own coroutine when it has one (the remote client's I/O thread
+answers it); ``put`` / ``get`` / ``delete`` / ``flush`` run the sync call on
+a worker thread (``asyncio.to_thread``), because they copy and convert
+tensors (encode, decode, arena copies) that must not stall the loop. Calls
+from one loop may overlap; the remote client keeps each connection's
+requests in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from kvstore.client.kvclient import KVClient
+from kvstore.client.namespace import Namespace
+from kvstore.errors import Unavailable
+from kvstore.layout import KVLayout
+from kvstore.tokens import as_tokens
+
+
+class AsyncNamespace:
+    def __init__(self, ns: Namespace):
+        self.sync = ns
+        self.id = ns.id
+        self.spec = ns.spec
+
+    async def lookup(self, tokens, extra: bytes = b"") -> int:
+        backend = self.sync.backend
+        alookup = getattr(backend, "alookup", None)
+        if alookup is None:
+            return await asyncio.to_thread(self.sync.lookup, tokens, extra)
+        try:
+            return await alookup(self.id, as_tokens(tokens), extra)
+        except Unavailable:
+            if self.sync.strict:
+                raise
+            return 0
+
+    async def put(self, tokens, kv, extra: bytes = b"") -> int:
+        return await asyncio.to_thread(self.sync.put, tokens, kv, extra)
+
+    async def get(self, tokens, extra: bytes = b"", device=None):
+        return await asyncio.to_thread(self.sync.get, tokens, extra, device)
+
+    async def delete(self, tokens, extra: bytes = b"") -> int:
+        return await asyncio.to_thread(self.sync.delete, tokens, extra)
+
+
+class AsyncKVClient:
+    def __init__(self, client: KVClient):
+        self.sync = client
+
+    @classmethod
+    async def connect(cls, url: str = "embedded", **kwargs) -> AsyncKVClient:
+        return cls(await asyncio.to_thread(KVClient.connect, url, **kwargs))
+
+    async def namespace(self, layout: KVLayout, codec: str = "none", tenant: str = "") -> AsyncNamespace:
+        ns = await asyncio.to_thread(self.sync.namespace, layout, codec, tenant)
+        return AsyncNamespace(ns)
+
+    async def flush(self) -> None:
+        await asyncio.to_thread(self.sync.flush)
+
+    async def stats(self):
+        return await asyncio.to_thread(self.sync.stats)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.sync.close)
+
+    async def __aenter__(self) -> AsyncKVClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

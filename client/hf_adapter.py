@@ -1,0 +1,108 @@
+"""HF transformers adapter: store and restore a ``DynamicCache`` prefix.
+
+transformers keeps, per layer, keys and values of shape ``[batch, H, seq, D]``
+(``cache.layers[i].keys`` / ``.values``). The store's canonical tensor is
+``[L, 2, T, H, D]``. For batch row ``b``::
+
+    canonical[l, 0, t, h, :] == cache.layers[l].keys[b, h, t, :]
+    canonical[l, 1, t, h, :] == cache.layers[l].values[b, h, t, :]
+
+``HFPrefixCache`` wraps a client namespace (``lookup``/``put``/``get`` of
+DESIGN.md): ``store`` saves the whole blocks of a computed prompt, and
+``restore`` returns the longest cached prefix as a ``DynamicCache`` so that
+``model(suffix_ids, past_key_values=cache)`` continues the prompt.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kvstore.errors import InvalidArgument, LayoutMismatch
+from kvstore.layout import KVLayout
+
+
+def layout_for_model(config, model_id: str, block_tokens: int = 256, dtype=None) -> KVLayout:
+    """The KVLayout of a transformers decoder config (Llama-style attention)."""
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    dtype = dtype or getattr(text, "torch_dtype", None) or torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    return KVLayout(
+        model_id=model_id,
+        num_layers=text.num_hidden_layers,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        dtype=str(dtype).removeprefix("torch."),
+        block_tokens=block_tokens,
+    )
+
+
+def cache_to_canonical(cache, num_tokens: int | None = None, batch_index: int = 0) -> torch.Tensor:
+    """The first ``num_tokens`` tokens of batch row ``batch_index`` as ``[L, 2, T, H, D]``."""
+    layers = cache.layers
+    if not layers:
+        raise InvalidArgument("empty cache")
+    seq = layers[0].keys.shape[2]
+    num_tokens = seq if num_tokens is None else num_tokens
+    if num_tokens > seq:
+        raise InvalidArgument(f"cache holds {seq} tokens, asked for {num_tokens}")
+    keys = torch.stack([layer.keys[batch_index, :, :num_tokens] for layer in layers])
+    values = torch.stack([layer.values[batch_index, :, :num_tokens] for layer in layers])
+    # [L, H, T, D] x2 -> [L, 2, T, H, D]
+    return torch.stack([keys, values], dim=1).transpose(2, 3).contiguous()
+
+
+def canonical_to_cache(kv: torch.Tensor, config=None):
+    """A batch-1 ``DynamicCache`` holding canonical ``kv`` (``[L, 2, T, H, D]``)."""
+    from transformers import DynamicCache
+
+    if kv.dim() != 5 or kv.shape[1] != 2:
+        raise InvalidArgument(f"expected [L, 2, T, H, D], got {tuple(kv.shape)}")
+    per_layer = kv.transpose(2, 3)  # [L, 2, H, T, D]
+    data = [(per_layer[i, 0].unsqueeze(0).contiguous(), per_layer[i, 1].unsqueeze(0).contiguous())
+            for i in range(kv.shape[0])]
+    return DynamicCache(ddp_cache_data=data, config=config)
+
+
+class HFPrefixCache:
+    """Store/restore transformers KV caches of prompts through a kvstore namespace."""
+
+    def __init__(self, namespace, layout: KVLayout, config=None):
+        self.ns = namespace
+        self.layout = layout
+        self.config = config
+
+    def _check(self, cache) -> None:
+        first = cache.layers[0].keys
+        got = (len(cache.layers), first.shape[1], first.shape[3])
+        want = (self.layout.num_layers, self.layout.num_kv_heads, self.layout.head_dim)
+        if got != want:
+            raise LayoutMismatch(f"cache geometry (layers, heads, dim) {got} != layout {want}")
+        if first.dtype != self.layout.torch_dtype:
+            raise LayoutMismatch(f"cache dtype {first.dtype} != layout {self.layout.dtype}")
+
+    def store(self, tokens, cache) -> int:
+        """Store the whole blocks of ``tokens`` whose KV ``cache`` holds; returns tokens stored."""
+        self._check(cache)
+        n = (min(len(tokens), cache.get_seq_length()) // self.layout.block_tokens) * self.layout.block_tokens
+        if n == 0:
+            return 0
+        return self.ns.put(tokens[:n], cache_to_canonical(cache, n))
+
+    def restore(self, tokens, max_tokens: int | None = None):
+        """``(n, DynamicCache)`` for the longest cached prefix of ``tokens``; ``(0, None)`` on a miss.
+
+        ``n`` is kept below ``len(tokens)`` so the model has at least one new
+        token to run (it needs one to produce the next-token logits).
+        """
+        limit = len(tokens) - 1 if max_tokens is None else min(max_tokens, len(tokens) - 1)
+        limit = (limit // self.layout.block_tokens) * self.layout.block_tokens
+        if limit <= 0:
+            return 0, None
+        n, kv = self.ns.get(tokens[:limit])
+        if n == 0 or kv is None:
+            return 0, None
+        return n, canonical_to_cache(kv.to(self.layout.torch_dtype), self.config)

@@ -1,0 +1,86 @@
+"""A minimal transformers serving loop with kvstore prefix caching.
+
+What an engine does with the store, made measurable: for a prompt it
+
+1. asks the store how many leading tokens are cached (``lookup``),
+2. asks the retrieval planner whether loading them beats recomputing,
+3. loads that prefix (``get``) into a ``DynamicCache`` and prefills only the
+   rest, or prefills everything on a miss,
+4. picks the first token (TTFT ends here), then stores the prompt's whole
+   blocks for the next request (after the first token, as engines do).
+
+Every request feeds the planner's estimators: prefill time per token count,
+and the carrier's get bandwidth.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from kvstore.client.hf_adapter import HFPrefixCache, layout_for_model
+from kvstore.client.retrieval import BandwidthEstimator, PrefillModel, plan_retrieval
+
+
+@dataclass(frozen=True)
+class FirstToken:
+    """Outcome of one request's prefill."""
+
+    ttft_s: float
+    token_id: int
+    logprobs: torch.Tensor  # next-token log-probabilities, [vocab], float32
+    tokens_reused: int
+    tokens_cached: int  # what the store had; reused may be less (the planner said no)
+    load_s: float
+    store_s: float
+    tokens_stored: int
+
+
+class HFEngine:
+    def __init__(self, model, namespace, model_id: str, block_tokens: int = 256,
+                 adaptive: bool = True, margin: float = 0.25):
+        self.model = model.eval()
+        dtype = next(model.parameters()).dtype
+        self.layout = layout_for_model(model.config, model_id, block_tokens, dtype)
+        self.cache = HFPrefixCache(namespace, self.layout, model.config)
+        self.ns = namespace
+        self.adaptive = adaptive
+        self.margin = margin
+        self.bandwidth = BandwidthEstimator()
+        self.prefill = PrefillModel()
+
+    @torch.no_grad()
+    def first_token(self, tokens: list[int], store: bool = True) -> FirstToken:
+        t0 = time.perf_counter()
+        cached = min(self.ns.lookup(tokens), ((len(tokens) - 1) // self.layout.block_tokens)
+                     * self.layout.block_tokens)
+        want = cached
+        if self.adaptive and cached:
+            want = plan_retrieval(cached, self.layout.block_tokens,
+                                  self.ns.spec.block_bytes, self.bandwidth, self.prefill,
+                                  self.margin).load_tokens
+        n, past = 0, None
+        load_s = 0.0
+        if want:
+            t_load = time.perf_counter()
+            n, past = self.cache.restore(tokens, max_tokens=want)
+            load_s = time.perf_counter() - t_load
+            if n:
+                self.bandwidth.observe(n // self.layout.block_tokens * self.ns.spec.block_bytes, load_s)
+        ids = torch.tensor([tokens[n:]])
+        t_prefill = time.perf_counter()
+        out = self.model(ids, past_key_values=past, use_cache=True)
+        logits = out.logits[0, -1].float()
+        token = int(torch.argmax(logits))
+        ttft = time.perf_counter() - t0
+        if n == 0:
+            self.prefill.observe(len(tokens), time.perf_counter() - t_prefill)
+        stored, store_s = 0, 0.0
+        if store:
+            t_store = time.perf_counter()
+            stored = self.cache.store(tokens, out.past_key_values)
+            store_s = time.perf_counter() - t_store
+        return FirstToken(ttft, token, torch.log_softmax(logits, -1), n, cached, load_s,
+                          store_s, stored)

@@ -1,0 +1,143 @@
+"""Namespace: the engine-facing API (tokens + canonical KV tensors) over any backend.
+
+The logic here (tokens -> whole blocks -> payloads -> tensors) is shared by
+every carrier: a backend is anything with the ``BlockStore`` methods
+(``register``, ``lookup``, ``put``, ``get``; ``flush``/``close`` for the
+client). Backends that set ``zero_copy = True`` (the embedded store; an shm
+carrier that maps the arena) also get ``lease_read``/``lease_write``/
+``read_slot``/``commit_lease``/``release`` calls, so blocks are copied once,
+straight between the caller's tensor and the arena.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kvstore.client.codec import BlockCodec
+from kvstore.errors import InvalidArgument, LayoutMismatch, Unavailable
+from kvstore.layout import KVLayout
+from kvstore.namespace import NamespaceSpec
+from kvstore.tokens import as_tokens
+
+
+class _LazyBlocks:
+    """payloads[i] encodes block i on demand: the store never asks for cached ones."""
+
+    def __init__(self, kv: torch.Tensor, codec: BlockCodec, n: int, bt: int):
+        self._kv, self._codec, self._n, self._bt = kv, codec, n, bt
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._codec.encode(self._kv[:, :, i * self._bt : (i + 1) * self._bt])
+
+
+class Namespace:
+    def __init__(self, backend, layout: KVLayout, codec: str = "none", tenant: str = "",
+                 strict: bool = True):
+        self.backend, self.layout = backend, layout
+        self.codec = BlockCodec(layout, codec)
+        self.spec = NamespaceSpec(layout, codec, tenant, self.codec.payload_nbytes)
+        self.id = backend.register(self.spec)
+        self.block_tokens = layout.block_tokens
+        self.strict = strict
+        self._zero_copy = bool(getattr(backend, "zero_copy", False))
+
+    # -- checks -------------------------------------------------------------
+    def _check_kv(self, kv) -> int:
+        if not isinstance(kv, torch.Tensor):
+            raise InvalidArgument(f"kv must be a torch.Tensor, got {type(kv).__name__}")
+        if kv.dim() != 5:
+            raise InvalidArgument(f"kv must be [layers, 2, tokens, heads, dim], got shape {tuple(kv.shape)}")
+        lay = self.layout
+        want = (lay.num_layers, 2, lay.num_kv_heads, lay.head_dim)
+        got = (kv.shape[0], kv.shape[1], kv.shape[3], kv.shape[4])
+        if got != want:
+            raise LayoutMismatch(f"kv shape {tuple(kv.shape)} does not match the layout "
+                                 f"[{want[0]}, 2, T, {want[2]}, {want[3]}]")
+        if kv.dtype != self.codec.dtype:
+            raise LayoutMismatch(f"kv dtype {kv.dtype} but the layout says {self.codec.dtype}")
+        return kv.shape[2]
+
+    def _soft(self, fn, default):
+        try:
+            return fn()
+        except Unavailable:
+            if self.strict:
+                raise
+            return default
+
+    # -- API ------------------------------------------------------------------
+    def lookup(self, tokens, extra: bytes = b"") -> int:
+        """Leading tokens cached (a multiple of block_tokens)."""
+        toks = as_tokens(tokens)
+        return self._soft(lambda: self.backend.lookup(self.id, toks, extra), 0)
+
+    def put(self, tokens, kv: torch.Tensor, extra: bytes = b"") -> int:
+        """Store the whole blocks of ``tokens`` from ``kv``; returns the tokens stored."""
+        toks = as_tokens(tokens)
+        bt = self.block_tokens
+        n = min(len(toks) // bt, self._check_kv(kv) // bt)
+        if n == 0:
+            return 0
+        toks = toks[: n * bt]
+        if self._zero_copy and self.codec.codec == "none":
+            return self._soft(lambda: self._put_leased(toks, kv, extra), 0)
+        blocks = _LazyBlocks(kv, self.codec, n, bt)
+        return self._soft(lambda: self.backend.put(self.id, toks, blocks, extra), 0)
+
+    def _put_leased(self, toks, kv, extra) -> int:
+        be, bt = self.backend, self.block_tokens
+        lease = be.lease_write(self.id, toks, extra)
+        try:
+            for j, slot in enumerate(lease.slots):
+                i = lease.first_block + j
+                self.codec.encode_into(kv[:, :, i * bt : (i + 1) * bt], be.read_slot(slot))
+        except BaseException:
+            be.release(lease.lease_id)
+            raise
+        return be.commit_lease(lease.lease_id)
+
+    def get(self, tokens, extra: bytes = b"", device=None):
+        """``(n, kv)``: leading cached tokens and their KV ``[L, 2, n, H, D]``; ``(0, None)`` on a miss."""
+        toks = as_tokens(tokens)
+        if self._zero_copy:
+            return self._soft(lambda: self._get_leased(toks, extra, device), (0, None))
+        n, payloads = self._soft(lambda: self.backend.get(self.id, toks, extra), (0, []))
+        if n == 0:
+            return 0, None
+        out = self._empty(n, device)
+        bt = self.block_tokens
+        for i, payload in enumerate(payloads):
+            self.codec.decode_into(payload, out[:, :, i * bt : (i + 1) * bt])
+        return n, out
+
+    def _get_leased(self, toks, extra, device):
+        be, bt = self.backend, self.block_tokens
+        lease = be.lease_read(self.id, toks, extra)
+        try:
+            if lease.num_tokens == 0:
+                return 0, None
+            out = self._empty(lease.num_tokens, device)
+            for i, slot in enumerate(lease.slots):
+                self.codec.decode_into(be.read_slot(slot), out[:, :, i * bt : (i + 1) * bt])
+            return lease.num_tokens, out
+        finally:
+            be.release(lease.lease_id)
+
+    def _empty(self, n: int, device) -> torch.Tensor:
+        return torch.empty(self.layout.kv_shape(n), dtype=self.codec.dtype, device=device or "cpu")
+
+    def put_blocks(self, tokens, payloads, extra: bytes = b"") -> int:
+        """Store raw payloads (``spec.block_bytes`` each) for the whole blocks of ``tokens``."""
+        return self.backend.put(self.id, as_tokens(tokens), payloads, extra)
+
+    def get_blocks(self, tokens, extra: bytes = b"") -> tuple[int, list[bytes]]:
+        """Raw payloads of the cached prefix of ``tokens``."""
+        return self.backend.get(self.id, as_tokens(tokens), extra)
+
+    def delete(self, tokens, extra: bytes = b"") -> int:
+        return self.backend.delete(self.id, as_tokens(tokens), extra)

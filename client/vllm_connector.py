@@ -1,0 +1,140 @@
+"""``KVStoreConnector``: vLLM's KV connector (v1 API) backed by kvstore.
+
+Load it by name, no vLLM patch needed::
+
+    from vllm import LLM
+    from vllm.config import KVTransferConfig
+
+    llm = LLM(model=..., kv_transfer_config=KVTransferConfig(
+        kv_connector="KVStoreConnector",
+        kv_connector_module_path="kvstore.client.vllm_connector",
+        kv_role="kv_both",
+        kv_load_failure_policy="recompute",
+        kv_connector_extra_config={"url": "embedded", "codec": "none"}))
+
+(the settings are described in ``kvstore.client.vllm_settings``). vLLM
+builds one instance per role: the scheduler's answers "how much of this
+prompt is cached?" from the store's lookup and tells the workers what to
+load and save (``kvstore.client.vllm_scheduler``); each worker's copies
+blocks between its paged cache and the store (``kvstore.client.vllm_worker``).
+Both talk to the store through one ``KVClient`` per process
+(``kvstore.client.vllm_store``).
+
+Transfers are synchronous: loads complete before the forward pass that needs
+them, saves before the step ends, so no request waits on the connector
+between steps and ``get_finished`` has nothing to report.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch
+from vllm.distributed.kv_transfer.kv_connector.v1.base import (
+    KVConnectorBase_V1,
+    KVConnectorMetadata,
+    KVConnectorRole,
+)
+
+from kvstore.client.vllm_meta import KVStoreConnectorMetadata
+from kvstore.client.vllm_scheduler import SchedulerSide
+from kvstore.client.vllm_settings import ConnectorSettings, EngineGeometry
+from kvstore.client.vllm_store import shared_client
+from kvstore.client.vllm_worker import WorkerSide
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.forward_context import ForwardContext
+    from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+    from vllm.v1.core.sched.output import SchedulerOutput
+    from vllm.v1.kv_cache_interface import KVCacheConfig
+    from vllm.v1.request import Request
+
+log = logging.getLogger(__name__)
+
+def _tp(vllm_config, role: KVConnectorRole) -> tuple[int, int]:
+    """(rank, size) of this process in tensor parallelism; the scheduler looks up rank 0."""
+    size = vllm_config.parallel_config.tensor_parallel_size
+    if role == KVConnectorRole.SCHEDULER or size == 1:
+        return 0, size
+    from vllm.distributed.parallel_state import get_tensor_model_parallel_rank
+
+    return get_tensor_model_parallel_rank(), size
+
+
+class KVStoreConnector(KVConnectorBase_V1):
+    """vLLM v1 KV connector over a kvstore namespace (embedded, shm or tcp)."""
+
+    def __init__(self, vllm_config: VllmConfig, role: KVConnectorRole,
+                 kv_cache_config: KVCacheConfig):
+        super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        self.settings = settings = ConnectorSettings.from_vllm(vllm_config)
+        self.geometry = geometry = EngineGeometry.from_kv_cache_config(kv_cache_config)
+        self.layout = geometry.layout(settings, *_tp(vllm_config, role))
+        self.client = shared_client(settings.url, strict=settings.strict, **settings.store)
+        self.namespace = self.client.namespace(self.layout, codec=settings.codec,
+                                               tenant=settings.tenant)
+        self.scheduler: SchedulerSide | None = None
+        self.worker: WorkerSide | None = None
+        if role == KVConnectorRole.SCHEDULER:
+            if self._kv_transfer_config.kv_load_failure_policy != "recompute":
+                log.warning("KVStoreConnector: kv_load_failure_policy is %r; with 'recompute'"
+                            " a block evicted between lookup and load is recomputed instead"
+                            " of failing the request",
+                            self._kv_transfer_config.kv_load_failure_policy)
+            self.scheduler = SchedulerSide(self.namespace, geometry.block_size,
+                                           settings.block_tokens, settings.load, settings.save,
+                                           settings.strict)
+        else:
+            self.worker = WorkerSide(self.namespace, geometry, vllm_config, settings.strict)
+
+    @property
+    def requires_kv_delivery(self) -> bool:
+        return False  # a best-effort cache: a dropped save is a later miss, nothing more
+
+    # ============================== worker side ==============================
+    def register_kv_caches(self, kv_caches: dict[str, torch.Tensor]) -> None:
+        self.worker.register(kv_caches)
+
+    def _meta(self) -> KVStoreConnectorMetadata:
+        meta = self._get_connector_metadata()
+        assert isinstance(meta, KVStoreConnectorMetadata)
+        return meta
+
+    def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
+        self.worker.load(self._meta())
+
+    def wait_for_layer_load(self, layer_name: str) -> None:
+        """Nothing to wait for: ``start_load_kv`` finished every layer before the forward."""
+
+    def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata,
+                      **kwargs: Any) -> None:
+        self.worker.save_layer(layer_name, kv_layer, self._meta())
+
+    def wait_for_save(self) -> None:
+        if self.has_connector_metadata():
+            self.worker.flush_saves(self._meta())
+
+    def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
+        return None, None  # no asynchronous transfers: nothing finishes later
+
+    def get_block_ids_with_load_errors(self) -> set[int]:
+        return self.worker.take_load_errors()
+
+    # ============================ scheduler side =============================
+    def get_num_new_matched_tokens(self, request: Request,
+                                   num_computed_tokens: int) -> tuple[int | None, bool]:
+        return self.scheduler.lookup(request, num_computed_tokens), False
+
+    def update_state_after_alloc(self, request: Request, blocks: KVCacheBlocks,
+                                 num_external_tokens: int) -> None:
+        self.scheduler.after_alloc(request, blocks.get_block_ids()[0], num_external_tokens)
+
+    def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
+        return self.scheduler.build_meta(scheduler_output)
+
+    def request_finished(self, request: Request,
+                         block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        self.scheduler.finished(request)
+        return False, None  # saves are done by now: vLLM may free the blocks

@@ -1,0 +1,97 @@
+"""Settings of the vLLM connector, and the store namespace an engine maps to.
+
+Everything comes from vLLM's ``KVTransferConfig``::
+
+    KVTransferConfig(
+        kv_connector="KVStoreConnector",
+        kv_connector_module_path="kvstore.client.vllm_connector",
+        kv_role="kv_both",                      # kv_producer: save only; kv_consumer: load only
+        kv_load_failure_policy="recompute",     # a block lost between lookup and load is recomputed
+        kv_connector_extra_config={
+            "url": "embedded",                  # or "tcp://127.0.0.1:7801", "shm:///run/kvstore.sock"
+            "codec": "none",                    # or fp8_e4m3 / int8 / int4 (kvstore.kernels)
+            "block_tokens": 256,                # tokens per store block: a multiple of vLLM's block_size
+            "model_id": "my-model",             # default: vLLM's served model name
+            "tenant": "",                       # namespace salt (tenants never share blocks)
+            "strict": False,                    # True: an unreachable store raises instead of missing
+            "load": True, "save": True,         # switch one direction off (e.g. a recompute baseline)
+            "store": {"cpu_bytes": "4GiB"},     # embedded only: StoreConfig keywords
+        },
+    )
+
+The namespace's ``KVLayout`` is read from vLLM's ``KVCacheConfig`` (the same
+object on the scheduler and the worker side), so both sides name the same
+blocks. Only models with one full-attention KV cache group are supported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvstore.errors import InvalidArgument
+from kvstore.layout import KVLayout
+
+
+@dataclass(frozen=True)
+class ConnectorSettings:
+    """The connector's part of ``kv_connector_extra_config`` plus the role flags."""
+
+    url: str = "embedded"
+    codec: str = "none"
+    block_tokens: int = 256
+    model_id: str = ""
+    tenant: str = ""
+    strict: bool = False
+    load: bool = True  # look up and load cached prefixes
+    save: bool = True  # store the whole blocks of computed prompts
+    store: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_vllm(cls, vllm_config) -> ConnectorSettings:
+        transfer = vllm_config.kv_transfer_config
+        extra = dict(transfer.kv_connector_extra_config or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = set(extra) - known
+        if unknown:
+            raise InvalidArgument(f"unknown kv_connector_extra_config keys: {sorted(unknown)}")
+        model = vllm_config.model_config
+        if not extra.get("model_id"):
+            names = getattr(model, "served_model_name", None) or model.model
+            extra["model_id"] = names[0] if isinstance(names, (list, tuple)) else str(names)
+        extra["block_tokens"] = int(extra.get("block_tokens", cls.block_tokens))
+        # the role decides the direction; "load"/"save" may only switch one off
+        extra["load"] = bool(transfer.is_kv_consumer) and bool(extra.get("load", True))
+        extra["save"] = bool(transfer.is_kv_producer) and bool(extra.get("save", True))
+        return cls(**extra)
+
+
+@dataclass(frozen=True)
+class EngineGeometry:
+    """What the connector needs of vLLM's KV cache: layer order and block size."""
+
+    layer_names: tuple[str, ...]
+    block_size: int  # tokens per vLLM block
+    num_kv_heads: int
+    head_dim: int
+    dtype: Any  # torch.dtype
+
+    @classmethod
+    def from_kv_cache_config(cls, kv_cache_config) -> EngineGeometry:
+        groups = kv_cache_config.kv_cache_groups
+        if len(groups) != 1:
+            raise InvalidArgument(f"KVStoreConnector supports one KV cache group, got {len(groups)}")
+        spec = groups[0].kv_cache_spec
+        if type(spec).__name__ != "FullAttentionSpec":
+            raise InvalidArgument(f"KVStoreConnector needs full attention, got {type(spec).__name__}")
+        return cls(tuple(groups[0].layer_names), spec.block_size, spec.num_kv_heads,
+                   spec.head_size, spec.dtype)
+
+    def layout(self, settings: ConnectorSettings, tp_rank: int = 0, tp_size: int = 1) -> KVLayout:
+        if settings.block_tokens % self.block_size:
+            raise InvalidArgument(f"block_tokens {settings.block_tokens} is not a multiple of"
+                                  f" vLLM's block_size {self.block_size}")
+        return KVLayout(model_id=settings.model_id, num_layers=len(self.layer_names),
+                        num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+                        dtype=str(self.dtype).removeprefix("torch."),
+                        block_tokens=settings.block_tokens, tp_rank=tp_rank, tp_size=tp_size)

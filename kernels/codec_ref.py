@@ -1,0 +1,211 @@
+"""Torch reference of the block codecs: the oracle the CUDA kernels are held to.
+
+Batched and vectorised: ``encode_blocks`` takes ``[S, L, 2, T, H, D]`` (S store
+blocks) and writes ``[S, payload_nbytes]`` bytes; ``decode_blocks`` is the
+reverse. Runs on any device torch runs on. The byte layout and the arithmetic
+are specified in :mod:`kvstore.kernels.codecs`; every float operation here is
+one IEEE float32 operation on tensors (never a division by a Python scalar,
+which torch may turn into a multiplication by the reciprocal).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kvstore.kernels.codecs import (
+    FP8_E4M3,
+    FP8_MAX,
+    INT4_K_GROUP,
+    INT4_LEVELS,
+    INT8,
+    INT8_MAX,
+    NONE,
+    PayloadSpec,
+    Section,
+    payload_spec,
+)
+from kvstore.layout import KVLayout
+
+
+def section_view(buf: torch.Tensor, sec: Section) -> torch.Tensor:
+    """``[S, *sec.shape]`` view of ``sec`` inside the rows of ``buf`` ``[S, nbytes]``."""
+    rows = buf[:, sec.offset: sec.offset + sec.nbytes]
+    return rows.view(sec.dtype).view(buf.shape[0], *sec.shape)
+
+
+def _div(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
+    """True IEEE division, also by a constant (materialised as a tensor)."""
+    if not isinstance(b, torch.Tensor):
+        b = torch.full_like(a, b)
+    return torch.div(a, b)
+
+
+def _scale_and_safe(amax_or_range: torch.Tensor, levels: float):
+    scale = _div(amax_or_range, levels)
+    nonzero = scale > 0
+    return scale, torch.where(nonzero, scale, torch.ones_like(scale)), nonzero
+
+
+CHUNK_ELEMENTS = 1 << 20  # float32 temporaries per step: a few MB, cache friendly
+
+
+def section_views(buf: torch.Tensor, spec: PayloadSpec) -> dict[str, torch.Tensor]:
+    """Every section of ``spec`` as a ``[S, L, ...]`` view into ``buf`` ``[S, nbytes]``."""
+    return {sec.name: section_view(buf, sec) for sec in spec.sections}
+
+
+def layer_chunks(S: int, layout: KVLayout):
+    """``(l0, l1)`` ranges of layers, each small enough for CHUNK_ELEMENTS."""
+    per_layer = S * 2 * layout.block_tokens * layout.num_kv_heads * layout.head_dim
+    step = max(1, CHUNK_ELEMENTS // max(per_layer, 1))
+    for l0 in range(0, layout.num_layers, step):
+        yield l0, min(layout.num_layers, l0 + step)
+
+
+def zero_gaps(out: torch.Tensor, spec: PayloadSpec) -> None:
+    for start, length in spec.gaps():
+        if length:
+            out[:, start: start + length] = 0
+
+
+def encode_layers(blocks: torch.Tensor, views: dict[str, torch.Tensor], codec: str,
+                  l0: int) -> None:
+    """Encode layers ``[l0, l0 + n)``, given as ``blocks`` ``[S, n, 2, T, H, D]``,
+    into the payload section ``views``."""
+    n = blocks.shape[1]
+    part = {name: v[:, l0:l0 + n] for name, v in views.items()}
+    if codec == NONE:
+        part["block"].copy_(blocks)
+        return
+    # head-major private float32 copy [S, n, 2, H, T, D] (a copy even for float32)
+    x = torch.empty(blocks.permute(0, 1, 2, 4, 3, 5).shape, dtype=torch.float32,
+                    device=blocks.device)
+    x.copy_(blocks.permute(0, 1, 2, 4, 3, 5))
+    {FP8_E4M3: _encode_fp8, INT8: _encode_int8}.get(codec, _encode_int4)(x, part)
+
+
+def decode_layers(views: dict[str, torch.Tensor], codec: str, l0: int, l1: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """Layers ``[l0, l1)`` of the payloads as blocks ``[S, n, 2, T, H, D]``."""
+    part = {name: v[:, l0:l1] for name, v in views.items()}
+    if codec == NONE:
+        return part["block"]
+    x = {FP8_E4M3: _decode_fp8, INT8: _decode_int8}.get(codec, _decode_int4)(part)
+    hm = x.permute(0, 1, 2, 4, 3, 5)  # back to [S, n, 2, T, H, D]
+    out = torch.empty(hm.shape, dtype=dtype, device=x.device)
+    return out.copy_(hm)  # one pass: transpose + round to dtype
+
+
+def encode_blocks(blocks: torch.Tensor, layout: KVLayout, codec: str,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """Encode ``blocks`` ``[S, L, 2, T, H, D]`` into ``out`` ``[S, nbytes]`` (uint8)."""
+    spec = payload_spec(layout, codec)
+    S = blocks.shape[0]
+    if out is None:
+        out = torch.empty((S, spec.nbytes), dtype=torch.uint8, device=blocks.device)
+    zero_gaps(out, spec)
+    views = section_views(out, spec)
+    for l0, l1 in layer_chunks(S, layout):
+        encode_layers(blocks[:, l0:l1], views, codec, l0)
+    return out
+
+
+def decode_blocks(payloads: torch.Tensor, layout: KVLayout, codec: str) -> torch.Tensor:
+    """Decode ``payloads`` ``[S, nbytes]`` into blocks ``[S, L, 2, T, H, D]``."""
+    spec = payload_spec(layout, codec)
+    S = payloads.shape[0]
+    out = torch.empty((S, *layout.block_shape), dtype=layout.torch_dtype, device=payloads.device)
+    views = section_views(payloads, spec)
+    for l0, l1 in layer_chunks(S, layout):
+        out[:, l0:l1] = decode_layers(views, codec, l0, l1, layout.torch_dtype)
+    return out
+
+
+# The encoders own ``x`` (a private float32 copy) and work on it in place.
+def _absmax(x: torch.Tensor, dims) -> torch.Tensor:
+    """max |x| over ``dims`` without a |x| temporary (exact: max(max x, -min x));
+    abs_ makes a zero maximum +0, as fabsf does in the kernels."""
+    return torch.maximum(x.amax(dim=dims), x.amin(dim=dims).neg_()).abs_()
+
+
+# -- fp8 e4m3: one scale per (layer, K/V, head) -------------------------------
+def _encode_fp8(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+    scale, safe, nonzero = _scale_and_safe(_absmax(x, (-2, -1)), FP8_MAX)  # [S, n, 2, H]
+    y = x.div_(safe[..., None, None]).clamp_(-FP8_MAX, FP8_MAX)
+    y.masked_fill_(~nonzero[..., None, None], 0.0)
+    out["scale"].copy_(scale)
+    out["q"].copy_(y.to(torch.float8_e4m3fn).view(torch.uint8))
+
+
+def _decode_fp8(p: dict[str, torch.Tensor]) -> torch.Tensor:
+    q = p["q"].view(torch.float8_e4m3fn).float()
+    return q.mul_(p["scale"][..., None, None])
+
+
+# -- int8: symmetric, one scale per (layer, K/V, head, token) -----------------
+def _encode_int8(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+    scale, safe, nonzero = _scale_and_safe(_absmax(x, -1), INT8_MAX)  # [S, n, 2, H, T]
+    y = x.div_(safe[..., None]).round_().clamp_(-INT8_MAX, INT8_MAX)
+    y.masked_fill_(~nonzero[..., None], 0.0)
+    out["scale"].copy_(scale)
+    out["q"].copy_(y)  # exact small integers -> int8
+
+
+def _decode_int8(p: dict[str, torch.Tensor]) -> torch.Tensor:
+    return p["q"].float().mul_(p["scale"][..., None])
+
+
+# -- int4: asymmetric; K per channel over 64-token groups, V per token --------
+def _quant4_(x: torch.Tensor, mn: torch.Tensor, safe: torch.Tensor,
+             nonzero: torch.Tensor) -> torch.Tensor:
+    """In place: x -> q in [0, 15] against its group's min and scale (broadcast)."""
+    x.sub_(mn).div_(safe).round_().clamp_(0, INT4_LEVELS)
+    return x.masked_fill_(~nonzero, 0.0)
+
+
+def _nibbles(q: torch.Tensor) -> torch.Tensor:
+    """Pairs along the last dim into bytes: low nibble = even index."""
+    q = q.to(torch.uint8)
+    return q[..., 0::2] | (q[..., 1::2] << 4)
+
+
+def _encode_int4(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+    k, v = x[:, :, 0], x[:, :, 1]  # [S, n, H, T, D] views of the private copy
+    T = k.shape[-2]
+    G = out["k_scale"].shape[3]
+    # K: groups of INT4_K_GROUP tokens per channel. A ragged last group is
+    # padded by repeating its last token (min/max unchanged), then cut off.
+    if T == G * INT4_K_GROUP:
+        kg = k.unflatten(-2, (G, INT4_K_GROUP))  # [S, n, H, G, 64, D], a view
+    else:
+        pad = torch.arange(G * INT4_K_GROUP, device=x.device).clamp(max=T - 1)
+        kg = k.index_select(-2, pad).unflatten(-2, (G, INT4_K_GROUP))
+    # + 0.0 turns a -0 minimum / maximum into +0, so the stored bytes do not
+    # depend on which of +0 / -0 a reduction happened to return (as in the kernels)
+    k_min, k_max = kg.amin(dim=-2).add_(0.0), kg.amax(dim=-2).add_(0.0)  # [S, n, H, G, D]
+    k_scale, k_safe, k_nz = _scale_and_safe(k_max - k_min, INT4_LEVELS)
+    kq = _quant4_(kg, k_min[..., None, :], k_safe[..., None, :], k_nz[..., None, :])
+    v_min, v_max = v.amin(dim=-1).add_(0.0), v.amax(dim=-1).add_(0.0)  # [S, n, H, T]
+    v_scale, v_safe, v_nz = _scale_and_safe(v_max - v_min, INT4_LEVELS)
+    vq = _quant4_(v, v_min[..., None], v_safe[..., None], v_nz[..., None])
+    out["k_scale"].copy_(k_scale)
+    out["k_min"].copy_(k_min)
+    out["v_scale"].copy_(v_scale)
+    out["v_min"].copy_(v_min)
+    out["q"][:, :, 0].copy_(_nibbles(kq.flatten(-3, -2)[..., :T, :]))
+    out["q"][:, :, 1].copy_(_nibbles(vq))
+
+
+def _decode_int4(p: dict[str, torch.Tensor]) -> torch.Tensor:
+    packed = p["q"]  # [S, n, 2, H, T, D/2]
+    q = torch.stack((packed & 0xF, packed >> 4), dim=-1).flatten(-2).float()
+    T = q.shape[-2]
+    G = p["k_scale"].shape[3]
+    if T == G * INT4_K_GROUP:  # broadcast each group's scale over its 64 tokens
+        k = q[:, :, 0].unflatten(-2, (G, INT4_K_GROUP))
+        k.mul_(p["k_scale"][..., None, :]).add_(p["k_min"][..., None, :])
+    else:
+        tg = torch.arange(T, device=q.device) // INT4_K_GROUP
+        q[:, :, 0].mul_(p["k_scale"][..., tg, :]).add_(p["k_min"][..., tg, :])
+    q[:, :, 1].mul_(p["v_scale"][..., None]).add_(p["v_min"][..., None])
+    return q

@@ -1,0 +1,208 @@
+"""The one seam between the SSD tier and the operating system (LevelDB's ``Env`` idea).
+
+Every file operation of the SSD tier goes through an ``SSDFileSystem``. Tests
+(and the store's own tests) swap in a ``FaultyFileSystem`` that raises chosen
+``OSError``s (ENOSPC, EIO) at chosen calls, to check that a full or failing
+disk degrades the tier cleanly and never corrupts what was already durable.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from dataclasses import dataclass
+
+
+class SSDFileSystem:
+    """Plain POSIX file operations on file descriptors."""
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    def pwritev(self, fd: int, buffers: list, offset: int) -> int:
+        return os.pwritev(fd, buffers, offset)
+
+    def preadv(self, fd: int, buffers: list, offset: int) -> int:
+        return os.preadv(fd, buffers, offset)
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        return os.pread(fd, length, offset)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def fsync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def truncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def drop_cache(self, fd: int) -> None:
+        """Advise the kernel to drop this file's cached pages (best effort)."""
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+    # helpers built on the primitives above (so faults injected there apply)
+
+    def pwritev_all(self, fd: int, buffers: list, offset: int) -> None:
+        """Write every byte of ``buffers`` at ``offset`` (short writes continued)."""
+        views = [memoryview(b).cast("B") for b in buffers if len(b)]
+        total = sum(len(v) for v in views)
+        done = 0
+        while done < total:
+            n = self.pwritev(fd, views, offset + done)
+            if n <= 0:
+                raise OSError(errno.EIO, "pwritev wrote nothing")
+            done += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
+
+    def preadv_all(self, fd: int, buffers: list, offset: int) -> int:
+        """Fill ``buffers`` from ``offset``; returns bytes read (less only at end of file)."""
+        views = [memoryview(b).cast("B") for b in buffers if len(b)]
+        total = sum(len(v) for v in views)
+        done = 0
+        while done < total:
+            n = self.preadv(fd, views, offset + done)
+            if n <= 0:
+                break
+            done += n
+            while views and n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            if n:
+                views[0] = views[0][n:]
+        return done
+
+
+@dataclass
+class Fault:
+    """Raise ``OSError(err)`` on calls of ``op`` after ``after`` matching calls, ``times`` times.
+
+    ``times=None`` fails every call from then on. ``path`` (a substring)
+    restricts path operations (open, unlink, rename, fsync_dir) to matching paths.
+    """
+
+    op: str
+    err: int = errno.EIO
+    after: int = 0
+    times: int | None = 1
+    path: str | None = None
+    seen: int = 0
+    fired: int = 0
+
+
+class FaultyFileSystem(SSDFileSystem):
+    """An SSDFileSystem whose operations fail on demand (for tests)."""
+
+    OPS = (
+        "open", "close", "pwritev", "preadv", "pread", "fsync", "fsync_dir", "truncate",
+        "unlink", "rename", "listdir", "makedirs", "size",
+    )
+
+    def __init__(self) -> None:
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+        self.calls: dict[str, int] = {}
+
+    def inject(self, op: str, err: int = errno.EIO, after: int = 0, times: int | None = 1,
+               path: str | None = None) -> Fault:
+        if op not in self.OPS:
+            raise ValueError(f"unknown operation {op!r}")
+        fault = Fault(op, err, after, times, path)
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def _check(self, op: str, path: str | None = None) -> None:
+        with self._lock:
+            self.calls[op] = self.calls.get(op, 0) + 1
+            for f in self._faults:
+                if f.op != op or (f.path is not None and (path is None or f.path not in path)):
+                    continue
+                f.seen += 1
+                if f.seen > f.after and (f.times is None or f.fired < f.times):
+                    f.fired += 1
+                    raise OSError(f.err, f"injected {errno.errorcode.get(f.err, f.err)} in {op}")
+
+    def makedirs(self, path):
+        self._check("makedirs", path)
+        return super().makedirs(path)
+
+    def listdir(self, path):
+        self._check("listdir", path)
+        return super().listdir(path)
+
+    def open(self, path, flags, mode=0o644):
+        self._check("open", path)
+        return super().open(path, flags, mode)
+
+    def close(self, fd):
+        self._check("close")
+        return super().close(fd)
+
+    def size(self, fd):
+        self._check("size")
+        return super().size(fd)
+
+    def pwritev(self, fd, buffers, offset):
+        self._check("pwritev")
+        return super().pwritev(fd, buffers, offset)
+
+    def preadv(self, fd, buffers, offset):
+        self._check("preadv")
+        return super().preadv(fd, buffers, offset)
+
+    def pread(self, fd, length, offset):
+        self._check("pread")
+        return super().pread(fd, length, offset)
+
+    def fsync(self, fd):
+        self._check("fsync")
+        return super().fsync(fd)
+
+    def fsync_dir(self, path):
+        self._check("fsync_dir", path)
+        return super().fsync_dir(path)
+
+    def truncate(self, fd, length):
+        self._check("truncate")
+        return super().truncate(fd, length)
+
+    def unlink(self, path):
+        self._check("unlink", path)
+        return super().unlink(path)
+
+    def rename(self, src, dst):
+        self._check("rename", dst)
+        return super().rename(src, dst)

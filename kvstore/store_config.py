@@ -1,0 +1,95 @@
+"""StoreConfig: how a TieredStore is built (sizes, directories, policies, threads).
+
+Sizes accept ints or strings with binary suffixes (``"4GiB"``, see
+``kvstore.sizes``). ``ssd_bytes = 0`` (or no ``ssd_dir``) disables the SSD
+tier; ``gpu_bytes = 0`` (the default) disables the GPU tier, which is also
+skipped when CUDA is not available.
+
+Eviction policies are named per tier and built by ``policy_factory(name)``;
+the default factory asks ``kvstore.eviction.registry.get_policy`` when that
+registry exists and otherwise knows ``"lru"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from kvstore.errors import InvalidArgument
+from kvstore.eviction import EvictionPolicy, LRUPolicy
+from kvstore.sizes import parse_size
+
+_SIZE_FIELDS = (
+    "cpu_bytes", "cpu_page_bytes", "gpu_bytes", "ssd_bytes", "segment_bytes",
+    "demotion_buffer_bytes",
+)
+
+
+def default_policy_factory(name: str) -> EvictionPolicy:
+    """A fresh policy called ``name`` (registry first, built-in LRU as fallback)."""
+    try:
+        from kvstore.eviction.registry import get_policy
+    except ImportError:
+        get_policy = None
+    if get_policy is not None:
+        policy = get_policy(name)
+        if isinstance(policy, type) or not isinstance(policy, EvictionPolicy):
+            policy = policy()
+        return policy
+    if name == "lru":
+        return LRUPolicy()
+    raise InvalidArgument(f"unknown eviction policy {name!r} (no registry; built in: lru)")
+
+
+@dataclass
+class StoreConfig:
+    cpu_bytes: int | str = "1GiB"
+    cpu_page_bytes: int | str = 0  # 0: auto (power of two <= min(64 MiB, cpu_bytes / 32))
+    arena_dir: str = "/dev/shm"
+    gpu_bytes: int | str = 0
+    gpu_device: str = "cuda"
+    ssd_dir: str | None = None
+    ssd_bytes: int | str = 0
+    segment_bytes: int | str = "256MiB"
+    ssd_compression: str = "auto"
+    gpu_policy: str = "lru"
+    cpu_policy: str = "lru"
+    policy_factory: Callable[[str], EvictionPolicy] | None = None
+    demotion_threads: int = 1
+    demotion_buffer_bytes: int | str = "256MiB"  # evicted blocks staged in RAM for the SSD writer
+    promote_on_get: bool = True
+    persist_on_close: bool = False  # write CPU-resident blocks to SSD on close (as flush)
+    ssd_factory: Callable[..., Any] | None = None  # builds the SSD tier (tests inject faults)
+
+    def __post_init__(self) -> None:
+        for name in _SIZE_FIELDS:
+            setattr(self, name, parse_size(getattr(self, name)))
+        if self.cpu_bytes <= 0:
+            raise InvalidArgument("cpu_bytes must be positive (the CPU tier is required)")
+        if self.demotion_threads < 1:
+            raise InvalidArgument("demotion_threads must be >= 1")
+        if self.ssd_bytes and not self.ssd_dir:
+            raise InvalidArgument("ssd_bytes needs ssd_dir")
+        if self.policy_factory is None:
+            self.policy_factory = default_policy_factory
+
+    @property
+    def ssd_enabled(self) -> bool:
+        return bool(self.ssd_dir) and self.ssd_bytes > 0
+
+    def make_policy(self, name: str) -> EvictionPolicy:
+        return self.policy_factory(name)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StoreConfig:
+        """From a TOML table / env mapping; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidArgument(f"unknown store settings: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        skip = {"policy_factory", "ssd_factory"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}

@@ -1,0 +1,33 @@
+"""The checked-in admin_pb2*.py are what grpcio-tools makes of kvstore/admin.proto today."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+
+from kvstore import admin_codegen
+
+
+def test_generated_code_is_up_to_date(tmp_path):
+    pytest.importorskip("grpc_tools")
+    version = importlib.metadata.version("grpcio-tools")
+    if version != admin_codegen.GRPCIO_TOOLS_VERSION:
+        pytest.skip(f"grpcio-tools {version} is not the pinned {admin_codegen.GRPCIO_TOOLS_VERSION}")
+    for fresh in admin_codegen.generate(tmp_path):
+        checked_in = admin_codegen.PACKAGE_DIR / fresh.name
+        assert checked_in.read_text() == fresh.read_text(), (
+            f"{checked_in.name} is stale: run python -m kvstore.admin_codegen"
+        )
+
+
+def test_generated_code_imports_and_names_the_service():
+    from kvstore import admin_pb2, admin_pb2_grpc
+
+    service = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
+    assert service.full_name == "kvstore.admin.v1.Admin"
+    assert {m.name for m in service.methods} == {
+        "GetStats", "ListNamespaces", "Evict", "Flush", "Pin", "Unpin",
+        "SetEvictionPolicy", "Drain", "GetConfig",
+    }
+    assert hasattr(admin_pb2_grpc, "AdminStub")

@@ -1,0 +1,140 @@
+"""The host side of a CUDA launch, checked on the CPU.
+
+CuPy, the device tables and the stream are replaced by stand-ins, and the
+kernel by an emulator of the "none" kernels that follows the slab addressing of
+kv_common.cuh through the raw pointers and byte strides ``cuda_backend.run``
+passes. So the pointer tables, strides, block-id tables, section offsets,
+padding, vector/scalar choice and grid are checked without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from kvstore.kernels import (
+    CODECS,
+    EngineKind,
+    EngineLayout,
+    pack_paged,
+    payload_spec,
+    unpack_paged,
+)
+from kvstore.kernels import cuda_backend as cb
+from kvstore.kernels.paged import _paged
+from kvstore.layout import KVLayout
+
+
+def _int64s(ptr: int, n: int) -> list[int]:
+    return list((ctypes.c_int64 * n).from_address(ptr))
+
+
+class Emulator:
+    """Runs a kernel's slab walk in Python for codec none; records every launch."""
+
+    calls: list[dict] = []
+
+    def __init__(self, op: str, name: str):
+        self.op, self.name = op, name
+
+    def __call__(self, grid, block, args):
+        (k_tab, v_tab, ids, p_tab, L, T, H, D, ebs, nb, bstride, tstride, hstride,
+         *rest) = [int(a) for a in args]
+        offsets, gaps, lanes = rest[:5], rest[5:10], rest[10]
+        S = grid[2]
+        Emulator.calls.append(dict(name=self.name, grid=grid, block=block, offsets=offsets,
+                                   gaps=gaps, lanes=lanes, strides=(bstride, tstride, hstride)))
+        if "_none_" not in self.name:
+            return
+        esz = 4 if "_f32_" in self.name else 2
+        k_ptrs, v_ptrs = _int64s(k_tab, L), _int64s(v_tab, L)
+        block_ids, payloads = _int64s(ids, S * (T // ebs)), _int64s(p_tab, S)
+        for sb in range(S):
+            for lkv in range(2 * L):
+                base = (v_ptrs if lkv & 1 else k_ptrs)[lkv >> 1]
+                for h in range(H):
+                    for t in range(T):
+                        eid = block_ids[sb * (T // ebs) + t // ebs]
+                        assert 0 <= eid < nb
+                        row = base + eid * bstride + (t % ebs) * tstride + h * hstride
+                        canon = payloads[sb] + offsets[0] + (((lkv * T + t) * H + h) * D) * esz
+                        src, dst = (row, canon) if self.op == "pack" else (canon, row)
+                        ctypes.memmove(dst, src, D * esz)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    fake_cupy = SimpleNamespace(cuda=SimpleNamespace(Device=lambda i: contextlib.nullcontext()))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    monkeypatch.setattr(cb, "_table", lambda values, device: torch.tensor(values,
+                                                                          dtype=torch.int64))
+    monkeypatch.setattr(cb, "_function", lambda op, index, name: Emulator(op, name))
+    monkeypatch.setattr(cb, "_stream", lambda ptr, index: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device=None: SimpleNamespace(cuda_stream=0))
+    Emulator.calls = []
+    return Emulator
+
+
+def _setup(kind, dtype, D=64, ebs=16, T=32, nb=10, L=2, H=3):
+    layout = KVLayout("m", L, H, D, str(dtype).removeprefix("torch."), T)
+    engine = EngineLayout(kind, ebs)
+    g = torch.Generator().manual_seed(D)
+    caches = [torch.randn(engine.cache_shape(nb, layout), generator=g).to(dtype)
+              for _ in range(L)]
+    return layout, engine, caches
+
+
+@pytest.mark.parametrize("kind", list(EngineKind))
+@pytest.mark.parametrize("dtype,D", [(torch.float16, 64), (torch.float32, 80),
+                                     (torch.bfloat16, 36)])
+def test_emulated_none_kernels_move_the_reference_bytes(fake_cuda, kind, dtype, D):
+    layout, engine, caches = _setup(kind, dtype, D=D)
+    ids = [7, 2, 9, 0]
+    src = _paged(caches, ids, layout, engine, writing=False)
+    out = torch.zeros((2, payload_spec(layout, "none").nbytes), dtype=torch.uint8)
+    cb.run("pack", src, "none", list(out.unbind(0)))
+    ref = pack_paged(caches, ids, layout, "none", engine, backend="reference")
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+    call = fake_cuda.calls[-1]
+    vec = (D * dtype.itemsize) % 16 == 0
+    assert call["name"] == f"kv_pack_none_{cb._DT[dtype]}_{'v' if vec else 's'}"
+    assert call["grid"] == (layout.num_kv_heads, 2 * layout.num_layers, 2)
+    assert call["block"] == (cb.THREADS,)
+
+    dst = [torch.zeros_like(c) for c in caches]
+    ref_dst = [torch.zeros_like(c) for c in caches]
+    targets = [1, 5, 3, 8]
+    cb.run("unpack", _paged(dst, targets, layout, engine, writing=True), "none",
+           list(out.unbind(0)))
+    unpack_paged(ref, ref_dst, targets, layout, "none", engine, backend="reference")
+    assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+               for a, b in zip(dst, ref_dst))
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_launch_arguments(fake_cuda, codec):
+    layout, engine, caches = _setup(EngineKind.VLLM_FLASH, torch.float16, D=80, T=100, ebs=10,
+                                    nb=30)
+    src = _paged(caches, list(range(20)), layout, engine, writing=False)
+    spec = payload_spec(layout, codec)
+    rows = list(torch.empty((2, spec.nbytes), dtype=torch.uint8).unbind(0))
+    cb.run("pack", src, codec, rows)
+    call = fake_cuda.calls[-1]
+    assert call["offsets"][: len(spec.sections)] == list(spec.offsets())
+    assert call["gaps"][: len(spec.sections)] == [(a << 8) | n for a, n in spec.gaps()]
+    assert call["strides"] == tuple(s * 2 for s in caches[0][0].stride()[:3])
+    assert call["lanes"] == 16  # 80 halves = 10 vectors of 8 -> 16 lanes a row
+    assert call["name"].endswith("_v")
+    misaligned = torch.empty(spec.nbytes + 4, dtype=torch.uint8)[4:]
+    cb.run("pack", _paged(caches, list(range(10)), layout, engine, writing=False), codec,
+           [misaligned])
+    assert fake_cuda.calls[-1]["name"].endswith("_s")
+    assert fake_cuda.calls[-1]["lanes"] == 32  # 80 (or 40 int4 pairs) scalar units a row
+    with pytest.raises(Exception, match="aligned"):
+        cb.run("pack", src, codec, [torch.empty(spec.nbytes + 1, dtype=torch.uint8)[1:]] * 2)

@@ -1,0 +1,196 @@
+"""TieredStore with an SSD tier below the CPU tier (FakeSSD stand-in with fault seams)."""
+
+import logging
+import time
+
+import pytest
+
+from kvstore.errors import StorageError
+
+from .helpers import FakeSSD, make_spec, payloads_for
+
+
+def prompts(n, blocks=4, base=0):
+    return [list(range(base + i * 1000, base + i * 1000 + 4 * blocks)) for i in range(n)]
+
+
+def wait_for(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.005)
+
+
+def test_demotion_and_promotion(store_factory, spec):
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)  # CPU holds 128 blocks
+    ns = s.register(spec)
+    ps = prompts(64)  # 256 blocks: half must be demoted
+    for t in ps:
+        assert s.put(ns, t, payloads_for(ns, spec, t)) == 16
+    cpu = s.tier_stats("cpu")
+    assert cpu.demotions >= 128 and cpu.used_bytes <= cpu.capacity_bytes
+    for t in ps:  # every block is still served, from one tier or the other
+        assert s.lookup(ns, t) == 16
+        assert s.get(ns, t)[1] == payloads_for(ns, spec, t)
+    wait_for(lambda: s.tier_stats("cpu").promotions > 0)
+    assert s.tier_stats("ssd").hits > 0
+    s.check()
+
+
+def test_a_resident_get_does_not_wait_for_the_disk(store_factory, spec):
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+    ns = s.register(spec)
+    hot = list(range(16))
+    s.put(ns, hot, payloads_for(ns, spec, hot))
+    s.ssd.ssd.write_delay = 0.5  # a very slow disk
+    for t in prompts(40, base=10**6):
+        s.put(ns, t, payloads_for(ns, spec, t))
+        s.get(ns, hot)  # keeps it hot
+    t0 = time.perf_counter()
+    assert s.get(ns, hot)[1] == payloads_for(ns, spec, hot)
+    assert time.perf_counter() - t0 < 0.25
+    s.ssd.ssd.write_delay = 0
+
+
+def test_flush_then_restart_serves_flushed_blocks(store_factory, spec):
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+    ns = s.register(spec)
+    other = make_spec(model="other", layers=3)
+    ns2 = s.register(other)
+    ps = prompts(40)
+    for t in ps:
+        s.put(ns, t, payloads_for(ns, spec, t))
+    t2 = list(range(7, 7 + 32))
+    s.put(ns2, t2, payloads_for(ns2, other, t2, b"salt"), extra=b"salt")
+    s.flush()
+    assert not s._dirty
+    s.close()
+    s2 = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+    assert set(s2.namespaces()) == {spec, other}
+    for t in ps:
+        assert s2.get(ns, t) == (16, payloads_for(ns, spec, t))
+    assert s2.get(ns2, t2, extra=b"salt") == (32, payloads_for(ns2, other, t2, b"salt"))
+    assert s2.lookup(ns2, t2) == 0
+    s2.check()
+
+
+def test_unflushed_blocks_are_served_intact_or_missing_after_restart(store_factory, spec):
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+    ns = s.register(spec)
+    ps = prompts(48)
+    for t in ps[:10]:
+        s.put(ns, t, payloads_for(ns, spec, t))
+    s.flush()
+    for t in ps[10:]:
+        s.put(ns, t, payloads_for(ns, spec, t))
+    s.close()  # no flush: what was demoted may be there, the rest is gone
+    s2 = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+    for i, t in enumerate(ps):
+        n, got = s2.get(ns, t)
+        assert got == payloads_for(ns, spec, t)[: n // 4]
+        if i < 10:
+            assert n == 16
+
+
+def test_flush_is_write_through_for_resident_blocks(store_factory, spec):
+    s = store_factory(cpu_bytes=64 << 10, ssd_bytes=1 << 20)
+    ns = s.register(spec)
+    t = list(range(32))
+    s.put(ns, t, payloads_for(ns, spec, t))
+    assert s.ssd.ssd.writes == 0  # write-back: nothing written yet
+    s.flush()
+    assert s.ssd.ssd.writes == 8 and s.ssd.ssd.flushes == 1
+    s.flush()
+    assert s.ssd.ssd.writes == 8  # clean blocks are not written twice
+    assert s.tier_stats("cpu").blocks == 8  # still resident
+
+
+def test_degraded_ssd_leaves_the_cpu_tier_serving(store_factory, spec, caplog):
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+    ns = s.register(spec)
+    ps = prompts(64)
+    for t in ps[:16]:
+        s.put(ns, t, payloads_for(ns, spec, t))
+    s.flush()
+    s.ssd.ssd.fail_writes = True
+    with caplog.at_level(logging.ERROR, logger="kvstore.ssd"):
+        for t in ps[16:]:
+            s.put(ns, t, payloads_for(ns, spec, t))
+        wait_for(lambda: s.ssd.degraded)
+    assert any("degraded" in r.message for r in caplog.records)
+    assert s.tier_stats("ssd").degraded
+    with pytest.raises(StorageError):
+        s.flush()
+    for t in ps:  # never wrong bytes; the recent ones are resident
+        n, got = s.get(ns, t)
+        assert got == payloads_for(ns, spec, t)[: n // 4]
+    assert s.get(ns, ps[-1])[0] == 16
+    for t in prompts(40, base=10**6):  # still takes puts, evicting leaf tails
+        assert s.put(ns, t, payloads_for(ns, spec, t)) == 16
+    s.check()
+
+
+def test_failing_reads_become_misses(store_factory, spec):
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+    ns = s.register(spec)
+    ps = prompts(64)
+    for t in ps:
+        s.put(ns, t, payloads_for(ns, spec, t))
+    s.flush()
+    s.ssd.ssd.fail_reads = True
+    for t in ps:
+        n, got = s.get(ns, t)
+        assert got == payloads_for(ns, spec, t)[: n // 4]
+    assert s.lookup(ns, ps[0]) == 0  # SSD-only prefix dropped after the failed read
+    s.check()
+
+
+def test_ssd_capacity_evictions_forget_lost_copies(store_factory, spec):
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=64 * 512)  # SSD: 64 blocks
+    ns = s.register(spec)
+    ps = prompts(80)
+    for t in ps:
+        s.put(ns, t, payloads_for(ns, spec, t))
+        assert s.ssd.ssd.used_bytes <= 64 * 512
+    wait_for(lambda: not s.ssd.pending)
+    assert s.ssd.ssd.evictions > 0
+    for t in ps:
+        n, got = s.get(ns, t)
+        assert got == payloads_for(ns, spec, t)[: n // 4]
+    s.check()
+
+
+def test_read_lease_promotes_from_ssd(store_factory, spec):
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+    ns = s.register(spec)
+    ps = prompts(64)
+    for t in ps:
+        s.put(ns, t, payloads_for(ns, spec, t))
+    lease = s.lease_read(ns, ps[0])  # long demoted
+    assert lease.num_tokens == 16
+    assert [bytes(s.read_slot(x)) for x in lease.slots] == payloads_for(ns, spec, ps[0])
+    s.release(lease.lease_id)
+    s.check()
+
+
+def test_restart_drops_orphans_and_unknown_namespaces(tmp_path, spec):
+    from kvstore.store_config import StoreConfig
+    from kvstore.tiered_store import TieredStore
+
+    cfg = dict(cpu_bytes=16 * 4096, ssd_bytes=1 << 20, ssd_dir=str(tmp_path), ssd_factory=FakeSSD)
+    with TieredStore(StoreConfig(**cfg)) as s:
+        ns = s.register(spec)
+        t = list(range(16))
+        s.put(ns, t, payloads_for(ns, spec, t))
+        s.flush()
+        keys = [m.key for m in s._ns[ns].tree.match(t).blocks]
+    from .helpers import _DISKS
+
+    disk = _DISKS[str(tmp_path)]
+    del disk["records"][(ns, keys[1])]  # block 1 lost: blocks 2, 3 are orphans
+    with TieredStore(StoreConfig(**cfg)) as s2:
+        assert s2.get(ns, t) == (4, payloads_for(ns, spec, t)[:1])
+        time.sleep(0.05)
+    assert set(disk["records"]) == {(ns, keys[0])}
+    _DISKS.pop(str(tmp_path))

@@ -1,0 +1,238 @@
+"""Connection: the client's end of one carrier connection (asyncio).
+
+It opens the channel (tcp socket, shm control socket, ucx endpoint), says
+hello (version, token, tenant), re-registers the namespaces it knows after a
+reconnect, and runs requests one at a time (a lock keeps frames in order).
+A request that fails in transit (connection lost, timeout) drops the
+connection: its stream position is unknown. The next request reconnects,
+but not sooner than ``retry_interval`` after a failed attempt, so a daemon
+that is down costs callers one fast ``Unavailable`` instead of a connect
+timeout each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from kvstore.errors import (
+    ErrorCode,
+    KVStoreError,
+    ProtocolError,
+    Timeout,
+    Unavailable,
+    error_from_code,
+)
+from kvstore.transport.channel import SocketChannel
+from kvstore.transport.framing import unpack_header
+from kvstore.transport.limits import Limits
+from kvstore.transport.messages import PROTOCOL_VERSION, Op, Reply, Request, parse_reply
+from kvstore.transport.urls import CarrierURL
+
+log = logging.getLogger(__name__)
+# Error replies after which the daemon closes the connection (or is going away).
+CLOSING_CODES = frozenset({
+    ErrorCode.UNAUTHORIZED, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.PROTOCOL,
+    ErrorCode.TOO_LARGE, ErrorCode.DRAINING,
+})
+
+if sys.version_info >= (3, 11):
+    _timeout = asyncio.timeout
+else:  # pragma: no cover - 3.10
+
+    class _timeout:  # a minimal asyncio.timeout
+        def __init__(self, delay):
+            self.delay = delay
+
+        async def __aenter__(self):
+            loop = asyncio.get_running_loop()
+            task = asyncio.current_task()
+            self._handle = loop.call_later(self.delay, task.cancel)
+            self._start = loop.time()
+
+        async def __aexit__(self, exc_type, exc, tb):
+            self._handle.cancel()
+            if exc_type is asyncio.CancelledError and (
+                asyncio.get_running_loop().time() - self._start >= self.delay
+            ):
+                raise asyncio.TimeoutError from exc
+            return False
+
+
+async def open_channel(url: CarrierURL, timeout: float):
+    loop = asyncio.get_running_loop()
+    if url.scheme == "ucx":
+        from kvstore.transport.ucx import open_ucx_channel
+
+        return await open_ucx_channel(url, timeout)
+    if url.scheme == "shm":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        addr = url.path
+    else:
+        infos = await loop.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM)
+        family, _, _, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        async with _timeout(timeout):
+            await loop.sock_connect(sock, addr)
+    except (OSError, asyncio.TimeoutError) as exc:
+        sock.close()
+        raise Unavailable(f"cannot reach {url}: {exc or 'timed out'}") from exc
+    return SocketChannel(sock, loop)
+
+
+class Connection:
+    def __init__(
+        self,
+        url: CarrierURL,
+        *,
+        token: str | None = None,
+        tenant: str = "",
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        retry_interval: float = 0.5,
+        client_name: str = "kvstore-client",
+        limits: Limits | None = None,
+        on_connect: Callable | None = None,
+    ):
+        self.url = url
+        self.token = token
+        self.tenant = tenant
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.retry_interval = retry_interval
+        self.client_name = client_name
+        self.limits = limits or Limits()
+        self.on_connect = on_connect  # async callback(hello_result) after each (re)connect
+        self.channel = None
+        self.hello: dict = {}
+        self.generation = 0
+        self.specs: dict[bytes, dict] = {}  # ns id -> spec dict, re-registered on reconnect
+        self._lock = asyncio.Lock()
+        self._ids = itertools.count(1)
+        self._retry_at = 0.0
+        self.closed = False
+
+    @property
+    def connected(self) -> bool:
+        return self.channel is not None
+
+    # -- connection life ------------------------------------------------------
+    async def _connect(self) -> None:
+        now = time.monotonic()
+        if now < self._retry_at:
+            raise Unavailable(f"{self.url} unreachable (retrying in {self._retry_at - now:.2f}s)")
+        try:
+            channel = await open_channel(self.url, self.connect_timeout)
+        except Unavailable:
+            self._retry_at = time.monotonic() + self.retry_interval
+            raise
+        self.channel = channel
+        try:
+            args = {"version": PROTOCOL_VERSION, "tenant": self.tenant, "client": self.client_name}
+            if self.token is not None:
+                args["token"] = self.token
+            reply = await self._roundtrip(Request(Op.HELLO, args=args), None, self.connect_timeout)
+            self.hello = reply.result
+            if self.on_connect is not None:
+                await self.on_connect(self.hello)
+            for spec in list(self.specs.values()):
+                await self._roundtrip(Request(Op.REGISTER, args={"spec": spec}), None, self.timeout)
+        except BaseException as exc:
+            self._drop()
+            if isinstance(exc, (Unavailable, Timeout)):
+                self._retry_at = time.monotonic() + self.retry_interval
+            raise
+        self.generation += 1
+        if self.generation > 1:
+            log.info("reconnected to %s", self.url)
+
+    def _drop(self) -> None:
+        """Forget the connection after a failure (reset: its stream position is unknown)."""
+        if self.channel is not None:
+            self.channel.close(abort=True)
+            self.channel = None
+
+    async def close(self) -> None:
+        async with self._lock:  # between requests: a graceful close
+            self.closed = True
+            if self.channel is not None:
+                self.channel.close()
+                self.channel = None
+
+    # -- requests -------------------------------------------------------------
+    async def request(
+        self,
+        op: Op,
+        ns: bytes | None = None,
+        args: dict | None = None,
+        payloads=(),
+        receive: Callable | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        """Send one request and return its reply (an error reply raises).
+
+        ``receive(reply) -> targets`` is called when the reply declares payload
+        segments: it returns a writable buffer per segment (or None to drop
+        it), or one buffer for all of them back to back, after checking the
+        sizes; or it raises (the connection is dropped).
+        """
+        if self.closed:
+            raise Unavailable("connection closed")
+        sizes = [len(p) if isinstance(p, memoryview) else memoryview(p).nbytes for p in payloads]
+        req = Request(op, ns=ns, args=args or {}, sizes=sizes)
+        async with self._lock:
+            if self.channel is None:
+                await self._connect()
+            return await self._roundtrip(req, receive, timeout or self.timeout, payloads)
+
+    async def send_only(self, op: Op, args: dict) -> None:
+        """A request that gets no reply (``release`` with ``noreply``); best effort."""
+        async with self._lock:
+            if self.channel is None:
+                return
+            req = Request(op, id=next(self._ids), args=args)
+            try:
+                async with _timeout(self.timeout):
+                    await self.channel.send(req.to_header())
+            except (Unavailable, asyncio.TimeoutError, OSError):
+                self._drop()
+
+    async def _roundtrip(self, req: Request, receive, timeout: float, payloads=()) -> Reply:
+        req.id = next(self._ids)
+        channel = self.channel
+        try:
+            async with _timeout(timeout):
+                await channel.send(req.to_header(), payloads)
+                raw = await channel.read_header(self.limits)
+                if raw is None:
+                    raise Unavailable("daemon closed the connection")
+                reply = parse_reply(unpack_header(raw))
+                if reply.id not in (req.id, 0):
+                    raise ProtocolError(f"reply {reply.id} to request {req.id}")
+                if reply.sizes:
+                    self.limits.check_sizes(reply.sizes)
+                    if receive is None or not reply.ok:
+                        raise ProtocolError("unexpected payload in reply")
+                    targets = receive(reply)
+                    await channel.read_segments(targets, reply.sizes)
+        except asyncio.TimeoutError as exc:
+            self._drop()
+            raise Timeout(f"{req.op.value} to {self.url} timed out after {timeout}s") from exc
+        except OSError as exc:  # a socket error the channel did not wrap
+            self._drop()
+            raise Unavailable(f"{req.op.value} to {self.url} failed: {exc}") from exc
+        except (KVStoreError, asyncio.CancelledError):
+            self._drop()
+            raise
+        if not reply.ok:
+            if reply.id == 0 or reply.status in CLOSING_CODES:  # the daemon closes
+                self._drop()
+            raise error_from_code(reply.status, reply.error)
+        return reply

@@ -1,0 +1,197 @@
+"""Messages of the kvstore wire protocol: ops, the request and reply headers.
+
+A request header is a msgpack map::
+
+    {"op": str, "id": uint64, "ns": bin(16) | nil, "args": map, "sizes": [uint, ...]}
+
+and a reply header::
+
+    {"id": uint64, "status": 0 | ErrorCode, "result": map, "error": str, "sizes": [uint, ...]}
+
+``status`` 0 is success (``result`` holds the op's answer); any other value is
+an ``ErrorCode`` of ``kvstore.errors`` and ``error`` says why. ``sizes``
+declares the payload segments that follow the header (see ``framing``).
+Token ids travel as one ``bin`` of little-endian uint32 (``tokens``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from kvstore.errors import ErrorCode, InvalidArgument, KVStoreError, ProtocolError
+from kvstore.tokens import TOKEN_DTYPE
+
+PROTOCOL_VERSION = 1
+MIN_PROTOCOL_VERSION = 1
+NS_BYTES = 16
+MAX_ID = (1 << 64) - 1
+
+
+class Op(str, Enum):
+    HELLO = "hello"
+    REGISTER = "register"
+    LOOKUP = "lookup"
+    PUT = "put"
+    GET = "get"
+    LEASE = "lease"
+    COMMIT = "commit"
+    RELEASE = "release"
+    DELETE = "delete"
+    FLUSH = "flush"
+    STATS = "stats"
+    PING = "ping"
+
+
+OPS = {op.value: op for op in Op}
+# Ops that name a namespace (``ns`` is required).
+NS_OPS = frozenset({Op.LOOKUP, Op.PUT, Op.GET, Op.LEASE, Op.DELETE})
+# The only op whose request carries payload segments.
+PAYLOAD_OPS = frozenset({Op.PUT})
+
+
+@dataclass
+class Request:
+    op: Op | str  # a str when the op is unknown (answered with an error)
+    id: int = 0
+    ns: bytes | None = None
+    args: dict = field(default_factory=dict)
+    sizes: list[int] = field(default_factory=list)
+
+    def to_header(self) -> dict:
+        header = {"op": self.op.value if isinstance(self.op, Op) else self.op, "id": self.id}
+        if self.ns is not None:
+            header["ns"] = self.ns
+        if self.args:
+            header["args"] = self.args
+        if self.sizes:
+            header["sizes"] = self.sizes
+        return header
+
+
+@dataclass
+class Reply:
+    id: int = 0
+    status: int = 0
+    result: dict = field(default_factory=dict)
+    error: str = ""
+    sizes: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+    def to_header(self) -> dict:
+        header: dict = {"id": self.id, "status": self.status}
+        if self.status:
+            header["error"] = self.error
+        else:
+            header["result"] = self.result
+        if self.sizes:
+            header["sizes"] = self.sizes
+        return header
+
+    @classmethod
+    def failure(cls, request_id: int, exc: BaseException) -> Reply:
+        code = exc.code if isinstance(exc, KVStoreError) else ErrorCode.INTERNAL
+        return cls(id=request_id, status=int(code), error=str(exc) or type(exc).__name__)
+
+
+# -- header validation ---------------------------------------------------------
+def _uint(value, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+        raise ProtocolError(f"{what} must be an unsigned 64-bit int")
+    return value
+
+
+def _sizes(value) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ProtocolError("sizes must be an array of unsigned ints")
+    for size in value:
+        _uint(size, "each size")
+    return value
+
+
+def parse_request(header) -> Request:
+    """Validate a decoded request header's shape; raises ProtocolError.
+
+    Only the framing-relevant fields are checked here (so that the payload
+    extent is trusted); an unknown op is kept as a str for the dispatcher to
+    refuse after the payload is skipped.
+    """
+    if not isinstance(header, dict):
+        raise ProtocolError("header must be a map")
+    request_id = _uint(header.get("id", 0), "id")
+    sizes = _sizes(header.get("sizes"))
+    op = header.get("op")
+    if not isinstance(op, str):
+        raise ProtocolError("op must be a string")
+    ns = header.get("ns")
+    if ns is not None and (not isinstance(ns, bytes) or len(ns) != NS_BYTES):
+        raise ProtocolError(f"ns must be {NS_BYTES} bytes")
+    args = header.get("args")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise ProtocolError("args must be a map")
+    return Request(op=OPS.get(op, op), id=request_id, ns=ns, args=args, sizes=sizes)
+
+
+def parse_reply(header) -> Reply:
+    if not isinstance(header, dict):
+        raise ProtocolError("reply header must be a map")
+    status = header.get("status")
+    if not isinstance(status, int) or isinstance(status, bool) or status < 0:
+        raise ProtocolError("reply status must be an unsigned int")
+    result = header.get("result")
+    if result is None:
+        result = {}
+    if not isinstance(result, dict):
+        raise ProtocolError("reply result must be a map")
+    error = header.get("error") or ""
+    return Reply(
+        id=_uint(header.get("id", 0), "id"),
+        status=status,
+        result=result,
+        error=str(error),
+        sizes=_sizes(header.get("sizes")),
+    )
+
+
+# -- argument helpers ----------------------------------------------------------
+def encode_tokens(tokens: np.ndarray) -> bytes:
+    return np.ascontiguousarray(tokens, dtype=TOKEN_DTYPE).tobytes()
+
+
+def decode_tokens(args: dict) -> np.ndarray:
+    raw = args.get("tokens", b"")
+    if not isinstance(raw, bytes) or len(raw) % TOKEN_DTYPE.itemsize:
+        raise InvalidArgument("tokens must be bytes of little-endian uint32")
+    return np.frombuffer(raw, dtype=TOKEN_DTYPE)
+
+
+def arg_bytes(args: dict, name: str, default: bytes = b"", max_len: int = 1 << 16) -> bytes:
+    value = args.get(name, default)
+    if not isinstance(value, bytes) or len(value) > max_len:
+        raise InvalidArgument(f"{name} must be bytes of at most {max_len}")
+    return value
+
+
+def arg_str(args: dict, name: str, default: str = "", max_len: int = 256) -> str:
+    value = args.get(name, default)
+    if not isinstance(value, str) or len(value) > max_len:
+        raise InvalidArgument(f"{name} must be a string of at most {max_len} characters")
+    return value
+
+
+def arg_uint(args: dict, name: str, default: int | None = None) -> int:
+    value = args.get(name, default)
+    if value is None:
+        raise InvalidArgument(f"{name} is required")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
+        raise InvalidArgument(f"{name} must be an unsigned int")
+    return value

@@ -1,0 +1,354 @@
+"""RemoteStore: a daemon's blocks behind the BlockStore-shaped API, sync and asyncio.
+
+``RemoteStore.connect("tcp://127.0.0.1:7801")`` (or ``shm://PATH``,
+``ucx://HOST:PORT``) returns a client whose calls mirror ``BlockStore``
+(register / lookup / put / get / delete / flush / stats), plus ``get_into``
+that receives blocks straight into a caller's buffer.
+
+Threading: every connection lives on one background I/O thread per process
+that runs an asyncio loop. A sync call hands its coroutine to that loop and
+waits; the asyncio twins (``alookup``, ``aput``, ``aget``, ``aget_into``,
+``aregister``, ``adelete``, ``aflush``, ``astats``) await the same coroutine
+from any event loop without blocking it. One client is safe to share between
+threads (its requests are sent one at a time).
+
+On shm, ``zero_copy`` is True and the BlockStore lease calls work
+(``lease_read`` / ``lease_write`` / ``commit_lease`` / ``release`` /
+``read_slot``): ``kvstore.client.Namespace`` then encodes a put straight into
+the arena slots and decodes a get straight out of them (one copy each way).
+
+Unreachable daemon: with ``strict=False`` (the default) ``lookup`` returns 0,
+``get`` returns ``(0, None)`` and ``put`` returns 0 when the daemon cannot
+be reached, times out or is draining (logged once per outage); the engine
+recomputes. With ``strict=True`` they raise ``Unavailable`` (or ``Timeout``).
+``register`` succeeds offline in both modes (the namespace id is the spec's
+fingerprint with the connection's tenant; it is registered when the
+connection comes back). Other errors (a wrong
+layout, bad arguments) always raise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+from kvstore.errors import Draining, InvalidArgument, Timeout, Unavailable
+from kvstore.namespace import NamespaceSpec
+from kvstore.store_api import ArenaInfo, Lease
+from kvstore.transport.connection import Connection
+from kvstore.transport.urls import parse_url
+from kvstore.transport.wire_client import WireOps, default_alloc
+
+log = logging.getLogger(__name__)
+OFFLINE = (Unavailable, Timeout, Draining)
+
+
+class IOThread:
+    """The process's background asyncio loop for client connections."""
+
+    _instance: IOThread | None = None
+    _lock = threading.Lock()
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="kvstore-client-io", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    @classmethod
+    def get(cls) -> IOThread:
+        with cls._lock:
+            inst = cls._instance
+            if inst is None or inst.pid != os.getpid() or not inst.thread.is_alive():
+                inst = cls._instance = IOThread()
+            return inst
+
+    def submit(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro, timeout: float | None = None):
+        if threading.current_thread() is self.thread:
+            raise RuntimeError("sync kvstore client call from its own I/O thread; use the a* twins")
+        return self.submit(coro).result(timeout)
+
+    @classmethod
+    def shutdown(cls) -> None:
+        """At exit: cancel what is in flight (a bulk transfer then unblocks its worker)."""
+        inst = cls._instance
+        if inst is None or inst.pid != os.getpid() or not inst.thread.is_alive():
+            return
+
+        async def cancel_all():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            inst.submit(cancel_all()).result(5)
+        except Exception:  # pragma: no cover - exiting anyway
+            pass
+        inst.loop.call_soon_threadsafe(inst.loop.stop)
+
+
+# Before the thread pools join their workers at exit (threading's exit hooks
+# run before atexit's, the last registered first), so none waits on a socket.
+try:
+    threading._register_atexit(IOThread.shutdown)
+except (AttributeError, RuntimeError):  # pragma: no cover - another Python
+    atexit.register(IOThread.shutdown)
+
+
+class RemoteStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        tenant: str = "",
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        retry_interval: float = 0.5,
+        strict: bool = False,
+        client_name: str = "kvstore-client",
+    ):
+        self.url = parse_url(url)
+        if token is None:
+            token = os.environ.get("KVSTORE_AUTH_TOKEN")
+        self.strict = strict
+        self.timeout = timeout
+        self.io = IOThread.get()
+        self._offline_logged = False
+        conn = Connection(
+            self.url, token=token, tenant=tenant, timeout=timeout,
+            connect_timeout=connect_timeout, retry_interval=retry_interval,
+            client_name=client_name,
+        )
+        self.conn = conn
+        if self.url.scheme == "shm":
+            from kvstore.transport.shm_client import ShmOps
+
+            self.ops: WireOps = ShmOps(conn)
+        else:
+            self.ops = WireOps(conn)
+        self.closed = False
+
+    @classmethod
+    def connect(cls, url: str, **kwargs) -> RemoteStore:
+        """A client of the daemon at ``url``; connects lazily (``ping`` to check now)."""
+        return cls(url, **kwargs)
+
+    @property
+    def tenant(self) -> str:
+        return self.conn.tenant
+
+    # -- plumbing -------------------------------------------------------------
+    def _run(self, coro):
+        margin = self.timeout + self.conn.connect_timeout + 5
+        try:
+            return self.io.run(coro, margin)
+        except TimeoutError as exc:  # concurrent.futures.TimeoutError on 3.10
+            raise Timeout(f"no answer from {self.url} within {margin:.0f}s") from exc
+
+    async def _await(self, coro):
+        return await asyncio.wrap_future(self.io.submit(coro))
+
+    def _offline(self, exc: BaseException, default):
+        if self.strict:
+            raise exc
+        if not self._offline_logged:
+            self._offline_logged = True
+            log.warning("kvstore daemon at %s unavailable (%s); treating as a miss", self.url, exc)
+        return default
+
+    def _online(self) -> None:
+        if self._offline_logged:
+            self._offline_logged = False
+            log.info("kvstore daemon at %s reachable again", self.url)
+
+    def _soft(self, coro, default):
+        try:
+            result = self._run(coro)
+        except OFFLINE as exc:
+            return self._offline(exc, default)
+        self._online()
+        return result
+
+    async def _asoft(self, coro, default):
+        try:
+            result = await self._await(coro)
+        except OFFLINE as exc:
+            return self._offline(exc, default)
+        self._online()
+        return result
+
+    async def _register(self, spec: NamespaceSpec) -> bytes:
+        if spec.tenant and spec.tenant != self.conn.tenant:
+            from kvstore.errors import Unauthorized
+
+            raise Unauthorized(f"namespace tenant {spec.tenant!r} is not this client's tenant")
+        try:
+            return await self.ops.register(spec)
+        except OFFLINE:
+            # Offline (strict or not): remember it; it is registered on the next
+            # connect, and the data calls report the outage.
+            import dataclasses
+
+            spec = dataclasses.replace(spec, tenant=self.conn.tenant)
+            ns = spec.fingerprint
+            self.conn.specs[ns] = spec.to_dict()
+            self.ops.geometry[ns] = (spec.block_bytes, spec.block_tokens)
+            self.ops.specs[ns] = spec
+            return ns
+
+    # -- the sync API ---------------------------------------------------------
+    def register(self, spec: NamespaceSpec) -> bytes:
+        return self._run(self._register(spec))
+
+    def namespaces(self) -> list[NamespaceSpec]:
+        return list(self.ops.specs.values())
+
+    def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
+        return self._soft(self.ops.lookup(ns, tokens, extra), 0)
+
+    def put(self, ns: bytes, tokens, payloads, extra: bytes = b"") -> int:
+        return self._soft(self.ops.put(ns, tokens, payloads, extra), 0)
+
+    def get_into(self, ns: bytes, tokens, extra: bytes = b"", alloc: Callable = default_alloc):
+        """``(tokens, buffer)``: the leading cached tokens' blocks in ``alloc(nbytes)``."""
+        return self._soft(self.ops.get_into(ns, tokens, extra, alloc), (0, None))
+
+    def get(self, ns: bytes, tokens, extra: bytes = b""):
+        """BlockStore-style ``(tokens, [block, ...])`` (views into one buffer); ``(0, [])`` on a miss."""
+        n, buf = self.get_into(ns, tokens, extra)
+        return n, self._split(ns, buf)
+
+    def _split(self, ns: bytes, buf) -> list:
+        if buf is None:
+            return []
+        block_bytes, _ = self.ops.geometry[ns]
+        view = memoryview(buf)
+        return [view[i : i + block_bytes] for i in range(0, len(view), block_bytes)]
+
+    def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
+        return self._run(self.ops.delete(ns, tokens, extra))
+
+    # -- zero-copy leases (shm only): the caller copies straight into/out of the arena --
+    @property
+    def zero_copy(self) -> bool:
+        """True on shm: ``Namespace`` then copies between its tensors and the arena itself."""
+        return self.url.scheme == "shm"
+
+    def _shm(self):
+        if not self.zero_copy:
+            raise InvalidArgument("leases are offered on the shm carrier only")
+        return self.ops
+
+    def lease_read(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
+        """Pin the cached prefix; its slots' ``read_slot`` views are this client's mapping."""
+        ops = self._shm()
+        try:
+            lease = self._run(ops.lease(ns, tokens, extra, "read"))
+        except OFFLINE as exc:
+            return self._offline(exc, Lease(0, ns, 0))  # an empty lease: a miss
+        self._online()
+        return lease
+
+    def lease_write(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
+        ops = self._shm()
+        try:
+            lease = self._run(ops.lease(ns, tokens, extra, "write"))
+        except OFFLINE as exc:
+            self._offline(exc, None)
+            raise Unavailable(str(exc)) from exc
+        self._online()
+        return lease
+
+    def commit_lease(self, lease_id: int) -> int:
+        try:
+            return self._run(self._shm().commit(lease_id))
+        except OFFLINE as exc:
+            self._offline(exc, None)
+            raise Unavailable(str(exc)) from exc
+
+    def release(self, lease_id: int) -> None:
+        if lease_id:
+            try:
+                self._run(self._shm().release(lease_id))
+            except OFFLINE:  # the daemon released it with the connection
+                pass
+
+    def read_slot(self, slot) -> memoryview:
+        view = getattr(slot, "view", None)
+        if view is None:
+            raise InvalidArgument("not a slot of this client's lease")
+        return view
+
+    def arena(self) -> ArenaInfo:
+        ops = self._shm()
+        if ops.arena is None:
+            self.ping()
+        return ArenaInfo(ops.arena.path, ops.arena.size)
+
+    def flush(self) -> None:
+        self._run(self.ops.flush())
+
+    def stats(self) -> dict:
+        return self._run(self.ops.stats())
+
+    def ping(self) -> None:
+        """Connect (if needed) and round-trip once; raises when the daemon is unreachable."""
+        self._run(self.ops.ping())
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self._run(self.ops.close())
+            except Exception:  # pragma: no cover - the loop is gone at exit
+                pass
+
+    def __enter__(self) -> RemoteStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the asyncio twins ----------------------------------------------------
+    async def aregister(self, spec: NamespaceSpec) -> bytes:
+        return await self._await(self._register(spec))
+
+    async def alookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
+        return await self._asoft(self.ops.lookup(ns, tokens, extra), 0)
+
+    async def aput(self, ns: bytes, tokens, payloads, extra: bytes = b"") -> int:
+        return await self._asoft(self.ops.put(ns, tokens, payloads, extra), 0)
+
+    async def aget_into(self, ns: bytes, tokens, extra: bytes = b"", alloc: Callable = default_alloc):
+        return await self._asoft(self.ops.get_into(ns, tokens, extra, alloc), (0, None))
+
+    async def aget(self, ns: bytes, tokens, extra: bytes = b""):
+        n, buf = await self.aget_into(ns, tokens, extra)
+        return n, self._split(ns, buf)
+
+    async def adelete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
+        return await self._await(self.ops.delete(ns, tokens, extra))
+
+    async def aflush(self) -> None:
+        await self._await(self.ops.flush())
+
+    async def astats(self) -> dict:
+        return await self._await(self.ops.stats())
+
+    async def aclose(self) -> None:
+        if not self.closed:
+            self.closed = True
+            await self._await(self.ops.close())

@@ -1,0 +1,96 @@
+"""The tcp carrier's listener (and the stream-socket listener the shm carrier builds on).
+
+Connections are accepted with ``loop.sock_accept`` and each is served by the
+dispatcher over a ``SocketChannel``: payloads go out of arena memory with
+``sendmsg`` and come in with ``recv_into`` straight into arena slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from kvstore.transport.channel import SocketChannel
+from kvstore.transport.dispatch import Session
+from kvstore.transport.urls import CarrierURL
+
+log = logging.getLogger(__name__)
+BACKLOG = 512
+
+
+class StreamListener:
+    """Accepts stream-socket connections and hands them to the server."""
+
+    carrier = "stream"
+    arena_access = False
+
+    def __init__(self, server, url: CarrierURL):
+        self.server = server
+        self.requested = url
+        self.sock: socket.socket | None = None
+        self._task: asyncio.Task | None = None
+
+    def _bind(self) -> socket.socket:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError  # pragma: no cover
+
+    async def start(self) -> None:
+        self.sock = self._bind()
+        self.sock.listen(BACKLOG)
+        self.sock.setblocking(False)
+        self._task = asyncio.get_running_loop().create_task(self._accept_loop())
+        log.info("listening on %s", self.url)
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(self.sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:  # EMFILE and friends: back off, keep listening
+                log.warning("%s accept failed: %s", self.carrier, exc)
+                await asyncio.sleep(0.1)
+                continue
+            channel = SocketChannel(conn, loop)
+            session = Session(self.carrier, peer=str(addr) or channel.peer,
+                              arena_access=self.arena_access)
+            self.server.spawn(self.server.dispatcher.serve(channel, session))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class TcpListener(StreamListener):
+    carrier = "tcp"
+
+    def _bind(self) -> socket.socket:
+        host, port = self.requested.host, self.requested.port
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    @property
+    def url(self) -> str:
+        host, port = self.sock.getsockname()[:2]
+        return str(CarrierURL("tcp", host=host, port=port))

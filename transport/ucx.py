@@ -1,0 +1,237 @@
+"""The ucx carrier (ucxx): the same frames as tagged messages, payloads from/into arena memory.
+
+UCX delivers whole messages, not a byte stream, so a frame travels as:
+
+* one message holding the 4-byte prefix and the header when they fit in
+  ``INLINE`` bytes (every control message does), else the prefix alone
+  followed by the header as a second message (the receiver knows which from
+  the prefix);
+* one message per payload segment, of exactly its declared size, sent from
+  and received into the final memory (arena slots on the daemon, the
+  caller's buffer on the client). All the segments of a frame are posted at
+  once so UCX pipelines them (rendezvous for large ones).
+
+The receiver posts a buffer of the size it expects: a longer message fails
+with a truncation error (the connection is closed) instead of growing
+anything, so the limits hold before any allocation here too.
+
+Environment: ``ucxx`` reads ``UCX_*`` variables at import; ``ucx_env_defaults``
+silences UCX's unused-variable warning and sets ``UCX_TCP_CM_REUSEADDR=y`` (a
+restarted daemon rebinds its port) unless they are set already. On a machine without a GPU the
+default transports (tcp, shared memory, cma) work over loopback; set
+``UCX_TLS`` to choose. ucxx's listener binds every interface (it takes a port,
+no address): configure ucx listeners only where that is acceptable, and use
+an auth token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+
+import numpy as np
+
+from kvstore.errors import ProtocolError, Unavailable
+from kvstore.transport import channel as channel_mod
+from kvstore.transport.channel import byte_view
+from kvstore.transport.dispatch import Session
+from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
+from kvstore.transport.limits import Limits
+from kvstore.transport.urls import CarrierURL
+
+log = logging.getLogger(__name__)
+INLINE = 8192
+MAX_SKIP = 256 << 20
+BIND_RETRIES = 50  # a refused segment larger than this closes the connection
+
+
+def ucx_env_defaults() -> None:
+    os.environ.setdefault("UCX_WARN_UNUSED_ENV_VARS", "n")
+    # A restarted daemon must be able to listen on its port again while the
+    # previous connections linger in TIME_WAIT.
+    os.environ.setdefault("UCX_TCP_CM_REUSEADDR", "y")
+
+
+def import_ucxx():
+    ucx_env_defaults()
+    try:
+        import ucxx
+    except ImportError as exc:  # pragma: no cover - the ucx extra is not installed
+        raise Unavailable("the ucx carrier needs ucxx (pip install 'kvstore[ucx]')") from exc
+    return ucxx
+
+
+def _as_array(buf) -> np.ndarray:
+    """ucxx takes numpy arrays (or anything with the buffer protocol)."""
+    if isinstance(buf, np.ndarray):
+        return buf
+    return np.frombuffer(byte_view(buf), dtype=np.uint8)
+
+
+class UcxChannel:
+    def __init__(self, endpoint):
+        self.ep = endpoint
+        self._first = np.empty(INLINE, dtype=np.uint8)
+        self._scratch = np.empty(0, dtype=np.uint8)
+        self.closed = False
+        self.peer = "ucx"
+
+    async def _recv(self, buf) -> None:
+        from ucxx.exceptions import UCXMessageTruncatedError
+
+        try:
+            await self.ep.recv(_as_array(buf))
+        except UCXMessageTruncatedError as exc:
+            raise ProtocolError("message longer than declared") from exc
+        except Exception as exc:
+            if isinstance(exc, (asyncio.CancelledError, ProtocolError)):
+                raise
+            raise Unavailable(f"ucx receive failed: {exc}") from exc
+
+    async def _send(self, buf) -> None:
+        try:
+            await self.ep.send(_as_array(buf))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise Unavailable(f"ucx send failed: {exc}") from exc
+
+    # -- receiving ------------------------------------------------------------
+    async def read_header(self, limits: Limits):
+        try:
+            await self._recv(self._first)
+        except Unavailable:
+            return None  # the peer went away between frames
+        length = header_length(self._first[:PREFIX_BYTES].tobytes())
+        limits.check_header_length(length)
+        if PREFIX_BYTES + length <= INLINE:
+            return memoryview(self._first)[PREFIX_BYTES : PREFIX_BYTES + length]
+        raw = bytearray(length)
+        await self._recv(raw)
+        return raw
+
+    async def _in_frame(self, coro) -> None:
+        """A transfer inside a frame: a peer silent for STALL_SECONDS fails it."""
+        try:
+            await asyncio.wait_for(coro, channel_mod.STALL_SECONDS)
+        except asyncio.TimeoutError as exc:
+            raise Unavailable("ucx peer stalled in the middle of a frame") from exc
+
+    async def read_into(self, view) -> None:
+        await self._in_frame(self._recv(view))
+
+    def _scratch_for(self, nbytes: int) -> np.ndarray:
+        if nbytes > MAX_SKIP:
+            raise ProtocolError(f"cannot skip a {nbytes}-byte ucx segment")
+        if len(self._scratch) < nbytes:
+            self._scratch = np.empty(nbytes, dtype=np.uint8)
+        return self._scratch[:nbytes]
+
+    async def skip(self, nbytes: int) -> None:
+        await self._in_frame(self._recv(self._scratch_for(nbytes)))
+
+    async def read_segments(self, targets, sizes: list[int]) -> None:
+        """Receive every segment at once; a None target is received and dropped.
+
+        ``targets`` may also be one buffer holding all segments back to back.
+        """
+        if not isinstance(targets, list):
+            whole, targets, pos = byte_view(targets), [], 0
+            for size in sizes:
+                targets.append(whole[pos : pos + size])
+                pos += size
+        bufs = [t if t is not None else self._scratch_for(s) for t, s in zip(targets, sizes)]
+        await self._in_frame(_all(self._recv(b) for b in bufs))
+
+    # -- sending --------------------------------------------------------------
+    async def send(self, header: dict, payloads=()) -> None:
+        raw = pack_header(header)
+        msgs = [raw] if len(raw) <= INLINE else [raw[:PREFIX_BYTES], raw[PREFIX_BYTES:]]
+        msgs.extend(payloads)
+        if len(msgs) == 1:
+            await self._send(np.frombuffer(raw, dtype=np.uint8))
+            return
+        await self._in_frame(_all(self._send(m) for m in msgs))
+
+    def close(self, abort: bool = False) -> None:
+        if not self.closed:  # an endpoint close is always an abort
+            self.closed = True
+            try:
+                self.ep.abort()
+            except Exception:  # pragma: no cover
+                pass
+
+
+async def _all(coros) -> None:
+    """Post every transfer in order, wait for all; the first failure cancels the rest."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def open_ucx_channel(url: CarrierURL, timeout: float) -> UcxChannel:
+    ucxx = import_ucxx()
+    try:
+        ep = await asyncio.wait_for(
+            ucxx.create_endpoint(url.host, url.port, connect_timeout=timeout), timeout
+        )
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        raise Unavailable(f"cannot reach {url}: {exc}") from exc
+    return UcxChannel(ep)
+
+
+class UcxListener:
+    carrier = "ucx"
+
+    def __init__(self, server, url: CarrierURL):
+        self.server = server
+        self.requested = url
+        self._listener = None
+
+    async def start(self) -> None:
+        ucxx = import_ucxx()
+        from ucxx.exceptions import UCXBusyError
+
+        for attempt in range(BIND_RETRIES):  # a fixed port can linger after a restart
+            try:
+                self._listener = ucxx.create_listener(self._handle, self.requested.port or None)
+                break
+            except UCXBusyError:
+                if not self.requested.port or attempt == BIND_RETRIES - 1:
+                    raise
+                await asyncio.sleep(0.1)
+        log.info("listening on %s", self.url)
+        if self.requested.host not in ("0.0.0.0", "::"):
+            log.warning(
+                "ucx listener on port %d binds every interface (ucxx takes no bind "
+                "address); requested host %s", self._listener.port, self.requested.host,
+            )
+
+    async def _handle(self, endpoint) -> None:
+        channel = UcxChannel(endpoint)
+        session = Session("ucx", peer=f"ucx:{id(endpoint):x}")
+        task = self.server.spawn(self.server.dispatcher.serve(channel, session))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            pass
+
+    @property
+    def url(self) -> str:
+        port = self._listener.port if self._listener is not None else self.requested.port
+        return str(CarrierURL("ucx", host=self.requested.host, port=port))
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            gc.collect()  # ucxx unbinds when the listener object is freed

@@ -1,0 +1,126 @@
+"""WireOps: the client's block operations when blocks travel inside frames (tcp, ucx).
+
+``put`` sends the blocks as payload segments straight from the caller's
+buffers (``sendmsg`` gather list / one ucx message each); ``get_into``
+allocates the destination once the reply says how many blocks came back and
+receives each segment directly into its place (``recv_into`` / ucx recv), so
+a tensor handed in by the caller is filled without an intermediate copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from kvstore.errors import InvalidArgument, NotFound, ProtocolError
+from kvstore.namespace import NamespaceSpec
+from kvstore.tokens import as_tokens
+from kvstore.transport.channel import byte_view
+from kvstore.transport.connection import Connection
+from kvstore.transport.messages import Op, encode_tokens
+
+
+def default_alloc(nbytes: int):
+    return np.empty(nbytes, dtype=np.uint8)
+
+
+class WireOps:
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.geometry: dict[bytes, tuple[int, int]] = {}  # ns -> (block_bytes, block_tokens)
+        self.specs: dict[bytes, NamespaceSpec] = {}
+
+    # -- namespaces -----------------------------------------------------------
+    async def register(self, spec: NamespaceSpec) -> bytes:
+        raw = spec.to_dict()
+        reply = await self.conn.request(Op.REGISTER, args={"spec": raw})
+        ns = reply.result["ns"]
+        if not isinstance(ns, bytes):
+            raise ProtocolError("register reply without a namespace id")
+        self.conn.specs[ns] = raw
+        self.geometry[ns] = (int(reply.result["block_bytes"]), int(reply.result["block_tokens"]))
+        self.specs[ns] = spec
+        return ns
+
+    def _geometry(self, ns: bytes) -> tuple[int, int]:
+        try:
+            return self.geometry[ns]
+        except KeyError:
+            raise NotFound("namespace not registered on this client") from None
+
+    @staticmethod
+    def _args(tokens, extra: bytes) -> dict:
+        args = {"tokens": encode_tokens(tokens)}
+        if extra:
+            args["extra"] = bytes(extra)
+        return args
+
+    # -- blocks ---------------------------------------------------------------
+    async def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
+        reply = await self.conn.request(Op.LOOKUP, ns, self._args(as_tokens(tokens), extra))
+        return int(reply.result["tokens"])
+
+    def _blocks(self, ns: bytes, tokens, payloads: Sequence) -> tuple[np.ndarray, list]:
+        block_bytes, block_tokens = self._geometry(ns)
+        tokens = as_tokens(tokens)
+        views = [byte_view(p) for p in payloads]
+        if len(views) > len(tokens) // block_tokens:
+            raise InvalidArgument(f"{len(views)} blocks for {len(tokens)} tokens")
+        for view in views:
+            if len(view) != block_bytes:
+                raise InvalidArgument(f"a block of this namespace is {block_bytes} bytes, got {len(view)}")
+        return tokens[: len(views) * block_tokens], views
+
+    async def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:
+        tokens, views = self._blocks(ns, tokens, payloads)
+        if not views:
+            return 0
+        reply = await self.conn.request(Op.PUT, ns, self._args(tokens, extra), payloads=views)
+        return int(reply.result["tokens"])
+
+    def _receiver(self, ns: bytes, tokens, alloc: Callable, holder: list):
+        block_bytes, block_tokens = self._geometry(ns)
+        most = len(tokens) // block_tokens
+
+        def receive(reply):
+            count = len(reply.sizes)
+            if count > most or any(size != block_bytes for size in reply.sizes):
+                raise ProtocolError("reply blocks do not match the request")
+            buf = alloc(count * block_bytes)
+            view = byte_view(buf)
+            if len(view) < count * block_bytes:
+                raise InvalidArgument("alloc returned a buffer that is too small")
+            holder.append(buf)
+            return view[: count * block_bytes]  # the blocks back to back
+
+        return receive
+
+    async def get_into(self, ns: bytes, tokens, extra: bytes = b"", alloc: Callable = default_alloc):
+        """Leading cached tokens and a buffer from ``alloc(nbytes)`` holding their blocks."""
+        tokens = as_tokens(tokens)
+        holder: list = []
+        reply = await self.conn.request(
+            Op.GET, ns, self._args(tokens, extra), receive=self._receiver(ns, tokens, alloc, holder)
+        )
+        n = int(reply.result["tokens"])
+        return (n, holder[0]) if n and holder else (0, None)
+
+    async def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
+        reply = await self.conn.request(Op.DELETE, ns, self._args(as_tokens(tokens), extra))
+        return int(reply.result["blocks"])
+
+    async def flush(self) -> None:
+        await self.conn.request(Op.FLUSH)
+
+    async def stats(self) -> dict:
+        return (await self.conn.request(Op.STATS)).result
+
+    async def ping(self) -> None:
+        await self.conn.request(Op.PING)
+
+    async def on_connect(self, hello: dict) -> None:
+        """Called by the connection after each (re)connect."""
+
+    async def close(self) -> None:
+        await self.conn.close()

@@ -20,11 +20,15 @@ slow the other carriers' copies; an engine on shm has no ucxx loaded).
   the baselines send a 4 KiB request and get 8 bytes back (Redis: EXISTS of a
   4 KiB key).
 
-Each figure is the best of ``--repeat`` timed runs after a warm-up. Rows:
-``{"name", "op", "block_bytes", "gbps", "baseline", "ratio", ...}``: a speed
-row is repeated once per baseline it is compared against; ``ratio`` is
-speed / baseline speed (for latency rows: baseline latency / latency, so
-above 1 is better everywhere); ``target`` is the ratio the design asks for.
+Every task runs once per round, ``--repeat`` rounds in shuffled order after a
+warm-up. Rows: ``{"name", "op", "block_bytes", "gbps", "baseline", "ratio",
+...}``: ``gbps`` is the median round (``gbps_best`` the best), ``latency_us``
+the median for lookups; a row is repeated once per baseline it is compared
+against; ``ratio`` is how many times better than the baseline (speed /
+baseline speed; baseline latency / latency): the median of the per-round
+ratios for tasks measured in the same process (paired rounds cancel most
+load swings of a shared machine), else the ratio of the medians. ``target``
+is the ratio the design asks for, ``meets`` whether it holds.
 ``--soak S`` also runs ``benchmarks.transport_soak`` for S seconds per carrier.
 """
 
@@ -82,8 +86,8 @@ class Measure:
         self.dst = np.ones(self.nbytes, dtype=np.uint8)  # prefaulted destination
         self.src = np.concatenate(self.blocks)
         self.tasks: list[tuple[str, str, object]] = []
-        self.speeds: dict[tuple[str, str], float] = {}
-        self.latency: dict[str, float] = {}
+        self.samples: dict[tuple[str, str], list[float]] = {}  # seconds a call, one per round
+        self.phase: dict[str, str] = {}  # name -> the process it was measured in
         self.closers: list = []
 
     def add(self, name: str, op: str, fn) -> None:
@@ -93,7 +97,6 @@ class Measure:
         for _, op, fn in self.tasks:  # warm-up
             for _ in range(2 if op != "lookup" else 20):
                 fn()
-        best: dict[tuple[str, str], float] = {}
         order = list(range(len(self.tasks)))
         rnd = np.random.default_rng(0)
         for r in range(self.repeat):
@@ -104,14 +107,8 @@ class Measure:
                 t0 = time.perf_counter()
                 for _ in range(calls):
                     fn()
-                dt = (time.perf_counter() - t0) / calls
-                best[(name, op)] = min(best.get((name, op), dt), dt)
+                self.samples.setdefault((name, op), []).append((time.perf_counter() - t0) / calls)
             print(f"  round {r + 1}/{self.repeat}", flush=True)
-        for (name, op), seconds in best.items():
-            if op == "lookup":
-                self.latency[name] = seconds * 1e6
-            else:
-                self.speeds[(name, op)] = gbps(self.nbytes, seconds)
 
     def close(self) -> None:
         for closer in reversed(self.closers):
@@ -194,35 +191,42 @@ class Measure:
         return put, prepare
 
     # -- rows -----------------------------------------------------------------------
+    def ratio(self, name: str, baseline: str, op: str) -> float:
+        """How much better ``name`` does than ``baseline`` (>1: better), for speed and latency.
+
+        Measured in the same process, the rounds pair up (each round ran every
+        task once, in a shuffled order): the median of the per-round ratios
+        cancels most of the machine's load swings. Across processes: the
+        ratio of the medians.
+        """
+        a, b = self.samples[(name, op)], self.samples[(baseline, op)]
+        if self.phase.get(name, "main") == self.phase.get(baseline, "main"):
+            return float(np.median([tb / ta for ta, tb in zip(a, b)]))
+        return float(np.median(b) / np.median(a))
+
     def rows(self, carriers: list[str]) -> list[dict]:
         rows = []
-        for (name, op), speed in self.speeds.items():
-            if name not in carriers:
-                rows.append({"name": name, "op": op, "block_bytes": self.block_bytes,
-                             "gbps": round(speed, 3), "baseline": None, "ratio": None})
-        for carrier in carriers:
-            for op in ("get", "put"):
-                if (carrier, op) not in self.speeds:
-                    continue
-                for b in COMPARE[carrier]:
-                    if (b, op) in self.speeds:
-                        ratio = self.speeds[(carrier, op)] / self.speeds[(b, op)]
-                        rows.append(self._row(carrier, op, self.speeds[(carrier, op)], b, ratio))
-        for name, us in self.latency.items():
-            row = {"name": name, "op": "lookup", "block_bytes": 0, "gbps": None,
-                   "latency_us": round(us, 1), "baseline": None, "ratio": None}
+        for (name, op), times in self.samples.items():
+            row = {"name": name, "op": op, "block_bytes": self.block_bytes if op != "lookup" else 0,
+                   "gbps": None, "latency_us": None, "baseline": None, "ratio": None}
+            if op == "lookup":
+                row["latency_us"] = round(float(np.median(times)) * 1e6, 1)
+            else:
+                row["gbps"] = round(gbps(self.nbytes, float(np.median(times))), 3)
+                row["gbps_best"] = round(gbps(self.nbytes, min(times)), 3)
             if name not in carriers:
                 rows.append(row)
                 continue
             for b in COMPARE[name]:
-                if b in self.latency:
-                    rows.append({**row, "baseline": b, "ratio": round(self.latency[b] / us, 3)})
+                if (b, op) in self.samples:
+                    rows.append(self._row(row, b, self.ratio(name, b, op)))
+        order = {n: i for i, n in enumerate(["memcpy", "raw_socket", "raw_ucxx", "redis", *carriers])}
+        rows.sort(key=lambda r: (r["op"] == "lookup", order.get(r["name"], 99), r["op"]))
         return rows
 
-    def _row(self, name, op, speed, baseline, ratio) -> dict:
-        row = {"name": name, "op": op, "block_bytes": self.block_bytes, "gbps": round(speed, 3),
-               "baseline": baseline, "ratio": round(ratio, 3)}
-        target = TARGETS.get((name, op, baseline))
+    def _row(self, row: dict, baseline: str, ratio: float) -> dict:
+        row = {**row, "baseline": baseline, "ratio": round(ratio, 3)}
+        target = TARGETS.get((row["name"], row["op"], baseline))
         if target is not None:
             row["target"] = target
             row["meets"] = bool(ratio >= target)
@@ -242,7 +246,7 @@ def measure(args, carriers: list[str], baselines: list[str]) -> Measure:
     return m
 
 
-def ucx_phase(args) -> tuple[dict, dict]:
+def ucx_phase(args) -> dict:
     """raw ucxx and the ucx carrier, measured in a child process.
 
     ucxx's progress thread competes with the copies of the other carriers
@@ -255,8 +259,7 @@ def ucx_phase(args) -> tuple[dict, dict]:
                "--repeat", str(args.repeat)]
         subprocess.run(cmd, check=True, cwd=ROOT)
         doc = json.loads(Path(out.name).read_text())
-    speeds = {(r["name"], r["op"]): r["gbps"] for r in doc["speeds"]}
-    return speeds, doc["latency"]
+    return {(r["name"], r["op"]): r["seconds"] for r in doc["samples"]}
 
 
 def main(argv=None) -> int:
@@ -272,19 +275,20 @@ def main(argv=None) -> int:
     carriers = args.carriers.split(",")
     if args.phase == "ucx":
         m = measure(args, ["ucx"], ["raw_ucxx"])
-        speeds = [{"name": n, "op": o, "gbps": v} for (n, o), v in m.speeds.items()]
-        Path(args.json).write_text(json.dumps({"speeds": speeds, "latency": m.latency}))
+        samples = [{"name": n, "op": o, "seconds": v} for (n, o), v in m.samples.items()]
+        Path(args.json).write_text(json.dumps({"samples": samples}))
         return 0
     print(f"hiredis: {base.hiredis_in_use()}")
     local = [c for c in carriers if c != "ucx"]
     m = measure(args, local, ["memcpy", "raw_socket", "redis"])
     if "ucx" in carriers:
         print("ucx phase (its own process):", flush=True)
-        speeds, latency = ucx_phase(args)
-        m.speeds.update(speeds)
-        m.latency.update(latency)
+        for key, times in ucx_phase(args).items():
+            m.samples[key] = times
+            m.phase[key[0]] = "ucx"
     rows = m.rows(carriers)
-    cols = ["name", "op", "block_bytes", "gbps", "latency_us", "baseline", "ratio", "target", "meets"]
+    cols = ["name", "op", "block_bytes", "gbps", "gbps_best", "latency_us", "baseline", "ratio",
+            "target", "meets"]
     print_table(rows, cols, title=f"transport: {args.batch} x {args.block_bytes} blocks")
     if args.soak:
         from benchmarks.transport_soak import main as soak_main

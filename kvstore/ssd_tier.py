@@ -73,18 +73,17 @@ calling ``write``/``remove``/``flush`` on this tier.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from kvstore.errors import CapacityError, InvalidArgument, KVStoreError, StorageError
+from kvstore.errors import CapacityError, InvalidArgument, StorageError
 from kvstore.keys import ROOT_KEY
-from kvstore.ssd_compress import check_mode, compress, decompress
+from kvstore.ssd_compress import check_mode
 from kvstore.ssd_fs import SSDFileSystem
-from kvstore.ssd_io import DIRECT_MIN_BYTES, PreparedRecord, RecordIO, record_matches
+from kvstore.ssd_io import DIRECT_MIN_BYTES, PreparedRecord, RecordIO
 from kvstore.ssd_log import SegmentLog
 from kvstore.ssd_manifest import (
     MANIFEST_NAME,
@@ -93,32 +92,27 @@ from kvstore.ssd_manifest import (
     read_manifest,
     write_manifest,
 )
+from kvstore.ssd_reads import SSDReads
 from kvstore.ssd_record import (
     DEFAULT_ALIGN,
-    FLAG_LZ4,
     FLAG_TOMBSTONE,
     SEGMENT_HEADER_SIZE,
     SSDLocation,
     SSDRecordHeader,
-    pack_record_header,
-    payload_offset,
-    record_length,
     tombstone_payload,
 )
 from kvstore.ssd_recovery import parents_first, scan_all
-from kvstore.ssd_segment import Segment
+from kvstore.ssd_writes import SSDWrites
 from kvstore.store_api import TierStats
 
 log = logging.getLogger("kvstore.ssd")
 
-GROUP_BYTES = 8 << 20  # at most this much per pwritev (write_many)
-GROUP_RECORDS = 256  # and this many records (IOV_MAX is 1024, 3 pieces a record)
 
 Key = tuple[bytes, bytes]
 EvictionCallback = Callable[[list[Key]], None]
 
 
-class SSDTier:
+class SSDTier(SSDWrites, SSDReads):
     def __init__(
         self,
         directory,
@@ -213,167 +207,6 @@ class SSDTier:
         self._recovered = True
         return found
 
-    # ----------------------------------------------------------------- write
-
-    def write(self, header: SSDRecordHeader, payload) -> SSDLocation:
-        """Append a record; returns where it is. Raises StorageError, CapacityError."""
-        (result,) = self._append([self._prepare(header, payload)])
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def write_many(self, items) -> list[SSDLocation | Exception]:
-        """Write ``(header, payload)`` pairs; per item its location or its error.
-
-        Compression and checksums run on helper threads, several at a time;
-        records that follow each other in a segment go out together, up to
-        ``GROUP_BYTES`` per ``pwritev`` (fewer, larger I/Os: the device queues
-        the pieces of one large O_DIRECT write in parallel).
-        """
-        items = list(items)
-        if len(items) <= 1 or self.io_threads <= 1:
-            prepared = [_try(self._prepare, h, p) for h, p in items]
-        else:
-            prepared = list(self._io_pool().map(lambda hp: _try(self._prepare, *hp), items))
-        out: list[SSDLocation | Exception] = list(prepared)
-        good = [i for i, r in enumerate(prepared) if isinstance(r, PreparedRecord)]
-        for start in range(0, len(good), GROUP_RECORDS):
-            chunk = good[start : start + GROUP_RECORDS]
-            for i, r in zip(chunk, self._append([prepared[i] for i in chunk])):
-                out[i] = r
-        return out
-
-    def _prepare(self, header: SSDRecordHeader, payload) -> PreparedRecord:
-        """Compress and checksum a block (no lock held)."""
-        mv = memoryview(payload).cast("B")
-        if len(mv) != header.payload_len:
-            raise InvalidArgument(
-                f"payload is {len(mv)} bytes, header says {header.payload_len}")
-        packed, stored = compress(mv, self.compression)
-        return PreparedRecord(
-            flags=FLAG_LZ4 if packed else 0,
-            namespace=header.namespace, key=header.key, parent=header.parent,
-            n_tokens=len(header.tokens), codec_len=len(header.codec.encode()),
-            extra_len=len(header.extra), meta=header.meta_bytes(), stored=stored,
-            raw_len=len(mv),
-        )
-
-    def _append(self, recs: list[PreparedRecord]) -> list[SSDLocation | Exception]:
-        """Append records in order; per record its location or its error."""
-        out: list[SSDLocation | Exception] = []
-        with self._lock:
-            try:
-                self._check_writable()
-                self._ensure_recovered()
-            except KVStoreError as e:
-                self._notify()
-                return [e] * len(recs)
-            group: list = []  # (rec, at, head, record_len, segment): counted, not yet written
-            try:
-                for rec in recs:
-                    record_len = record_length(len(rec.meta), len(rec.stored), self.align)
-                    if group and (self._group_bytes(group) + record_len > GROUP_BYTES
-                                  or not self._log.fits_active(record_len)):
-                        out += self._write_group(group)
-                        group = []
-                    try:
-                        self._check_writable()
-                        seg = self._reserve(record_len)
-                    except KVStoreError as e:
-                        out.append(e)
-                        continue
-                    head_len = payload_offset(len(rec.meta), self.align)
-                    hdr = pack_record_header(
-                        nonce=seg.nonce, flags=rec.flags, seq=self._seq,
-                        namespace=rec.namespace, key=rec.key, parent=rec.parent,
-                        n_tokens=rec.n_tokens, codec_len=rec.codec_len,
-                        extra_len=rec.extra_len, stored_len=len(rec.stored),
-                        raw_len=rec.raw_len, record_len=record_len,
-                        payload_sum=rec.payload_sum, meta_sum=rec.meta_sum,
-                    )
-                    self._seq += 1
-                    head = b"".join((hdr, rec.meta, bytes(head_len - len(hdr) - len(rec.meta))))
-                    group.append((rec, seg.append_at, head, record_len, seg))
-                    self._log.appended(seg, seg.append_at, record_len)
-                if group:
-                    out += self._write_group(group)
-            finally:
-                self._notify()
-        return out
-
-    @staticmethod
-    def _group_bytes(group) -> int:
-        return group[-1][1] + group[-1][3] - group[0][1]
-
-    def _write_group(self, group) -> list[SSDLocation | Exception]:
-        """pwritev records already counted in the active segment; then index them."""
-        seg = group[0][4]
-        at = group[0][1]
-        parts = [(head, rec.stored, record_len) for rec, _, head, record_len, _ in group]
-        direct = self._direct_min is not None and all(
-            len(rec.stored) >= self._direct_min for rec, *_ in group)
-        try:
-            try:
-                self._io.write(seg, at, parts, direct)
-            except OSError as e:
-                if not (direct and e.errno == errno.EINVAL):
-                    raise
-                log.warning("ssd: O_DIRECT write refused (%s); writing buffered from now on", e)
-                self._direct_min = None
-                self._io.write(seg, at, parts, False)
-        except OSError as e:
-            self._log.cut_back(seg, at, self._group_bytes(group))
-            self._degrade(f"write: {e}")
-            err = StorageError(f"ssd: write failed: {e}")
-            err.__cause__ = e
-            return [err] * len(group)
-        out = []
-        with self._meta:
-            for rec, rec_at, head, record_len, _ in group:
-                loc = SSDLocation(seg.id, rec_at, record_len, len(head), len(rec.stored),
-                                  rec.raw_len, rec.flags)
-                out.append(loc)
-                if rec.flags & FLAG_TOMBSTONE:
-                    continue
-                k = (rec.namespace, rec.key)
-                old = self._index.get(k)
-                if old is not None and old.segment in self._log.segments:
-                    self._log.segments[old.segment].live.discard(k)
-                self._index[k] = loc
-                seg.live.add(k)
-                self._bytes_in += rec.raw_len
-        return out
-
-    def _reserve(self, nbytes: int) -> Segment:
-        try:
-            return self._log.reserve(nbytes)
-        except CapacityError:
-            raise
-        except OSError as e:
-            self._degrade(f"making room: {e}")
-            raise StorageError(f"ssd: cannot make room: {e}") from e
-
-    def _on_free(self, seg: Segment) -> None:
-        """A segment is being freed: its live records leave the index."""
-        with self._meta:
-            keys = [k for k in seg.live
-                    if k in self._index and self._index[k].segment == seg.id]
-            for k in keys:
-                del self._index[k]
-            seg.live = set()
-            self._evictions += len(keys)
-        self._freed.extend(keys)
-
-    def _notify(self) -> None:
-        keys, self._freed = self._freed, []
-        cb = self._callback
-        if not keys or cb is None:
-            return
-        try:
-            cb(keys)
-        except Exception:  # a failing callback must not fail the write
-            log.exception("ssd: eviction callback failed")
-
     # ---------------------------------------------------------------- remove
 
     def remove(self, namespace: bytes, key: bytes) -> None:
@@ -411,107 +244,6 @@ class SSDTier:
             if isinstance(result, Exception):
                 raise result
             return len(present)
-
-    # ------------------------------------------------------------------ read
-
-    def _acquire(self, loc: SSDLocation) -> Segment:
-        if self._closed:
-            raise StorageError("ssd: tier is closed")
-        return self._log.acquire(loc.segment)
-
-    def _release(self, seg: Segment) -> None:
-        self._log.release(seg)
-
-    def _check_record(self, seg: Segment, loc: SSDLocation, head, payload) -> None:
-        if not record_matches(seg, loc, head, payload):
-            with self._meta:
-                self._errors += 1
-            log.error("ssd: corrupt record at segment %d offset %d", loc.segment, loc.offset)
-            raise StorageError(
-                f"ssd: corrupt record at segment {loc.segment} offset {loc.offset}")
-
-    def read(self, loc: SSDLocation) -> bytes:
-        """The payload of the record at ``loc`` (checksums verified)."""
-        seg = self._acquire(loc)
-        try:
-            head, stored = self._io.read_head_and_payload(
-                seg, loc.offset, loc.payload_offset, loc.stored_len)
-            self._check_record(seg, loc, head, stored)
-            data = decompress(stored, loc.payload_len) if loc.compressed else stored
-        except StorageError:
-            raise
-        except OSError as e:
-            self._read_failed(loc, e)
-        finally:
-            self._release(seg)
-        if len(data) != loc.payload_len:
-            raise StorageError("ssd: payload length mismatch after decompression")
-        with self._meta:
-            self._bytes_out += len(data)
-        return data
-
-    def read_into(self, loc: SSDLocation, out) -> None:
-        """Read the payload at ``loc`` into ``out`` (writable, >= payload_len bytes).
-
-        Zero-copy (O_DIRECT into ``out``) for large uncompressed payloads when
-        ``out`` is 512-byte aligned, as a CPU arena slot is. On StorageError
-        the contents of ``out`` are undefined.
-        """
-        dst = memoryview(out).cast("B")
-        if dst.readonly or len(dst) < loc.payload_len:
-            raise InvalidArgument("out must be writable and hold payload_len bytes")
-        dst = dst[: loc.payload_len]
-        if loc.compressed:
-            dst[:] = self.read(loc)
-            return
-        direct = self._direct_min is not None and loc.stored_len >= self._direct_min
-        seg = self._acquire(loc)
-        try:
-            try:
-                head = self._io.read_into(seg, loc.offset, loc.payload_offset, dst, direct)
-            except OSError as e:
-                if not (direct and e.errno == errno.EINVAL) or isinstance(e, StorageError):
-                    raise
-                head = self._io.read_into(seg, loc.offset, loc.payload_offset, dst, False)
-            self._check_record(seg, loc, head, dst)
-        except StorageError:
-            raise
-        except OSError as e:
-            self._read_failed(loc, e)
-        finally:
-            self._release(seg)
-        with self._meta:
-            self._bytes_out += loc.payload_len
-
-    def read_many_into(self, locs: list[SSDLocation], outs: list) -> list[Exception | None]:
-        """Read several payloads, ``io_threads`` at a time; per location: None or its error.
-
-        Several reads in flight keep the device busy while earlier payloads are
-        checksummed (a prefix of many blocks is promoted this way).
-        """
-        if len(locs) != len(outs):
-            raise InvalidArgument("locs and outs differ in length")
-
-        def one(i):
-            try:
-                self.read_into(locs[i], outs[i])
-                return None
-            except (KVStoreError, OSError) as e:
-                return e
-
-        if len(locs) <= 1 or self.io_threads <= 1:
-            return [one(i) for i in range(len(locs))]
-        return list(self._io_pool().map(one, range(len(locs))))
-
-    def _io_pool(self) -> ThreadPoolExecutor:
-        with self._meta:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="ssd-io")
-            return self._pool
-
-    def _read_failed(self, loc: SSDLocation, err: OSError) -> None:
-        self._degrade(f"read: {err}")
-        raise StorageError(f"ssd: read of segment {loc.segment} failed: {err}") from err
 
     # ----------------------------------------------------------------- flush
 
@@ -656,11 +388,3 @@ class SSDTier:
         return (f"SSDTier({self.directory!r}, used={self.used_bytes}, "
                 f"cap={self.capacity_bytes}, segments={len(self._log.segments)}, "
                 f"blocks={len(self._index)})")
-
-
-def _try(fn, *args):
-    try:
-        return fn(*args)
-    except (KVStoreError, OSError) as e:
-        return e
-

@@ -110,9 +110,3 @@ class CompositeTreeView:
     def num_children(self, pk: bytes) -> int:
         fp, key = split_policy_key(pk)
         return self._ns[fp].tree.num_children(key)
-
-    def parent(self, pk: bytes) -> bytes | None:
-        """Policy key of the block before ``pk`` (lets policies re-offer a parked parent)."""
-        fp, key = split_policy_key(pk)
-        parent = self._ns[fp].tree.parent(key)
-        return None if parent is None else fp + parent

@@ -64,7 +64,7 @@ def test_demote_flush_restart_and_promote(tmp_path):
         assert s2.namespaces() == [SPEC]
         for t in ps:
             assert s2.get(ns, t) == (16, payloads_for(ns, SPEC, t))
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while s2.tier_stats("cpu").promotions == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert s2.tier_stats("cpu").promotions > 0

@@ -52,10 +52,13 @@ class HFEngine:
         self.prefill = PrefillModel()
 
     @torch.no_grad()
-    def first_token(self, tokens: list[int], store: bool = True) -> FirstToken:
+    def first_token(self, tokens: list[int], store: bool = True, load: bool = True) -> FirstToken:
+        """Prefill ``tokens`` and pick the first token; ``load=False`` forces a recompute."""
         t0 = time.perf_counter()
-        cached = min(self.ns.lookup(tokens), ((len(tokens) - 1) // self.layout.block_tokens)
-                     * self.layout.block_tokens)
+        cached = 0
+        if load:
+            cached = min(self.ns.lookup(tokens), ((len(tokens) - 1) // self.layout.block_tokens)
+                         * self.layout.block_tokens)
         want = cached
         if self.adaptive and cached:
             want = plan_retrieval(cached, self.layout.block_tokens,

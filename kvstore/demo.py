@@ -63,7 +63,7 @@ def run_carrier(url: str, model, model_id: str, prefix: list[int], suffixes, cod
         a = engine.first_token(prefix + suffixes[0])  # miss: computes and stores
         prompt_b = prefix + suffixes[1]
         b = engine.first_token(prompt_b, store=False)  # hit: loads the shared prefix
-        ref = _recompute(engine, prompt_b)
+        ref = engine.first_token(prompt_b, store=False, load=False)  # B recomputed
     return {
         "carrier": url.split("://")[0],
         "codec": codec,
@@ -76,16 +76,6 @@ def run_carrier(url: str, model, model_id: str, prefix: list[int], suffixes, cod
         "max_logprob_diff": float((b.logprobs - ref.logprobs).abs().max()),
         "same_first_token": b.token_id == ref.token_id,
     }
-
-
-def _recompute(engine, tokens):
-    """B without the store: what TTFT is on a miss, and the reference logprobs."""
-    saved = engine.ns.lookup
-    engine.ns.lookup = lambda *_a, **_k: 0
-    try:
-        return engine.first_token(tokens, store=False)
-    finally:
-        engine.ns.lookup = saved
 
 
 def print_stats(address: str) -> None:

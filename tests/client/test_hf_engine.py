@@ -42,3 +42,15 @@ def test_adaptive_engine_skips_load_when_carrier_is_slow(model):
         engine.bandwidth.bytes_per_s = 1.0  # a carrier that would take ages
         out = engine.first_token(tokens + [8])
         assert out.tokens_cached == 192 and out.tokens_reused == 0
+
+
+def test_load_false_recomputes_even_when_cached(model):
+    with KVClient.connect("embedded", cpu_bytes=64 << 20, ssd_bytes=0) as client:
+        ns = client.namespace(layout_for_model(model.config, "tiny", 32, torch.float32))
+        engine = HFEngine(model, ns, "tiny", block_tokens=32, adaptive=False)
+        tokens = torch.randint(0, 300, (100,)).tolist()
+        engine.first_token(tokens)
+        hit = engine.first_token(tokens, store=False)
+        miss = engine.first_token(tokens, store=False, load=False)
+        assert hit.tokens_reused == 96 and miss.tokens_reused == 0 and miss.tokens_cached == 0
+        assert torch.allclose(hit.logprobs, miss.logprobs, atol=1e-5)

@@ -5,6 +5,8 @@
     ns.put(tokens, kv); n, kv = ns.get(tokens)
     c.flush(); c.close()                  # or: with KVClient.connect(...) as c: ...
 
+``etcd://HOST:PORT/NAME`` joins the daemons of cluster NAME as one store
+(``kvstore.client.cluster_backend``: each prefix goes to the node that owns it).
 ``embedded`` builds a ``TieredStore`` in this process from ``StoreConfig``
 keywords. Other URLs (``tcp://``, ``shm://``, ``ucx://``) are resolved by
 carriers: ``register_carrier(scheme, factory)`` where ``factory(url,
@@ -36,6 +38,16 @@ def _embedded(url: str, **kwargs):
 
 
 register_carrier("embedded", _embedded)
+
+
+def _cluster(url: str, **kwargs):
+    from kvstore.client.cluster_backend import ClusterBackend
+
+    return ClusterBackend(url, **kwargs)
+
+
+_cluster.accepts_strict = True
+register_carrier("etcd", _cluster)
 
 
 class KVClient:

@@ -35,6 +35,18 @@ def add_serve(sub) -> None:
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--drain-timeout", type=float, metavar="SECONDS",
                    help="how long SIGTERM waits for in-flight requests")
+    c = p.add_argument_group("cluster", "join other daemons through etcd (docs/cluster.md)")
+    c.add_argument("--etcd", metavar="URL", help="etcd client endpoint http://HOST:PORT")
+    c.add_argument("--cluster", metavar="NAME", help="cluster name (default: default)")
+    c.add_argument("--advertise", metavar="URL", action="append",
+                   help="URL peers and clients reach this node on (repeatable; "
+                   "default: the listeners)")
+    c.add_argument("--node-id", metavar="ID", help="this node's id (default: kept in the SSD dir)")
+    c.add_argument("--cluster-ttl", type=int, metavar="SECONDS",
+                   help="membership lease TTL: a dead node leaves within it (default 5)")
+    c.add_argument("--replicas", type=int, metavar="N", help="nodes serving a hot prefix")
+    c.add_argument("--hot-threshold", type=int, metavar="HITS",
+                   help="read hits in a minute that make a prefix hot (default 16)")
 
 
 def run_serve(args) -> int:
@@ -48,6 +60,9 @@ def run_serve(args) -> int:
         "cpu_bytes": args.cpu_bytes, "ssd_dir": args.ssd_dir, "ssd_bytes": args.ssd_bytes,
         "auth_token_file": args.auth_token_file, "log_level": args.log_level,
         "log_format": args.log_format, "drain_timeout": args.drain_timeout,
+        "etcd": args.etcd, "cluster": args.cluster, "advertise": args.advertise,
+        "node_id": args.node_id, "cluster_ttl": args.cluster_ttl, "replicas": args.replicas,
+        "hot_threshold": args.hot_threshold,
     }
     try:
         config = load_config(flags, args.config)

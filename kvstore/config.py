@@ -17,6 +17,9 @@ exists. Example::
     log_level = "info"
     drain_timeout = 30
     prefault = true               # allocate the arena's pages at start
+    etcd = "http://127.0.0.1:2379"  # join a cluster (off when unset)
+    cluster = "prod"
+    advertise = ["tcp://10.0.0.5:7801"]
 
     [limits]                      # transport.limits.Limits
     max_connections = 1024
@@ -30,7 +33,10 @@ Environment: ``KVSTORE_LISTEN`` (comma-separated URLs), ``KVSTORE_ADMIN``,
 ``KVSTORE_CPU_BYTES``, ``KVSTORE_SSD_DIR``, ``KVSTORE_SSD_BYTES``,
 ``KVSTORE_AUTH_TOKEN_FILE``, ``KVSTORE_LOG_LEVEL``, ``KVSTORE_LOG_FORMAT``,
 ``KVSTORE_DRAIN_TIMEOUT``, ``KVSTORE_ARENA_DIR``, ``KVSTORE_PREFAULT``, and each
-limit as ``KVSTORE_MAX_...`` (``KVSTORE_MAX_CONNECTIONS``).
+limit as ``KVSTORE_MAX_...`` (``KVSTORE_MAX_CONNECTIONS``). Cluster:
+``KVSTORE_ETCD``, ``KVSTORE_CLUSTER``, ``KVSTORE_ADVERTISE`` (comma-separated),
+``KVSTORE_NODE_ID``, ``KVSTORE_CLUSTER_TTL``, ``KVSTORE_REPLICAS``,
+``KVSTORE_HOT_THRESHOLD``, ``KVSTORE_PEER_FANOUT``.
 
 Defaults (``kvstore serve`` with nothing else): listeners on loopback only
 (the shm socket in ``$XDG_RUNTIME_DIR/kvstore`` or ``/tmp/kvstore-UID``, tcp
@@ -67,6 +73,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SCALARS = (
     "admin", "admin_token_file", "pin_budget", "metrics", "cpu_bytes", "ssd_dir", "ssd_bytes",
     "auth_token_file", "log_level", "log_format", "drain_timeout", "arena_dir", "prefault",
+    "etcd", "cluster", "node_id", "cluster_ttl", "replicas", "hot_threshold", "peer_fanout",
 )
 
 
@@ -131,6 +138,15 @@ class DaemonConfig:
     drain_timeout: float = 30.0
     limits: Limits = field(default_factory=Limits)
     store: dict = field(default_factory=dict)  # extra StoreConfig settings
+    # cluster (kvstore/cluster_node.py): off unless ``etcd`` names an endpoint
+    etcd: str = ""  # http://HOST:PORT of etcd's client listener
+    cluster: str = "default"
+    advertise: list[str] = field(default_factory=list)  # URLs peers/clients use; [] = listeners
+    node_id: str = ""  # "": kept in <ssd_dir>/node-id (so a restart rejoins as itself)
+    cluster_ttl: int = 5  # lease TTL (s): a dead node leaves the membership within it
+    replicas: int = 2  # nodes that serve a hot prefix
+    hot_threshold: int = 16  # read hits within a minute that make a prefix hot
+    peer_fanout: int = 2  # owners asked for a prefix this node lacks
     source: dict = field(default_factory=dict)  # setting -> where it came from
 
     def __post_init__(self) -> None:
@@ -162,6 +178,29 @@ class DaemonConfig:
             self.prefault = self.prefault.strip().lower() in ("1", "true", "yes", "on")
         if isinstance(self.limits, dict):
             self.limits = Limits.from_dict(self.limits)
+        self._check_cluster()
+
+    def _check_cluster(self) -> None:
+        from kvstore.cluster_types import check_name, parse_endpoint
+
+        if isinstance(self.advertise, str):
+            self.advertise = [u.strip() for u in self.advertise.split(",") if u.strip()]
+        for url in self.advertise:
+            parse_url(url)
+        for name in ("cluster_ttl", "replicas", "hot_threshold", "peer_fanout"):
+            try:
+                setattr(self, name, int(getattr(self, name)))
+            except (TypeError, ValueError):
+                raise InvalidArgument(f"{name} must be an integer") from None
+        if self.cluster_ttl < 2:
+            raise InvalidArgument("cluster_ttl must be at least 2 seconds")
+        if self.replicas < 1 or self.hot_threshold < 1 or self.peer_fanout < 1:
+            raise InvalidArgument("replicas, hot_threshold and peer_fanout must be at least 1")
+        if self.etcd:
+            parse_endpoint(self.etcd)
+            check_name("cluster", self.cluster)
+        if self.node_id:
+            check_name("node", self.node_id)
 
     @property
     def ssd_enabled(self) -> bool:
@@ -211,6 +250,8 @@ def env_layer(environ=os.environ) -> dict:
     data: dict = {}
     if environ.get("KVSTORE_LISTEN"):
         data["listen"] = [u.strip() for u in environ["KVSTORE_LISTEN"].split(",") if u.strip()]
+    if environ.get("KVSTORE_ADVERTISE"):
+        data["advertise"] = environ["KVSTORE_ADVERTISE"]
     for name in _SCALARS:
         value = environ.get(f"KVSTORE_{name.upper()}")
         if value is not None:

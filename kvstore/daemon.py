@@ -49,7 +49,7 @@ from kvstore.transport.server import Server
 
 log = logging.getLogger("kvstore.daemon")
 SERVICE_FACTORIES: list[Callable] = []
-SERVICE_MODULES = ("kvstore.admin", "kvstore.metrics")
+SERVICE_MODULES = ("kvstore.admin", "kvstore.metrics", "kvstore.cluster_service")
 
 
 class JsonFormatter(logging.Formatter):

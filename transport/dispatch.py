@@ -16,6 +16,10 @@ and a ``Session``. The loop is the same everywhere:
 A session's leases are released when its connection ends, however it ends
 (a client killed mid-request leaves nothing pinned).
 
+``Dispatcher.cluster`` (None, or a ``kvstore.cluster_node.ClusterNode``) is
+awaited around the data ops: a read of a prefix this node lacks fetches it
+from a peer first, a write of a prefix another node owns is forwarded to it.
+
 ``Dispatcher.observer`` (None, or e.g. ``kvstore.metrics_transport.RequestMetrics``)
 is told of every request once it is answered, ``observer.request(carrier, req,
 outcome, seconds)``, and of every refused frame or connection,
@@ -62,6 +66,7 @@ class Session:
     client: str = ""
     namespaces: dict = dataclasses.field(default_factory=dict)  # ns id -> NamespaceSpec
     leases: dict = dataclasses.field(default_factory=dict)  # lease id -> Lease
+    written: dict = dataclasses.field(default_factory=dict)  # write lease id -> what it wrote
 
 
 class Payload:
@@ -130,6 +135,7 @@ class Dispatcher(OpsMixin):
         self.requests = 0
         self.errors = 0
         self.observer = None  # see the module docstring
+        self.cluster = None  # a kvstore.cluster_node.ClusterNode when the daemon is clustered
         self._ops = {
             Op.HELLO: self._hello,
             Op.REGISTER: self._register,
@@ -259,6 +265,7 @@ class Dispatcher(OpsMixin):
         if session.leases:
             log.debug("released %d leases of %s", len(session.leases), session.peer)
         session.leases.clear()
+        session.written.clear()
 
     async def wait_idle(self) -> None:
         await self._idle.wait()

@@ -58,6 +58,15 @@ class OpsMixin:
             fut.add_done_callback(self._release_orphan)
             raise
 
+    async def _cluster_read(self, session, spec, ns: bytes, tokens, extra: bytes):
+        """A read lease, after the cluster (if any) fetched what a peer has and we lack."""
+        if self.cluster is None:
+            return await self._lease_read(ns, tokens, extra)
+        await self.cluster.fill(session, spec, ns, tokens, extra)
+        lease = await self._lease_read(ns, tokens, extra)
+        self.cluster.record_hit(session, spec, ns, tokens, extra, lease.num_tokens)
+        return lease
+
     def _release_orphan(self, fut) -> None:
         if not fut.cancelled() and fut.exception() is None:
             try:
@@ -126,6 +135,8 @@ class OpsMixin:
     async def _lookup(self, session, req, payload, spec) -> Outcome:
         tokens, extra = self._tokens(req)
         n = self.store.lookup(req.ns, tokens, extra)
+        if self.cluster is not None:
+            n = await self.cluster.lookup(session, spec, req.ns, tokens, extra, n)
         return Outcome(Reply(req.id, result={"tokens": int(n)}))
 
     async def _put(self, session, req, payload, spec) -> Outcome:
@@ -156,6 +167,8 @@ class OpsMixin:
         finally:
             if not committed:
                 self.store.release(lease.lease_id)
+        if self.cluster is not None:
+            await self.cluster.after_put(session, spec, req.ns, tokens, extra)
         return Outcome(Reply(req.id, result={"tokens": int(n)}))
 
     async def _get(self, session, req, payload, spec) -> Outcome:
@@ -163,7 +176,7 @@ class OpsMixin:
         max_blocks = req.args.get("max_blocks")
         if max_blocks is not None:
             tokens = tokens[: m.arg_uint(req.args, "max_blocks") * spec.block_tokens]
-        lease = await self._lease_read(req.ns, tokens, extra)
+        lease = await self._cluster_read(session, spec, req.ns, tokens, extra)
         try:
             views = [self.store.read_slot(slot) for slot in lease.slots]
         except BaseException:
@@ -182,9 +195,11 @@ class OpsMixin:
         tokens, extra = self._tokens(req)
         mode = m.arg_str(req.args, "mode", "read")
         if mode == "read":
-            lease = await self._lease_read(req.ns, tokens, extra)
+            lease = await self._cluster_read(session, spec, req.ns, tokens, extra)
         elif mode == "write":
             lease = self.store.lease_write(req.ns, tokens, extra)
+            if self.cluster is not None:
+                session.written[lease.lease_id] = (spec, req.ns, tokens, extra)
         else:
             raise InvalidArgument("lease mode must be 'read' or 'write'")
         session.leases[lease.lease_id] = lease
@@ -210,10 +225,14 @@ class OpsMixin:
             self.store.release(lease.lease_id)
             raise InvalidArgument("only a write lease can be committed (released instead)")
         n = self.store.commit_lease(lease.lease_id)
+        written = session.written.pop(lease.lease_id, None)
+        if self.cluster is not None and written is not None:
+            await self.cluster.after_put(session, *written)
         return Outcome(Reply(req.id, result={"tokens": int(n)}))
 
     async def _release(self, session, req, payload, spec) -> Outcome:
         lease = self._own_lease(session, req)
+        session.written.pop(lease.lease_id, None)
         self.store.release(lease.lease_id)
         if req.args.get("noreply"):
             return Outcome(None)

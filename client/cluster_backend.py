@@ -1,0 +1,194 @@
+"""ClusterBackend: ``KVClient.connect("etcd://HOST:PORT/NAME")``, many daemons as one store.
+
+The client watches the cluster's membership in etcd (``MembershipView``) and
+sends each request straight to the node that owns its prefix
+(``kvstore.cluster_routing.Router``: rendezvous hashing of the prefix's first
+block key; hot prefixes spread over their replicas): one hop per lookup.
+
+Failures: a node that cannot be reached is skipped for ``suspect_seconds``
+and the request goes to the next candidate (a hot prefix's other replica
+hits; another node misses, and the engine recomputes); it never raises
+unless ``strict``. etcd unreachable at connect: ``strict`` raises; otherwise
+the client starts empty (every lookup misses) and fills in when etcd
+answers. etcd lost later: the last known membership is used.
+
+The methods are the ``BlockStore`` ones the ``Namespace`` API needs
+(``register``, ``lookup``, ``put``, ``get``, ``delete``, ``flush``, ``stats``,
+``close``); payloads are copied (no zero-copy across nodes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+
+from kvstore.cluster_routing import Route, Router
+from kvstore.cluster_types import EtcdURL, NodeInfo
+from kvstore.errors import Unavailable
+from kvstore.etcd_client import EtcdSession
+from kvstore.membership import MembershipView
+from kvstore.namespace import NamespaceSpec
+from kvstore.tokens import as_tokens
+from kvstore.transport.remote import OFFLINE as OFFLINE_ERRORS
+from kvstore.transport.remote import RemoteStore
+
+log = logging.getLogger("kvstore.client.cluster")
+
+
+class ClusterBackend:
+    zero_copy = False
+
+    def __init__(self, url: str, *, strict: bool = False, token: str | None = None,
+                 tenant: str = "", timeout: float = 30.0, connect_wait: float = 5.0,
+                 suspect_seconds: float = 1.0, route_blocks: int = 1,
+                 schemes: tuple[str, ...] = ("tcp", "ucx"), resync_interval: float = 1.0):
+        self.url = EtcdURL.parse(url)
+        self.strict = strict
+        self.token = token if token is not None else os.environ.get("KVSTORE_AUTH_TOKEN")
+        self.tenant = tenant
+        self.timeout = timeout
+        self.schemes = schemes
+        self.suspect_seconds = suspect_seconds
+        self.router = Router(route_blocks)
+        self.session = EtcdSession(self.url.endpoint)
+        self.view = MembershipView(self.session, self.url.cluster, resync_interval)
+        self.view.start(wait=connect_wait)
+        if not self.view.etcd_ok:
+            if strict:
+                self.view.close()
+                raise Unavailable(f"etcd at {self.url.endpoint} unreachable")
+            log.warning("etcd at %s unreachable: every lookup misses until it answers",
+                        self.url.endpoint)
+        self._specs: dict[bytes, NamespaceSpec] = {}
+        self._stores: dict[str, RemoteStore] = {}
+        self._suspect: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.requests_by_node: dict[str, int] = {}
+
+    # -- nodes ----------------------------------------------------------------------
+    def nodes(self) -> dict[str, NodeInfo]:
+        return dict(self.view.snapshot().nodes)
+
+    def _store(self, node: NodeInfo) -> RemoteStore | None:
+        url = node.url_for(self.schemes)
+        if url is None:
+            return None
+        key = f"{node.node_id} {url}"
+        with self._lock:
+            rs = self._stores.get(key)
+            if rs is None:
+                rs = self._stores[key] = RemoteStore(
+                    url, token=self.token, tenant=self.tenant, strict=True,
+                    timeout=self.timeout, connect_timeout=2.0, retry_interval=0.5,
+                )
+                for spec in self._specs.values():
+                    rs.register(spec)
+        return rs
+
+    def route(self, ns: bytes, tokens) -> Route:
+        spec = self._specs[ns]
+        return self.router.route(self.view.snapshot(), ns, tokens, spec.block_tokens)
+
+    def _attempt(self, ns: bytes, tokens, extra: bytes, call, default, attempts: int):
+        """Run ``call(store)`` on the route's candidates in turn, skipping suspects."""
+        spec = self._specs[ns]
+        route = self.router.route(self.view.snapshot(), ns, tokens, spec.block_tokens, extra)
+        now = time.monotonic()
+        tried = 0
+        last: BaseException | None = None
+        for node in route.candidates:
+            if tried >= attempts:
+                break
+            if self._suspect.get(node.node_id, 0.0) > now:
+                continue
+            rs = self._store(node)
+            if rs is None:
+                continue
+            tried += 1
+            try:
+                result = call(rs)
+            except OFFLINE_ERRORS as exc:
+                self._suspect[node.node_id] = time.monotonic() + self.suspect_seconds
+                log.info("node %s unreachable (%s); trying the next", node.node_id, exc)
+                last = exc
+                continue
+            self.requests_by_node[node.node_id] = self.requests_by_node.get(node.node_id, 0) + 1
+            return result
+        if self.strict:
+            raise Unavailable(f"no node of cluster {self.url.cluster} answered"
+                              + (f" ({last})" if last else ""))
+        return default
+
+    # -- the BlockStore surface ---------------------------------------------------------
+    def register(self, spec: NamespaceSpec) -> bytes:
+        spec = dataclasses.replace(spec, tenant=self.tenant)
+        ns = spec.fingerprint
+        self._specs[ns] = spec
+        with self._lock:
+            stores = list(self._stores.values())
+        for rs in stores:
+            rs.register(spec)
+        return ns
+
+    def namespaces(self) -> list[NamespaceSpec]:
+        return list(self._specs.values())
+
+    def _attempts(self, ns: bytes, tokens) -> int:
+        return max(2, self.route(ns, tokens).replicas + 1)
+
+    def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
+        toks = as_tokens(tokens)
+        return self._attempt(ns, toks, extra, lambda rs: rs.lookup(ns, toks, extra), 0,
+                             self._attempts(ns, toks))
+
+    def get(self, ns: bytes, tokens, extra: bytes = b""):
+        toks = as_tokens(tokens)
+        return self._attempt(ns, toks, extra, lambda rs: rs.get(ns, toks, extra), (0, []),
+                             self._attempts(ns, toks))
+
+    def put(self, ns: bytes, tokens, payloads, extra: bytes = b"") -> int:
+        toks = as_tokens(tokens)
+        blocks = [payloads[i] for i in range(len(payloads))]  # lazily encoded: once only
+        return self._attempt(ns, toks, extra, lambda rs: rs.put(ns, toks, blocks, extra), 0, 2)
+
+    def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
+        toks = as_tokens(tokens)
+        return self._attempt(ns, toks, extra, lambda rs: rs.delete(ns, toks, extra), 0, 1)
+
+    def flush(self) -> None:
+        for node in self.nodes().values():
+            rs = self._store(node)
+            if rs is None:
+                continue
+            try:
+                rs.flush()
+            except OFFLINE_ERRORS as exc:
+                if self.strict:
+                    raise
+                log.info("flush at %s failed: %s", node.node_id, exc)
+
+    def stats(self) -> dict:
+        """Per-node stats (``{"nodes": {id: stats}}``); unreachable nodes are left out."""
+        out = {}
+        for node_id, node in self.nodes().items():
+            rs = self._store(node)
+            if rs is None:
+                continue
+            try:
+                out[node_id] = rs.stats()
+            except OFFLINE_ERRORS:
+                continue
+        return {"cluster": self.url.cluster, "nodes": out}
+
+    def close(self) -> None:
+        self.view.close()
+        with self._lock:
+            stores, self._stores = list(self._stores.values()), {}
+        for rs in stores:
+            try:
+                rs.close()
+            except Exception:  # pragma: no cover - closing anyway
+                pass

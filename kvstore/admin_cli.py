@@ -63,6 +63,8 @@ def add_admin(sub) -> None:
     mode.add_argument("--resume", action="store_true", help="accept writes again")
     mode.add_argument("--shutdown", action="store_true", help="then stop the daemon gracefully")
     verbs.add_parser("config", parents=[common], help="the daemon's effective settings")
+    verbs.add_parser("cluster", parents=[common],
+                     help="cluster members (leases, usage) and hot prefixes, as this node sees them")
 
 
 def parse_tokens(text: str) -> list[int]:
@@ -133,6 +135,9 @@ def execute(admin, args) -> tuple[dict, str]:
     if verb == "drain":
         doc = admin.call("Drain", resume=args.resume, shutdown=args.shutdown)
         return doc, fmt.drain(doc)
+    if verb == "cluster":
+        doc = admin.call("GetCluster")
+        return doc, fmt.cluster(doc)
     doc = admin.call("GetConfig")
     doc["config"] = json.loads(doc.pop("config_json"))
     return doc, fmt.config({**doc, "config_json": json.dumps(doc["config"])})

@@ -25,6 +25,7 @@ REQUESTS = {
     "SetEvictionPolicy": pb.SetEvictionPolicyRequest,
     "Drain": pb.DrainRequest,
     "GetConfig": pb.GetConfigRequest,
+    "GetCluster": pb.GetClusterRequest,
 }
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 

@@ -112,3 +112,28 @@ def config(doc: dict) -> str:
     head = (f"kvstore {doc['version']}  carriers: {' '.join(doc['urls'])}  admin: {doc['admin']}"
             f"  metrics: {doc['metrics'] or '-'}")
     return head + "\n" + table(["setting", "value", "from"], rows)
+
+
+def cluster(doc: dict) -> str:
+    if not doc.get("enabled"):
+        return "not clustered (start the daemon with --etcd URL --cluster NAME)"
+    etcd = "ok" if doc.get("etcd_ok") else "UNREACHABLE (last known membership)"
+    head = (f"cluster {doc['cluster']} at {doc['etcd']} (etcd {etcd}); this node: "
+            f"{doc['node_id']}{'' if doc.get('registered') else ' (not registered)'}")
+    rows = []
+    for n in doc.get("nodes", []):
+        rows.append([("* " if n.get("self") else "  ") + n["node_id"], " ".join(n.get("urls", [])),
+                     n.get("lease_id", ""), f"{n.get('lease_ttl', 0)}s",
+                     f"{_size(int(n.get('used_bytes', 0)))} / {_size(int(n.get('capacity_bytes', 0)))}",
+                     n.get("blocks", 0), n.get("requests", 0)])
+    out = [head, table(["node", "urls", "lease", "ttl", "used / capacity", "blocks", "requests"],
+                       rows)]
+    hot = doc.get("hot", [])
+    if hot:
+        out.append(table(["hot prefix", "replicas", "blocks", "hits", "marked by"],
+                         [[h["route_key"][:16], h["replicas"], h["prefix_blocks"], h["hits"],
+                           h["marked_by"]] for h in hot]))
+    counters = doc.get("counters", {})
+    if counters:
+        out.append("  ".join(f"{k} {v}" for k, v in sorted(counters.items())))
+    return "\n".join(out)

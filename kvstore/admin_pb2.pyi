@@ -280,3 +280,78 @@ class GetConfigResponse(_message.Message):
     version: str
     policies: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, config_json: _Optional[str] = ..., source: _Optional[_Mapping[str, str]] = ..., urls: _Optional[_Iterable[str]] = ..., admin: _Optional[str] = ..., metrics: _Optional[str] = ..., version: _Optional[str] = ..., policies: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetClusterRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ClusterNode(_message.Message):
+    __slots__ = ("node_id", "urls", "admin", "capacity_bytes", "used_bytes", "blocks", "requests", "started_at", "updated_at", "lease_id", "lease_ttl", "self")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    URLS_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_FIELD_NUMBER: _ClassVar[int]
+    SELF_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    urls: _containers.RepeatedScalarFieldContainer[str]
+    admin: str
+    capacity_bytes: int
+    used_bytes: int
+    blocks: int
+    requests: int
+    started_at: float
+    updated_at: float
+    lease_id: str
+    lease_ttl: int
+    self: bool
+    def __init__(self_, node_id: _Optional[str] = ..., urls: _Optional[_Iterable[str]] = ..., admin: _Optional[str] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., blocks: _Optional[int] = ..., requests: _Optional[int] = ..., started_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., lease_id: _Optional[str] = ..., lease_ttl: _Optional[int] = ..., self: _Optional[bool] = ...) -> None: ...
+
+class HotPrefix(_message.Message):
+    __slots__ = ("route_key", "replicas", "prefix_blocks", "hits", "marked_by")
+    ROUTE_KEY_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MARKED_BY_FIELD_NUMBER: _ClassVar[int]
+    route_key: str
+    replicas: int
+    prefix_blocks: int
+    hits: int
+    marked_by: str
+    def __init__(self, route_key: _Optional[str] = ..., replicas: _Optional[int] = ..., prefix_blocks: _Optional[int] = ..., hits: _Optional[int] = ..., marked_by: _Optional[str] = ...) -> None: ...
+
+class GetClusterResponse(_message.Message):
+    __slots__ = ("enabled", "cluster", "etcd", "etcd_ok", "registered", "node_id", "nodes", "hot", "counters")
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    ETCD_FIELD_NUMBER: _ClassVar[int]
+    ETCD_OK_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    HOT_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    cluster: str
+    etcd: str
+    etcd_ok: bool
+    registered: bool
+    node_id: str
+    nodes: _containers.RepeatedCompositeFieldContainer[ClusterNode]
+    hot: _containers.RepeatedCompositeFieldContainer[HotPrefix]
+    counters: _containers.ScalarMap[str, int]
+    def __init__(self, enabled: _Optional[bool] = ..., cluster: _Optional[str] = ..., etcd: _Optional[str] = ..., etcd_ok: _Optional[bool] = ..., registered: _Optional[bool] = ..., node_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[ClusterNode, _Mapping]]] = ..., hot: _Optional[_Iterable[_Union[HotPrefix, _Mapping]]] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...

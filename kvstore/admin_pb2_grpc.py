@@ -79,6 +79,11 @@ class AdminStub:
                 request_serializer=kvstore_dot_admin__pb2.GetConfigRequest.SerializeToString,
                 response_deserializer=kvstore_dot_admin__pb2.GetConfigResponse.FromString,
                 _registered_method=True)
+        self.GetCluster = channel.unary_unary(
+                '/kvstore.admin.v1.Admin/GetCluster',
+                request_serializer=kvstore_dot_admin__pb2.GetClusterRequest.SerializeToString,
+                response_deserializer=kvstore_dot_admin__pb2.GetClusterResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -146,6 +151,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCluster(self, request, context):
+        """The cluster as this node sees it: members, their leases and usage, hot prefixes.
+        A daemon not started with --etcd answers enabled = false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -193,6 +206,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetConfig,
                     request_deserializer=kvstore_dot_admin__pb2.GetConfigRequest.FromString,
                     response_serializer=kvstore_dot_admin__pb2.GetConfigResponse.SerializeToString,
+            ),
+            'GetCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCluster,
+                    request_deserializer=kvstore_dot_admin__pb2.GetClusterRequest.FromString,
+                    response_serializer=kvstore_dot_admin__pb2.GetClusterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -438,6 +456,33 @@ class Admin:
             '/kvstore.admin.v1.Admin/GetConfig',
             kvstore_dot_admin__pb2.GetConfigRequest.SerializeToString,
             kvstore_dot_admin__pb2.GetConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.admin.v1.Admin/GetCluster',
+            kvstore_dot_admin__pb2.GetClusterRequest.SerializeToString,
+            kvstore_dot_admin__pb2.GetClusterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -184,3 +184,36 @@ class AdminServicer(pb_grpc.AdminServicer):
             version=kvstore.__version__,
             policies=available_policies(),
         )
+
+    @rpc
+    def GetCluster(self, request, context):
+        service = next((s for s in self.daemon.services if getattr(s, "kind", "") == "cluster"),
+                       None)
+        if service is None:
+            return pb.GetClusterResponse(enabled=False)
+        return cluster_response(service)
+
+
+def cluster_response(service) -> pb.GetClusterResponse:
+    """The cluster service's view (kvstore.cluster_service) as the admin API's message."""
+    membership = service.view.snapshot()
+    node = service.node
+    registration = service.registration
+    nodes = [
+        pb.ClusterNode(
+            node_id=n.node_id, urls=n.urls, admin=n.admin, capacity_bytes=n.capacity_bytes,
+            used_bytes=n.used_bytes, blocks=n.blocks, requests=n.requests,
+            started_at=n.started_at, updated_at=n.updated_at, lease_id=f"{n.lease_id:x}",
+            lease_ttl=n.lease_ttl, self=n.node_id == service.node_id,
+        )
+        for n in sorted(membership.nodes.values(), key=lambda n: n.node_id)
+    ]
+    hot = [pb.HotPrefix(route_key=h.route_hex, replicas=h.replicas, prefix_blocks=h.prefix_blocks,
+                        hits=h.hits, marked_by=h.marked_by) for h in membership.hot.values()]
+    return pb.GetClusterResponse(
+        enabled=True, cluster=service.config.cluster, etcd=service.session.endpoint,
+        etcd_ok=service.view.etcd_ok,
+        registered=bool(registration is not None and registration.registered.is_set()),
+        node_id=service.node_id, nodes=nodes, hot=hot,
+        counters=dict(node.counters) if node is not None else {},
+    )

@@ -28,6 +28,6 @@ def test_generated_code_imports_and_names_the_service():
     assert service.full_name == "kvstore.admin.v1.Admin"
     assert {m.name for m in service.methods} == {
         "GetStats", "ListNamespaces", "Evict", "Flush", "Pin", "Unpin",
-        "SetEvictionPolicy", "Drain", "GetConfig",
+        "SetEvictionPolicy", "Drain", "GetConfig", "GetCluster",
     }
     assert hasattr(admin_pb2_grpc, "AdminStub")

@@ -56,3 +56,25 @@ def test_prefix_match_small(tmp_path):
     assert [r["block_tokens"] for r in rows] == [16, 256]
     assert all(r["path_nodes"] == 4 and r["ratio"] > 0 and r["hash_ms"] > 0 for r in rows)
     assert json.loads(out.read_text())["benchmark"] == "prefix_match"
+
+
+def test_cluster_benchmark_on_a_small_trace(trace, tmp_path):
+    from benchmarks import cluster
+    from kvstore.etcd_process import etcd_binary
+
+    if etcd_binary() is None:
+        pytest.skip("etcd not installed (scripts/install_system.sh)")
+    out = tmp_path / "cluster.json"
+    rows = cluster.main(["--trace", str(trace), "--requests", "120", "--nodes", "1,2",
+                         "--seconds", "0.3", "--threads", "2", "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "cluster" and len(doc["rows"]) == 3
+    steady = {r["nodes"]: r for r in rows if r["scenario"] == "steady"}
+    loss = next(r for r in rows if r["scenario"] == "node loss")
+    assert set(steady) == {1, 2} and loss["nodes"] == 2
+    for r in rows:
+        assert r["errors"] == 0  # a killed node makes misses, never errors
+        assert 0 <= r["hit_rate"] <= r["hit_rate_ceiling"] + 1e-9
+    for r in steady.values():
+        assert r["get_per_s"] > 0 and r["direct_get_per_s"] > 0 and r["ratio"] > 0
+    assert steady[2]["balance"] >= 1.0

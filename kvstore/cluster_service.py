@@ -55,8 +55,24 @@ def resolve_node_id(config) -> str:
     return f"node-{uuid.uuid4().hex[:12]}"  # no SSD: nothing survives a restart anyway
 
 
-def _peer_token() -> str | None:
-    return os.environ.get("KVSTORE_AUTH_TOKEN") or None
+def peer_token(config) -> str | None:
+    """The token this node presents to its peers.
+
+    ``KVSTORE_AUTH_TOKEN`` when set, else the first any-tenant token (a line
+    without ``TENANT:``) of ``--auth-token-file``: peers act for every tenant,
+    so a cluster with auth shares one such token between its nodes.
+    """
+    if os.environ.get("KVSTORE_AUTH_TOKEN"):
+        return os.environ["KVSTORE_AUTH_TOKEN"]
+    if config.auth_token_file:
+        with open(config.auth_token_file) as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#") and ":" not in line:
+                    return line
+        log.warning("no any-tenant token in %s: peers of this node cannot authenticate",
+                    config.auth_token_file)
+    return None
 
 
 class ClusterService:
@@ -120,7 +136,7 @@ class ClusterService:
             self.node = ClusterNode(
                 self.node_id, self.daemon.store, self.view, self.registration,
                 replicas=config.replicas, hot_threshold=config.hot_threshold,
-                peer_fanout=config.peer_fanout, token=_peer_token(),
+                peer_fanout=config.peer_fanout, token=peer_token(config),
             )
             self.daemon.server.dispatcher.cluster = self.node
         elif state == "draining" and self.registration is not None:

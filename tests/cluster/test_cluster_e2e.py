@@ -188,3 +188,20 @@ def test_cluster_keeps_serving_when_etcd_is_lost_and_recovers(make_cluster, etcd
         with KVClient.connect(cluster.url) as again:
             assert wait_members(again.backend, 2)
             assert again.namespace(LAYOUT).get(prompt(6001))[0] == 4 * B
+
+
+def test_cluster_with_auth_peers_use_the_shared_token(make_cluster, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-cluster-token\n")
+    token_file.chmod(0o600)
+    cluster = make_cluster(2, name="auth", extra=["--auth-token-file", str(token_file)])
+    with KVClient.connect(cluster.url, token="s3cret-cluster-token") as router:
+        assert wait_members(router.backend, 2)
+        toks = prompt(7000)
+        owner = owner_of(router, toks)
+        other = next(n for n in cluster.nodes if n.node_id != owner)
+        kv = kv_for(len(toks), 70)
+        with KVClient.connect(other.url, token="s3cret-cluster-token") as direct:
+            assert direct.namespace(LAYOUT).put(toks, kv) == len(toks)  # forwarded, with auth
+        n, got = router.namespace(LAYOUT).get(toks)  # from the owner
+        assert n == len(toks) and torch.equal(got, kv)

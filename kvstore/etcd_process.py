@@ -22,7 +22,7 @@ def etcd_binary() -> str | None:
 
 
 class EtcdProc:
-    def __init__(self, data_dir: str | None = None):
+    def __init__(self, data_dir: str | None = None, client_port: int | None = None):
         binary = etcd_binary()
         if binary is None:
             raise RuntimeError("etcd is not installed (Debian package etcd-server: "
@@ -30,7 +30,7 @@ class EtcdProc:
         self.binary = binary
         self._tmp = None if data_dir else tempfile.mkdtemp(prefix="kvstore-etcd-")
         self.data_dir = data_dir or self._tmp
-        self.client_port, self.peer_port = free_port(), free_port()
+        self.client_port, self.peer_port = client_port or free_port(), free_port()
         self.proc: subprocess.Popen | None = None
         self.start()
 
@@ -62,7 +62,7 @@ class EtcdProc:
             except EtcdUnavailable:
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError("etcd did not answer within {timeout:.0f}s")
+        raise RuntimeError(f"etcd did not answer within {timeout:.0f}s")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

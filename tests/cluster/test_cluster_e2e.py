@@ -12,6 +12,7 @@ from kvstore.client import KVClient
 from kvstore.client.codec import BlockCodec
 from kvstore.daemon_process import DaemonProc, free_port
 from kvstore.etcd_client import wait_until
+from kvstore.etcd_process import EtcdProc
 from kvstore.namespace import NamespaceSpec
 from tests.cluster.conftest import LAYOUT, TTL, kv_for, needs_etcd, wait_members
 
@@ -143,26 +144,38 @@ def test_hot_prefix_is_replicated_and_survives_the_loss_of_its_owner(make_cluste
         assert owner in replicas and len(replicas) == 2
         other = cluster.by_id(next(r for r in replicas if r != owner))
         assert wait_until(lambda: local_tokens(other, system) == len(system), 20)
+        c.flush()
         cluster.by_id(owner).kill()
         assert wait_members(c.backend, 2, timeout=TTL + 10)
         for conv in range(6):  # the system prompt keeps hitting, through the other replica
             n, kv = ns.get(np.concatenate([system, prompt(9000 + conv, blocks=1)]))
             assert n == len(system) and torch.equal(kv, kv_for(len(system) + 2 * B, 7)[:, :, :n])
+        cluster.by_id(owner).start()  # rejoins on its SSD folder: a replica again, with the blocks
+        assert wait_members(c.backend, 3)
+        assert owner in [n.node_id for n in c.backend.route(ns.id, system).owners()]
+        assert local_tokens(cluster.by_id(owner), system) == len(system)
+        heads = {c.backend.route(ns.id, system).candidates[0].node_id for _ in range(4)}
+        assert owner in heads  # reads of the shared prompt rotate back onto it
+        for _ in range(4):
+            assert ns.get(system)[0] == len(system)
 
 
-def test_daemon_starts_alone_when_etcd_is_unreachable(tmp_path):
-    dead = f"http://127.0.0.1:{free_port()}"
+def test_daemon_starts_alone_when_etcd_is_unreachable_and_joins_when_it_answers(tmp_path):
+    port = free_port()
     proc = DaemonProc(["--listen", f"tcp://127.0.0.1:{free_port()}", "--cpu-bytes", "64MiB",
-                       "--ssd-dir", str(tmp_path), "--ssd-bytes", "64MiB", "--etcd", dead,
-                       "--cluster", "alone"], env={"KVSTORE_PREFAULT": "0"})
+                       "--ssd-dir", str(tmp_path), "--ssd-bytes", "64MiB",
+                       "--etcd", f"http://127.0.0.1:{port}", "--cluster", "late"],
+                      env={"KVSTORE_PREFAULT": "0"})
     try:
-        assert any("serving as a single node" in line for line in proc.lines) or wait_until(
-            lambda: any("serving as a single node" in line for line in proc.lines), 10)
+        assert wait_until(lambda: any("serving as a single node" in line for line in proc.lines), 10)
         with KVClient.connect(proc.url("tcp"), strict=True) as c:
             ns = c.namespace(LAYOUT)
             toks = prompt(5000)
             assert ns.put(toks, kv_for(len(toks), 5)) == len(toks)
             assert ns.get(toks)[0] == len(toks)
+        with EtcdProc(client_port=port) as etcd, KVClient.connect(etcd.url("late")) as c:
+            assert wait_members(c.backend, 1)  # registered once etcd answered
+            assert c.namespace(LAYOUT).get(prompt(5000))[0] == 4 * B
     finally:
         proc.terminate()
 

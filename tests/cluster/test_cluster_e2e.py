@@ -218,3 +218,25 @@ def test_cluster_with_auth_peers_use_the_shared_token(make_cluster, tmp_path):
             assert direct.namespace(LAYOUT).put(toks, kv) == len(toks)  # forwarded, with auth
         n, got = router.namespace(LAYOUT).get(toks)  # from the owner
         assert n == len(toks) and torch.equal(got, kv)
+
+
+def test_asyncio_client_through_the_cluster(make_cluster):
+    import asyncio
+
+    from kvstore.client import AsyncKVClient
+
+    cluster = make_cluster(2, name="aio")
+
+    async def main():
+        async with await AsyncKVClient.connect(cluster.url) as c:
+            assert wait_members(c.sync.backend, 2)
+            ns = await c.namespace(LAYOUT)
+            toks = prompt(8000)
+            kv = kv_for(len(toks), 80)
+            assert await ns.put(toks, kv) == len(toks)
+            assert await ns.lookup(toks) == len(toks)
+            n, got = await ns.get(toks)
+            return n, got, kv
+
+    n, got, kv = asyncio.run(main())
+    assert n == 4 * B and torch.equal(got, kv)

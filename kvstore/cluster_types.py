@@ -74,6 +74,14 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _record(cls, raw: bytes | str):
+    """A dataclass from its JSON record (unknown keys ignored: newer nodes may add some)."""
+    doc = json.loads(raw)
+    if not isinstance(doc, dict):
+        raise InvalidArgument("a cluster record must be a JSON object")
+    return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+
+
 @dataclass
 class NodeInfo:
     """One daemon of the cluster, as it advertises itself (refreshed every few seconds)."""
@@ -95,9 +103,7 @@ class NodeInfo:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> NodeInfo:
-        doc = json.loads(raw)
-        known = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc}
-        info = cls(**known)
+        info = _record(cls, raw)
         if not isinstance(info.node_id, str) or not isinstance(info.urls, list):
             raise InvalidArgument("malformed node record")
         return info
@@ -134,9 +140,7 @@ class HotPrefix:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> HotPrefix:
-        doc = json.loads(raw)
-        known = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc}
-        hot = cls(**known)
+        hot = _record(cls, raw)
         if hot.replicas < 1 or hot.prefix_blocks < 1:
             raise InvalidArgument("malformed hot-prefix record")
         return hot

@@ -240,3 +240,30 @@ def test_asyncio_client_through_the_cluster(make_cluster):
 
     n, got, kv = asyncio.run(main())
     assert n == 4 * B and torch.equal(got, kv)
+
+
+def test_a_joining_node_takes_only_its_keys_and_pulls_their_blocks_on_first_read(make_cluster,
+                                                                                   etcd):
+    from tests.cluster.conftest import Node
+
+    cluster = make_cluster(2, name="grow")
+    with KVClient.connect(cluster.url) as c:
+        assert wait_members(c.backend, 2)
+        ns = c.namespace(LAYOUT)
+        before = {}
+        for i in range(30):
+            toks = prompt(10_000 + i)
+            ns.put(toks, kv_for(len(toks), i))
+            before[i] = owner_of(c, toks)
+        new = Node(etcd, "grow", "n2", [])
+        cluster.nodes.append(new)
+        assert wait_members(c.backend, 3)
+        after = {i: owner_of(c, prompt(10_000 + i)) for i in before}
+        moved = [i for i in before if after[i] != before[i]]
+        assert moved and all(after[i] == new.node_id for i in moved)  # only to the new node
+        assert len(moved) < 20
+        for i in before:  # every key still hits: the new owner pulls from the old one
+            n, kv = ns.get(prompt(10_000 + i))
+            assert n == 4 * B and torch.equal(kv, kv_for(4 * B, i))
+        for i in moved:
+            assert local_tokens(new, prompt(10_000 + i)) == 4 * B

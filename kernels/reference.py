@@ -18,7 +18,7 @@ from kvstore.kernels.codec_ref import (
     zero_gaps,
 )
 from kvstore.kernels.codecs import payload_spec
-from kvstore.kernels.source import PagedSource
+from kvstore.kernels.source import SKIP_BLOCK, PagedSource
 
 
 def gather(src: PagedSource, l0: int = 0, l1: int | None = None) -> torch.Tensor:
@@ -30,19 +30,23 @@ def gather(src: PagedSource, l0: int = 0, l1: int | None = None) -> torch.Tensor
                       dtype=lay.torch_dtype, device=src.device)
     for layer in range(l0, l1):
         for kv, view in enumerate((src.k[layer], src.v[layer])):
-            rows = view.index_select(0, src.block_ids)  # [S*R, ebs, H, D]
+            rows = view.index_select(0, src.block_ids)  # [S*R, ...] contiguous: (slot, H, D)
             out[:, layer - l0, kv] = rows.view(S, T, lay.num_kv_heads, lay.head_dim)
     return out
 
 
 def scatter(src: PagedSource, blocks: torch.Tensor, l0: int = 0) -> None:
     """Write ``blocks`` ``[S, n, 2, T, H, D]`` (layers ``l0..l0+n``) into the engine
-    slots of ``src`` only."""
-    lay = src.layout
-    rows_shape = (src.block_ids.numel(), src.ebs, lay.num_kv_heads, lay.head_dim)
+    slots of ``src`` only (engine blocks with id SKIP_BLOCK are left alone)."""
+    ids = src.block_ids
+    keep = ids != SKIP_BLOCK
+    holes = not bool(keep.all())
+    if holes:
+        ids = ids[keep]
     for i in range(blocks.shape[1]):
         for kv, view in enumerate((src.k[l0 + i], src.v[l0 + i])):
-            view.index_copy_(0, src.block_ids, blocks[:, i, kv].reshape(rows_shape))
+            rows = blocks[:, i, kv].reshape(src.block_ids.numel(), *view.shape[1:])
+            view.index_copy_(0, ids, rows[keep] if holes else rows)
 
 
 def pack(src: PagedSource, codec: str, out: torch.Tensor) -> None:

@@ -258,3 +258,26 @@ def test_bad_hf_arguments():
         pack_hf(pkv, layout, "none", start=-1)
     with pytest.raises(InvalidArgument, match="payloads"):
         unpack_hf(object(), pkv, layout, "none")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_none_payload_slots_at_odd_byte_offsets(kind):
+    """Codec none moves straight between cache and slots; a slot the dtype cannot
+    be viewed on (odd address) still gets the same bytes, both ways."""
+    L, H, D, T, ebs, nb = 2, 2, 64, 64, 32, 8
+    layout = KVLayout("m", L, H, D, "bfloat16", T)
+    tokens = _tokens(L, nb, ebs, H, D, torch.bfloat16, seed=7)
+    caches = [build_cache(kind, k, v) for k, v in tokens]
+    engine = engine_of(kind, ebs)
+    n = payload_nbytes(layout, "none")
+    arena = torch.zeros(2 * n + 3, dtype=torch.uint8)
+    slots = [arena[1:1 + n], arena[2 + n:2 + 2 * n]]
+    pack_paged(caches, [3, 5, 0, 6], layout, "none", engine, out=slots)
+    assert torch.equal(slots[1], encode(expected_block(tokens, [0, 6], T), "none"))
+    fresh = [torch.zeros_like(c) for c in caches]
+    unpack_paged(slots, fresh, [1, 2, 7, 4], layout, "none", engine)
+    for c, f in zip(caches, fresh):
+        k0, v0 = read_cache(kind, c)
+        k1, v1 = read_cache(kind, f)
+        assert torch.equal(k1[[1, 2, 7, 4]], k0[[3, 5, 0, 6]])
+        assert torch.equal(v1[[1, 2, 7, 4]], v0[[3, 5, 0, 6]])

@@ -47,6 +47,19 @@ def _scale_and_safe(amax_or_range: torch.Tensor, levels: float):
     return scale, torch.where(nonzero, scale, torch.ones_like(scale)), nonzero
 
 
+FLT_MIN = 2.0 ** -126  # smallest normal float32
+
+
+def _clamp_(y: torch.Tensor, scale: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Saturate ``y`` = values / scale to [lo, hi], skipping the pass when no scale
+    is below FLT_MIN: with a normal scale = range / levels (one rounding), |y| <=
+    levels * (1 + 2^-23), which rounds (to an integer, or to e4m3) within the
+    range already. Subnormal or zero scales lose that precision and are clamped."""
+    if bool((scale < FLT_MIN).any()):
+        y.clamp_(lo, hi)
+    return y
+
+
 CHUNK_ELEMENTS = 1 << 20  # float32 temporaries per step: a few MB, cache friendly
 
 
@@ -103,7 +116,7 @@ def _zero_groups_(y: torch.Tensor, nonzero: torch.Tensor) -> None:
 
 def _encode_fp8(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
     scale, safe, nonzero = _scale_and_safe(_absmax(x, (-2, -1)), FP8_MAX)  # [S, n, 2, H]
-    y = x.div_(safe[..., None, None]).clamp_(-FP8_MAX, FP8_MAX)
+    y = _clamp_(x.div_(safe[..., None, None]), scale, -FP8_MAX, FP8_MAX)
     _zero_groups_(y, nonzero)  # x / 1 may hold -0 (byte 0x80): the format wants +0
     out["scale"].copy_(scale)
     out["q"].view(torch.float8_e4m3fn).copy_(y)  # round to e4m3 straight into the payload
@@ -117,7 +130,7 @@ def _decode_fp8(p: dict[str, torch.Tensor], out: torch.Tensor) -> None:
 # -- int8: symmetric, one scale per (layer, K/V, head, token) -----------------
 def _encode_int8(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
     scale, safe, _ = _scale_and_safe(_absmax(x, -1), INT8_MAX)  # [S, n, 2, H, T]
-    y = x.div_(safe[..., None]).round_().clamp_(-INT8_MAX, INT8_MAX)
+    y = _clamp_(x.div_(safe[..., None]).round_(), scale, -INT8_MAX, INT8_MAX)
     # a scale-0 group (amax / 127 underflowed) divides by 1 values of magnitude at
     # most 127 * 2^-150: they round to +-0, q = 0 as an int8: no masking needed
     out["scale"].copy_(scale)
@@ -129,11 +142,12 @@ def _decode_int8(p: dict[str, torch.Tensor], out: torch.Tensor) -> None:
 
 
 # -- int4: asymmetric; K per channel over 64-token groups, V per token --------
-def _quant4_(x: torch.Tensor, mn: torch.Tensor, safe: torch.Tensor) -> torch.Tensor:
+def _quant4_(x: torch.Tensor, mn: torch.Tensor, safe: torch.Tensor,
+             scale: torch.Tensor) -> torch.Tensor:
     """In place: x -> q in [0, 15] against its group's min and scale (broadcast).
     A scale-0 group ((max - min) / 15 underflowed) divides by 1 values x - min of at
     most 15 * 2^-150: q rounds to +-0, which is 0 as a nibble: no masking needed."""
-    return x.sub_(mn).div_(safe).round_().clamp_(0, INT4_LEVELS)
+    return _clamp_(x.sub_(mn).div_(safe).round_(), scale, 0, INT4_LEVELS)
 
 
 def _nibbles(q: torch.Tensor) -> torch.Tensor:
@@ -157,10 +171,10 @@ def _encode_int4(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
     # depend on which of +0 / -0 a reduction happened to return (as in the kernels)
     k_min, k_max = kg.amin(dim=-2).add_(0.0), kg.amax(dim=-2).add_(0.0)  # [S, n, H, G, D]
     k_scale, k_safe, _ = _scale_and_safe(k_max - k_min, INT4_LEVELS)
-    kq = _quant4_(kg, k_min[..., None, :], k_safe[..., None, :])
+    kq = _quant4_(kg, k_min[..., None, :], k_safe[..., None, :], k_scale)
     v_min, v_max = v.amin(dim=-1).add_(0.0), v.amax(dim=-1).add_(0.0)  # [S, n, H, T]
     v_scale, v_safe, _ = _scale_and_safe(v_max - v_min, INT4_LEVELS)
-    vq = _quant4_(v, v_min[..., None], v_safe[..., None])
+    vq = _quant4_(v, v_min[..., None], v_safe[..., None], v_scale)
     out["k_scale"].copy_(k_scale)
     out["k_min"].copy_(k_min)
     out["v_scale"].copy_(v_scale)

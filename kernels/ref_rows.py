@@ -164,6 +164,22 @@ def _split_inner(inner: tuple[int, ...], ebs: int, H: int):
     raise ValueError(f"view dims {inner} are not (slots {ebs}, heads {H}, dims)")
 
 
+class Scratch:
+    """Temporaries reused across the layers of one call: every layer needs the same
+    shapes, and a fresh large CPU buffer costs its page faults again each time."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple, torch.Tensor] = {}
+
+    def get(self, shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device) -> torch.Tensor:
+        key = (shape, dtype, device)
+        buf = self._bufs.get(key)
+        if buf is None:
+            buf = self._bufs[key] = torch.empty(shape, dtype=dtype, device=device)
+        return buf
+
+
 def _rows(view: torch.Tensor, part: Part, width: int) -> torch.Tensor:
     """The ``[num_blocks, width]`` run of memory the view's group fills."""
     return view.as_strided((view.shape[0], width), (view.stride(0), 1),
@@ -176,8 +192,10 @@ def _tiles(rows: torch.Tensor, part: Part) -> torch.Tensor:
                            rows.storage_offset() + part.offset)
 
 
-def gather(src: PagedSource, layer: int, dst: tuple[Canon, Canon]) -> None:
+def gather(src: PagedSource, layer: int, dst: tuple[Canon, Canon],
+           scratch: Scratch | None = None) -> None:
     """Copy ``src``'s store blocks of ``layer`` into canonical K and V ``dst``."""
+    scratch = scratch or Scratch()
     views = (src.k[layer], src.v[layer])
     S, ids = src.num_store_blocks, src.block_ids
     R = ids.numel() // S
@@ -190,7 +208,9 @@ def gather(src: PagedSource, layer: int, dst: tuple[Canon, Canon]) -> None:
                     src_w, out_w = _wide(view, b.view(R, *view.shape[1:]))
                     torch.index_select(src_w, 0, ids[s * R:(s + 1) * R], out=out_w)
             else:  # a dtype conversion or a transpose follows anyway
-                _copy_canon(d, view.index_select(0, ids), S, R, tuple(view.shape[1:]))
+                got = scratch.get((ids.numel(), *view.shape[1:]), view.dtype, view.device)
+                torch.index_select(view, 0, ids, out=got)
+                _copy_canon(d, got, S, R, tuple(view.shape[1:]))
         return
     if p.kind == "strided":
         for view, d in zip(views, dst):
@@ -198,7 +218,7 @@ def gather(src: PagedSource, layer: int, dst: tuple[Canon, Canon]) -> None:
         return
     for parts, width in zip(p.groups, p.widths):
         view = views[parts[0].kv]
-        got = torch.empty((ids.numel(), width), dtype=view.dtype, device=view.device)
+        got = scratch.get((ids.numel(), width), view.dtype, view.device)
         rows_w, got_w = _wide(_rows(view, parts[0], width), got)
         torch.index_select(rows_w, 0, ids, out=got_w)
         for part in parts:
@@ -225,9 +245,11 @@ def _canon_to(tiles: torch.Tensor, b: Canon, S: int, R: int, inner: tuple) -> No
             tiles[s * R:(s + 1) * R].copy_(t)
 
 
-def scatter(src: PagedSource, layer: int, blocks: tuple[Canon, Canon]) -> None:
+def scatter(src: PagedSource, layer: int, blocks: tuple[Canon, Canon],
+            scratch: Scratch | None = None) -> None:
     """Write canonical K and V ``blocks`` (the cache's dtype) into ``src``'s engine
     blocks of ``layer``; engine blocks with id SKIP_BLOCK are left alone."""
+    scratch = scratch or Scratch()
     views = (src.k[layer], src.v[layer])
     S, ids = src.num_store_blocks, src.block_ids
     R = ids.numel() // S
@@ -254,7 +276,7 @@ def scatter(src: PagedSource, layer: int, blocks: tuple[Canon, Canon]) -> None:
         return
     for parts, width in zip(p.groups, p.widths):
         view = views[parts[0].kv]
-        new = torch.empty((ids.numel(), width), dtype=view.dtype, device=view.device)
+        new = scratch.get((ids.numel(), width), view.dtype, view.device)
         for part in parts:
             _canon_to(_tiles(new, part), blocks[part.kv], S, R, part.shape)
         rows_w, new_w = _wide(_rows(view, parts[0], width), new[keep] if holes else new)

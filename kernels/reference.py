@@ -50,9 +50,10 @@ def pack(src: PagedSource, codec: str, rows: list[torch.Tensor],
     if codec == NONE:
         blocks = _block_views(src, rows)
         if blocks is not None:
+            scratch = ref_rows.Scratch()
             for layer in range(lay.num_layers):
                 ref_rows.gather(src, layer, ([b[layer, 0] for b in blocks],
-                                             [b[layer, 1] for b in blocks]))
+                                             [b[layer, 1] for b in blocks]), scratch)
             return
     work = buf if buf is not None else torch.empty((S, spec.nbytes), dtype=torch.uint8,
                                                    device=src.device)
@@ -62,12 +63,13 @@ def pack(src: PagedSource, codec: str, rows: list[torch.Tensor],
         zero_gaps(work, spec)
         views = section_views(work, spec)
         H, T, D = lay.num_kv_heads, lay.block_tokens, lay.head_dim
+        scratch = ref_rows.Scratch()
         for l0, l1 in layer_chunks(S, lay):
             # head-major private float32 copy [S, n, 2, H, T, D], filled in one pass
-            x = torch.empty((S, l1 - l0, 2, H, T, D), dtype=torch.float32, device=src.device)
+            x = scratch.get((S, l1 - l0, 2, H, T, D), torch.float32, src.device)
             for layer in range(l0, l1):
                 ref_rows.gather(src, layer, (x[:, layer - l0, 0].transpose(1, 2),
-                                             x[:, layer - l0, 1].transpose(1, 2)))
+                                             x[:, layer - l0, 1].transpose(1, 2)), scratch)
             encode_f32(x, views, codec, l0)
     if buf is None:
         for r, w in zip(rows, work.unbind(0)):
@@ -83,16 +85,18 @@ def unpack(src: PagedSource, codec: str, rows: list[torch.Tensor],
         blocks = _block_views(src, rows)
         if blocks is None:
             blocks = _block_views(src, [r.clone() for r in rows])  # realigned copies
+        scratch = ref_rows.Scratch()
         for layer in range(lay.num_layers):
             ref_rows.scatter(src, layer, ([b[layer, 0] for b in blocks],
-                                          [b[layer, 1] for b in blocks]))
+                                          [b[layer, 1] for b in blocks]), scratch)
         return
     work = buf if buf is not None else torch.stack(rows)
     views = section_views(work, payload_spec(lay, codec))
     H, T, D = lay.num_kv_heads, lay.block_tokens, lay.head_dim
+    scratch = ref_rows.Scratch()
     for l0, l1 in layer_chunks(S, lay):
         # layer-major, so each (layer, K/V) is a contiguous [S, T, H, D]
-        out = torch.empty((l1 - l0, 2, S, T, H, D), dtype=lay.torch_dtype, device=src.device)
+        out = scratch.get((l1 - l0, 2, S, T, H, D), lay.torch_dtype, src.device)
         decode_into(views, codec, l0, l1, out.permute(2, 0, 1, 3, 4, 5))
         for layer in range(l0, l1):
-            ref_rows.scatter(src, layer, (out[layer - l0, 0], out[layer - l0, 1]))
+            ref_rows.scatter(src, layer, (out[layer - l0, 0], out[layer - l0, 1]), scratch)

@@ -4,7 +4,7 @@ Batched and vectorised over S store blocks and a few layers at a time:
 ``encode_f32`` quantizes a head-major float32 copy ``[S, n, 2, H, T, D]`` into
 the payload sections of ``[S, payload_nbytes]`` bytes; ``decode_into`` writes
 the decoded blocks into any ``[S, n, 2, T, H, D]`` view of the layout's dtype
-(its last arithmetic operation stores there directly, rounding once). Runs on
+(one copy transposes the float32 result and rounds it there). Runs on
 any device torch runs on. The byte layout and the arithmetic are specified in
 :mod:`kvstore.kernels.codecs`; every float operation here is one IEEE float32
 operation on tensors (never a division by a Python scalar, which torch may
@@ -93,10 +93,13 @@ def encode_f32(x: torch.Tensor, views: dict[str, torch.Tensor], codec: str, l0: 
 def decode_into(views: dict[str, torch.Tensor], codec: str, l0: int, l1: int,
                 out: torch.Tensor) -> None:
     """Decode layers ``[l0, l1)`` of the payloads into ``out`` ``[S, n, 2, T, H, D]``
-    (any strides, the layout's dtype)."""
+    (any strides, the layout's dtype). The arithmetic runs in place on a contiguous
+    head-major float32 tensor (torch's mixed-dtype ops, e.g. int8 * float32 or a
+    float32 result cast into a strided half ``out``, are slower on CPU than
+    converting first); one copy then transposes and rounds it into ``out``."""
     part = {name: v[:, l0:l1] for name, v in views.items()}
-    hm = out.permute(0, 1, 2, 4, 3, 5)  # head-major view [S, n, 2, H, T, D] of out
-    {FP8_E4M3: _decode_fp8, INT8: _decode_int8}.get(codec, _decode_int4)(part, hm)
+    x = {FP8_E4M3: _decode_fp8, INT8: _decode_int8}.get(codec, _decode_int4)(part)
+    out.copy_(x.permute(0, 1, 2, 4, 3, 5))
 
 
 # The encoders own ``x`` (a private float32 copy) and work on it in place.
@@ -122,9 +125,8 @@ def _encode_fp8(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
     out["q"].view(torch.float8_e4m3fn).copy_(y)  # round to e4m3 straight into the payload
 
 
-def _decode_fp8(p: dict[str, torch.Tensor], out: torch.Tensor) -> None:
-    q = p["q"].view(torch.float8_e4m3fn).float()
-    torch.mul(q, p["scale"][..., None, None], out=out)
+def _decode_fp8(p: dict[str, torch.Tensor]) -> torch.Tensor:
+    return p["q"].view(torch.float8_e4m3fn).float().mul_(p["scale"][..., None, None])
 
 
 # -- int8: symmetric, one scale per (layer, K/V, head, token) -----------------
@@ -137,8 +139,8 @@ def _encode_int8(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
     out["q"].copy_(y)  # exact small integers -> int8
 
 
-def _decode_int8(p: dict[str, torch.Tensor], out: torch.Tensor) -> None:
-    torch.mul(p["q"], p["scale"][..., None], out=out)  # int8 -> float32 is exact
+def _decode_int8(p: dict[str, torch.Tensor]) -> torch.Tensor:
+    return p["q"].float().mul_(p["scale"][..., None])  # int8 -> float32 is exact
 
 
 # -- int4: asymmetric; K per channel over 64-token groups, V per token --------
@@ -183,17 +185,16 @@ def _encode_int4(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
     out["q"][:, :, 1].copy_(_nibbles(vq))
 
 
-def _decode_int4(p: dict[str, torch.Tensor], out: torch.Tensor) -> None:
+def _decode_int4(p: dict[str, torch.Tensor]) -> torch.Tensor:
     packed = p["q"]  # [S, n, 2, H, T, D/2]
     q = torch.stack((packed & 0xF, packed >> 4), dim=-1).flatten(-2).float()
     T = q.shape[-2]
     G = p["k_scale"].shape[3]
-    k, k_out = q[:, :, 0], out[:, :, 0]
     if T == G * INT4_K_GROUP:  # broadcast each group's scale over its 64 tokens
-        k, k_out = k.unflatten(-2, (G, INT4_K_GROUP)), k_out.unflatten(-2, (G, INT4_K_GROUP))
-        scale, mn = p["k_scale"][..., None, :], p["k_min"][..., None, :]
+        k = q[:, :, 0].unflatten(-2, (G, INT4_K_GROUP))
+        k.mul_(p["k_scale"][..., None, :]).add_(p["k_min"][..., None, :])
     else:
         tg = torch.arange(T, device=q.device) // INT4_K_GROUP
-        scale, mn = p["k_scale"][..., tg, :], p["k_min"][..., tg, :]
-    torch.add(k.mul_(scale), mn, out=k_out)  # two roundings in float32, one to the dtype
-    torch.add(q[:, :, 1].mul_(p["v_scale"][..., None]), p["v_min"][..., None], out=out[:, :, 1])
+        q[:, :, 0].mul_(p["k_scale"][..., tg, :]).add_(p["k_min"][..., tg, :])
+    q[:, :, 1].mul_(p["v_scale"][..., None]).add_(p["v_min"][..., None])
+    return q

@@ -11,6 +11,7 @@ Gather / scatter between engine caches and store blocks, fused with a codec
 
     pack_paged(kv_caches, block_ids, layout, codec, engine) -> [payload, ...]
     unpack_paged(payloads, kv_caches, block_ids, layout, codec, engine)
+                          (a block id of SKIP_BLOCK, -1: leave that engine block alone)
     pack_hf(past_key_values, layout, codec, start=0, num_tokens=None) -> [payload, ...]
     unpack_hf(payloads, past_key_values, layout, codec, start=0)
 

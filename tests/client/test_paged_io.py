@@ -114,3 +114,31 @@ def test_partial_hits_and_misses(client):
     assert not any(c[7:].any() for c in dst)  # the blocks of the missing tokens
     with pytest.raises(Exception, match="multiple"):
         paged_io.get_paged(ns, toks, dst, list(range(9)), _engine(kind), skip=5)
+
+
+@pytest.mark.parametrize("carrier", ["shm", "tcp"])
+def test_over_a_daemon(carrier, tmp_path):
+    """shm: packed into / unpacked out of the daemon's arena under leases; tcp:
+    payloads over the socket. Same blocks either way."""
+    from kvstore.store_config import StoreConfig
+    from kvstore.tiered_store import TieredStore
+    from kvstore.transport.server import ServerThread
+
+    store = TieredStore(StoreConfig(cpu_bytes="64MiB"))
+    url = f"shm://{tmp_path}/kv.sock" if carrier == "shm" else "tcp://127.0.0.1:0"
+    srv = ServerThread(store, [url]).start()
+    try:
+        with KVClient.connect(srv.urls[0], timeout=10) as c:
+            kind = EngineKind.VLLM_CPU
+            ns = c.namespace(KVLayout("io", L, H, D, "float16", BT), codec="int8")
+            assert ns._zero_copy == (carrier == "shm")
+            src = _caches(kind, torch.float16, seed=5)
+            toks = np.arange(2 * BT, dtype=np.uint32)
+            assert paged_io.put_paged(ns, toks, src, [3, 1, 4, 15, 9, 2], _engine(kind)) == 2 * BT
+            n, kv = ns.get(toks)
+            dst = [torch.zeros_like(cache) for cache in src]
+            assert paged_io.get_paged(ns, toks, dst, [0, 5, 6, 7, 8, 10], _engine(kind)) == n
+            assert n == 2 * BT and torch.equal(_canonical(kind, dst, [0, 5, 6, 7, 8, 10]), kv)
+    finally:
+        srv.stop()
+        store.close()

@@ -19,7 +19,7 @@ holds the kernels to it; ``kvstore.client.vllm_cpu_paged`` picks the layout at
 run time), in a (block, head), for token slot t and head-dim index d:
 
 ``EngineKind.VLLM_CPU``, ISA ``vec`` / ``vec16`` (fp32, fp16; bf16 without
-AMX; block sizes or head dims AMX does not take). Measured for fp32/bf16
+AMX; block sizes or head dims AMX does not take). Measured for fp32/fp16/bf16
 ``vec`` and fp32/fp16/bf16 ``vec16``, block sizes 16 to 64, head dims 32 to 128::
 
     K half = K transposed [D, bs]: K[t, d] at d*bs + t

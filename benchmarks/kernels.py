@@ -2,12 +2,16 @@
 
     python -m benchmarks.kernels [--json PATH] [--device cpu|cuda] [--layers N]
                                  [--blocks S] [--dtype float16|bfloat16|float32]
+                                 [--engine vllm_flash|vllm_cpu|vllm_cpu_amx]
 
 GB/s counts the *uncompressed* bytes of the store blocks moved (S blocks of
 L x 2 x T x H x D), so a codec and the copy are compared on the same work; the
 baseline is ``torch`` copying those bytes on the same device, timed in the same
 run call by call interleaved with the row's operation (so a busy shared machine
-slows both alike), and ``ratio`` = GB/s / baseline. On CUDA it also measures offload:
+slows both alike), and ``ratio`` = GB/s / baseline. Engine caches are vLLM's
+flash layout with 16-token blocks by default, or vLLM's CPU layouts with
+32-token blocks (``--engine vllm_cpu``: K transposed; ``vllm_cpu_amx``: bf16
+tiles; both run on the torch reference). On CUDA it also measures offload:
 pack + device-to-host of the payloads into pinned memory against torch's pinned
 copy of the raw blocks (and host-to-device + unpack on the way back).
 """
@@ -56,9 +60,10 @@ def measure(fn, baseline, device: torch.device, min_time: float = 0.3,
     return statistics.median(times), statistics.median(base)
 
 
-def run(device: torch.device, layers: int, blocks: int, dtype: str, backend: str | None):
+def run(device: torch.device, layers: int, blocks: int, dtype: str, backend: str | None,
+        kind: str = "vllm_flash"):
     layout = KVLayout("bench", layers, 8, 128, dtype, 256)
-    engine = EngineLayout.vllm_flash(16)
+    engine = EngineLayout(kind, 16 if kind == "vllm_flash" else 32)
     R = layout.block_tokens // engine.block_size
     num_blocks = blocks * R * 2
     gen = torch.Generator().manual_seed(0)
@@ -83,6 +88,7 @@ def run(device: torch.device, layers: int, blocks: int, dtype: str, backend: str
             seconds = base_seconds = (seconds + base_seconds) / 2
         gbps, baseline = total / seconds / 1e9, total / base_seconds / 1e9
         rows.append(dict(name=f"{op}/{codec}", op=op, codec=codec, backend=backend_name,
+                         engine=kind,
                          block_bytes=layout.block_nbytes, gbps=gbps, baseline=baseline,
                          ratio=gbps / baseline))
 
@@ -144,14 +150,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     parser.add_argument("--backend", choices=["reference", "cuda"], default=None,
                         help="force an implementation (default: the dispatcher's choice)")
+    parser.add_argument("--engine", default="vllm_flash",
+                        choices=["vllm_flash", "vllm_cpu", "vllm_cpu_amx"],
+                        help="engine cache layout (vllm_cpu_amx needs --dtype bfloat16)")
     args = parser.parse_args(argv)
+    if args.engine == "vllm_cpu_amx" and args.dtype != "bfloat16":
+        parser.error("vllm_cpu_amx caches are bfloat16 (--dtype bfloat16)")
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     layers = args.layers or (32 if cuda else 4)
     blocks = args.blocks or (16 if cuda else 4)
-    rows = run(device, layers, blocks, args.dtype, args.backend)
+    rows = run(device, layers, blocks, args.dtype, args.backend, args.engine)
+    ebs = 16 if args.engine == "vllm_flash" else 32
     print(f"kernels on {device}: {blocks} store blocks x {layers} layers x 256 tokens x "
-          f"8 heads x 128 dims, {args.dtype}, vLLM flash engine blocks of 16")
+          f"8 heads x 128 dims, {args.dtype}, {args.engine} engine blocks of {ebs}")
     print_table(rows, COLUMNS)
     if args.json:
         write_json(args.json, "kernels", rows)

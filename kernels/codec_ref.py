@@ -1,11 +1,14 @@
 """Torch reference of the block codecs: the oracle the CUDA kernels are held to.
 
-Batched and vectorised: ``encode_blocks`` takes ``[S, L, 2, T, H, D]`` (S store
-blocks) and writes ``[S, payload_nbytes]`` bytes; ``decode_blocks`` is the
-reverse. Runs on any device torch runs on. The byte layout and the arithmetic
-are specified in :mod:`kvstore.kernels.codecs`; every float operation here is
-one IEEE float32 operation on tensors (never a division by a Python scalar,
-which torch may turn into a multiplication by the reciprocal).
+Batched and vectorised over S store blocks and a few layers at a time:
+``encode_f32`` quantizes a head-major float32 copy ``[S, n, 2, H, T, D]`` into
+the payload sections of ``[S, payload_nbytes]`` bytes; ``decode_into`` writes
+the decoded blocks into any ``[S, n, 2, T, H, D]`` view of the layout's dtype
+(one copy transposes the float32 result and rounds it there). Runs on
+any device torch runs on. The byte layout and the arithmetic are specified in
+:mod:`kvstore.kernels.codecs`; every float operation here is one IEEE float32
+operation on tensors (never a division by a Python scalar, which torch may
+turn into a multiplication by the reciprocal).
 """
 
 from __future__ import annotations
@@ -19,10 +22,8 @@ from kvstore.kernels.codecs import (
     INT4_LEVELS,
     INT8,
     INT8_MAX,
-    NONE,
     PayloadSpec,
     Section,
-    payload_spec,
 )
 from kvstore.layout import KVLayout
 
@@ -44,6 +45,19 @@ def _scale_and_safe(amax_or_range: torch.Tensor, levels: float):
     scale = _div(amax_or_range, levels)
     nonzero = scale > 0
     return scale, torch.where(nonzero, scale, torch.ones_like(scale)), nonzero
+
+
+FLT_MIN = 2.0 ** -126  # smallest normal float32
+
+
+def _clamp_(y: torch.Tensor, scale: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Saturate ``y`` = values / scale to [lo, hi], skipping the pass when no scale
+    is below FLT_MIN: with a normal scale = range / levels (one rounding), |y| <=
+    levels * (1 + 2^-23), which rounds (to an integer, or to e4m3) within the
+    range already. Subnormal or zero scales lose that precision and are clamped."""
+    if bool((scale < FLT_MIN).any()):
+        y.clamp_(lo, hi)
+    return y
 
 
 CHUNK_ELEMENTS = 1 << 20  # float32 temporaries per step: a few MB, cache friendly
@@ -68,99 +82,74 @@ def zero_gaps(out: torch.Tensor, spec: PayloadSpec) -> None:
             out[:, start: start + length] = 0
 
 
-def encode_layers(blocks: torch.Tensor, views: dict[str, torch.Tensor], codec: str,
-                  l0: int) -> None:
-    """Encode layers ``[l0, l0 + n)``, given as ``blocks`` ``[S, n, 2, T, H, D]``,
-    into the payload section ``views``."""
-    n = blocks.shape[1]
+def encode_f32(x: torch.Tensor, views: dict[str, torch.Tensor], codec: str, l0: int) -> None:
+    """Encode layers ``[l0, l0 + n)``, given as a private head-major float32 copy
+    ``x`` ``[S, n, 2, H, T, D]`` (consumed), into the payload section ``views``."""
+    n = x.shape[1]
     part = {name: v[:, l0:l0 + n] for name, v in views.items()}
-    if codec == NONE:
-        part["block"].copy_(blocks)
-        return
-    # head-major private float32 copy [S, n, 2, H, T, D] (a copy even for float32)
-    x = torch.empty(blocks.permute(0, 1, 2, 4, 3, 5).shape, dtype=torch.float32,
-                    device=blocks.device)
-    x.copy_(blocks.permute(0, 1, 2, 4, 3, 5))
     {FP8_E4M3: _encode_fp8, INT8: _encode_int8}.get(codec, _encode_int4)(x, part)
 
 
-def decode_layers(views: dict[str, torch.Tensor], codec: str, l0: int, l1: int,
-                  dtype: torch.dtype) -> torch.Tensor:
-    """Layers ``[l0, l1)`` of the payloads as blocks ``[S, n, 2, T, H, D]``."""
+def decode_into(views: dict[str, torch.Tensor], codec: str, l0: int, l1: int,
+                out: torch.Tensor) -> None:
+    """Decode layers ``[l0, l1)`` of the payloads into ``out`` ``[S, n, 2, T, H, D]``
+    (any strides, the layout's dtype). The arithmetic runs in place on a contiguous
+    head-major float32 tensor (torch's mixed-dtype ops, e.g. int8 * float32 or a
+    float32 result cast into a strided half ``out``, are slower on CPU than
+    converting first); one copy then transposes and rounds it into ``out``."""
     part = {name: v[:, l0:l1] for name, v in views.items()}
-    if codec == NONE:
-        return part["block"]
     x = {FP8_E4M3: _decode_fp8, INT8: _decode_int8}.get(codec, _decode_int4)(part)
-    hm = x.permute(0, 1, 2, 4, 3, 5)  # back to [S, n, 2, T, H, D]
-    out = torch.empty(hm.shape, dtype=dtype, device=x.device)
-    return out.copy_(hm)  # one pass: transpose + round to dtype
-
-
-def encode_blocks(blocks: torch.Tensor, layout: KVLayout, codec: str,
-                  out: torch.Tensor | None = None) -> torch.Tensor:
-    """Encode ``blocks`` ``[S, L, 2, T, H, D]`` into ``out`` ``[S, nbytes]`` (uint8)."""
-    spec = payload_spec(layout, codec)
-    S = blocks.shape[0]
-    if out is None:
-        out = torch.empty((S, spec.nbytes), dtype=torch.uint8, device=blocks.device)
-    zero_gaps(out, spec)
-    views = section_views(out, spec)
-    for l0, l1 in layer_chunks(S, layout):
-        encode_layers(blocks[:, l0:l1], views, codec, l0)
-    return out
-
-
-def decode_blocks(payloads: torch.Tensor, layout: KVLayout, codec: str) -> torch.Tensor:
-    """Decode ``payloads`` ``[S, nbytes]`` into blocks ``[S, L, 2, T, H, D]``."""
-    spec = payload_spec(layout, codec)
-    S = payloads.shape[0]
-    out = torch.empty((S, *layout.block_shape), dtype=layout.torch_dtype, device=payloads.device)
-    views = section_views(payloads, spec)
-    for l0, l1 in layer_chunks(S, layout):
-        out[:, l0:l1] = decode_layers(views, codec, l0, l1, layout.torch_dtype)
-    return out
+    out.copy_(x.permute(0, 1, 2, 4, 3, 5))
 
 
 # The encoders own ``x`` (a private float32 copy) and work on it in place.
 def _absmax(x: torch.Tensor, dims) -> torch.Tensor:
     """max |x| over ``dims`` without a |x| temporary (exact: max(max x, -min x));
-    abs_ makes a zero maximum +0, as fabsf does in the kernels."""
+    abs_ makes a zero maximum +0, as fabsf does in the kernels. (amax and amin are
+    each ~10x faster than one aminmax on CPU.)"""
     return torch.maximum(x.amax(dim=dims), x.amin(dim=dims).neg_()).abs_()
 
 
 # -- fp8 e4m3: one scale per (layer, K/V, head) -------------------------------
+def _zero_groups_(y: torch.Tensor, nonzero: torch.Tensor) -> None:
+    """q = 0 (+0) in the groups whose scale is 0 (rare: touched only if any)."""
+    if not bool(nonzero.all()):
+        y[~nonzero] = 0.0
+
+
 def _encode_fp8(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
     scale, safe, nonzero = _scale_and_safe(_absmax(x, (-2, -1)), FP8_MAX)  # [S, n, 2, H]
-    y = x.div_(safe[..., None, None]).clamp_(-FP8_MAX, FP8_MAX)
-    y.masked_fill_(~nonzero[..., None, None], 0.0)
+    y = _clamp_(x.div_(safe[..., None, None]), scale, -FP8_MAX, FP8_MAX)
+    _zero_groups_(y, nonzero)  # x / 1 may hold -0 (byte 0x80): the format wants +0
     out["scale"].copy_(scale)
-    out["q"].copy_(y.to(torch.float8_e4m3fn).view(torch.uint8))
+    out["q"].view(torch.float8_e4m3fn).copy_(y)  # round to e4m3 straight into the payload
 
 
 def _decode_fp8(p: dict[str, torch.Tensor]) -> torch.Tensor:
-    q = p["q"].view(torch.float8_e4m3fn).float()
-    return q.mul_(p["scale"][..., None, None])
+    return p["q"].view(torch.float8_e4m3fn).float().mul_(p["scale"][..., None, None])
 
 
 # -- int8: symmetric, one scale per (layer, K/V, head, token) -----------------
 def _encode_int8(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
-    scale, safe, nonzero = _scale_and_safe(_absmax(x, -1), INT8_MAX)  # [S, n, 2, H, T]
-    y = x.div_(safe[..., None]).round_().clamp_(-INT8_MAX, INT8_MAX)
-    y.masked_fill_(~nonzero[..., None], 0.0)
+    scale, safe, _ = _scale_and_safe(_absmax(x, -1), INT8_MAX)  # [S, n, 2, H, T]
+    y = _clamp_(x.div_(safe[..., None]).round_(), scale, -INT8_MAX, INT8_MAX)
+    # a scale-0 group (amax / 127 underflowed) divides by 1 values of magnitude at
+    # most 127 * 2^-150: they round to +-0, q = 0 as an int8: no masking needed
     out["scale"].copy_(scale)
     out["q"].copy_(y)  # exact small integers -> int8
 
 
 def _decode_int8(p: dict[str, torch.Tensor]) -> torch.Tensor:
-    return p["q"].float().mul_(p["scale"][..., None])
+    return p["q"].float().mul_(p["scale"][..., None])  # int8 -> float32 is exact
 
 
 # -- int4: asymmetric; K per channel over 64-token groups, V per token --------
 def _quant4_(x: torch.Tensor, mn: torch.Tensor, safe: torch.Tensor,
-             nonzero: torch.Tensor) -> torch.Tensor:
-    """In place: x -> q in [0, 15] against its group's min and scale (broadcast)."""
-    x.sub_(mn).div_(safe).round_().clamp_(0, INT4_LEVELS)
-    return x.masked_fill_(~nonzero, 0.0)
+             scale: torch.Tensor) -> torch.Tensor:
+    """In place: x -> q in [0, 15] against its group's min and scale (broadcast).
+    A scale-0 group ((max - min) / 15 underflowed) divides by 1 values x - min of at
+    most 15 * 2^-150: q rounds to +-0, which is 0 as a nibble: no masking needed."""
+    return _clamp_(x.sub_(mn).div_(safe).round_(), scale, 0, INT4_LEVELS)
 
 
 def _nibbles(q: torch.Tensor) -> torch.Tensor:
@@ -183,11 +172,11 @@ def _encode_int4(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
     # + 0.0 turns a -0 minimum / maximum into +0, so the stored bytes do not
     # depend on which of +0 / -0 a reduction happened to return (as in the kernels)
     k_min, k_max = kg.amin(dim=-2).add_(0.0), kg.amax(dim=-2).add_(0.0)  # [S, n, H, G, D]
-    k_scale, k_safe, k_nz = _scale_and_safe(k_max - k_min, INT4_LEVELS)
-    kq = _quant4_(kg, k_min[..., None, :], k_safe[..., None, :], k_nz[..., None, :])
+    k_scale, k_safe, _ = _scale_and_safe(k_max - k_min, INT4_LEVELS)
+    kq = _quant4_(kg, k_min[..., None, :], k_safe[..., None, :], k_scale)
     v_min, v_max = v.amin(dim=-1).add_(0.0), v.amax(dim=-1).add_(0.0)  # [S, n, H, T]
-    v_scale, v_safe, v_nz = _scale_and_safe(v_max - v_min, INT4_LEVELS)
-    vq = _quant4_(v, v_min[..., None], v_safe[..., None], v_nz[..., None])
+    v_scale, v_safe, _ = _scale_and_safe(v_max - v_min, INT4_LEVELS)
+    vq = _quant4_(v, v_min[..., None], v_safe[..., None], v_scale)
     out["k_scale"].copy_(k_scale)
     out["k_min"].copy_(k_min)
     out["v_scale"].copy_(v_scale)

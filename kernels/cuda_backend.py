@@ -75,6 +75,10 @@ def _function(op: str, device_index: int, name: str):
 
 def unsupported(src: PagedSource, codec: str) -> str | None:
     """Why the kernels cannot take this geometry (then the reference runs), or None."""
+    if not src.plain:
+        return ("the CUDA kernels take [num_blocks, block_size, H, D] views with a contiguous "
+                "head dim; vLLM's CPU layouts (transposed K, AMX tiles) live in CPU memory, "
+                "where the torch reference runs them")
     if codec == INT4 and src.layout.head_dim > MAX_INT4_HEAD_DIM:
         return f"int4 kernels take head_dim <= {MAX_INT4_HEAD_DIM}"
     if src.num_store_blocks > 65535 or 2 * src.layout.num_layers > 65535:

@@ -80,17 +80,13 @@ def pack(src: PagedSource, codec: str, out, backend: str | None) -> list[torch.T
         return rows
     which = choose(src, codec, backend)
     direct = all(r.device == dev and r.is_contiguous() for r in rows)
+    work = rows if direct else list(torch.empty((S, nbytes), dtype=torch.uint8,
+                                                device=dev).unbind(0))
     if which == CUDA:
-        work = rows if direct else list(torch.empty((S, nbytes), dtype=torch.uint8,
-                                                    device=dev).unbind(0))
         cuda_backend.run("pack", src, codec, work)
     else:
-        if buf is not None and buf.device == dev and buf.is_contiguous():
-            work_buf = buf
-        else:
-            work_buf = torch.empty((S, nbytes), dtype=torch.uint8, device=dev)
-        reference.pack(src, codec, work_buf)
-        work = list(work_buf.unbind(0))
+        whole = buf if direct and buf is not None and buf.is_contiguous() else None
+        reference.pack(src, codec, work, whole)
     for r, w in zip(rows, work):
         if r.data_ptr() != w.data_ptr():
             r.copy_(w, non_blocking=r.is_pinned() or w.is_pinned())
@@ -105,15 +101,15 @@ def unpack(src: PagedSource, codec: str, payloads, backend: str | None) -> None:
         return
     which = choose(src, codec, backend)
     if isinstance(payloads, torch.Tensor) and payloads.device == dev and payloads.is_contiguous():
-        buf = payloads
-    elif all(r.device == dev for r in rows):
-        buf = None if which == CUDA and all(r.is_contiguous() for r in rows) \
-            else torch.stack(rows)
+        buf, rows = payloads, list(payloads.unbind(0))
+    elif all(r.device == dev and r.is_contiguous() for r in rows):
+        buf = None  # the slots as they are (e.g. an arena's, under a read lease)
     else:
         host = payloads if isinstance(payloads, torch.Tensor) else torch.stack(
             [r.cpu() for r in rows])
         buf = host.to(dev, non_blocking=host.is_pinned()).contiguous()
+        rows = list(buf.unbind(0))
     if which == CUDA:
-        cuda_backend.run("unpack", src, codec, rows if buf is None else list(buf.unbind(0)))
+        cuda_backend.run("unpack", src, codec, rows)
     else:
-        reference.unpack(src, codec, buf)
+        reference.unpack(src, codec, rows, buf)

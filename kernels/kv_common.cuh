@@ -163,8 +163,9 @@ struct KvSlab {
   char* payload;         // this store block's payload
   int T, H, D, ebs, h, l, kv, lkv;
 
-  // Address of row t, or nullptr when its engine block id is out of range
-  // (the host validates ids; this guard only keeps memory safe).
+  // Address of row t, or nullptr when its engine block id is out of range:
+  // -1 (SKIP_BLOCK) in an unpack means "leave this engine block alone"; other
+  // bad ids never get here (the host validates them), the guard keeps memory safe.
   __device__ __forceinline__ char* row(int t) const {
     long long id = ids[t / ebs];
     if (id < 0 || id >= num_blocks) return nullptr;

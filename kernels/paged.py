@@ -8,8 +8,10 @@ Engine layouts and their diagrams: :mod:`kvstore.kernels.layouts`.
 Paged caches (vLLM): store block ``i`` is made of engine blocks
 ``block_ids[i*R:(i+1)*R]`` in token order, ``R = block_tokens / engine
 block_size`` (16 vs 256 gives R = 16); ``block_tokens`` must be a multiple of
-the engine block size. HF caches: a token range ``[start, start + S*T)`` of
-one batch row.
+the engine block size. In ``unpack_paged``, an id of ``SKIP_BLOCK`` (-1)
+leaves that engine block alone (the engine holds its tokens already, e.g. in
+its prefix cache, and a lossy codec must not overwrite them). HF caches: a
+token range ``[start, start + S*T)`` of one batch row.
 
 Payloads written into pinned host ``out`` slots from a CUDA cache are copied
 asynchronously on the current stream (as torch's ``non_blocking`` copies):
@@ -25,7 +27,8 @@ import torch
 from kvstore.errors import InvalidArgument, LayoutMismatch
 from kvstore.kernels import dispatch
 from kvstore.kernels.codecs import check_codec
-from kvstore.kernels.layouts import EngineLayout, hf_layers, hf_views
+from kvstore.kernels.hf_layout import hf_layers, hf_views
+from kvstore.kernels.layouts import EngineLayout
 from kvstore.kernels.source import PagedSource, paged_source
 from kvstore.layout import KVLayout
 
@@ -65,7 +68,8 @@ def pack_paged(kv_caches: Sequence[torch.Tensor], block_ids: BlockIds, layout: K
 def unpack_paged(payloads, kv_caches: Sequence[torch.Tensor], block_ids: BlockIds,
                  layout: KVLayout, codec: str, engine: EngineLayout, *,
                  backend: str | None = None) -> None:
-    """Decode + scatter ``payloads`` (one per store block) into ``block_ids``'s slots."""
+    """Decode + scatter ``payloads`` (one per store block) into ``block_ids``'s slots
+    (an id of ``SKIP_BLOCK``, -1, leaves that engine block untouched)."""
     check_codec(codec)
     src = _paged(kv_caches, block_ids, layout, engine, writing=True)
     dispatch.unpack(src, codec, payloads, backend)

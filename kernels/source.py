@@ -1,14 +1,19 @@
 """Where the store blocks of one call live in an engine cache, validated.
 
 Every pack / unpack call is reduced to a :class:`PagedSource`: per layer a K
-and a V view ``[num_blocks, ebs, H, D]`` (see :mod:`kvstore.kernels.layouts`)
-and the engine block ids, ``T / ebs`` of them per store block, in token order.
-The same source also describes a canonical block (one engine block of T
-tokens, id 0), so ``encode``/``decode`` run through the same kernels.
+and a V view whose dim 0 is the engine block and whose other dims enumerate
+(slot, head, dim) in row-major order (``[num_blocks, ebs, H, D]``, or tiled;
+see :mod:`kvstore.kernels.layouts`) and the engine block ids, ``T / ebs`` of
+them per store block, in token order. In an unpack, id ``SKIP_BLOCK`` (-1)
+marks an engine block to leave alone (its tokens are in the engine already,
+e.g. in its own prefix cache). The same source also describes a canonical
+block (one engine block of T tokens, id 0), so ``encode``/``decode`` run
+through the same kernels.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,15 +23,17 @@ import torch
 from kvstore.errors import InvalidArgument, LayoutMismatch
 from kvstore.layout import DTYPE_SIZES, KVLayout
 
+SKIP_BLOCK = -1  # an unpack's block id for "do not write this engine block"
+
 
 @dataclass(frozen=True)
 class PagedSource:
     """K/V views of every layer plus the engine block ids of S store blocks."""
 
     layout: KVLayout
-    k: tuple[torch.Tensor, ...]  # per layer [num_blocks, ebs, H, D]
+    k: tuple[torch.Tensor, ...]  # per layer [num_blocks, ebs, H, D], or tiled
     v: tuple[torch.Tensor, ...]
-    block_ids: torch.Tensor  # int64 [S * T/ebs], on the cache's device
+    block_ids: torch.Tensor  # int64 [S * T/ebs], on the cache's device; unpacks may hold -1
     ebs: int
 
     @property
@@ -40,6 +47,13 @@ class PagedSource:
     @property
     def num_store_blocks(self) -> int:
         return self.block_ids.numel() * self.ebs // self.layout.block_tokens
+
+    @property
+    def plain(self) -> bool:
+        """Every view is ``[num_blocks, ebs, H, D]`` with a contiguous head dim (what
+        the CUDA kernels take); False for tiled or D-strided (vLLM CPU) views."""
+        want = (self.num_blocks, self.ebs, self.layout.num_kv_heads, self.layout.head_dim)
+        return all(tuple(t.shape) == want and t.stride(-1) == 1 for t in (*self.k, *self.v))
 
 
 def layout_of_block(block: torch.Tensor) -> KVLayout:
@@ -85,7 +99,8 @@ def as_block_ids(block_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
 def paged_source(k: Sequence[torch.Tensor], v: Sequence[torch.Tensor], block_ids,
                  layout: KVLayout, ebs: int, *, writing: bool,
                  check_ids: bool = True) -> PagedSource:
-    """Validate per-layer views and block ids; ``writing`` also forbids duplicate ids.
+    """Validate per-layer views and block ids; ``writing`` also forbids duplicate ids
+    and allows ``SKIP_BLOCK`` (-1) for engine blocks to leave alone.
 
     Checking ids that live on a GPU costs one synchronisation; ``check_ids=False``
     is for ids this package made itself.
@@ -98,12 +113,18 @@ def paged_source(k: Sequence[torch.Tensor], v: Sequence[torch.Tensor], block_ids
         raise LayoutMismatch(f"expected {layout.num_layers} layers, got {len(k)}")
     device = k[0].device
     shape0 = tuple(k[0].shape)
-    for t in (*k, *v):
-        if t.device != device:
-            raise InvalidArgument("all layers must be on one device")
-        if tuple(t.shape) != shape0:
-            raise LayoutMismatch(f"all layers must have one shape, got {tuple(t.shape)} "
-                                 f"and {shape0}")
+    per_block = ebs * layout.num_kv_heads * layout.head_dim
+    for views in (k, v):  # K and V views may differ (tiled), all layers may not
+        first = tuple(views[0].shape)
+        for t in views:
+            if t.device != device:
+                raise InvalidArgument("all layers must be on one device")
+            if tuple(t.shape) != first:
+                raise LayoutMismatch(f"all layers must have one shape, got {tuple(t.shape)} "
+                                     f"and {first}")
+        if first[0] != shape0[0] or math.prod(first[1:]) != per_block:
+            raise LayoutMismatch(f"a view {first} does not hold {shape0[0]} engine blocks of "
+                                 f"{ebs} x {layout.num_kv_heads} x {layout.head_dim} values")
     ids = as_block_ids(block_ids)
     R = T // ebs
     if ids.numel() % R:
@@ -112,10 +133,15 @@ def paged_source(k: Sequence[torch.Tensor], v: Sequence[torch.Tensor], block_ids
     if check_ids and ids.numel():
         lo, hi = torch.aminmax(ids)
         lo, hi = int(lo), int(hi)  # a sync only when the caller's ids live on a GPU
-        if lo < 0 or hi >= shape0[0]:
-            raise InvalidArgument(f"block ids must lie in [0, {shape0[0]}), got [{lo}, {hi}]")
-        if writing and torch.unique(ids).numel() != ids.numel():
-            raise InvalidArgument("block ids of an unpack must not repeat")
+        least = SKIP_BLOCK if writing else 0
+        if lo < least or hi >= shape0[0]:
+            skip = " (or -1: leave the block alone)" if writing else ""
+            raise InvalidArgument(
+                f"block ids must lie in [0, {shape0[0]}){skip}, got [{lo}, {hi}]")
+        if writing:
+            real = ids[ids != SKIP_BLOCK] if lo == SKIP_BLOCK else ids
+            if torch.unique(real).numel() != real.numel():
+                raise InvalidArgument("block ids of an unpack must not repeat")
     if ids.device != device:
         if ids.device.type == "cpu" and device.type == "cuda":
             ids = ids.pin_memory().to(device, non_blocking=True)

@@ -1,8 +1,11 @@
-"""vLLM's CPU paged cache layout, as its own write op lays it out.
+"""The kernels' vLLM CPU layouts against vLLM's own cache write (vllm-cpu 0.32).
 
-The connector's gather/scatter rest on ``CpuPagedLayout.probe``; these tests
-hold them to vLLM's ``cpu_attn_reshape_and_cache`` on real cache tensors with
-random K/V, for every ISA this CPU runs, and pin the documented "vec" order.
+Random K/V are written into real cache tensors by ``cpu_attn_reshape_and_cache``
+(the op vLLM's CPU attention backend calls on every forward), for every ISA
+this CPU runs; ``kvstore.kernels`` must read back exactly those K/V and write
+back exactly vLLM's bytes, and ``select_layout`` must pick that layout. A live
+engine's cache is checked end to end in ``test_vllm_connector.py`` (fp32:
+``vec``) and ``test_vllm_amx_engine.py`` (bf16: ``amx``).
 """
 
 import importlib.util
@@ -13,73 +16,81 @@ import torch
 if importlib.util.find_spec("vllm") is None:
     pytest.skip("vllm is not installed", allow_module_level=True)
 
-from kvstore.client.vllm_cpu_paged import (  # noqa: E402
-    CpuPagedLayout,
-    gather_blocks,
-    scatter_blocks,
-)
-
-H, BS, D = 4, 32, 64
+from kvstore.client.vllm_cpu_paged import select_layout, vllm_write  # noqa: E402
+from kvstore.errors import LayoutMismatch  # noqa: E402
+from kvstore.kernels import EngineLayout, decode, pack_paged, unpack_paged  # noqa: E402
+from kvstore.layout import KVLayout  # noqa: E402
 
 
-def _isas():
-    cases = [(torch.float32, "vec"), (torch.bfloat16, "vec"), (torch.float16, "vec16")]
+def _cases():
+    """(dtype, isa, block_size, H, head_dim): the ISAs vLLM picks on this CPU."""
+    cases = [(torch.float32, "vec", 32, 4, 64), (torch.bfloat16, "vec", 64, 2, 128),
+             (torch.float16, "vec", 32, 3, 96), (torch.float16, "vec16", 16, 2, 48),
+             (torch.float32, "vec16", 48, 2, 80), (torch.bfloat16, "vec16", 16, 4, 64)]
     if torch.cpu._is_amx_tile_supported():
-        cases.append((torch.bfloat16, "amx"))
+        cases += [(torch.bfloat16, "amx", 32, 4, 64), (torch.bfloat16, "amx", 64, 2, 96),
+                  (torch.bfloat16, "amx", 96, 1, 256)]
     return cases
 
 
-def _write(cache, isa, slots, k, v):
-    from vllm import _custom_ops as ops
-
-    nb = cache.shape[0]
-    key_cache, value_cache = cache.view(nb, H, 2 * BS, D).chunk(2, dim=2)
-    ops.cpu_attn_reshape_and_cache(k, v, key_cache, value_cache, slots, isa,
-                                   k_scale=1.0, v_scale=1.0, kv_cache_dtype="auto")
+def _id(case):
+    dtype, isa, bs, H, D = case
+    return f"{isa}-{str(dtype).removeprefix('torch.')}-bs{bs}-H{H}-D{D}"
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["strided", "perm"])
-@pytest.mark.parametrize("dtype,isa", _isas(), ids=lambda x: str(x).removeprefix("torch."))
-def test_gather_and_scatter_match_vllm_write(dtype, isa, fast):
-    layout = CpuPagedLayout.probe(dtype, isa, H, BS, D, fast=fast)
-    if fast and isa.startswith("vec"):
-        assert layout.strides is not None  # K^T and V are strided views: the fast path
-    nb, blocks = 9, [7, 2, 5]
-    caches = [torch.zeros(nb, H, BS, 2 * D, dtype=dtype) for _ in range(2)]
-    slots = torch.cat([torch.arange(b * BS, (b + 1) * BS) for b in blocks])
+CASES = _cases()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_kernels_read_and_write_what_vllm_writes(case):
+    dtype, isa, bs, H, D = case
+    engine = select_layout(dtype, isa, H, bs, D)
+    assert engine == EngineLayout.vllm_cpu(bs, isa)
+    nb, blocks, L = 9, [7, 2, 5, 0], 2
+    T = 2 * bs  # a store block spans two engine blocks
+    layout = KVLayout("m", L, H, D, str(dtype).removeprefix("torch."), T)
+    caches = [torch.zeros(nb, H, bs, 2 * D, dtype=dtype) for _ in range(L)]
+    slots = torch.cat([torch.arange(b * bs, (b + 1) * bs) for b in blocks])
     expect = []
     for cache in caches:
         k = torch.randn(len(slots), H, D).to(dtype)
         v = torch.randn(len(slots), H, D).to(dtype)
-        _write(cache, isa, slots, k, v)
+        vllm_write(cache, isa, slots, k, v)
         expect.append(torch.stack([k, v]))
-    got = gather_blocks(layout, caches, blocks)
-    assert got.shape == (2, 2, len(slots), H, D)
-    assert torch.equal(got, torch.stack(expect))
+    expect = torch.stack(expect)  # [L, 2, 4 * bs, H, D]
+    payloads = pack_paged(caches, blocks, layout, "none", engine)
+    got = torch.cat([decode(p, layout, "none") for p in payloads], dim=2)
+    assert torch.equal(got, expect)
 
     fresh = [torch.zeros_like(c) for c in caches]
-    scatter_blocks(layout, fresh, blocks, got)
+    unpack_paged(payloads, fresh, blocks, layout, "none", engine)
     for a, b in zip(fresh, caches):
-        assert torch.equal(a, b)  # byte for byte what vLLM itself wrote
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))  # vLLM's bytes
 
 
-def test_vec_layout_is_k_transposed_then_v():
-    """The diagram of vllm_cpu_paged: per (block, head), K as [D, bs] then V as [bs, D]."""
-    cache = torch.zeros(1, H, BS, 2 * D)
-    k, v = torch.randn(BS, H, D), torch.randn(BS, H, D)
-    _write(cache, "vec", torch.arange(BS), k, v)
-    per_head = cache.view(H, 2, BS * D)
-    assert torch.equal(per_head[:, 0].view(H, D, BS), k.permute(1, 2, 0))
-    assert torch.equal(per_head[:, 1].view(H, BS, D), v.permute(1, 0, 2))
-    assert not torch.equal(cache[0, :, :, :D], k.transpose(0, 1))  # the naive reading is wrong
+@pytest.mark.parametrize("isa", ["vec", "amx"])
+def test_decode_writes_one_token_at_a_time_land_where_the_kernels_read(isa):
+    if isa == "amx" and not torch.cpu._is_amx_tile_supported():
+        pytest.skip("no AMX on this CPU")
+    dtype, H, bs, D = torch.bfloat16, 2, 32, 64
+    engine = EngineLayout.vllm_cpu(bs, isa)
+    layout = KVLayout("m", 1, H, D, "bfloat16", bs)
+    cache = torch.zeros(3, H, bs, 2 * D, dtype=dtype)
+    k, v = torch.randn(bs, H, D).to(dtype), torch.randn(bs, H, D).to(dtype)
+    for t in torch.randperm(bs).tolist():
+        vllm_write(cache, isa, torch.tensor([bs + t]), k[t: t + 1].contiguous(),
+                   v[t: t + 1].contiguous())
+    block = decode(pack_paged([cache], [1], layout, "none", engine)[0], layout, "none")
+    assert torch.equal(block[0, 0], k) and torch.equal(block[0, 1], v)
 
 
-def test_partial_writes_land_where_a_full_probe_says():
-    """Decode writes one token at a time; the probe writes whole blocks: same places."""
-    layout = CpuPagedLayout.probe(torch.float32, "vec", H, BS, D)
-    cache = torch.zeros(3, H, BS, 2 * D)
-    k, v = torch.randn(BS, H, D), torch.randn(BS, H, D)
-    for t in range(BS):
-        slot = torch.tensor([BS + t])
-        _write(cache, "vec", slot, k[t : t + 1].contiguous(), v[t : t + 1].contiguous())
-    assert torch.equal(gather_blocks(layout, [cache], [1])[0], torch.stack([k, v]))
+def test_select_layout_refuses_an_unknown_order(monkeypatch):
+    """A write no known layout explains (here: vLLM's op swapped for a scrambled one)."""
+    import kvstore.client.vllm_cpu_paged as mod
+
+    def scrambled(cache, isa, slots, key, value):
+        cache.view(-1)[: key.numel()] = key.flatten().flip(0)
+
+    monkeypatch.setattr(mod, "vllm_write", scrambled)
+    with pytest.raises(LayoutMismatch, match="matches none"):
+        select_layout(torch.float32, "vec", 2, 32, 64)

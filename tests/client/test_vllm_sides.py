@@ -16,12 +16,13 @@ if importlib.util.find_spec("vllm") is None:
     pytest.skip("vllm is not installed", allow_module_level=True)
 
 from kvstore.client import KVClient  # noqa: E402
-from kvstore.client.vllm_cpu_paged import CpuPagedLayout, gather_blocks  # noqa: E402
 from kvstore.client.vllm_meta import KVStoreConnectorMetadata, LoadSpec, SaveSpec  # noqa: E402
 from kvstore.client.vllm_scheduler import SchedulerSide  # noqa: E402
 from kvstore.client.vllm_settings import EngineGeometry  # noqa: E402
 from kvstore.client.vllm_worker import WorkerSide  # noqa: E402
+from kvstore.kernels import EngineKind, EngineLayout  # noqa: E402
 from kvstore.layout import KVLayout  # noqa: E402
+from tests.kernels.engine_caches import read_cache  # noqa: E402
 
 BS, BT, L, H, D = 32, 64, 2, 2, 32  # vLLM block, store block, layers, kv heads, head dim
 
@@ -120,8 +121,16 @@ def make_worker(ns, num_blocks=16):
     geometry = EngineGeometry(("l0", "l1"), BS, H, D, torch.float32)
     worker = WorkerSide(ns, geometry, vllm_config=None)
     worker.register({name: torch.zeros(num_blocks, H, BS, 2 * D) for name in ("l0", "l1")})
-    worker._paged = CpuPagedLayout.probe(torch.float32, "vec", H, BS, D)  # no engine to ask
+    worker._engine = EngineLayout.vllm_cpu(BS, "vec")  # no engine to ask for its ISA
     return worker
+
+
+def gather_blocks(worker, blocks):
+    """Canonical [L, 2, len(blocks) * BS, H, D] of engine blocks ``blocks``, read with
+    the test's own map of vLLM's vec layout (not the kernels)."""
+    layers = [read_cache(EngineKind.VLLM_CPU, cache) for cache in worker.caches]
+    return torch.stack([torch.stack([k[blocks].flatten(0, 1), v[blocks].flatten(0, 1)])
+                        for k, v in layers])
 
 
 def test_worker_loads_what_is_left_and_reports_the_rest(ns):
@@ -133,7 +142,7 @@ def test_worker_loads_what_is_left_and_reports_the_rest(ns):
     worker.load(KVStoreConnectorMetadata(loads=[LoadSpec("r", tokens, blocks, skip=BS)]))
     assert worker.take_load_errors() == {9, 2}
     assert worker.take_load_errors() == set()
-    got = gather_blocks(worker.paged, worker.caches, blocks[1:4])
+    got = gather_blocks(worker, blocks[1:4])
     assert torch.equal(got, kv[:, :, BS : 2 * BT])
     assert not worker.caches[0][3].any()  # the skipped (locally cached) block is untouched
     assert worker.stats.loaded_tokens == 2 * BT - BS and worker.stats.failed_blocks == 2
@@ -150,4 +159,4 @@ def test_worker_saves_round_trip(ns):
     worker.flush_saves(meta)
     n, kv = ns.get(tokens)
     assert n == 2 * BT and worker.stats.saved_tokens == 2 * BT
-    assert torch.equal(kv, gather_blocks(worker.paged, worker.caches, blocks))
+    assert torch.equal(kv, gather_blocks(worker, blocks))

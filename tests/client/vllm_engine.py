@@ -24,8 +24,9 @@ BLOCK_SIZE = 32  # vLLM block: CPU attention needs a multiple of 32
 BLOCK_TOKENS = 256  # store block
 
 
-def make_llm(model_dir, url: str, **extra):
-    """A CPU ``LLM`` whose KV connector is ours, on ``url``."""
+def make_llm(model_dir, url: str, dtype: str = "float32", **extra):
+    """A CPU ``LLM`` whose KV connector is ours, on ``url``, computing in ``dtype``
+    (bfloat16 on a CPU with AMX makes vLLM's attention use its AMX cache layout)."""
     for key, value in ENV.items():
         os.environ.setdefault(key, value)
     from vllm import LLM
@@ -41,7 +42,7 @@ def make_llm(model_dir, url: str, **extra):
     )
     return LLM(model=str(model_dir), kv_transfer_config=transfer, enable_prefix_caching=False,
                block_size=BLOCK_SIZE, max_model_len=2048, max_num_batched_tokens=512,
-               dtype="float32", enforce_eager=True, seed=0)
+               dtype=dtype, enforce_eager=True, seed=0)
 
 
 def shutdown_llm(llm) -> None:

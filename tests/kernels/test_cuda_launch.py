@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from kvstore.errors import LayoutMismatch
 from kvstore.kernels import (
     CODECS,
     EngineKind,
@@ -60,7 +61,9 @@ class Emulator:
                 for h in range(H):
                     for t in range(T):
                         eid = block_ids[sb * (T // ebs) + t // ebs]
-                        assert 0 <= eid < nb
+                        if not 0 <= eid < nb:  # KvSlab::row: -1 (SKIP_BLOCK) is not written
+                            assert eid == -1 and self.op == "unpack"
+                            continue
                         row = base + eid * bstride + (t % ebs) * tstride + h * hstride
                         canon = payloads[sb] + offsets[0] + (((lkv * T + t) * H + h) * D) * esz
                         src, dst = (row, canon) if self.op == "pack" else (canon, row)
@@ -90,11 +93,10 @@ def _setup(kind, dtype, D=64, ebs=16, T=32, nb=10, L=2, H=3):
     return layout, engine, caches
 
 
-@pytest.mark.parametrize("kind", list(EngineKind))
 @pytest.mark.parametrize("dtype,D", [(torch.float16, 64), (torch.float32, 80),
                                      (torch.bfloat16, 36)])
-def test_emulated_none_kernels_move_the_reference_bytes(fake_cuda, kind, dtype, D):
-    layout, engine, caches = _setup(kind, dtype, D=D)
+def test_emulated_none_kernels_move_the_reference_bytes(fake_cuda, dtype, D):
+    layout, engine, caches = _setup(EngineKind.VLLM_FLASH, dtype, D=D)
     ids = [7, 2, 9, 0]
     src = _paged(caches, ids, layout, engine, writing=False)
     out = torch.zeros((2, payload_spec(layout, "none").nbytes), dtype=torch.uint8)
@@ -109,12 +111,26 @@ def test_emulated_none_kernels_move_the_reference_bytes(fake_cuda, kind, dtype, 
 
     dst = [torch.zeros_like(c) for c in caches]
     ref_dst = [torch.zeros_like(c) for c in caches]
-    targets = [1, 5, 3, 8]
+    targets = [1, -1, 3, 8]  # -1: an engine block the unpack leaves alone
     cb.run("unpack", _paged(dst, targets, layout, engine, writing=True), "none",
            list(out.unbind(0)))
     unpack_paged(ref, ref_dst, targets, layout, "none", engine, backend="reference")
     assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8))
                for a, b in zip(dst, ref_dst))
+
+
+@pytest.mark.parametrize("kind", [EngineKind.VLLM_CPU, EngineKind.VLLM_CPU_AMX])
+def test_cpu_layouts_are_refused_before_a_launch(fake_cuda, kind):
+    """vLLM's CPU layouts (transposed K, AMX tiles) are not rows of D contiguous
+    values: the launch checks refuse them and the dispatcher runs the reference."""
+    layout, engine, caches = _setup(kind, torch.bfloat16, D=64, ebs=32, T=64)
+    src = _paged(caches, [1, 2, 3, 4], layout, engine, writing=False)
+    assert "CPU" in cb.unsupported(src, "none")
+    rows = list(torch.empty((2, payload_spec(layout, "none").nbytes),
+                            dtype=torch.uint8).unbind(0))
+    with pytest.raises(LayoutMismatch):
+        cb.run("pack", src, "none", rows)
+    assert fake_cuda.calls == []
 
 
 @pytest.mark.parametrize("codec", CODECS)

@@ -21,59 +21,21 @@ from kvstore.kernels import (
     unpack_paged,
 )
 from kvstore.layout import KVLayout
+from tests.kernels.engine_caches import (
+    build_cache,
+    engine_of,
+    expected_block,
+    read_cache,
+)
+from tests.kernels.engine_caches import tokens as _tokens
 
-KINDS = [EngineKind.VLLM_FLASH, "vllm_flash_hnd", EngineKind.VLLM_CPU, EngineKind.VLLM_CPU_SPLIT]
-
-
-def _tokens(L, nb, ebs, H, D, dtype, seed):
-    """Per layer (K, V) token tables [nb, ebs, H, D]: what the engine cached."""
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn((nb, ebs, H, D), generator=g).to(dtype),
-             torch.randn((nb, ebs, H, D), generator=g).to(dtype)) for _ in range(L)]
-
-
-def build_cache(kind, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """One layer's cache laid out as the engine lays it out (written independently
-    of kvstore.kernels.layouts: vLLM's own views for the CPU backend)."""
-    nb, ebs, H, D = k.shape
-    if kind == EngineKind.VLLM_FLASH:
-        return torch.stack([k, v]).contiguous()
-    if kind == "vllm_flash_hnd":  # logical [2, nb, bs, H, D], physical [2, nb, H, bs, D]
-        phys = torch.stack([k, v]).permute(0, 1, 3, 2, 4).contiguous()
-        return phys.permute(0, 1, 3, 2, 4)
-    if kind == EngineKind.VLLM_CPU:
-        cache = torch.full((nb, H, ebs, 2 * D), float("nan"), dtype=k.dtype)
-        # vllm/v1/attention/backends/cpu_attn.py: view + chunk(2, dim=2)
-        key_cache, value_cache = cache.view((nb, H, ebs * 2, -1)).chunk(2, dim=2)
-        key_cache.copy_(k.permute(0, 2, 1, 3))
-        value_cache.copy_(v.permute(0, 2, 1, 3))
-        return cache
-    return torch.stack([k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)]).contiguous()
+KINDS = [EngineKind.VLLM_FLASH, "vllm_flash_hnd", EngineKind.VLLM_CPU, EngineKind.VLLM_CPU_AMX]
 
 
-def read_cache(kind, cache: torch.Tensor):
-    """(K, V) tokens [nb, ebs, H, D] read back the way the engine reads them."""
-    if kind in (EngineKind.VLLM_FLASH, "vllm_flash_hnd"):
-        return cache[0], cache[1]
-    if kind == EngineKind.VLLM_CPU:
-        nb, H, ebs, _ = cache.shape
-        key_cache, value_cache = cache.view((nb, H, ebs * 2, -1)).chunk(2, dim=2)
-        return key_cache.permute(0, 2, 1, 3), value_cache.permute(0, 2, 1, 3)
-    return cache[0].permute(0, 2, 1, 3), cache[1].permute(0, 2, 1, 3)
-
-
-def engine_of(kind, ebs):
-    return EngineLayout("vllm_flash" if kind == "vllm_flash_hnd" else kind, ebs)
-
-
-def expected_block(tokens, ids, ebs, T):
-    """Canonical [L, 2, T, H, D] block made of engine blocks ``ids`` (token order)."""
-    layers = []
-    for k, v in tokens:
-        layers.append(torch.stack([torch.cat([k[i] for i in ids]), torch.cat([v[i] for i in ids])]))
-    block = torch.stack(layers)
-    assert block.shape[2] == T
-    return block
+def _fits(kind, ebs, D, dtype=torch.bfloat16) -> bool:
+    """vLLM's AMX layout exists for bf16 with block size and head dim multiples of 32."""
+    return kind != EngineKind.VLLM_CPU_AMX or (ebs % 32 == 0 and D % 32 == 0
+                                               and dtype == torch.bfloat16)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -81,6 +43,8 @@ def expected_block(tokens, ids, ebs, T):
 @pytest.mark.parametrize("ebs,T", [(16, 64), (16, 256), (32, 32), (8, 40)])
 def test_pack_equals_encode_of_the_gathered_blocks(kind, codec, ebs, T):
     L, H, D, nb = 2, 2, 64, 40
+    if not _fits(kind, ebs, D):
+        ebs, T = 32, (T + 31) // 32 * 32  # AMX: a block size it takes
     R = T // ebs
     tokens = _tokens(L, nb, ebs, H, D, torch.bfloat16, seed=ebs + T)
     caches = [build_cache(kind, k, v) for k, v in tokens]
@@ -90,21 +54,23 @@ def test_pack_equals_encode_of_the_gathered_blocks(kind, codec, ebs, T):
     payloads = pack_paged(caches, ids, layout, codec, engine_of(kind, ebs))
     assert len(payloads) == 2
     for i, p in enumerate(payloads):
-        want = expected_block(tokens, ids[i * R:(i + 1) * R], ebs, T)
+        want = expected_block(tokens, ids[i * R:(i + 1) * R], T)
         assert torch.equal(p, encode(want, codec))
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("codec", CODECS)
 def test_unpack_writes_only_the_target_slots(kind, codec):
-    L, H, D, nb, ebs, T = 2, 3, 80, 24, 16, 64
+    L, H, D, nb, ebs, T, dtype = 2, 3, 80, 24, 16, 64, torch.float16
+    if not _fits(kind, ebs, D, dtype):
+        D, ebs, T, dtype = 64, 32, 128, torch.bfloat16
     R = T // ebs
-    layout = KVLayout("m", L, H, D, "float16", T)
-    src_tokens = _tokens(L, nb, ebs, H, D, torch.float16, seed=1)
+    layout = KVLayout("m", L, H, D, str(dtype).removeprefix("torch."), T)
+    src_tokens = _tokens(L, nb, ebs, H, D, dtype, seed=1)
     src = [build_cache(kind, k, v) for k, v in src_tokens]
     engine = engine_of(kind, ebs)
     payloads = pack_paged(src, list(range(2 * R)), layout, codec, engine)
-    dst = [build_cache(kind, k, v) for k, v in _tokens(L, nb, ebs, H, D, torch.float16, seed=2)]
+    dst = [build_cache(kind, k, v) for k, v in _tokens(L, nb, ebs, H, D, dtype, seed=2)]
     before = [c.clone() for c in dst]
     targets = [9, 3, 17, 0, 22, 5, 11, 14]  # 2 store blocks, not in order
     unpack_paged(payloads, dst, targets, layout, codec, engine)
@@ -155,7 +121,7 @@ def test_block_ids_as_tensor_and_output_slots():
     slots = [arena[16 + nbytes:16 + 2 * nbytes], arena[16:16 + nbytes]]
     rows = pack_paged(caches, ids, layout, "int8", engine, out=slots)
     assert [r.data_ptr() for r in rows] == [s.data_ptr() for s in slots]
-    assert torch.equal(slots[0], encode(expected_block(tokens, [6, 1], ebs, T), "int8"))
+    assert torch.equal(slots[0], encode(expected_block(tokens, [6, 1], T), "int8"))
     assert torch.equal(arena[:16], torch.zeros(16, dtype=torch.uint8))
     out2d = torch.empty((2, nbytes), dtype=torch.uint8)
     pack_paged(caches, ids, layout, "int8", engine, out=out2d)
@@ -292,3 +258,26 @@ def test_bad_hf_arguments():
         pack_hf(pkv, layout, "none", start=-1)
     with pytest.raises(InvalidArgument, match="payloads"):
         unpack_hf(object(), pkv, layout, "none")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_none_payload_slots_at_odd_byte_offsets(kind):
+    """Codec none moves straight between cache and slots; a slot the dtype cannot
+    be viewed on (odd address) still gets the same bytes, both ways."""
+    L, H, D, T, ebs, nb = 2, 2, 64, 64, 32, 8
+    layout = KVLayout("m", L, H, D, "bfloat16", T)
+    tokens = _tokens(L, nb, ebs, H, D, torch.bfloat16, seed=7)
+    caches = [build_cache(kind, k, v) for k, v in tokens]
+    engine = engine_of(kind, ebs)
+    n = payload_nbytes(layout, "none")
+    arena = torch.zeros(2 * n + 3, dtype=torch.uint8)
+    slots = [arena[1:1 + n], arena[2 + n:2 + 2 * n]]
+    pack_paged(caches, [3, 5, 0, 6], layout, "none", engine, out=slots)
+    assert torch.equal(slots[1], encode(expected_block(tokens, [0, 6], T), "none"))
+    fresh = [torch.zeros_like(c) for c in caches]
+    unpack_paged(slots, fresh, [1, 2, 7, 4], layout, "none", engine)
+    for c, f in zip(caches, fresh):
+        k0, v0 = read_cache(kind, c)
+        k1, v1 = read_cache(kind, f)
+        assert torch.equal(k1[[1, 2, 7, 4]], k0[[3, 5, 0, 6]])
+        assert torch.equal(v1[[1, 2, 7, 4]], v0[[3, 5, 0, 6]])

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from kvstore.client.hf_adapter import HFPrefixCache, layout_for_model
+from kvstore.client.hf_reserved import KVBuffer
 from kvstore.client.retrieval import BandwidthEstimator, PrefillModel, plan_retrieval
 
 
@@ -45,6 +46,7 @@ class HFEngine:
         dtype = next(model.parameters()).dtype
         self.layout = layout_for_model(model.config, model_id, block_tokens, dtype)
         self.cache = HFPrefixCache(namespace, self.layout, model.config)
+        self.buffer = KVBuffer(self.layout, device=next(model.parameters()).device)
         self.ns = namespace
         self.adaptive = adaptive
         self.margin = margin
@@ -68,13 +70,16 @@ class HFEngine:
         load_s = 0.0
         if want:
             t_load = time.perf_counter()
-            n, past = self.cache.restore(tokens, max_tokens=want)
+            n, past = self.cache.restore(tokens, max_tokens=want, buffer=self.buffer,
+                                         spare=len(tokens) - want)
             load_s = time.perf_counter() - t_load
             if n:
                 self.bandwidth.observe(n // self.layout.block_tokens * self.ns.spec.block_bytes, load_s)
-        ids = torch.tensor([tokens[n:]])
+        if past is None:  # a miss: the prefill writes the whole prompt's KV into the buffer
+            past = self.buffer.cache(0, capacity=len(tokens))
+        ids = torch.tensor([tokens[n:]], device=self.buffer.device)
         t_prefill = time.perf_counter()
-        out = self.model(ids, past_key_values=past, use_cache=True)
+        out = self.model(ids, past_key_values=past, use_cache=True, logits_to_keep=1)
         logits = out.logits[0, -1].float()
         token = int(torch.argmax(logits))
         ttft = time.perf_counter() - t0
@@ -83,7 +88,7 @@ class HFEngine:
         stored, store_s = 0, 0.0
         if store:
             t_store = time.perf_counter()
-            stored = self.cache.store(tokens, out.past_key_values)
+            stored = self.cache.store(tokens, out.past_key_values, self.buffer)
             store_s = time.perf_counter() - t_store
         return FirstToken(ttft, token, torch.log_softmax(logits, -1), n, cached, load_s,
                           store_s, stored)

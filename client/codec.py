@@ -89,16 +89,28 @@ class BlockCodec:
         block into one reused scratch block first.
         """
         B = self.layout.block_tokens
-        blocks = [_as_uint8(p) for p in payloads]
+        blocks = list(payloads)
         if out.shape[3] != len(blocks) * B:
             raise InvalidArgument(f"out holds {out.shape[3]} tokens, payloads {len(blocks) * B}")
-        scratch = None if self._decode is None else torch.empty(self.block_shape, dtype=self.dtype)
+        scratch = self.scratch()
         for i, src in enumerate(blocks):
-            if scratch is None:
-                block = src.view(self.dtype).view(self.block_shape)
-            else:
-                block = self._decode(src, self.layout, self.codec, out=scratch)
+            block = self.block_view(src, scratch)
             transposed_copy(out[:, :, :, i * B : (i + 1) * B], block.transpose(2, 3))
+
+    def scratch(self) -> torch.Tensor | None:
+        """A block to decode into, for ``block_view``; None for codec ``none`` (no decode)."""
+        return None if self._decode is None else torch.empty(self.block_shape, dtype=self.dtype)
+
+    def block_view(self, payload, scratch: torch.Tensor | None) -> torch.Tensor:
+        """One payload as a canonical block ``[L, 2, B, H, D]``, valid while ``payload`` is.
+
+        Codec ``none``: a view of the payload's own bytes (no copy). Others:
+        decoded into ``scratch`` (from ``scratch()``), which is returned.
+        """
+        src = _as_uint8(payload)
+        if self._decode is None:
+            return src.view(self.dtype).view(self.block_shape)
+        return self._decode(src, self.layout, self.codec, out=scratch)
 
     def decode_into(self, payload, out: torch.Tensor) -> None:
         """Decode one payload into ``out`` (a ``[L, 2, B, H, D]`` view of the result)."""

@@ -2,9 +2,10 @@
 
 Per engine step, with the step's ``KVStoreConnectorMetadata`` bound:
 
-* ``load`` (``start_load_kv``, before the forward): for each LoadSpec, get the
-  cached prefix from the store as canonical ``[L, 2, T, H, D]`` and scatter
-  its tokens ``[skip, T)`` into the request's vLLM blocks, every layer. It is
+* ``load`` (``start_load_kv``, before the forward): for each LoadSpec, read the
+  cached prefix's blocks from the store (``Namespace.read_blocks``) and
+  scatter each block's tokens beyond ``skip`` into the request's vLLM
+  blocks, every layer. It is
   synchronous: the forward starts with the prefix in place. A prefix that
   vanished since the lookup (evicted, daemon gone) loads what is left and
   reports the remaining blocks to vLLM as load errors, which it recomputes
@@ -110,21 +111,33 @@ class WorkerSide:
             self.stats.load_seconds += time.perf_counter() - start
 
     def _get_into_cache(self, spec) -> int:
-        """Scatter what the store still has of ``spec``; returns its leading tokens."""
-        bs = self.geometry.block_size
+        """Scatter what the store still has of ``spec``; returns its leading tokens.
+
+        Each store block goes from the store's buffer (an arena slot under a
+        read lease on shm) straight into vLLM's blocks: no canonical tensor
+        of the whole prefix is assembled first.
+        """
+        bs, bt, codec = self.geometry.block_size, self.ns.block_tokens, self.ns.codec
+
+        def consume(payloads) -> None:
+            scratch = codec.scratch()
+            for j, payload in enumerate(payloads):
+                start, end = j * bt, (j + 1) * bt
+                if end <= spec.skip:
+                    continue  # already in vLLM's own prefix cache
+                lo = max(start, spec.skip)
+                block = codec.block_view(payload, scratch)
+                scatter_blocks(self.paged, self.caches, spec.block_ids[lo // bs : end // bs],
+                               block[:, :, lo - start :])
+
         try:
-            n, kv = self.ns.get(spec.tokens, spec.extra)
+            n = self.ns.read_blocks(spec.tokens, consume, spec.extra)
         except Exception:
             if self.strict:
                 raise
             log.warning("kvstore get failed for %s", spec.req_id, exc_info=True)
             return 0
-        n = min(n, len(spec.tokens)) // bs * bs
-        if kv is None or n <= spec.skip:
-            return n if kv is not None else 0
-        blocks = spec.block_ids[spec.skip // bs : n // bs]
-        scatter_blocks(self.paged, self.caches, blocks, kv[:, :, spec.skip : n])
-        return n
+        return min(n, len(spec.tokens)) // bs * bs
 
     def take_load_errors(self) -> set[int]:
         errors, self._load_errors = self._load_errors, set()

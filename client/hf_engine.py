@@ -9,6 +9,12 @@ What an engine does with the store, made measurable: for a prompt it
 4. picks the first token (TTFT ends here), then stores the prompt's whole
    blocks for the next request (after the first token, as engines do).
 
+Both paths use the same KV memory (``KVBuffer``, kept between requests as an
+engine's KV pool is): a hit decodes the stored blocks straight into it and
+the suffix is appended in place; a miss prefills into it. Both ask the model
+for the last position's logits only (``logits_to_keep=1``): the first token
+needs no others.
+
 Every request feeds the planner's estimators: prefill time per token count,
 and the carrier's get bandwidth.
 """
@@ -32,6 +38,7 @@ class FirstToken:
     ttft_s: float
     token_id: int
     logprobs: torch.Tensor  # next-token log-probabilities, [vocab], float32
+    logits: torch.Tensor  # next-token logits, [vocab], float32
     tokens_reused: int
     tokens_cached: int  # what the store had; reused may be less (the planner said no)
     load_s: float
@@ -41,12 +48,14 @@ class FirstToken:
 
 class HFEngine:
     def __init__(self, model, namespace, model_id: str, block_tokens: int = 256,
-                 adaptive: bool = True, margin: float = 0.25):
+                 adaptive: bool = True, margin: float = 0.25, buffer: KVBuffer | None = None):
+        """``buffer``: the KV memory of requests (kept between them); engines that never
+        run at the same time (e.g. one per carrier in a benchmark) may share one."""
         self.model = model.eval()
         dtype = next(model.parameters()).dtype
         self.layout = layout_for_model(model.config, model_id, block_tokens, dtype)
         self.cache = HFPrefixCache(namespace, self.layout, model.config)
-        self.buffer = KVBuffer(self.layout, device=next(model.parameters()).device)
+        self.buffer = buffer or KVBuffer(self.layout, device=next(model.parameters()).device)
         self.ns = namespace
         self.adaptive = adaptive
         self.margin = margin
@@ -90,5 +99,5 @@ class HFEngine:
             t_store = time.perf_counter()
             stored = self.cache.store(tokens, out.past_key_values, self.buffer)
             store_s = time.perf_counter() - t_store
-        return FirstToken(ttft, token, torch.log_softmax(logits, -1), n, cached, load_s,
+        return FirstToken(ttft, token, torch.log_softmax(logits, -1), logits, n, cached, load_s,
                           store_s, stored)

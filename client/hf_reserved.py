@@ -84,10 +84,16 @@ class KVBuffer:
         return self.tensor.shape[4] if self.tensor.dim() == 6 else 0
 
     def reserve(self, capacity: int) -> None:
-        """Make room for ``capacity`` tokens (grows by at least a half, never shrinks)."""
+        """Make room for ``capacity`` tokens.
+
+        Grows in whole store blocks and by at least a half, never shrinks: a
+        prompt a few tokens longer than the last one must not cost a fresh
+        allocation (whose pages fault in again).
+        """
         if capacity <= self.capacity:
             return
-        capacity = max(capacity, self.capacity * 3 // 2)
+        bt = self.layout.block_tokens
+        capacity = max(-(-capacity // bt) * bt, self.capacity * 3 // 2)
         lay = self.layout
         self.tensor = torch.empty((lay.num_layers, 2, 1, lay.num_kv_heads, capacity, lay.head_dim),
                                   dtype=lay.torch_dtype, device=self.device)

@@ -53,10 +53,11 @@ def test_continuation_matches_a_full_forward(model, layout):
 @torch.no_grad()
 def test_overflow_falls_back_to_concatenation(model, layout):
     ids = torch.randint(0, 400, (1, 30))
-    buf = KVBuffer(layout, capacity=20)
+    buf = KVBuffer(layout, capacity=16)
     cache = buf.cache(0)
-    model(ids[:, :20], past_key_values=cache)
-    out = model(ids[:, 20:], past_key_values=cache).logits[0, -1]  # 30 > capacity 20
+    model(ids[:, :16], past_key_values=cache)
+    assert buf.holds(cache)
+    out = model(ids[:, 16:], past_key_values=cache).logits[0, -1]  # 30 > capacity 16
     assert cache.get_seq_length() == 30 and not buf.holds(cache)
     assert torch.allclose(out, model(ids).logits[0, -1], atol=1e-5)
 
@@ -65,8 +66,9 @@ def test_reserve_grows_and_never_shrinks(layout):
     buf = KVBuffer(layout)
     assert buf.capacity == 0
     buf.reserve(100)
-    assert buf.capacity == 100 and buf.tokens(100).shape == (2, 2, 2, 100, 16)
+    assert buf.capacity == 112  # whole store blocks of 16 tokens
+    assert buf.tokens(100).shape == (2, 2, 2, 100, 16)
     buf.reserve(10)
-    assert buf.capacity == 100
-    buf.reserve(110)
-    assert buf.capacity == 150  # at least half again: fewer reallocations
+    assert buf.capacity == 112
+    buf.reserve(113)
+    assert buf.capacity == 168  # at least half again: fewer reallocations

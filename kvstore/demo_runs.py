@@ -1,0 +1,73 @@
+"""The demo's two requests over one carrier, through transformers or through vLLM.
+
+Request A (a long shared prefix and a question) misses and stores its whole
+blocks; request B (the same prefix, another question) loads the prefix and
+computes only its question; B recomputed with the store switched off is the
+reference for TTFT and for the next token's logprobs. Both functions return
+one ``DemoRow`` (``kvstore.demo`` prints them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+MODEL_ID = "kvstore-demo-llama"
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    carrier: str
+    codec: str
+    prompt_tokens: int  # of request B
+    ttft_miss_s: float  # B recomputed
+    ttft_hit_s: float  # B with the prefix loaded from the daemon
+    speedup: float
+    tokens_reused: int
+    stored_by_A: int  # noqa: N815 (the column's name)
+    max_logprob_diff: float
+    same_first_token: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_hf(url: str, model, prefix: list[int], suffixes, codec: str) -> DemoRow:
+    """A, B and B recomputed through ``HFEngine`` with a client of ``url``."""
+    import torch
+
+    from kvstore.client import KVClient
+    from kvstore.client.hf_adapter import layout_for_model
+    from kvstore.client.hf_engine import HFEngine
+
+    layout = layout_for_model(model.config, MODEL_ID, block_tokens=256, dtype=torch.float32)
+    with KVClient.connect(url) as client:
+        ns = client.namespace(layout, codec=codec)
+        engine = HFEngine(model, ns, MODEL_ID, block_tokens=256, adaptive=False)
+        a = engine.first_token(prefix + suffixes[0])  # miss: computes and stores
+        prompt_b = prefix + suffixes[1]
+        b = engine.first_token(prompt_b, store=False)  # hit: loads the shared prefix
+        ref = engine.first_token(prompt_b, store=False, load=False)  # B recomputed
+    return DemoRow(url.split("://")[0], codec, len(prompt_b), ref.ttft_s, b.ttft_s,
+                   ref.ttft_s / b.ttft_s, b.tokens_reused, a.tokens_stored,
+                   float((b.logprobs - ref.logprobs).abs().max()), b.token_id == ref.token_id)
+
+
+def run_vllm(url: str, model_dir, prefix: list[int], suffixes, codec: str) -> DemoRow:
+    """A, B and B recomputed through a vLLM engine whose connector uses ``url``."""
+    from kvstore.client.vllm_engine import VLLMEngine, VLLMSettings, logprob_diff
+
+    prompt_b = prefix + suffixes[1]
+    longest = max(len(prefix) + len(s) for s in suffixes)
+    settings = VLLMSettings(url=url, codec=codec, model_id=MODEL_ID,
+                            max_model_len=-(-(longest + 16) // 32) * 32)
+    with VLLMEngine(model_dir, settings) as engine:
+        engine.first_token(prefix[:300], load=False, store=False)  # first-call costs
+        stats = engine.connector_stats()
+        saved = stats.saved_tokens
+        engine.first_token(prefix + suffixes[0], salt="demo")  # A: miss, computes and stores
+        stored = stats.saved_tokens - saved
+        b = engine.first_token(prompt_b, salt="demo", store=False)  # B: loads the prefix
+        ref = engine.first_token(prompt_b, load=False, store=False)  # B recomputed
+    return DemoRow(url.split("://")[0], codec, len(prompt_b), ref.ttft_s, b.ttft_s,
+                   ref.ttft_s / b.ttft_s, b.tokens_reused, stored, logprob_diff(b, ref),
+                   b.token_id == ref.token_id)

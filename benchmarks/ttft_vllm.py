@@ -1,0 +1,118 @@
+"""TTFT through vLLM (CPU, in this process) with KVStoreConnector on the daemon.
+
+The connector's store URL and codec are engine settings, so there is one
+engine per (carrier, codec), started one after the other (a few seconds
+each). The first is always (first carrier, ``none``); for each prompt it
+
+1. measures the miss: a request with the store switched off for it
+   (``load=False, store=False``: a plain full prefill), ``miss_repeat`` times;
+2. stores the prompt: one more request under a fresh ``cache_salt`` that
+   computes the prompt and saves its whole blocks through the connector.
+
+The blocks of the other codecs are the same KV, re-encoded: read back from
+the ``none`` namespace and put into the codec's namespace under the same key
+salt (the client runs the codec's encoder, as the connector would have).
+Then every engine measures the hit: the same prompt under that salt (vLLM
+loads the prefix from the daemon and computes the last token), once to warm
+up and ``hit_repeat`` times. vLLM returns top-k logprobs only, so the
+quality columns are the top-1 agreement of the next token and the largest
+top-k logprob difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from types import SimpleNamespace
+
+from benchmarks.ttft_rows import Progress, Prompt, TTFTRow, repeat, ttft_of
+
+MODEL_ID = "kvstore-local-vllm"
+
+
+@dataclass(frozen=True)
+class VLLMRunConfig:
+    miss_repeat: int = 2
+    hit_repeat: int = 3
+    block_tokens: int = 256
+    block_size: int = 32
+
+
+def _salt(prompt: Prompt) -> str:
+    return f"ttft-{len(prompt.prefix)}"
+
+
+def _copy_codecs(url: str, layout, prompts: list[Prompt], codecs: list[str]) -> None:
+    """Re-encode each prompt's stored ``none`` blocks into the other codecs' namespaces."""
+    from kvstore.client import KVClient
+    from kvstore.client.vllm_scheduler import request_extra
+
+    with KVClient.connect(url) as client:
+        plain = client.namespace(layout, codec="none")
+        for prompt in prompts:
+            extra = request_extra(SimpleNamespace(cache_salt=_salt(prompt)))
+            n, kv = plain.get(prompt.prefix, extra)
+            if n != len(prompt.prefix):
+                raise RuntimeError(f"vLLM stored {n} of {len(prompt.prefix)} prefix tokens")
+            for codec in codecs:
+                if codec != "none":
+                    client.namespace(layout, codec=codec).put(prompt.prefix, kv, extra)
+
+
+def vllm_rows(model_dir, urls: dict[str, str], prompts: list[Prompt], codecs: list[str],
+              config: VLLMRunConfig = VLLMRunConfig(),
+              progress: Progress | None = None) -> list[TTFTRow]:
+    """Every (prompt, carrier, codec) row for vLLM, against daemon ``urls``."""
+    from kvstore.client.vllm_engine import VLLMEngine, VLLMSettings, logprob_diff
+
+    progress = progress or Progress(False)
+    longest = max(len(p.tokens) for p in prompts)
+    max_len = -(-(longest + 16) // config.block_size) * config.block_size
+
+    def settings(carrier: str, codec: str) -> VLLMSettings:
+        return VLLMSettings(url=urls[carrier], codec=codec, model_id=MODEL_ID,
+                            block_tokens=config.block_tokens, block_size=config.block_size,
+                            max_model_len=max_len)
+
+    carriers = list(urls)
+    misses = {}
+    rows: list[TTFTRow] = []
+    plan = [(carriers[0], "none")] + [(c, k) for c in carriers for k in codecs
+                                      if (c, k) != (carriers[0], "none")]
+    for i, (carrier, codec) in enumerate(plan):
+        with VLLMEngine(model_dir, settings(carrier, codec)) as engine:
+            progress(f"vllm engine {carrier}/{codec} started")
+            if i == 0:
+                engine.first_token(prompts[0].tokens[:300], load=False, store=False)  # warm-up
+                for prompt in prompts:
+                    misses[len(prompt.prefix)] = repeat(
+                        partial(engine.first_token, prompt.tokens, load=False, store=False),
+                        config.miss_repeat, ttft_of)
+                    stored = engine.first_token(prompt.tokens, salt=_salt(prompt), load=False)
+                    progress(f"vllm {len(prompt.tokens)} tokens: recompute "
+                             f"{misses[len(prompt.prefix)].best:.3f}s (stored: "
+                             f"{stored.ttft_s:.3f}s)")
+                _copy_codecs(urls[carrier], engine_layout(), prompts, codecs)
+            if codec not in codecs:
+                continue
+            for prompt in prompts:
+                miss = misses[len(prompt.prefix)]
+                engine.first_token(prompt.tokens, salt=_salt(prompt), store=False)  # warm-up
+                hit = repeat(partial(engine.first_token, prompt.tokens, salt=_salt(prompt),
+                                     store=False), config.hit_repeat, ttft_of)
+                h, m = hit.last, miss.last
+                rows.append(TTFTRow(
+                    engine="vllm", prompt_tokens=len(prompt.tokens), carrier=carrier, codec=codec,
+                    ttft_miss_s=miss.best, ttft_hit_s=hit.best, speedup=miss.best / hit.best,
+                    max_logprob_diff=logprob_diff(h, m), top1_agree=float(h.token_id == m.token_id),
+                    tokens_reused=h.tokens_reused, ttft_hit_median_s=hit.median))
+                progress(f"vllm {len(prompt.tokens)} tokens {carrier}/{codec}: hit "
+                         f"{hit.best:.3f}s (x{miss.best / hit.best:.1f})")
+    return rows
+
+
+def engine_layout():
+    """The KVLayout the engine's connector stores under (scheduler and worker agree on it)."""
+    from vllm.distributed.kv_transfer import get_kv_transfer_group
+
+    return get_kv_transfer_group().layout

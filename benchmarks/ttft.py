@@ -21,8 +21,10 @@ is a CPU-tier hit). Per engine and N:
   ``--quality-positions`` next-token positions (``benchmarks.ttft_hf``).
 
 How each engine is driven: ``benchmarks/ttft_hf.py``, ``benchmarks/ttft_vllm.py``.
-transformers runs first: vLLM's CPU worker pins torch to its own thread count
-for the rest of the process.
+vLLM runs in a child process: its CPU worker binds OpenMP threads to cores
+and replaces ``torch.set_num_threads`` for the rest of the process, and a
+process that already ran torch with its own threads makes it about twice as
+slow (measured), so neither engine may inherit the other's threads.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from __future__ import annotations
 import sys
 
 from benchmarks.common import base_parser, machine_info, print_table, write_json
-from benchmarks.ttft_rows import Progress, make_prompt
+from benchmarks.ttft_rows import Progress, build_prompts
 
 COLUMNS = ["engine", "prompt_tokens", "carrier", "codec", "ttft_miss_s", "ttft_hit_s", "speedup",
            "top1_agree", "max_logprob_diff", "max_logit_err", "tokens_reused"]
@@ -65,7 +67,7 @@ def parse_args(argv):
     engines = _csv(args.engine)
     if not engines or set(engines) - set(ENGINES):
         parser.error(f"--engine takes {', '.join(ENGINES)}")
-    args.engines = [e for e in ENGINES if e in engines]  # transformers first, see above
+    args.engines = [e for e in ENGINES if e in engines]
     args.sizes = [int(t) for t in _csv(args.tokens)]
     if any(n <= 0 or n % args.block_tokens for n in args.sizes):
         parser.error(f"--tokens must be positive multiples of --block-tokens {args.block_tokens}")
@@ -79,34 +81,30 @@ def main(argv=None) -> list[dict]:
     import os
 
     import torch
-    from transformers import AutoTokenizer
 
     from benchmarks import ttft_report
-    from kvstore.demo_setup import LocalDaemon, corpus_tokens, local_model_dir
+    from kvstore.demo_setup import LocalDaemon, local_model_dir
 
     args = parse_args(argv)
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     progress = Progress(not args.no_progress)
     model_dir = args.model_dir or local_model_dir()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    corpus = corpus_tokens(tokenizer, max(args.sizes) + max(args.suffix_tokens,
-                                                            args.quality_positions))
-    prompts = [make_prompt(corpus, n, args.suffix_tokens, args.quality_positions)
-               for n in sorted(args.sizes)]
+    prompts = build_prompts(model_dir, args.sizes, args.suffix_tokens, args.quality_positions)
     rows = []
     with LocalDaemon(tuple(args.carrier_list), cpu_bytes="2GiB") as daemon:
         progress(f"daemon ready: {' '.join(daemon.urls.values())}")
         if "hf" in args.engines:
             from benchmarks.ttft_hf import HFRunConfig, hf_rows, load_model
 
+            torch.set_num_threads(args.threads or os.cpu_count() or 1)
             config = HFRunConfig(args.miss_repeat, args.hit_repeat, args.block_tokens)
             rows += hf_rows(load_model(model_dir), daemon.urls, prompts, args.codec_list, config,
                             progress)
         if "vllm" in args.engines:
-            from benchmarks.ttft_vllm import VLLMRunConfig, vllm_rows
+            from benchmarks.ttft_vllm import VLLMRunConfig, run_child
 
             config = VLLMRunConfig(args.miss_repeat, args.hit_repeat, args.block_tokens)
-            rows += vllm_rows(model_dir, daemon.urls, prompts, args.codec_list, config, progress)
+            rows += run_child(model_dir, daemon.urls, args.sizes, args.suffix_tokens,
+                              args.codec_list, config, progress)
     info = machine_info()
     title = (f"ttft: local model, {'+'.join(args.engines)}, suffix {args.suffix_tokens} token(s), "
              f"{info['cpus']} CPUs")

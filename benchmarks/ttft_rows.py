@@ -35,6 +35,18 @@ def make_prompt(corpus: list[int], prefix_tokens: int, suffix_tokens: int,
     return Prompt(corpus[:prefix_tokens], after[:suffix_tokens], after[:quality_positions])
 
 
+def build_prompts(model_dir, sizes: list[int], suffix_tokens: int,
+                  quality_positions: int) -> list[Prompt]:
+    """One prompt per prefix length, all cut from the same corpus text (deterministic)."""
+    from transformers import AutoTokenizer
+
+    from kvstore.demo_setup import corpus_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    corpus = corpus_tokens(tokenizer, max(sizes) + max(suffix_tokens, quality_positions))
+    return [make_prompt(corpus, n, suffix_tokens, quality_positions) for n in sorted(sizes)]
+
+
 @dataclass
 class TTFTRow:
     """One line of the table (JSON row: ``asdict``)."""

@@ -9,6 +9,10 @@ each). The first is always (first carrier, ``none``); for each prompt it
 2. stores the prompt: one more request under a fresh ``cache_salt`` that
    computes the prompt and saves its whole blocks through the connector.
 
+It runs in a child process of ``benchmarks.ttft`` (``run_child``; the
+module's ``main`` is that child): vLLM's CPU worker binds OpenMP threads for
+the whole process, so it must start in one that has not run torch yet.
+
 The blocks of the other codecs are the same KV, re-encoded: read back from
 the ``none`` namespace and put into the codec's namespace under the same key
 salt (the client runs the codec's encoder, as the connector would have).
@@ -21,11 +25,17 @@ top-k logprob difference.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 from types import SimpleNamespace
 
-from benchmarks.ttft_rows import Progress, Prompt, TTFTRow, repeat, ttft_of
+from benchmarks.ttft_rows import Progress, Prompt, TTFTRow, build_prompts, repeat, ttft_of
 
 MODEL_ID = "kvstore-local-vllm"
 
@@ -116,3 +126,41 @@ def engine_layout():
     from vllm.distributed.kv_transfer import get_kv_transfer_group
 
     return get_kv_transfer_group().layout
+
+
+def run_child(model_dir, urls: dict[str, str], sizes: list[int], suffix_tokens: int,
+              codecs: list[str], config: VLLMRunConfig = VLLMRunConfig(),
+              progress: Progress | None = None) -> list[TTFTRow]:
+    """``vllm_rows`` in a fresh ``python -m benchmarks.ttft_vllm`` (its progress on stderr)."""
+    with tempfile.TemporaryDirectory(prefix="kvstore-ttft-") as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, "-m", "benchmarks.ttft_vllm", "--model-dir", str(model_dir),
+               "--urls", json.dumps(urls), "--tokens", ",".join(map(str, sizes)),
+               "--suffix-tokens", str(suffix_tokens), "--codecs", ",".join(codecs),
+               "--config", json.dumps(asdict(config)), "--out", str(out)]
+        if progress is None or not progress.enabled:
+            cmd.append("--no-progress")
+        subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
+        return [TTFTRow(**row) for row in json.loads(out.read_text())]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="the vLLM half of benchmarks.ttft (a child)")
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--urls", required=True, help="JSON: carrier -> daemon URL")
+    parser.add_argument("--tokens", required=True)
+    parser.add_argument("--suffix-tokens", type=int, default=1)
+    parser.add_argument("--codecs", default="none")
+    parser.add_argument("--config", default="{}", help="JSON of VLLMRunConfig")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    sizes = [int(t) for t in args.tokens.split(",")]
+    prompts = build_prompts(args.model_dir, sizes, args.suffix_tokens, 1)
+    rows = vllm_rows(args.model_dir, json.loads(args.urls), prompts, args.codecs.split(","),
+                     VLLMRunConfig(**json.loads(args.config)), Progress(not args.no_progress))
+    Path(args.out).write_text(json.dumps([r.to_dict() for r in rows]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

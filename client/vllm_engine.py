@@ -34,7 +34,7 @@ ENV = {
     "VLLM_HOST_IP": "127.0.0.1",
     "HF_HUB_OFFLINE": "1",
     "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache
-    "VLLM_LOGGING_LEVEL": "WARNING",  # vLLM's start-up chatter would bury the results
+    "VLLM_LOGGING_LEVEL": "ERROR",  # vLLM's start-up warnings would bury the results
 }
 
 
@@ -107,6 +107,12 @@ class VLLMEngine:
         return VLLMFirstToken(seconds, int(completion.token_ids[0]),
                               {int(t): float(lp.logprob) for t, lp in step.items()},
                               int(out.num_cached_tokens or 0))
+
+    def namespace(self):
+        """The store namespace the engine's connector uses (``Namespace`` of kvstore.client)."""
+        from vllm.distributed.kv_transfer import get_kv_transfer_group
+
+        return get_kv_transfer_group().namespace
 
     def connector_stats(self):
         """The worker connector's ``TransferStats`` (tokens and seconds loaded and saved)."""

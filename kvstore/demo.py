@@ -62,17 +62,17 @@ def main(argv: list[str] | None = None) -> int:
     from kvstore.demo_runs import run_hf, run_vllm
     from kvstore.demo_setup import LocalDaemon, corpus_tokens, local_model_dir
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     print("building / loading the local model (first run: ~15 s) ...", flush=True)
     model_dir = local_model_dir()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prefix = corpus_tokens(tokenizer, args.tokens)
     suffixes = [tokenizer(q)["input_ids"] for q in QUESTIONS]
-    if args.engine == "hf":
+    if args.engine == "hf":  # (vLLM sets up its own threads: torch must not have run yet)
         from transformers import LlamaForCausalLM
 
         from kvstore.client.hf_attention import use_grouped_sdpa
 
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
         model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         use_grouped_sdpa(model)  # miss and hit alike: no KV head expansion (same logits)
 

@@ -89,6 +89,7 @@ def main(argv=None) -> list[dict]:
     progress = Progress(not args.no_progress)
     model_dir = args.model_dir or local_model_dir()
     prompts = build_prompts(model_dir, args.sizes, args.suffix_tokens, args.quality_positions)
+    load_before = os.getloadavg()  # the machine may be shared: say how busy it was
     rows = []
     with LocalDaemon(tuple(args.carrier_list), cpu_bytes="2GiB") as daemon:
         progress(f"daemon ready: {' '.join(daemon.urls.values())}")
@@ -112,7 +113,8 @@ def main(argv=None) -> list[dict]:
     if args.json:
         write_json(args.json, "ttft", [r.to_dict() for r in rows], suffix_tokens=args.suffix_tokens,
                    quality_positions=args.quality_positions, miss_repeat=args.miss_repeat,
-                   hit_repeat=args.hit_repeat)
+                   hit_repeat=args.hit_repeat, load_avg_before=load_before,
+                   load_avg_after=os.getloadavg())
     if args.plot:
         ttft_report.plot(rows, args.plot, title)
     if args.markdown:

@@ -4,17 +4,22 @@ Per prompt length N (prefix of N tokens, a whole number of store blocks,
 plus the request's suffix):
 
 1. miss: ``first_token(prompt, load=False, store=False)``, a full prefill of
-   the whole prompt, ``miss_repeat`` times (best kept);
-2. the last miss left the prompt's KV in the engine's buffer; its whole
+   the whole prompt;
+2. the first miss left the prompt's KV in the engine's buffer; its whole
    blocks are put into the daemon once per codec (``Namespace.put``: the
    codec's encoder runs in the client, as it would after any miss);
 3. hit, per carrier and codec: ``first_token(prompt, store=False)`` through a
    client of that carrier: lookup, get, decode into the buffer, forward of
-   the suffix; once to warm up, then ``hit_repeat`` times (best and median);
+   the suffix; once to warm up (first round), then ``hit_repeat`` times.
+
 4. codec quality: the prefix restored from the daemon, then ``quality``
    further tokens of the text run on it; their logits are compared with one
    full forward of prefix + those tokens (max |error|, relative error, top-1
    agreement over the positions).
+
+Steps 1 and 3 run in ``miss_repeat`` interleaved rounds, so that recompute
+and hits see the same load of a shared machine; the best of each is the
+row's TTFT (the median of the hits is kept too).
 
 All engines of a run share one ``KVBuffer`` (one request at a time), so miss
 and hit use the same KV memory, and the model uses ``sdpa_gqa`` attention
@@ -24,11 +29,10 @@ and hit use the same KV memory, and the model uses ``sdpa_gqa`` attention
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 
-from benchmarks.ttft_rows import Progress, Prompt, TTFTRow, repeat, ttft_of
+from benchmarks.ttft_rows import Progress, Prompt, Timed, TTFTRow
 
 MODEL_ID = "kvstore-local-hf"
 
@@ -83,6 +87,15 @@ def reference_logits(model, engine, prompt: Prompt) -> torch.Tensor:
                  logits_to_keep=len(prompt.extra)).logits[0].float()
 
 
+def store_prefix(client, layout, codecs: list[str], prompt: Prompt, buffer) -> None:
+    """Put the prefix's KV, which the last recompute left in ``buffer``, under every codec."""
+    kv = buffer.canonical(len(prompt.prefix))
+    for codec in codecs:
+        stored = client.namespace(layout, codec=codec).put(prompt.prefix, kv)
+        if stored != len(prompt.prefix):
+            raise RuntimeError(f"the daemon stored {stored} of {len(prompt.prefix)} tokens")
+
+
 def hf_rows(model, urls: dict[str, str], prompts: list[Prompt], codecs: list[str],
             config: HFRunConfig = HFRunConfig(), progress: Progress | None = None) -> list[TTFTRow]:
     """Every (prompt, carrier, codec) row for transformers, against daemon ``urls``."""
@@ -104,20 +117,21 @@ def hf_rows(model, urls: dict[str, str], prompts: list[Prompt], codecs: list[str
         first.first_token(prompts[0].tokens[:300], load=False, store=False)  # first-call costs
         for prompt in prompts:
             n_prompt = len(prompt.tokens)
-            miss = repeat(partial(first.first_token, prompt.tokens, load=False, store=False),
-                          config.miss_repeat, ttft_of)
-            progress(f"hf {n_prompt} tokens: recompute {miss.best:.3f}s")
-            kv = buffer.canonical(len(prompt.prefix))  # the last miss's KV
-            for codec in codecs:
-                stored = clients[next(iter(urls))].namespace(layout, codec=codec).put(
-                    prompt.prefix, kv)
-                if stored != len(prompt.prefix):
-                    raise RuntimeError(f"the daemon stored {stored} of {len(prompt.prefix)} tokens")
+            misses, hits = [], {key: [] for key in engines}
+            for round_ in range(max(1, config.miss_repeat)):  # interleaved: same machine load
+                misses.append(first.first_token(prompt.tokens, load=False, store=False))
+                if round_ == 0:
+                    progress(f"hf {n_prompt} tokens: recompute {misses[0].ttft_s:.3f}s")
+                    store_prefix(clients[next(iter(urls))], layout, codecs, prompt, buffer)
+                for key, engine in engines.items():
+                    if round_ == 0:
+                        engine.first_token(prompt.tokens, store=False)  # warm-up (maps, buffers)
+                    hits[key] += [engine.first_token(prompt.tokens, store=False)
+                                  for _ in range(max(1, config.hit_repeat))]
+            miss = Timed([m.ttft_s for m in misses], misses[-1])
             ref = reference_logits(model, first, prompt)
             for (carrier, codec), engine in engines.items():
-                engine.first_token(prompt.tokens, store=False)  # warm-up (maps, buffers)
-                hit = repeat(partial(engine.first_token, prompt.tokens, store=False),
-                             config.hit_repeat, ttft_of)
+                hit = Timed([h.ttft_s for h in hits[carrier, codec]], hits[carrier, codec][-1])
                 h, m = hit.last, miss.last
                 q = quality(model, engine, prompt, ref)
                 rows.append(TTFTRow(

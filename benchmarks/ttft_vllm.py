@@ -4,10 +4,12 @@ The connector's store URL and codec are engine settings, so there is one
 engine per (carrier, codec), started one after the other (a few seconds
 each). The first is always (first carrier, ``none``); for each prompt it
 
-1. measures the miss: a request with the store switched off for it
-   (``load=False, store=False``: a plain full prefill), ``miss_repeat`` times;
-2. stores the prompt: one more request under a fresh ``cache_salt`` that
-   computes the prompt and saves its whole blocks through the connector.
+1. stores the prompt: a request under a fresh ``cache_salt`` that computes
+   the prompt and saves its whole blocks through the connector;
+2. measures the miss: a request with the store switched off for it
+   (``load=False, store=False``: a plain full prefill), in ``miss_repeat``
+   rounds, each followed by this engine's ``hit_repeat`` hits (so recompute
+   and hits see the same load of a shared machine).
 
 It runs in a child process of ``benchmarks.ttft`` (``run_child``; the
 module's ``main`` is that child): vLLM's CPU worker binds OpenMP threads for
@@ -35,7 +37,7 @@ from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
-from benchmarks.ttft_rows import Progress, Prompt, TTFTRow, build_prompts, repeat, ttft_of
+from benchmarks.ttft_rows import Progress, Prompt, Timed, TTFTRow, build_prompts
 
 MODEL_ID = "kvstore-local-vllm"
 
@@ -73,7 +75,7 @@ def vllm_rows(model_dir, urls: dict[str, str], prompts: list[Prompt], codecs: li
               config: VLLMRunConfig = VLLMRunConfig(),
               progress: Progress | None = None) -> list[TTFTRow]:
     """Every (prompt, carrier, codec) row for vLLM, against daemon ``urls``."""
-    from kvstore.client.vllm_engine import VLLMEngine, VLLMSettings, logprob_diff
+    from kvstore.client.vllm_engine import VLLMEngine, VLLMSettings
 
     progress = progress or Progress(False)
     longest = max(len(p.tokens) for p in prompts)
@@ -85,40 +87,51 @@ def vllm_rows(model_dir, urls: dict[str, str], prompts: list[Prompt], codecs: li
                             max_model_len=max_len)
 
     carriers = list(urls)
-    misses = {}
+    misses: dict[int, Timed] = {}
     rows: list[TTFTRow] = []
     plan = [(carriers[0], "none")] + [(c, k) for c in carriers for k in codecs
                                       if (c, k) != (carriers[0], "none")]
     for i, (carrier, codec) in enumerate(plan):
         with VLLMEngine(model_dir, settings(carrier, codec)) as engine:
             progress(f"vllm engine {carrier}/{codec} started")
+            measured = codec in codecs
             if i == 0:
                 engine.first_token(prompts[0].tokens[:300], load=False, store=False)  # warm-up
-                for prompt in prompts:
-                    misses[len(prompt.prefix)] = repeat(
-                        partial(engine.first_token, prompt.tokens, load=False, store=False),
-                        config.miss_repeat, ttft_of)
-                    stored = engine.first_token(prompt.tokens, salt=_salt(prompt), load=False)
-                    progress(f"vllm {len(prompt.tokens)} tokens: recompute "
-                             f"{misses[len(prompt.prefix)].best:.3f}s (stored: "
-                             f"{stored.ttft_s:.3f}s)")
-                _copy_codecs(urls[carrier], engine_layout(), prompts, codecs)
-            if codec not in codecs:
-                continue
             for prompt in prompts:
-                miss = misses[len(prompt.prefix)]
-                engine.first_token(prompt.tokens, salt=_salt(prompt), store=False)  # warm-up
-                hit = repeat(partial(engine.first_token, prompt.tokens, salt=_salt(prompt),
-                                     store=False), config.hit_repeat, ttft_of)
-                h, m = hit.last, miss.last
-                rows.append(TTFTRow(
-                    engine="vllm", prompt_tokens=len(prompt.tokens), carrier=carrier, codec=codec,
-                    ttft_miss_s=miss.best, ttft_hit_s=hit.best, speedup=miss.best / hit.best,
-                    max_logprob_diff=logprob_diff(h, m), top1_agree=float(h.token_id == m.token_id),
-                    tokens_reused=h.tokens_reused, ttft_hit_median_s=hit.median))
-                progress(f"vllm {len(prompt.tokens)} tokens {carrier}/{codec}: hit "
-                         f"{hit.best:.3f}s (x{miss.best / hit.best:.1f})")
+                salted = partial(engine.first_token, prompt.tokens, salt=_salt(prompt))
+                if i == 0:  # store the prompt, then recompute rounds interleaved with hits
+                    stored = salted(load=False)
+                    progress(f"vllm {len(prompt.tokens)} tokens stored ({stored.ttft_s:.3f}s)")
+                salted(store=False)  # warm-up hit
+                recomputes, hits = [], []
+                for _ in range(max(1, config.miss_repeat) if i == 0 else 1):
+                    if i == 0:
+                        recomputes.append(engine.first_token(prompt.tokens, load=False,
+                                                             store=False))
+                    if measured:
+                        hits += [salted(store=False) for _ in range(max(1, config.hit_repeat))]
+                if i == 0:
+                    misses[len(prompt.prefix)] = Timed([r.ttft_s for r in recomputes],
+                                                       recomputes[-1])
+                if measured:
+                    miss = misses[len(prompt.prefix)]
+                    hit = Timed([h.ttft_s for h in hits], hits[-1])
+                    rows.append(_row(carrier, codec, prompt, miss, hit))
+                    progress(f"vllm {len(prompt.tokens)} tokens {carrier}/{codec}: recompute "
+                             f"{miss.best:.3f}s, hit {hit.best:.3f}s (x{miss.best / hit.best:.1f})")
+            if i == 0:
+                _copy_codecs(urls[carrier], engine_layout(), prompts, codecs)
     return rows
+
+
+def _row(carrier: str, codec: str, prompt: Prompt, miss: Timed, hit: Timed) -> TTFTRow:
+    from kvstore.client.vllm_engine import logprob_diff
+
+    h, m = hit.last, miss.last
+    return TTFTRow(engine="vllm", prompt_tokens=len(prompt.tokens), carrier=carrier, codec=codec,
+                   ttft_miss_s=miss.best, ttft_hit_s=hit.best, speedup=miss.best / hit.best,
+                   max_logprob_diff=logprob_diff(h, m), top1_agree=float(h.token_id == m.token_id),
+                   tokens_reused=h.tokens_reused, ttft_hit_median_s=hit.median)
 
 
 def engine_layout():

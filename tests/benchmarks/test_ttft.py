@@ -39,16 +39,17 @@ def _run(tmp_path, model_dir, *extra):
 
 def test_hf_rows_plot_and_markdown(tmp_path, local_model_dir):
     png, md = tmp_path / "ttft.png", tmp_path / "ttft.md"
-    rows = _run(tmp_path, local_model_dir, "--engine", "hf", "--codecs", "none,int8",
+    rows = _run(tmp_path, local_model_dir, "--engine", "hf", "--codecs", "none,fp8_e4m3,int8",
                 "--carriers", "shm,tcp", "--plot", str(png), "--markdown", str(md))
     assert [(r["carrier"], r["codec"]) for r in rows] == [
-        ("shm", "none"), ("shm", "int8"), ("tcp", "none"), ("tcp", "int8")]
+        (c, k) for c in ("shm", "tcp") for k in ("none", "fp8_e4m3", "int8")]
     for r in rows:
         assert r["engine"] == "hf" and r["quality_positions"] == 8
         if r["codec"] == "none":
             assert r["max_logit_err"] <= 1e-5  # fp32, exact blocks: only summation order differs
-        else:
+        else:  # really quantized, and close: loose bounds (measured: 0.003 to 0.012)
             assert 0 < r["max_logit_err"] and 0 < r["rel_logit_err"] < 0.1
+            assert r["top1_agree"] >= 0.75  # of 8 next tokens (measured: all of them)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = md.read_text()
     assert "| transformers | 257 | shm | none |" in text and "| 256 | int8 |" not in text

@@ -70,3 +70,24 @@ def test_bad_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
         ttft.parse_args(["--engine", "sglang"])
     assert ttft.parse_args(["--engine", "vllm,hf"]).engines == ["hf", "vllm"]
+
+
+def test_merge_keeps_the_fastest_of_each_side(tmp_path):
+    from benchmarks import ttft_report
+    from benchmarks.ttft_rows import TTFTRow
+
+    def row(miss, hit, codec="none"):
+        return TTFTRow("hf", 257, "shm", codec, miss, hit, miss / hit, 0.0, 1.0, 256, hit)
+
+    runs = [[row(4.0, 0.2), row(4.0, 0.5, "int8")], [row(5.0, 0.1), row(3.0, 0.6, "int8")]]
+    paths = []
+    for i, rows in enumerate(runs):
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps({"benchmark": "ttft", "machine": {"cpus": 2},
+                                         "rows": [r.to_dict() for r in rows]}))
+    out = tmp_path / "merged.json"
+    merged = ttft_report.main([str(p) for p in paths] + ["--json", str(out)])
+    assert [(r.codec, r.ttft_miss_s, r.ttft_hit_s) for r in merged] == [
+        ("none", 4.0, 0.1), ("int8", 3.0, 0.5)]
+    assert merged[0].speedup == 40.0
+    assert len(json.loads(out.read_text())["merged_runs"]) == 2

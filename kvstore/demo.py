@@ -22,6 +22,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 QUESTIONS = (
     "\n# Question: which function in the module above is the longest?\n",
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codec", default="none")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # vLLM's, on import
 
     import torch
     from transformers import AutoTokenizer
@@ -80,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     daemon = LocalDaemon(carriers, cpu_bytes="1GiB", ssd_bytes="4GiB").start()
     print(f"daemon ready: {' '.join(daemon.urls.values())} (admin {daemon.admin})\n", flush=True)
     try:
-        if args.engine == "hf":
-            rows = [run_hf(daemon.urls[c], model, prefix, suffixes, args.codec) for c in carriers]
-        else:
-            rows = [run_vllm(daemon.urls[c], model_dir, prefix, suffixes, args.codec)
-                    for c in carriers]
+        run = run_hf if args.engine == "hf" else run_vllm
+        engine_arg = model if args.engine == "hf" else model_dir
+        # A's blocks are deleted between carriers (not after the last: the stats show them)
+        rows = [run(daemon.urls[c], engine_arg, prefix, suffixes, args.codec,
+                    cleanup=c != carriers[-1]) for c in carriers]
         engine = "transformers" if args.engine == "hf" else "vLLM + KVStoreConnector"
         print(f"\nTTFT through {engine}: recompute (miss) vs load from kvstore (hit)")
         print_rows([r.to_dict() for r in rows])

@@ -33,12 +33,13 @@ class DemoRow:
         return asdict(self)
 
 
-def run_hf(url: str, model, prefix: list[int], suffixes, codec: str, repeat: int = 2) -> DemoRow:
+def run_hf(url: str, model, prefix: list[int], suffixes, codec: str, repeat: int = 2,
+           cleanup: bool = False) -> DemoRow:
     """A, B and B recomputed through ``HFEngine`` with a client of ``url``.
 
     B and its recompute run ``repeat`` times each (best kept: the machine may
-    be busy with other work); A's blocks are deleted at the end, so the next
-    carrier's A misses too.
+    be busy with other work). ``cleanup`` deletes A's blocks at the end, so
+    that the next carrier's A (the same daemon) misses too.
     """
     import torch
 
@@ -54,7 +55,8 @@ def run_hf(url: str, model, prefix: list[int], suffixes, codec: str, repeat: int
         a = engine.first_token(prefix + suffixes[0])  # miss: computes and stores
         hits = [engine.first_token(prompt_b, store=False) for _ in range(repeat)]
         refs = [engine.first_token(prompt_b, store=False, load=False) for _ in range(repeat)]
-        ns.delete(prefix)
+        if cleanup:
+            ns.delete(prefix)
     b, ref = min(hits, key=_ttft), min(refs, key=_ttft)
     return DemoRow(url.split("://")[0], codec, len(prompt_b), ref.ttft_s, b.ttft_s,
                    ref.ttft_s / b.ttft_s, b.tokens_reused, a.tokens_stored,
@@ -63,7 +65,7 @@ def run_hf(url: str, model, prefix: list[int], suffixes, codec: str, repeat: int
 
 
 def run_vllm(url: str, model_dir, prefix: list[int], suffixes, codec: str,
-             repeat: int = 2) -> DemoRow:
+             repeat: int = 2, cleanup: bool = False) -> DemoRow:
     """A, B and B recomputed through a vLLM engine whose connector uses ``url`` (as ``run_hf``)."""
     from types import SimpleNamespace
 
@@ -82,7 +84,8 @@ def run_vllm(url: str, model_dir, prefix: list[int], suffixes, codec: str,
         stored = stats.saved_tokens - saved
         hits = [engine.first_token(prompt_b, salt="demo", store=False) for _ in range(repeat)]
         refs = [engine.first_token(prompt_b, load=False, store=False) for _ in range(repeat)]
-        engine.namespace().delete(prefix, request_extra(SimpleNamespace(cache_salt="demo")))
+        if cleanup:
+            engine.namespace().delete(prefix, request_extra(SimpleNamespace(cache_salt="demo")))
     b, ref = min(hits, key=_ttft), min(refs, key=_ttft)
     return DemoRow(url.split("://")[0], codec, len(prompt_b), ref.ttft_s, b.ttft_s,
                    ref.ttft_s / b.ttft_s, b.tokens_reused, stored,

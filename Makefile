@@ -49,8 +49,11 @@ test-slow: venv venv-vllm system
 test-fast: venv lint
 	$(BIN)/python -m pytest -q -m "not slow" -x
 
-demo: venv
-	$(BIN)/python -m kvstore.demo
+# `make demo` runs through transformers; `make demo ENGINE=vllm` through vLLM with
+# KVStoreConnector (and installs vLLM's CPU build first: only then).
+ENGINE ?= hf
+demo: $(if $(filter vllm,$(ENGINE)),venv-vllm,venv)
+	$(BIN)/python -m kvstore.demo --engine $(ENGINE)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 
 from kvstore.errors import InvalidArgument
@@ -33,6 +34,21 @@ def _as_uint8(buf) -> torch.Tensor:
             warnings.simplefilter("ignore", UserWarning)
             return torch.frombuffer(view, dtype=torch.uint8)
     return torch.frombuffer(view, dtype=torch.uint8)
+
+
+def transposed_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst.copy_(src)`` for a strided ``src`` on the CPU, in one thread.
+
+    torch splits a large strided copy over its threads, and on a small
+    machine whose other cores are busy that is several times slower (and far
+    noisier) than one thread walking it: numpy's copy of the raw bits (the
+    same bytes, any float dtype) does the latter. Other devices use torch.
+    """
+    if dst.device.type != "cpu" or src.device.type != "cpu" or dst.dtype != src.dtype:
+        dst.copy_(src)
+        return
+    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[dst.element_size()]
+    np.copyto(dst.view(bits).numpy(), src.view(bits).numpy())
 
 
 class BlockCodec:
@@ -62,6 +78,39 @@ class BlockCodec:
             dst.view(self.dtype).view(self.block_shape).copy_(block)
         else:
             dst.copy_(self._encode(block, self.codec).reshape(-1))
+
+    def decode_heads_into(self, payloads, out: torch.Tensor) -> None:
+        """Decode consecutive blocks into ``out`` ``[L, 2, H, len(payloads) * B, D]``.
+
+        Head-major, the order of a transformers cache (``[batch, H, seq, D]``
+        per layer): each block is transposed while it is copied, so ``out``
+        may be a strided view of the engine's own KV buffer and nothing is
+        staged in between for codec ``none``. Quantized codecs decode each
+        block into one reused scratch block first.
+        """
+        B = self.layout.block_tokens
+        blocks = list(payloads)
+        if out.shape[3] != len(blocks) * B:
+            raise InvalidArgument(f"out holds {out.shape[3]} tokens, payloads {len(blocks) * B}")
+        scratch = self.scratch()
+        for i, src in enumerate(blocks):
+            block = self.block_view(src, scratch)
+            transposed_copy(out[:, :, :, i * B : (i + 1) * B], block.transpose(2, 3))
+
+    def scratch(self) -> torch.Tensor | None:
+        """A block to decode into, for ``block_view``; None for codec ``none`` (no decode)."""
+        return None if self._decode is None else torch.empty(self.block_shape, dtype=self.dtype)
+
+    def block_view(self, payload, scratch: torch.Tensor | None) -> torch.Tensor:
+        """One payload as a canonical block ``[L, 2, B, H, D]``, valid while ``payload`` is.
+
+        Codec ``none``: a view of the payload's own bytes (no copy). Others:
+        decoded into ``scratch`` (from ``scratch()``), which is returned.
+        """
+        src = _as_uint8(payload)
+        if self._decode is None:
+            return src.view(self.dtype).view(self.block_shape)
+        return self._decode(src, self.layout, self.codec, out=scratch)
 
     def decode_into(self, payload, out: torch.Tensor) -> None:
         """Decode one payload into ``out`` (a ``[L, 2, B, H, D]`` view of the result)."""

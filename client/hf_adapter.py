@@ -10,15 +10,23 @@ transformers keeps, per layer, keys and values of shape ``[batch, H, seq, D]``
 ``HFPrefixCache`` wraps a client namespace (``lookup``/``put``/``get`` of
 DESIGN.md): ``store`` saves the whole blocks of a computed prompt, and
 ``restore`` returns the longest cached prefix as a ``DynamicCache`` so that
-``model(suffix_ids, past_key_values=cache)`` continues the prompt.
+``model(suffix_ids, past_key_values=cache)`` continues the prompt. The
+restore decodes the store's payloads straight into the cache's tensors
+(``kvstore.client.hf_reserved.KVBuffer``): one copy, no canonical tensor in
+between.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 
 from kvstore.errors import InvalidArgument, LayoutMismatch
 from kvstore.layout import KVLayout
+
+if TYPE_CHECKING:
+    from kvstore.client.hf_reserved import KVBuffer
 
 
 def layout_for_model(config, model_id: str, block_tokens: int = 256, dtype=None) -> KVLayout:
@@ -84,25 +92,48 @@ class HFPrefixCache:
         if first.dtype != self.layout.torch_dtype:
             raise LayoutMismatch(f"cache dtype {first.dtype} != layout {self.layout.dtype}")
 
-    def store(self, tokens, cache) -> int:
-        """Store the whole blocks of ``tokens`` whose KV ``cache`` holds; returns tokens stored."""
+    def store(self, tokens, cache, buffer: KVBuffer | None = None) -> int:
+        """Store the whole blocks of ``tokens`` whose KV ``cache`` holds; returns tokens stored.
+
+        When ``cache`` lives in ``buffer`` the blocks are encoded straight from
+        a strided canonical view of it (no stacked copy of the cache first).
+        """
         self._check(cache)
         n = (min(len(tokens), cache.get_seq_length()) // self.layout.block_tokens) * self.layout.block_tokens
         if n == 0:
             return 0
-        return self.ns.put(tokens[:n], cache_to_canonical(cache, n))
+        if buffer is not None and buffer.holds(cache):
+            kv = buffer.canonical(n)
+        else:
+            kv = cache_to_canonical(cache, n)
+        return self.ns.put(tokens[:n], kv)
 
-    def restore(self, tokens, max_tokens: int | None = None):
+    def restore(self, tokens, max_tokens: int | None = None, buffer: KVBuffer | None = None,
+                spare: int = 0):
         """``(n, DynamicCache)`` for the longest cached prefix of ``tokens``; ``(0, None)`` on a miss.
 
         ``n`` is kept below ``len(tokens)`` so the model has at least one new
-        token to run (it needs one to produce the next-token logits).
+        token to run (it needs one to produce the next-token logits). The
+        blocks are decoded straight from the store's payloads into the cache's
+        per-layer tensors: ``buffer`` (an engine's ``KVBuffer``, reused between
+        requests) or a fresh one, with room for ``spare`` more tokens so that
+        the forward of the suffix appends in place instead of concatenating.
         """
         limit = len(tokens) - 1 if max_tokens is None else min(max_tokens, len(tokens) - 1)
         limit = (limit // self.layout.block_tokens) * self.layout.block_tokens
         if limit <= 0:
             return 0, None
-        n, kv = self.ns.get(tokens[:limit])
-        if n == 0 or kv is None:
+        if buffer is None:
+            from kvstore.client.hf_reserved import KVBuffer
+
+            buffer = KVBuffer(self.layout)
+        buffer.reserve(limit + spare)
+        codec, bt = self.ns.codec, self.layout.block_tokens
+
+        def consume(payloads) -> None:
+            codec.decode_heads_into(payloads, buffer.tokens(len(payloads) * bt))
+
+        n = self.ns.read_blocks(tokens[:limit], consume)
+        if n == 0:
             return 0, None
-        return n, canonical_to_cache(kv.to(self.layout.torch_dtype), self.config)
+        return n, buffer.cache(n)

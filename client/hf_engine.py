@@ -9,6 +9,12 @@ What an engine does with the store, made measurable: for a prompt it
 4. picks the first token (TTFT ends here), then stores the prompt's whole
    blocks for the next request (after the first token, as engines do).
 
+Both paths use the same KV memory (``KVBuffer``, kept between requests as an
+engine's KV pool is): a hit decodes the stored blocks straight into it and
+the suffix is appended in place; a miss prefills into it. Both ask the model
+for the last position's logits only (``logits_to_keep=1``): the first token
+needs no others.
+
 Every request feeds the planner's estimators: prefill time per token count,
 and the carrier's get bandwidth.
 """
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from kvstore.client.hf_adapter import HFPrefixCache, layout_for_model
+from kvstore.client.hf_reserved import KVBuffer
 from kvstore.client.retrieval import BandwidthEstimator, PrefillModel, plan_retrieval
 
 
@@ -31,6 +38,7 @@ class FirstToken:
     ttft_s: float
     token_id: int
     logprobs: torch.Tensor  # next-token log-probabilities, [vocab], float32
+    logits: torch.Tensor  # next-token logits, [vocab], float32
     tokens_reused: int
     tokens_cached: int  # what the store had; reused may be less (the planner said no)
     load_s: float
@@ -40,11 +48,14 @@ class FirstToken:
 
 class HFEngine:
     def __init__(self, model, namespace, model_id: str, block_tokens: int = 256,
-                 adaptive: bool = True, margin: float = 0.25):
+                 adaptive: bool = True, margin: float = 0.25, buffer: KVBuffer | None = None):
+        """``buffer``: the KV memory of requests (kept between them); engines that never
+        run at the same time (e.g. one per carrier in a benchmark) may share one."""
         self.model = model.eval()
         dtype = next(model.parameters()).dtype
         self.layout = layout_for_model(model.config, model_id, block_tokens, dtype)
         self.cache = HFPrefixCache(namespace, self.layout, model.config)
+        self.buffer = buffer or KVBuffer(self.layout, device=next(model.parameters()).device)
         self.ns = namespace
         self.adaptive = adaptive
         self.margin = margin
@@ -68,13 +79,16 @@ class HFEngine:
         load_s = 0.0
         if want:
             t_load = time.perf_counter()
-            n, past = self.cache.restore(tokens, max_tokens=want)
+            n, past = self.cache.restore(tokens, max_tokens=want, buffer=self.buffer,
+                                         spare=len(tokens) - want)
             load_s = time.perf_counter() - t_load
             if n:
                 self.bandwidth.observe(n // self.layout.block_tokens * self.ns.spec.block_bytes, load_s)
-        ids = torch.tensor([tokens[n:]])
+        if past is None:  # a miss: the prefill writes the whole prompt's KV into the buffer
+            past = self.buffer.cache(0, capacity=len(tokens))
+        ids = torch.tensor([tokens[n:]], device=self.buffer.device)
         t_prefill = time.perf_counter()
-        out = self.model(ids, past_key_values=past, use_cache=True)
+        out = self.model(ids, past_key_values=past, use_cache=True, logits_to_keep=1)
         logits = out.logits[0, -1].float()
         token = int(torch.argmax(logits))
         ttft = time.perf_counter() - t0
@@ -83,7 +97,7 @@ class HFEngine:
         stored, store_s = 0, 0.0
         if store:
             t_store = time.perf_counter()
-            stored = self.cache.store(tokens, out.past_key_values)
+            stored = self.cache.store(tokens, out.past_key_values, self.buffer)
             store_s = time.perf_counter() - t_store
-        return FirstToken(ttft, token, torch.log_softmax(logits, -1), n, cached, load_s,
+        return FirstToken(ttft, token, torch.log_softmax(logits, -1), logits, n, cached, load_s,
                           store_s, stored)

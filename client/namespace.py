@@ -11,6 +11,10 @@ straight between the caller's tensor and the arena.
 
 from __future__ import annotations
 
+import inspect
+import threading
+
+import numpy as np
 import torch
 
 from kvstore.client.codec import BlockCodec
@@ -35,6 +39,32 @@ class _LazyBlocks:
         return self._codec.encode(self._kv[:, :, i * self._bt : (i + 1) * self._bt])
 
 
+def _receives_into(backend) -> bool:
+    """True if ``backend.get_into(ns, tokens, extra, alloc=...)`` receives into a caller's buffer."""
+    get_into = getattr(backend, "get_into", None)
+    try:
+        return get_into is not None and "alloc" in inspect.signature(get_into).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class ReceiveBuffer:
+    """A grow-only byte buffer that remote gets receive into, reused between reads.
+
+    A fresh buffer per get would be a fresh ``mmap`` of tens of MiB whose
+    pages fault in while the socket fills them; reusing one keeps them mapped.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self._buf = np.empty(0, dtype=np.uint8)
+
+    def alloc(self, nbytes: int) -> np.ndarray:
+        if nbytes > self._buf.size:
+            self._buf = np.empty(nbytes, dtype=np.uint8)
+        return self._buf[:nbytes]
+
+
 class Namespace:
     def __init__(self, backend, layout: KVLayout, codec: str = "none", tenant: str = "",
                  strict: bool = True):
@@ -45,6 +75,7 @@ class Namespace:
         self.block_tokens = layout.block_tokens
         self.strict = strict
         self._zero_copy = bool(getattr(backend, "zero_copy", False))
+        self._receive = ReceiveBuffer() if _receives_into(backend) else None
 
     # -- checks -------------------------------------------------------------
     def _check_kv(self, kv) -> int:
@@ -125,6 +156,42 @@ class Namespace:
             for i, slot in enumerate(lease.slots):
                 self.codec.decode_into(be.read_slot(slot), out[:, :, i * bt : (i + 1) * bt])
             return lease.num_tokens, out
+        finally:
+            be.release(lease.lease_id)
+
+    def read_blocks(self, tokens, consume, extra: bytes = b"") -> int:
+        """Leading cached tokens of ``tokens``; ``consume(payloads)`` sees their blocks first.
+
+        ``payloads`` is one bytes-like per cached block (``spec.block_bytes``
+        each, this namespace's codec), valid only during the call: on shm and
+        embedded stores they are the arena slots themselves, under a read
+        lease, so a caller that decodes them straight into its own tensors
+        (``BlockCodec.decode_into``, ``kvstore.client.hf_adapter``) copies the
+        prefix exactly once. On a miss ``consume`` is not called and 0 returned.
+        """
+        toks = as_tokens(tokens)
+        if self._zero_copy:
+            return self._soft(lambda: self._read_leased(toks, consume, extra), 0)
+        if self._receive is None:
+            n, payloads = self._soft(lambda: self.backend.get(self.id, toks, extra), (0, []))
+            if n:
+                consume(payloads)
+            return n
+        with self._receive.lock:  # one reader of the reused buffer at a time
+            n, buf = self._soft(lambda: self.backend.get_into(
+                self.id, toks, extra, alloc=self._receive.alloc), (0, None))
+            if n and buf is not None:
+                bb, view = self.spec.block_bytes, memoryview(buf)
+                consume([view[i : i + bb] for i in range(0, n // self.block_tokens * bb, bb)])
+            return n
+
+    def _read_leased(self, toks, consume, extra) -> int:
+        be = self.backend
+        lease = be.lease_read(self.id, toks, extra)
+        try:
+            if lease.num_tokens:
+                consume([be.read_slot(slot) for slot in lease.slots])
+            return lease.num_tokens
         finally:
             be.release(lease.lease_id)
 

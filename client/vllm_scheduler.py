@@ -50,6 +50,21 @@ def request_extra(request) -> bytes:
     return b"\x00".join(parts)
 
 
+def request_switches(request) -> tuple[bool, bool]:
+    """``(load, save)`` of one request; both on unless its ``kv_transfer_params`` say otherwise.
+
+    ``SamplingParams(extra_args={"kv_transfer_params": {"kvstore": {"load":
+    False, "save": False}}})`` makes one request a plain recompute that leaves
+    the store alone (a baseline, or a prompt that must not be cached), while
+    the engine's other requests keep using it.
+    """
+    params = getattr(request, "kv_transfer_params", None)
+    mine = params.get("kvstore") if isinstance(params, dict) else None
+    if not isinstance(mine, dict):
+        return True, True
+    return bool(mine.get("load", True)), bool(mine.get("save", True))
+
+
 @dataclass
 class _Tracked:
     """What the scheduler remembers of one live request."""
@@ -59,6 +74,7 @@ class _Tracked:
     block_ids: list[int] = field(default_factory=list)
     stored: int = 0  # leading prompt tokens the store holds (looked up or saved)
     load: tuple[int, int] | None = None  # queued load: (skip, end) in tokens
+    save: bool = True  # this request's prompt may be stored
 
 
 class SchedulerSide:
@@ -79,11 +95,13 @@ class SchedulerSide:
         if not prompt:
             return 0
         limit = (len(prompt) - 1) // self.block_tokens * self.block_tokens
+        load, save = request_switches(request)
+        load, save = load and self.load_enabled, save and self.save_enabled
         hit = 0
-        if limit > num_computed_tokens and (self.load_enabled or self.save_enabled):
+        if limit > num_computed_tokens and (load or save):
             hit = self._lookup(prompt[:limit], request_extra(request))
         self._lookups[request.request_id] = (num_computed_tokens, hit)
-        if not self.load_enabled or hit <= num_computed_tokens:
+        if not load or hit <= num_computed_tokens:
             return 0
         return hit - num_computed_tokens
 
@@ -105,7 +123,8 @@ class SchedulerSide:
         local, hit = self._lookups.pop(request.request_id, (0, 0))
         tracked = self._reqs.get(request.request_id)
         if tracked is None:
-            tracked = _Tracked(as_tokens(prompt), request_extra(request))
+            tracked = _Tracked(as_tokens(prompt), request_extra(request),
+                               save=request_switches(request)[1])
             self._reqs[request.request_id] = tracked
         tracked.block_ids = list(block_ids)
         tracked.stored = max(tracked.stored, hit)
@@ -144,7 +163,7 @@ class SchedulerSide:
             tracked.load = None
             meta.loads.append(LoadSpec(req_id, tracked.prompt[:end],
                                        tracked.block_ids[: -(-end // bs)], skip, tracked.extra))
-        if not self.save_enabled:
+        if not self.save_enabled or not tracked.save:
             return
         savable = min(computed_after, len(tracked.prompt)) // self.block_tokens * self.block_tokens
         if savable > tracked.stored:

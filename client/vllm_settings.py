@@ -19,6 +19,11 @@ Everything comes from vLLM's ``KVTransferConfig``::
         },
     )
 
+One request may switch either direction off for itself (a recompute
+baseline, a prompt that must not be stored) with
+``SamplingParams(extra_args={"kv_transfer_params": {"kvstore": {"load": False,
+"save": False}}})`` (``kvstore.client.vllm_scheduler.request_switches``).
+
 The namespace's ``KVLayout`` is read from vLLM's ``KVCacheConfig`` (the same
 object on the scheduler and the worker side), so both sides name the same
 blocks. Only models with one full-attention KV cache group are supported.

@@ -21,3 +21,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def local_model_dir(tmp_path_factory):
+    """The local Llama-style model and tokenizer (kvstore.local_model), built once per session."""
+    pytest.importorskip("transformers")
+    from kvstore.local_model import build_local_model
+
+    return build_local_model(tmp_path_factory.mktemp("local_model"))

@@ -160,3 +160,21 @@ def test_worker_saves_round_trip(ns):
     n, kv = ns.get(tokens)
     assert n == 2 * BT and worker.stats.saved_tokens == 2 * BT
     assert torch.equal(kv, gather_blocks(worker, blocks))
+
+
+def test_a_request_can_switch_load_and_save_off(ns):
+    tokens = np.arange(2 * BT + 1)
+    ns.put(tokens[:BT], kv_for(BT))
+    side = SchedulerSide(ns, BS, BT, load=True, save=True)
+    off = request("r", tokens)
+    off.kv_transfer_params = {"kvstore": {"load": False, "save": False}}
+    assert side.lookup(off, 0) == 0  # the store has a block, this request does not want it
+    side.after_alloc(off, [1, 2, 3, 4, 5], 0)
+    meta = side.build_meta(step(new=[("r", [1, 2, 3, 4, 5], 0)], scheduled={"r": 2 * BT + 1}))
+    assert meta.loads == [] and meta.saves == []
+    on = request("s", tokens)
+    on.kv_transfer_params = {"other_connector": {}}
+    assert side.lookup(on, 0) == BT
+    side.after_alloc(on, [6, 7, 8, 9, 10], BT)
+    meta = side.build_meta(step(new=[("s", [6, 7, 8, 9, 10], BT)], scheduled={"s": BT + 1}))
+    assert len(meta.loads) == 1 and len(meta.saves) == 1  # defaults: both directions

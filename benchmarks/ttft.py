@@ -1,0 +1,127 @@
+"""Time to first token of long prompts: recompute vs a prefix loaded from ``kvstore serve``.
+
+    python -m benchmarks.ttft [--engine hf,vllm] [--tokens 1024,4096,8192]
+        [--codecs none,fp8_e4m3,int8,int4] [--carriers shm,tcp]
+        [--json PATH] [--plot PATH] [--markdown PATH]
+
+The local model (``kvstore.local_model``: Llama-style, 63M parameters, GQA
+12/4 heads, no download) runs a prompt of N tokens of real text plus a
+one-token suffix (``--suffix-tokens``), through transformers (``HFEngine``)
+and vLLM (CPU build, ``KVStoreConnector``) in the same run. A real daemon is
+started on loopback with an shm and a tcp listener (CPU tier only: the hit
+is a CPU-tier hit). Per engine and N:
+
+* ``ttft_miss_s``: the whole prompt prefilled, the store not used: the
+  baseline, measured in this run (best of ``--miss-repeat``);
+* ``ttft_hit_s``: the same prompt with its N-token prefix loaded from the
+  daemon over each carrier and codec, only the suffix computed (best of
+  ``--hit-repeat`` after one warm-up); ``speedup = ttft_miss_s / ttft_hit_s``;
+* quality against the recompute: the largest logprob difference of the next
+  token, top-1 agreement, and (transformers) the logit error over
+  ``--quality-positions`` next-token positions (``benchmarks.ttft_hf``).
+
+How each engine is driven: ``benchmarks/ttft_hf.py``, ``benchmarks/ttft_vllm.py``.
+vLLM runs in a child process: its CPU worker binds OpenMP threads to cores
+and replaces ``torch.set_num_threads`` for the rest of the process, and a
+process that already ran torch with its own threads makes it about twice as
+slow (measured), so neither engine may inherit the other's threads.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from benchmarks.common import base_parser, machine_info, print_table, write_json
+from benchmarks.ttft_rows import Progress, build_prompts
+
+COLUMNS = ["engine", "prompt_tokens", "carrier", "codec", "ttft_miss_s", "ttft_hit_s", "speedup",
+           "top1_agree", "max_logprob_diff", "max_logit_err", "tokens_reused"]
+ENGINES = ("hf", "vllm")
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv):
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--engine", default="hf,vllm", help="hf, vllm or both (comma separated)")
+    parser.add_argument("--tokens", default="1024,4096,8192",
+                        help="shared prefix lengths (multiples of --block-tokens)")
+    parser.add_argument("--codecs", default="none,fp8_e4m3,int8,int4")
+    parser.add_argument("--carriers", default="shm,tcp")
+    parser.add_argument("--suffix-tokens", type=int, default=1,
+                        help="tokens of the request after the shared prefix (computed on a hit)")
+    parser.add_argument("--quality-positions", type=int, default=32,
+                        help="next-token positions compared for the codec quality (hf)")
+    parser.add_argument("--miss-repeat", type=int, default=2)
+    parser.add_argument("--hit-repeat", type=int, default=3)
+    parser.add_argument("--block-tokens", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all CPUs)")
+    parser.add_argument("--model-dir", help="the local model's folder (default: built under"
+                        " ~/.cache/kvstore on first use)")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG of TTFT and speedup")
+    parser.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    engines = _csv(args.engine)
+    if not engines or set(engines) - set(ENGINES):
+        parser.error(f"--engine takes {', '.join(ENGINES)}")
+    args.engines = [e for e in ENGINES if e in engines]
+    args.sizes = [int(t) for t in _csv(args.tokens)]
+    if any(n <= 0 or n % args.block_tokens for n in args.sizes):
+        parser.error(f"--tokens must be positive multiples of --block-tokens {args.block_tokens}")
+    if args.suffix_tokens < 1 or args.quality_positions < 1:
+        parser.error("--suffix-tokens and --quality-positions must be at least 1")
+    args.codec_list, args.carrier_list = _csv(args.codecs), _csv(args.carriers)
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    import os
+
+    import torch
+
+    from benchmarks import ttft_report
+    from kvstore.demo_setup import LocalDaemon, local_model_dir
+
+    args = parse_args(argv)
+    progress = Progress(not args.no_progress)
+    model_dir = args.model_dir or local_model_dir()
+    prompts = build_prompts(model_dir, args.sizes, args.suffix_tokens, args.quality_positions)
+    load_before = os.getloadavg()  # the machine may be shared: say how busy it was
+    rows = []
+    with LocalDaemon(tuple(args.carrier_list), cpu_bytes="2GiB") as daemon:
+        progress(f"daemon ready: {' '.join(daemon.urls.values())}")
+        if "hf" in args.engines:
+            from benchmarks.ttft_hf import HFRunConfig, hf_rows, load_model
+
+            torch.set_num_threads(args.threads or os.cpu_count() or 1)
+            config = HFRunConfig(args.miss_repeat, args.hit_repeat, args.block_tokens)
+            rows += hf_rows(load_model(model_dir), daemon.urls, prompts, args.codec_list, config,
+                            progress)
+        if "vllm" in args.engines:
+            from benchmarks.ttft_vllm import VLLMRunConfig, run_child
+
+            config = VLLMRunConfig(args.miss_repeat, args.hit_repeat, args.block_tokens)
+            rows += run_child(model_dir, daemon.urls, args.sizes, args.suffix_tokens,
+                              args.codec_list, config, progress)
+    info = machine_info()
+    title = (f"ttft: local model, {'+'.join(args.engines)}, suffix {args.suffix_tokens} token(s), "
+             f"{info['cpus']} CPUs")
+    print_table([r.to_dict() for r in rows], COLUMNS, title=title)
+    if args.json:
+        write_json(args.json, "ttft", [r.to_dict() for r in rows], suffix_tokens=args.suffix_tokens,
+                   quality_positions=args.quality_positions, miss_repeat=args.miss_repeat,
+                   hit_repeat=args.hit_repeat, load_avg_before=load_before,
+                   load_avg_after=os.getloadavg())
+    if args.plot:
+        ttft_report.plot(rows, args.plot, title)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(ttft_report.markdown(rows))
+    return [r.to_dict() for r in rows]
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

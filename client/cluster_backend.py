@@ -88,14 +88,17 @@ class ClusterBackend:
                     rs.register(spec)
         return rs
 
-    def route(self, ns: bytes, tokens) -> Route:
+    def route(self, ns: bytes, tokens, extra: bytes = b"") -> Route:
         spec = self._specs[ns]
-        return self.router.route(self.view.snapshot(), ns, tokens, spec.block_tokens)
+        return self.router.route(self.view.snapshot(), ns, tokens, spec.block_tokens, extra)
 
-    def _attempt(self, ns: bytes, tokens, extra: bytes, call, default, attempts: int):
-        """Run ``call(store)`` on the route's candidates in turn, skipping suspects."""
-        spec = self._specs[ns]
-        route = self.router.route(self.view.snapshot(), ns, tokens, spec.block_tokens, extra)
+    def _attempt(self, ns: bytes, tokens, extra: bytes, call, default, attempts: int = 0):
+        """Run ``call(store)`` on the route's candidates in turn, skipping suspects.
+
+        ``attempts`` 0: as many nodes as may hold the prefix, plus one (at least 2).
+        """
+        route = self.route(ns, tokens, extra)
+        attempts = attempts or max(2, route.replicas + 1)
         now = time.monotonic()
         tried = 0
         last: BaseException | None = None
@@ -136,18 +139,13 @@ class ClusterBackend:
     def namespaces(self) -> list[NamespaceSpec]:
         return list(self._specs.values())
 
-    def _attempts(self, ns: bytes, tokens) -> int:
-        return max(2, self.route(ns, tokens).replicas + 1)
-
     def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         toks = as_tokens(tokens)
-        return self._attempt(ns, toks, extra, lambda rs: rs.lookup(ns, toks, extra), 0,
-                             self._attempts(ns, toks))
+        return self._attempt(ns, toks, extra, lambda rs: rs.lookup(ns, toks, extra), 0)
 
     def get(self, ns: bytes, tokens, extra: bytes = b""):
         toks = as_tokens(tokens)
-        return self._attempt(ns, toks, extra, lambda rs: rs.get(ns, toks, extra), (0, []),
-                             self._attempts(ns, toks))
+        return self._attempt(ns, toks, extra, lambda rs: rs.get(ns, toks, extra), (0, []))
 
     def put(self, ns: bytes, tokens, payloads, extra: bytes = b"") -> int:
         toks = as_tokens(tokens)

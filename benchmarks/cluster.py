@@ -38,9 +38,9 @@ import numpy as np
 
 from benchmarks.common import base_parser, print_table, write_json
 from kvstore.client import KVClient
-from kvstore.daemon_process import DaemonProc, free_port
-from kvstore.etcd_client import wait_until
-from kvstore.etcd_process import EtcdProc
+from kvstore.cluster.etcd import wait_until
+from kvstore.demo.daemon_process import DaemonProc, free_port
+from kvstore.demo.etcd_process import EtcdProc
 from kvstore.layout import KVLayout
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

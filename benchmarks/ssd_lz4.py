@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.common import base_parser, best_seconds, gbps, print_table, write_json
-from kvstore.ssd_compress import compress, decompress
+from kvstore.ssd.compress import compress, decompress
 
 
 def kv_values(layers: int, tokens: int = 256, heads: int = 8, dim: int = 128, seed: int = 0):

@@ -27,10 +27,10 @@ import numpy as np
 
 from benchmarks.common import base_parser, gbps, machine_info, print_table, write_json
 from kvstore.layout import KVLayout
-from kvstore.namespace import NamespaceSpec
+from kvstore.namespace_spec import NamespaceSpec
 from kvstore.sizes import format_size, parse_size
-from kvstore.store_config import StoreConfig
-from kvstore.tiered_store import TieredStore
+from kvstore.store.config import StoreConfig
+from kvstore.store.tiered_store import TieredStore
 
 
 def _spec(block_bytes: int) -> NamespaceSpec:

@@ -45,8 +45,8 @@ import numpy as np
 
 from benchmarks.common import base_parser, gbps, print_table, write_json
 from kvstore.keys import ROOT_KEY
-from kvstore.ssd_record import SSDRecordHeader
-from kvstore.ssd_tier import SSDTier
+from kvstore.ssd.record import SSDRecordHeader
+from kvstore.ssd.tier import SSDTier
 
 _DD_TIME = re.compile(r"copied, ([0-9.]+) s")
 

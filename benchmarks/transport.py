@@ -46,9 +46,9 @@ import numpy as np
 
 from benchmarks import transport_baselines as base
 from benchmarks.common import base_parser, gbps, print_table, write_json
-from kvstore.daemon_process import ROOT, DaemonProc
+from kvstore.demo.daemon_process import ROOT, DaemonProc
 from kvstore.layout import KVLayout
-from kvstore.namespace import NamespaceSpec
+from kvstore.namespace_spec import NamespaceSpec
 from kvstore.sizes import parse_size
 from kvstore.transport.remote import IOThread, RemoteStore
 

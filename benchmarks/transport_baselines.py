@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from kvstore.daemon_process import ROOT, free_port
+from kvstore.demo.daemon_process import ROOT, free_port
 
 REQ = 4096  # bytes of a small request (the latency probes)
 

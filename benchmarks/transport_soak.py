@@ -24,9 +24,9 @@ import time
 import numpy as np
 
 from benchmarks.common import base_parser, print_table, write_json
-from kvstore.daemon_process import DaemonProc, daemon_args
+from kvstore.demo.daemon_process import DaemonProc, daemon_args
 from kvstore.layout import KVLayout
-from kvstore.namespace import NamespaceSpec
+from kvstore.namespace_spec import NamespaceSpec
 from kvstore.sizes import parse_size
 from kvstore.transport.remote import RemoteStore
 

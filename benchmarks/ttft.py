@@ -4,7 +4,7 @@
         [--codecs none,fp8_e4m3,int8,int4] [--carriers shm,tcp]
         [--json PATH] [--plot PATH] [--markdown PATH]
 
-The local model (``kvstore.local_model``: Llama-style, 63M parameters, GQA
+The local model (``kvstore.demo.local_model``: Llama-style, 63M parameters, GQA
 12/4 heads, no download) runs a prompt of N tokens of real text plus a
 one-token suffix (``--suffix-tokens``), through transformers (``HFEngine``)
 and vLLM (CPU build, ``KVStoreConnector``) in the same run. A real daemon is
@@ -83,7 +83,7 @@ def main(argv=None) -> list[dict]:
     import torch
 
     from benchmarks import ttft_report
-    from kvstore.demo_setup import LocalDaemon, local_model_dir
+    from kvstore.demo.local_setup import LocalDaemon, local_model_dir
 
     args = parse_args(argv)
     progress = Progress(not args.no_progress)

@@ -40,7 +40,7 @@ def build_prompts(model_dir, sizes: list[int], suffix_tokens: int,
     """One prompt per prefix length, all cut from the same corpus text (deterministic)."""
     from transformers import AutoTokenizer
 
-    from kvstore.demo_setup import corpus_tokens
+    from kvstore.demo.local_setup import corpus_tokens
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     corpus = corpus_tokens(tokenizer, max(sizes) + max(suffix_tokens, quality_positions))

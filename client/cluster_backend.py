@@ -2,7 +2,7 @@
 
 The client watches the cluster's membership in etcd (``MembershipView``) and
 sends each request straight to the node that owns its prefix
-(``kvstore.cluster_routing.Router``: rendezvous hashing of the prefix's first
+(``kvstore.cluster.routing.Router``: rendezvous hashing of the prefix's first
 block key; hot prefixes spread over their replicas): one hop per lookup.
 
 Failures: a node that cannot be reached is skipped for ``suspect_seconds``
@@ -25,12 +25,12 @@ import os
 import threading
 import time
 
-from kvstore.cluster_routing import Route, Router
-from kvstore.cluster_types import EtcdURL, NodeInfo
+from kvstore.cluster.etcd import EtcdSession
+from kvstore.cluster.membership import MembershipView
+from kvstore.cluster.records import EtcdURL, NodeInfo
+from kvstore.cluster.routing import Route, Router
 from kvstore.errors import Unavailable
-from kvstore.etcd_client import EtcdSession
-from kvstore.membership import MembershipView
-from kvstore.namespace import NamespaceSpec
+from kvstore.namespace_spec import NamespaceSpec
 from kvstore.tokens import as_tokens
 from kvstore.transport.remote import OFFLINE as OFFLINE_ERRORS
 from kvstore.transport.remote import RemoteStore

@@ -9,35 +9,37 @@
 (``kvstore.client.cluster_backend``: each prefix goes to the node that owns it).
 ``embedded`` builds a ``TieredStore`` in this process from ``StoreConfig``
 keywords. Other URLs (``tcp://``, ``shm://``, ``ucx://``) are resolved by
-carriers: ``register_carrier(scheme, factory)`` where ``factory(url,
-**kwargs)`` returns a backend with the ``BlockStore`` methods; the
-transport package registers its carriers (``kvstore.transport.register_carriers``,
-called on first use of an unknown scheme).
+``kvstore.transport.RemoteStore``; ``register_carrier(scheme, open)`` adds a
+third-party scheme whose ``open(url, **kwargs)`` returns a ``BlockStore``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from kvstore.client.namespace import Namespace
 from kvstore.errors import InvalidArgument
 from kvstore.layout import KVLayout
 
-_CARRIERS: dict[str, Callable] = {}
 
+@dataclass(frozen=True)
+class Carrier:
+    """How ``KVClient.connect`` opens a backend for one URL scheme.
 
-def register_carrier(scheme: str, factory: Callable) -> None:
-    _CARRIERS[scheme] = factory
+    ``open(url, **kwargs)`` returns the backend. ``soft_failures``: the backend
+    turns an unreachable daemon into misses itself when opened with
+    ``strict=False`` (the remote carriers); ``connect`` then passes ``strict``.
+    """
+
+    open: Callable[..., object]
+    soft_failures: bool = False
 
 
 def _embedded(url: str, **kwargs):
-    from kvstore.store_config import StoreConfig
-    from kvstore.tiered_store import TieredStore
+    from kvstore.store import StoreConfig, TieredStore
 
     return TieredStore(StoreConfig(**kwargs))
-
-
-register_carrier("embedded", _embedded)
 
 
 def _cluster(url: str, **kwargs):
@@ -46,8 +48,24 @@ def _cluster(url: str, **kwargs):
     return ClusterBackend(url, **kwargs)
 
 
-_cluster.accepts_strict = True
-register_carrier("etcd", _cluster)
+def _remote(url: str, **kwargs):
+    from kvstore.transport.remote import RemoteStore
+
+    return RemoteStore.connect(url, **kwargs)
+
+
+_CARRIERS: dict[str, Carrier] = {
+    "embedded": Carrier(_embedded),
+    "etcd": Carrier(_cluster, soft_failures=True),
+    "tcp": Carrier(_remote, soft_failures=True),
+    "shm": Carrier(_remote, soft_failures=True),
+    "ucx": Carrier(_remote, soft_failures=True),
+}
+
+
+def register_carrier(scheme: str, open: Callable[..., object], *, soft_failures: bool = False) -> None:
+    """Let ``KVClient.connect("SCHEME://...")`` open a third-party backend."""
+    _CARRIERS[scheme] = Carrier(open, soft_failures)
 
 
 class KVClient:
@@ -67,21 +85,14 @@ class KVClient:
         raise ``Unavailable``. Default: strict for ``embedded``, not for remote URLs.
         """
         scheme = url.split("://", 1)[0] if "://" in url else url
-        if scheme not in _CARRIERS:
-            try:
-                from kvstore.transport import register_carriers
-            except ImportError:
-                pass
-            else:
-                register_carriers()
-        factory = _CARRIERS.get(scheme)
-        if factory is None:
+        carrier = _CARRIERS.get(scheme)
+        if carrier is None:
             raise InvalidArgument(f"no carrier for {url!r} (known: {sorted(_CARRIERS)})")
         if strict is None:
             strict = scheme == "embedded"
-        if getattr(factory, "accepts_strict", False):  # remote carriers soften misses themselves
+        if carrier.soft_failures:
             kwargs["strict"] = strict
-        return cls(factory(url, **kwargs), strict=strict)
+        return cls(carrier.open(url, **kwargs), strict=strict)
 
     def namespace(self, layout: KVLayout, codec: str = "none", tenant: str = "") -> Namespace:
         key = (layout, codec, tenant)

@@ -20,7 +20,7 @@ import torch
 from kvstore.client.codec import BlockCodec
 from kvstore.errors import InvalidArgument, LayoutMismatch, Unavailable
 from kvstore.layout import KVLayout
-from kvstore.namespace import NamespaceSpec
+from kvstore.namespace_spec import NamespaceSpec
 from kvstore.tokens import as_tokens
 
 

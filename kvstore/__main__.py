@@ -1,3 +1,3 @@
-from kvstore.cli import main
+from kvstore.daemon.cli import main
 
 raise SystemExit(main())

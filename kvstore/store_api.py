@@ -1,7 +1,17 @@
 """The contract between the tiered store and its users (clients, daemon, admin).
 
 Everything above the store (the embedded client, the daemon's transports, the
-admin API) talks to it through ``BlockStore`` and these dataclasses only.
+admin API) talks to it through these protocols and dataclasses only::
+
+    BlockStore          every backend: TieredStore, RemoteStore, ClusterBackend
+      └─ LeasingStore   + zero-copy arena leases (TieredStore; RemoteStore on shm)
+                        a backend says which it is in ``capabilities.leases``
+    ManagedStore        LeasingStore + the operator's controls (the daemon's store)
+
+One signature per call: ``get_into(ns, tokens, alloc, extra)`` receives the
+cached prefix into ``alloc(nbytes)`` wherever the bytes come from. Callers
+read ``capabilities``; they never probe a backend with ``getattr`` or
+``inspect``.
 
 Blocks are opaque payloads of ``spec.block_bytes`` bytes each (already encoded
 by the kernels' codec); block i of a request covers tokens
@@ -11,11 +21,12 @@ salt of DESIGN.md (LoRA id, multimodal hashes); it is part of the prefix.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from kvstore.namespace import NamespaceSpec
+from kvstore.namespace_spec import NamespaceSpec
 
 
 @dataclass(frozen=True)
@@ -86,7 +97,24 @@ class StoreStats:
     namespaces: list[NamespaceStats]
 
 
+Alloc = Callable[[int], Any]
+"""``alloc(nbytes)`` returns a writable buffer of ``nbytes`` bytes (bytearray, numpy, ...)."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend offers beyond ``BlockStore``, declared by the backend itself.
+
+    ``leases``: it is a ``LeasingStore`` (the caller may copy straight into and
+    out of arena slots: the embedded store, and an shm carrier that maps the arena).
+    """
+
+    leases: bool = False
+
+
 class BlockStore(Protocol):
+    capabilities: Capabilities
+
     def register(self, spec: NamespaceSpec) -> bytes:
         """Register (idempotently) and return the namespace id (its fingerprint)."""
 
@@ -104,8 +132,29 @@ class BlockStore(Protocol):
         put returns sees them).
         """
 
-    def get(self, ns: bytes, tokens, extra: bytes = b"") -> tuple[int, list[bytes]]:
-        """Leading cached tokens and a copy of their payloads; ``(0, [])`` on a miss."""
+    def get(self, ns: bytes, tokens, extra: bytes = b"") -> tuple[int, list]:
+        """Leading cached tokens and their payloads (bytes-like); ``(0, [])`` on a miss."""
+
+    def get_into(self, ns: bytes, tokens, alloc: Alloc, extra: bytes = b"") -> tuple[int, Any]:
+        """``(tokens, buffer)``: the cached prefix's blocks back to back in ``alloc(nbytes)``.
+
+        ``alloc`` is called once, with the bytes of the whole prefix; ``(0, None)``
+        on a miss (``alloc`` is then not called).
+        """
+
+    def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
+        """Drop the blocks of this prefix and everything cached after them; returns blocks dropped."""
+
+    def flush(self) -> None:
+        """Return once every block acknowledged before the call is durable on SSD."""
+
+    def stats(self) -> StoreStats: ...
+
+    def close(self) -> None: ...
+
+
+class LeasingStore(BlockStore, Protocol):
+    """A ``BlockStore`` whose blocks live in an arena the caller can map (``capabilities.leases``)."""
 
     def lease_read(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
         """Pin the cached prefix in the CPU arena (promoting from SSD) for zero-copy reads."""
@@ -119,17 +168,91 @@ class BlockStore(Protocol):
     def release(self, lease_id: int) -> None:
         """End a lease (an uncommitted write lease frees its slots)."""
 
-    def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
-        """Drop the blocks of this prefix and everything cached after them; returns blocks dropped."""
-
-    def flush(self) -> None:
-        """Return once every block acknowledged before the call is durable on SSD."""
-
-    def stats(self) -> StoreStats: ...
-
     def arena(self) -> ArenaInfo: ...
 
     def read_slot(self, slot: ArenaSlot) -> memoryview:
-        """A view of arena memory (for carriers that send from the arena)."""
+        """A writable view of arena memory (the slot of a lease this caller holds)."""
 
-    def close(self) -> None: ...
+
+@dataclass
+class WriteLease:
+    """A write lease inside ``write_lease``; ``stored`` is set by the commit on exit."""
+
+    lease: Lease
+    stored: int = 0
+
+
+@contextmanager
+def write_lease(store: LeasingStore, ns: bytes, tokens, extra: bytes = b"") -> Iterator[WriteLease]:
+    """Lease, copy, commit: the one way to fill arena slots.
+
+    ``with write_lease(store, ns, tokens) as w: ...copy into w.lease.slots...``
+    commits on a clean exit (``w.stored``: tokens now cached) and releases the
+    slots (nothing published) when the body raises.
+    """
+    held = WriteLease(store.lease_write(ns, tokens, extra))
+    try:
+        yield held
+    except BaseException:
+        store.release(held.lease.lease_id)
+        raise
+    held.stored = store.commit_lease(held.lease.lease_id)
+
+
+@contextmanager
+def read_lease(store: LeasingStore, ns: bytes, tokens, extra: bytes = b"") -> Iterator[Lease]:
+    """Pin the cached prefix for the body (copy out of ``lease.slots``), then release it."""
+    lease = store.lease_read(ns, tokens, extra)
+    try:
+        yield lease
+    finally:
+        store.release(lease.lease_id)
+
+
+@dataclass(frozen=True)
+class PinInfo:
+    """A pinned prefix of namespace ``namespace``."""
+
+    namespace: bytes
+    tokens: int  # tokens pinned: the cached part of the requested prefix
+    bytes: int  # bytes of the blocks this pin holds
+
+
+@dataclass(frozen=True)
+class EvictResult:
+    blocks: int  # blocks dropped
+    bytes: int
+    skipped: int  # blocks kept: pinned or in use
+
+
+class ManagedStore(LeasingStore, Protocol):
+    """The daemon's store: a ``LeasingStore`` plus the operator's controls (admin API, metrics).
+
+    ``read_only``: writes are refused (``Drain``); ``may_block``: a read may
+    touch the SSD (the daemon then runs it off the event loop).
+    """
+
+    read_only: bool
+    may_block: bool
+    pin_budget_bytes: int
+    pinned_bytes: int
+
+    def set_read_only(self, read_only: bool = True) -> None: ...
+
+    def pin(self, ns: bytes, tokens, extra: bytes = b"") -> PinInfo: ...
+
+    def unpin(self, ns: bytes, tokens, extra: bytes = b"") -> PinInfo: ...
+
+    def pins(self) -> list[PinInfo]: ...
+
+    def evict(self, ns: bytes, tokens=None, extra: bytes = b"") -> EvictResult: ...
+
+    def policy_names(self) -> dict[str, str]:
+        """``tier name -> policy name``."""
+
+    def set_policy(self, tier_name: str, policy_name: str) -> str:
+        """Install an online policy on a tier; returns the previous name. Offline-only ones
+        (``opt``: it needs the future) are refused with ``InvalidArgument``."""
+
+    def settings(self) -> dict:
+        """The store's settings as plain values (admin ``GetConfig``)."""

@@ -25,8 +25,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def local_model_dir(tmp_path_factory):
-    """The local Llama-style model and tokenizer (kvstore.local_model), built once per session."""
+    """The local Llama-style model and tokenizer (kvstore.demo.local_model), built once per session."""
     pytest.importorskip("transformers")
-    from kvstore.local_model import build_local_model
+    from kvstore.demo.local_model import build_local_model
 
     return build_local_model(tmp_path_factory.mktemp("local_model"))

@@ -16,11 +16,11 @@ and a ``Session``. The loop is the same everywhere:
 A session's leases are released when its connection ends, however it ends
 (a client killed mid-request leaves nothing pinned).
 
-``Dispatcher.cluster`` (None, or a ``kvstore.cluster_node.ClusterNode``) is
+``Dispatcher.cluster`` (None, or a ``kvstore.cluster.node.ClusterNode``) is
 awaited around the data ops: a read of a prefix this node lacks fetches it
 from a peer first, a write of a prefix another node owns is forwarded to it.
 
-``Dispatcher.observer`` (None, or e.g. ``kvstore.metrics_transport.RequestMetrics``)
+``Dispatcher.observer`` (None, or e.g. ``kvstore.metrics.request_metrics.RequestMetrics``)
 is told of every request once it is answered, ``observer.request(carrier, req,
 outcome, seconds)``, and of every refused frame or connection,
 ``observer.refused(carrier, code)``: per request, never per byte.
@@ -135,7 +135,7 @@ class Dispatcher(OpsMixin):
         self.requests = 0
         self.errors = 0
         self.observer = None  # see the module docstring
-        self.cluster = None  # a kvstore.cluster_node.ClusterNode when the daemon is clustered
+        self.cluster = None  # a kvstore.cluster.node.ClusterNode when the daemon is clustered
         self._ops = {
             Op.HELLO: self._hello,
             Op.REGISTER: self._register,

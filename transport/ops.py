@@ -24,7 +24,7 @@ from kvstore.errors import (
     Unauthorized,
     UnsupportedVersion,
 )
-from kvstore.namespace import NamespaceSpec
+from kvstore.namespace_spec import NamespaceSpec
 from kvstore.transport import messages as m
 from kvstore.transport.messages import Reply, Request
 

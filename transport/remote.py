@@ -37,7 +37,7 @@ import threading
 from collections.abc import Callable
 
 from kvstore.errors import Draining, InvalidArgument, Timeout, Unavailable
-from kvstore.namespace import NamespaceSpec
+from kvstore.namespace_spec import NamespaceSpec
 from kvstore.store_api import ArenaInfo, Lease
 from kvstore.transport.connection import Connection
 from kvstore.transport.urls import parse_url

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from kvstore.errors import InvalidArgument, NotFound, ProtocolError
-from kvstore.namespace import NamespaceSpec
+from kvstore.namespace_spec import NamespaceSpec
 from kvstore.tokens import as_tokens
 from kvstore.transport.channel import byte_view
 from kvstore.transport.connection import Connection

@@ -8,11 +8,11 @@ import threading
 import grpc
 import pytest
 
-from kvstore import admin_pb2_grpc
-from kvstore.config import DaemonConfig
-from kvstore.daemon import Daemon
-from kvstore.store_config import StoreConfig
-from kvstore.tiered_store import TieredStore
+from kvstore.admin import admin_pb2_grpc
+from kvstore.daemon.config import DaemonConfig
+from kvstore.daemon.daemon import Daemon
+from kvstore.store.config import StoreConfig
+from kvstore.store.tiered_store import TieredStore
 from kvstore.transport.remote import RemoteStore
 from tests.admin.helpers import policy_factory
 

@@ -6,8 +6,8 @@ import numpy as np
 
 from kvstore.eviction import EvictionPolicy, MayEvict
 from kvstore.layout import KVLayout
-from kvstore.namespace import NamespaceSpec
-from kvstore.store_config import default_policy_factory
+from kvstore.namespace_spec import NamespaceSpec
+from kvstore.store.config import default_policy_factory
 
 
 def small_spec(model: str = "tiny", block_tokens: int = 4) -> NamespaceSpec:

@@ -7,7 +7,7 @@ import json
 import grpc
 import pytest
 
-from kvstore import admin_pb2 as pb
+from kvstore.admin import admin_pb2 as pb
 from kvstore.errors import Draining
 from kvstore.transport.remote import RemoteStore
 from tests.admin.conftest import daemon_config, small_store
@@ -68,7 +68,7 @@ def test_evict_namespace_and_prefix(admin, client):
 def test_pinned_prefix_survives_pressure(running):
     daemon = running(daemon_config(pin_budget="2KiB"))
     with grpc.insecure_channel(daemon.address("admin")) as ch:
-        from kvstore.admin_pb2_grpc import AdminStub
+        from kvstore.admin.admin_pb2_grpc import AdminStub
 
         admin = AdminStub(ch)
         client = RemoteStore.connect(daemon.url, strict=True)
@@ -168,7 +168,7 @@ def test_admin_token(running, tmp_path):
     daemon = running(daemon_config(admin_token_file=str(token_file)), small_store())
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from kvstore.admin_pb2_grpc import AdminStub
+    from kvstore.admin.admin_pb2_grpc import AdminStub
 
     with grpc.insecure_channel(daemon.address("admin")) as ch:
         admin = AdminStub(ch)

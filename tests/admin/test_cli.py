@@ -1,5 +1,5 @@
 """``kvstore admin ...`` against a real daemon: as a subprocess with --json, and in-process
-(``kvstore.cli.main``, same code and channel, without ~1 s of interpreter start per call)."""
+(``kvstore.daemon.cli.main``, same code and channel, without ~1 s of interpreter start per call)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from kvstore.cli import main
+from kvstore.daemon.cli import main
 from tests.admin.conftest import daemon_config
 from tests.admin.helpers import payloads, small_spec, tokens_for
 

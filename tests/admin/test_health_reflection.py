@@ -9,9 +9,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-import kvstore.daemon
-from kvstore import admin_pb2 as pb
-from kvstore.admin_pb2_grpc import AdminStub
+import kvstore.daemon.daemon
+from kvstore.admin import admin_pb2 as pb
+from kvstore.admin.admin_pb2_grpc import AdminStub
 from tests.admin.conftest import daemon_config, small_store
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -38,7 +38,7 @@ def test_not_serving_while_the_store_is_built(running, monkeypatch):
         assert release.wait(30)
         return small_store()
 
-    monkeypatch.setattr(kvstore.daemon, "build_store", slow_build)
+    monkeypatch.setattr(kvstore.daemon.daemon, "build_store", slow_build)
     daemon = running(daemon_config(), store=None, wait=False)
     wait_for(lambda: any(getattr(s, "address", "") for s in daemon.daemon.services))
     with grpc.insecure_channel(daemon.address("admin")) as ch:

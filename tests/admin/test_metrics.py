@@ -7,7 +7,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kvstore import admin_pb2 as pb
+from kvstore.admin import admin_pb2 as pb
 from kvstore.errors import NotFound
 from tests.admin.helpers import payloads, small_spec, tokens_for
 
@@ -70,7 +70,7 @@ def test_counters_move_with_traffic(daemon, client, admin):
 def test_request_metrics_histogram_is_cumulative():
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from kvstore.metrics_transport import RequestMetrics
+    from kvstore.metrics.request_metrics import RequestMetrics
     from kvstore.transport.dispatch import Outcome
     from kvstore.transport.messages import Op, Reply
 

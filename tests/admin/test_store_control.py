@@ -7,8 +7,8 @@ import threading
 import pytest
 
 from kvstore.errors import CapacityError, Draining, InvalidArgument, NotFound
-from kvstore.store_config import StoreConfig
-from kvstore.tiered_store import TieredStore
+from kvstore.store.config import StoreConfig
+from kvstore.store.tiered_store import TieredStore
 from tests.admin.helpers import payloads, policy_factory, small_spec, tokens_for
 
 

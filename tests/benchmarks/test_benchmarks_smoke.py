@@ -60,7 +60,7 @@ def test_prefix_match_small(tmp_path):
 
 def test_cluster_benchmark_on_a_small_trace(trace, tmp_path):
     from benchmarks import cluster
-    from kvstore.etcd_process import etcd_binary
+    from kvstore.demo.etcd_process import etcd_binary
 
     if etcd_binary() is None:
         pytest.skip("etcd not installed (scripts/install_system.sh)")

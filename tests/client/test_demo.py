@@ -6,7 +6,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from kvstore import demo, demo_setup  # noqa: E402
+from kvstore.demo import local_setup as demo_setup  # noqa: E402
+from kvstore.demo import main as demo  # noqa: E402
 
 
 @pytest.fixture

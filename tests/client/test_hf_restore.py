@@ -17,8 +17,8 @@ from kvstore import KVLayout  # noqa: E402
 from kvstore.client import BlockCodec, KVClient  # noqa: E402
 from kvstore.client.hf_adapter import HFPrefixCache, layout_for_model  # noqa: E402
 from kvstore.client.hf_reserved import KVBuffer  # noqa: E402
-from kvstore.store_config import StoreConfig  # noqa: E402
-from kvstore.tiered_store import TieredStore  # noqa: E402
+from kvstore.store.config import StoreConfig  # noqa: E402
+from kvstore.store.tiered_store import TieredStore  # noqa: E402
 
 # largest |logit difference| of the continued prompt vs a full forward
 ATOL = {"none": 1e-5, "fp8_e4m3": 0.5, "int8": 0.05, "int4": 1.0}

@@ -120,8 +120,8 @@ def test_partial_hits_and_misses(client):
 def test_over_a_daemon(carrier, tmp_path):
     """shm: packed into / unpacked out of the daemon's arena under leases; tcp:
     payloads over the socket. Same blocks either way."""
-    from kvstore.store_config import StoreConfig
-    from kvstore.tiered_store import TieredStore
+    from kvstore.store.config import StoreConfig
+    from kvstore.store.tiered_store import TieredStore
     from kvstore.transport.server import ServerThread
 
     store = TieredStore(StoreConfig(cpu_bytes="64MiB"))

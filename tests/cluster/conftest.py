@@ -8,10 +8,10 @@ import tempfile
 import pytest
 import torch
 
-from kvstore.cluster_peers import PEER_CLIENT_PREFIX
-from kvstore.daemon_process import DaemonProc, free_port
-from kvstore.etcd_client import wait_until
-from kvstore.etcd_process import EtcdProc, etcd_binary
+from kvstore.cluster.etcd import wait_until
+from kvstore.cluster.peers import PEER_CLIENT_PREFIX
+from kvstore.demo.daemon_process import DaemonProc, free_port
+from kvstore.demo.etcd_process import EtcdProc, etcd_binary
 from kvstore.layout import KVLayout
 from kvstore.transport.remote import RemoteStore
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from kvstore.cli import main
 from kvstore.client import KVClient
-from kvstore.config import load_config
+from kvstore.cluster.etcd import wait_until
+from kvstore.daemon.cli import main
+from kvstore.daemon.config import load_config
 from kvstore.errors import InvalidArgument
-from kvstore.etcd_client import wait_until
 from tests.cluster.conftest import needs_etcd, wait_members
 
 

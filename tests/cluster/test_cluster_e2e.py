@@ -7,13 +7,13 @@ import time
 import numpy as np
 import torch
 
-from kvstore.admin_client import AdminClient
+from kvstore.admin.client import AdminClient
 from kvstore.client import KVClient
 from kvstore.client.codec import BlockCodec
-from kvstore.daemon_process import DaemonProc, free_port
-from kvstore.etcd_client import wait_until
-from kvstore.etcd_process import EtcdProc
-from kvstore.namespace import NamespaceSpec
+from kvstore.cluster.etcd import wait_until
+from kvstore.demo.daemon_process import DaemonProc, free_port
+from kvstore.demo.etcd_process import EtcdProc
+from kvstore.namespace_spec import NamespaceSpec
 from tests.cluster.conftest import LAYOUT, TTL, kv_for, needs_etcd, wait_members
 
 pytestmark = needs_etcd

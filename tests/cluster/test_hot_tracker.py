@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvstore.hot_prefixes import HotTracker, common_prefix_len
+from kvstore.cluster.hot_prefixes import HotTracker, common_prefix_len
 
 B = 4
 

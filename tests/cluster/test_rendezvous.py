@@ -7,7 +7,7 @@ import subprocess
 import sys
 from collections import Counter
 
-from kvstore.rendezvous import owner, rank
+from kvstore.cluster.rendezvous import owner, rank
 
 KEYS = [os.urandom(16) for _ in range(12_000)]
 NODES = ["node-a", "node-b", "node-c"]
@@ -52,7 +52,7 @@ def test_joining_node_takes_about_a_quarter_and_only_for_itself():
 def test_same_order_in_another_process():
     """The scores must not depend on the process (no PYTHONHASHSEED)."""
     key = bytes(range(16))
-    code = ("from kvstore.rendezvous import rank; "
+    code = ("from kvstore.cluster.rendezvous import rank; "
             f"print(','.join(rank({key!r}, {NODES!r})))")
     outs = set()
     for seed in ("1", "2"):

@@ -7,10 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from kvstore.cluster_routing import Router
-from kvstore.cluster_types import EtcdURL, HotPrefix, NodeInfo
+from kvstore.cluster.membership import Membership, parse_membership
+from kvstore.cluster.records import EtcdURL, HotPrefix, NodeInfo
+from kvstore.cluster.routing import Router
 from kvstore.errors import InvalidArgument
-from kvstore.membership import Membership, parse_membership
 
 B = 16
 NS = b"\x01" * 16

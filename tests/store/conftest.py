@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kvstore.store_config import StoreConfig
-from kvstore.tiered_store import TieredStore
+from kvstore.store.config import StoreConfig
+from kvstore.store.tiered_store import TieredStore
 
 from .helpers import _DISKS, FakeSSD, make_spec
 

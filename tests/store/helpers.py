@@ -1,6 +1,6 @@
 """Helpers of the store tests: small layouts, deterministic payloads and FakeSSD.
 
-``FakeSSD`` is an in-memory stand-in for ``kvstore.ssd_tier.SSDTier`` with the
+``FakeSSD`` is an in-memory stand-in for ``kvstore.ssd.tier.SSDTier`` with the
 same interface and fault seams (``fail_writes``, ``fail_reads``,
 ``write_delay``). Its "disk" survives a store restart per directory, and only
 what was flushed survives (``FakeSSD.crash`` forgets unflushed writes), so
@@ -19,7 +19,7 @@ import xxhash
 
 from kvstore.errors import StorageError
 from kvstore.layout import KVLayout
-from kvstore.namespace import NamespaceSpec
+from kvstore.namespace_spec import NamespaceSpec
 from kvstore.store_api import TierStats
 
 _DISKS: dict[str, dict] = {}

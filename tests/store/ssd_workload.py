@@ -13,7 +13,7 @@ import numpy as np
 import xxhash
 
 from kvstore.keys import ROOT_KEY
-from kvstore.ssd_record import SSDRecordHeader
+from kvstore.ssd.record import SSDRecordHeader
 
 NAMESPACES = (bytes.fromhex("11" * 16), bytes.fromhex("22" * 16))
 CHAIN = 4  # records 4j .. 4j+3 form one prompt: each the parent of the next
@@ -70,7 +70,7 @@ def child_main(argv: list[str]) -> None:
     """
     import random
 
-    from kvstore.ssd_tier import SSDTier
+    from kvstore.ssd.tier import SSDTier
 
     directory, start, count, seed = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
     rnd = random.Random(seed)

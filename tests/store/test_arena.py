@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from kvstore.cpu_tier import CPUTier
-from kvstore.shm_arena import SharedArena, sweep_stale
+from kvstore.store.cpu_tier import CPUTier
+from kvstore.store.shm_arena import SharedArena, sweep_stale
 
 from .helpers import shm_files
 
@@ -29,7 +29,7 @@ def test_subprocess_maps_the_arena_and_reads_a_slot():
         tier.write(slot, data)
         info = tier.info()
         code = (
-            "import sys; from kvstore.shm_arena import attach;"
+            "import sys; from kvstore.store.shm_arena import attach;"
             f"a = attach({info.path!r}, {info.size}, writable=True);"
             f"v = a.slot({slot.offset}, {slot.length}); sys.stdout.write(bytes(v).hex());"
             f"v[0] = 0xAB; v.release(); a.close()"

@@ -2,8 +2,8 @@
 
 import pytest
 
-from kvstore.store_config import StoreConfig
-from kvstore.tiered_store import TieredStore
+from kvstore.store.config import StoreConfig
+from kvstore.store.tiered_store import TieredStore
 
 from .helpers import make_spec, payloads_for
 
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.gpu
 def test_gpu_tier_slots_round_trip():
     import torch
 
-    from kvstore.gpu_tier import GPUTier
+    from kvstore.store.gpu_tier import GPUTier
 
     tier = GPUTier(1 << 20)
     slot = tier.alloc(4096)

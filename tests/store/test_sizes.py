@@ -2,7 +2,7 @@ import pytest
 
 from kvstore.errors import InvalidArgument
 from kvstore.sizes import format_size, parse_size
-from kvstore.store_config import StoreConfig
+from kvstore.store.config import StoreConfig
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ import random
 import pytest
 
 from kvstore.errors import CapacityError, InvalidArgument
-from kvstore.slab import SlabAllocator, auto_page_bytes
+from kvstore.store.slab import SlabAllocator, auto_page_bytes
 
 
 def test_slots_pack_into_pages_and_pages_return_when_empty():

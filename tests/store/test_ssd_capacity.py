@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from kvstore.keys import ROOT_KEY
-from kvstore.ssd_record import SSDRecordHeader
-from kvstore.ssd_tier import SSDTier
+from kvstore.ssd.record import SSDRecordHeader
+from kvstore.ssd.tier import SSDTier
 
 
 def dir_bytes(path) -> tuple[int, int]:

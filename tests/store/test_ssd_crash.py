@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from kvstore.errors import StorageError
-from kvstore.ssd_record import SEGMENT_COPY_OFFSETS
-from kvstore.ssd_tier import SSDTier
+from kvstore.ssd.record import SEGMENT_COPY_OFFSETS
+from kvstore.ssd.tier import SSDTier
 
 WORKLOAD = Path(__file__).with_name("ssd_workload.py")
 _spec = importlib.util.spec_from_file_location("ssd_workload", WORKLOAD)

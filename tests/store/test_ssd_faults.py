@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from kvstore.errors import StorageError
-from kvstore.ssd_fs import FaultyFileSystem, SSDFileSystem
-from kvstore.ssd_record import RECORD_HEADER_SIZE
-from kvstore.ssd_tier import SSDTier
+from kvstore.ssd.fs import FaultyFileSystem, SSDFileSystem
+from kvstore.ssd.record import RECORD_HEADER_SIZE
+from kvstore.ssd.tier import SSDTier
 
 _spec = importlib.util.spec_from_file_location(
     "ssd_workload", Path(__file__).with_name("ssd_workload.py"))

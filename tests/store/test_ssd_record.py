@@ -7,7 +7,7 @@ import pytest
 
 from kvstore.errors import InvalidArgument
 from kvstore.keys import ROOT_KEY
-from kvstore.ssd_record import (
+from kvstore.ssd.record import (
     RECORD_HEADER_SIZE,
     SEGMENT_COPY_OFFSETS,
     SEGMENT_HEADER_SIZE,

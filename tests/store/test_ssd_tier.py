@@ -13,9 +13,9 @@ import pytest
 
 from kvstore.errors import CapacityError, InvalidArgument, NotFound, StorageError
 from kvstore.keys import ROOT_KEY
-from kvstore.ssd_fs import SSDFileSystem
-from kvstore.ssd_record import SSDRecordHeader
-from kvstore.ssd_tier import SSDTier
+from kvstore.ssd.fs import SSDFileSystem
+from kvstore.ssd.record import SSDRecordHeader
+from kvstore.ssd.tier import SSDTier
 
 _spec = importlib.util.spec_from_file_location(
     "ssd_workload", Path(__file__).with_name("ssd_workload.py"))
@@ -158,7 +158,7 @@ def test_writes_go_to_a_new_segment_after_reopen(tmp_path):
 
 def test_manifest_round_trip(tmp_path):
     from kvstore.layout import KVLayout
-    from kvstore.namespace import NamespaceSpec
+    from kvstore.namespace_spec import NamespaceSpec
 
     spec = NamespaceSpec(KVLayout("m", 2, 2, 8, "float16", 16), tenant="t")
     tier = open_tier(tmp_path)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kvstore.errors import InvalidArgument, LayoutMismatch, NotFound
-from kvstore.namespace import NamespaceSpec
+from kvstore.namespace_spec import NamespaceSpec
 
 from .helpers import make_spec, payloads_for, shm_files
 

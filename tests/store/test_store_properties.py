@@ -17,8 +17,8 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from kvstore.store_config import StoreConfig
-from kvstore.tiered_store import TieredStore
+from kvstore.store.config import StoreConfig
+from kvstore.store.tiered_store import TieredStore
 
 from .helpers import _DISKS, FakeSSD, make_spec, payloads_for
 
@@ -26,7 +26,7 @@ B = 4
 
 
 def _real_ssd(directory, capacity, segment_bytes, compression):
-    from kvstore.ssd_tier import SSDTier
+    from kvstore.ssd.tier import SSDTier
 
     return SSDTier(directory, capacity, segment_bytes=segment_bytes, compression=compression)
 

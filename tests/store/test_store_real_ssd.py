@@ -9,10 +9,10 @@ import time
 import pytest
 
 from kvstore.errors import StorageError
-from kvstore.ssd_fs import FaultyFileSystem
-from kvstore.ssd_tier import SSDTier
-from kvstore.store_config import StoreConfig
-from kvstore.tiered_store import TieredStore
+from kvstore.ssd.fs import FaultyFileSystem
+from kvstore.ssd.tier import SSDTier
+from kvstore.store.config import StoreConfig
+from kvstore.store.tiered_store import TieredStore
 
 from .helpers import make_spec, payloads_for
 

@@ -182,8 +182,8 @@ def test_read_lease_promotes_from_ssd(store_factory, spec):
 
 
 def test_restart_drops_orphans_and_unknown_namespaces(tmp_path, spec):
-    from kvstore.store_config import StoreConfig
-    from kvstore.tiered_store import TieredStore
+    from kvstore.store.config import StoreConfig
+    from kvstore.store.tiered_store import TieredStore
 
     cfg = dict(cpu_bytes=16 * 4096, ssd_bytes=1 << 20, ssd_dir=str(tmp_path), ssd_factory=FakeSSD)
     with TieredStore(StoreConfig(**cfg)) as s:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from kvstore.layout import KVLayout
-from kvstore.namespace import NamespaceSpec
-from kvstore.store_config import StoreConfig
-from kvstore.tiered_store import TieredStore
+from kvstore.namespace_spec import NamespaceSpec
+from kvstore.store.config import StoreConfig
+from kvstore.store.tiered_store import TieredStore
 from kvstore.transport.remote import RemoteStore
 from kvstore.transport.server import ServerThread
 

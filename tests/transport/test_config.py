@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from kvstore.cli import build_parser
-from kvstore.config import DaemonConfig, default_cpu_bytes, env_layer, load_config
+from kvstore.daemon.cli import build_parser
+from kvstore.daemon.config import DaemonConfig, default_cpu_bytes, env_layer, load_config
 from kvstore.errors import InvalidArgument
 
 CLEAN = {"HOME": os.environ.get("HOME", "/root")}

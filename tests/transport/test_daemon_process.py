@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from kvstore.daemon_process import ROOT, DaemonProc, daemon_args
+from kvstore.demo.daemon_process import ROOT, DaemonProc, daemon_args
 from kvstore.errors import Timeout, Unavailable
 from kvstore.transport.remote import RemoteStore
 from kvstore.transport.server import ServerThread
@@ -81,7 +81,7 @@ def test_daemon_killed_mid_request(sockdir, carrier):
     d = DaemonProc(daemon_args(sockdir, (carrier,), "--cpu-bytes", "256MiB"))
     url = d.urls[0]
     from kvstore.layout import KVLayout
-    from kvstore.namespace import NamespaceSpec
+    from kvstore.namespace_spec import NamespaceSpec
 
     spec = NamespaceSpec(KVLayout("big", 2, 8, 128, "float16", 256))  # 2 MiB blocks
     soft = RemoteStore.connect(url, timeout=5, connect_timeout=2)
@@ -202,8 +202,8 @@ def test_serve_with_no_flags(sockdir, tmp_path):
     assert not os.path.exists(f"{sockdir}/kvstore")  # the folder it made is gone too
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kvstore.ssd_tier") is None,
-                    reason="needs the SSD tier (kvstore.ssd_tier)")
+@pytest.mark.skipif(importlib.util.find_spec("kvstore.ssd.tier") is None,
+                    reason="needs the SSD tier (kvstore.ssd.tier)")
 def test_sigkill_loses_nothing_flushed(sockdir, tmp_path):
     args = daemon_args(sockdir, ("tcp",))
     args[args.index("--ssd-bytes") + 1] = "256MiB"

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from kvstore.errors import InvalidArgument, NotFound, Unauthorized, Unavailable
-from kvstore.store_config import StoreConfig
-from kvstore.tiered_store import TieredStore
+from kvstore.store.config import StoreConfig
+from kvstore.store.tiered_store import TieredStore
 from kvstore.transport.auth import TokenAuth
 from kvstore.transport.remote import RemoteStore
 from kvstore.transport.server import ServerThread
@@ -314,7 +314,7 @@ def test_big_blocks_bulk_paths(connect, store, monkeypatch, workers):
     loop), a re-put whose cached blocks are dropped into scratch, and a request
     cancelled by its timeout mid-transfer."""
     from kvstore.layout import KVLayout
-    from kvstore.namespace import NamespaceSpec
+    from kvstore.namespace_spec import NamespaceSpec
     from kvstore.transport import bulk
 
     monkeypatch.setattr(bulk, "BULK_THREADS", workers)

@@ -1,0 +1,3 @@
+from kvstore.demo.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""Per-block and per-namespace state of the TieredStore.
+
+Every block in a namespace's ``RadixTree`` carries a ``BlockState`` as its
+``BlockMeta.handle``. A block lives in at most one memory tier (GPU or CPU:
+``tier``/``slot``) and may also have a copy on SSD (``ssd``); between being
+evicted from memory and landing on SSD its bytes sit in ``staged``::
+
+    resident, dirty   tier=CPU slot=s  ssd=None     (only in memory)
+    resident, clean   tier=CPU slot=s  ssd=loc      (eviction just frees s)
+    in flight         tier=None        staged=bytes (the SSD writer has it queued)
+    on SSD only       tier=None        ssd=loc      (a get reads it, then promotes)
+
+Policies see blocks as ``policy key = namespace id (16 bytes) + block key``,
+since equal token runs in two namespaces have equal block keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kvstore.namespace_spec import NamespaceSpec
+from kvstore.prefix_index import BlockMeta, RadixTree, Tier
+
+
+class BlockState:
+    __slots__ = ("parent", "extra", "tier", "slot", "ssd", "staged", "writing", "lost")
+
+    def __init__(self, parent: bytes, extra: bytes, tier=None, slot=None, ssd=None):
+        self.parent = parent
+        self.extra = extra
+        self.tier = tier  # MemoryTier holding the bytes, or None
+        self.slot = slot  # ArenaSlot in that tier
+        self.ssd = ssd  # SSD location of a copy, or None
+        self.staged = None  # bytes waiting for the SSD writer
+        self.writing = False  # an SSD write job for this block is queued
+        self.lost = False  # bytes gone (SSD failure) but pinned: removed on release
+
+    @property
+    def resident(self) -> bool:
+        return self.slot is not None
+
+    def tier_enum(self) -> Tier:
+        return self.tier.tier if self.tier is not None else Tier.SSD
+
+
+@dataclass
+class NamespaceState:
+    spec: NamespaceSpec
+    fp: bytes
+    tree: RadixTree
+    hits: int = 0
+    misses: int = 0
+
+    @classmethod
+    def create(cls, spec: NamespaceSpec) -> NamespaceState:
+        return cls(spec, spec.fingerprint, RadixTree(spec.block_tokens))
+
+    def state(self, key: bytes) -> BlockState | None:
+        meta = self.tree.get(key)
+        return None if meta is None else meta.handle
+
+
+def policy_key(fp: bytes, key: bytes) -> bytes:
+    return fp + key
+
+
+def split_policy_key(pk: bytes) -> tuple[bytes, bytes]:
+    return pk[:16], pk[16:]
+
+
+def block_tokens_of(tree: RadixTree, key: bytes) -> np.ndarray:
+    """The token ids of block ``key`` alone (``block_tokens`` of them)."""
+    node = tree.node_of(key)
+    idx = next(i for i, b in enumerate(node.blocks) if b.key == key)
+    bt = tree.block_tokens
+    return np.array(node.tokens[idx * bt : (idx + 1) * bt])
+
+
+def subtree_keys(tree: RadixTree, key: bytes) -> list[bytes]:
+    """``key`` and every block cached after it, parents before children."""
+    node = tree.node_of(key)
+    if node is None:
+        return []
+    start = next(i for i, b in enumerate(node.blocks) if b.key == key)
+    order = [b.key for b in node.blocks[start:]]
+    stack = list(node.children.values())
+    while stack:
+        n = stack.pop()
+        order.extend(b.key for b in n.blocks)
+        stack.extend(n.children.values())
+    return order
+
+
+def new_meta(key: bytes, size: int, state: BlockState) -> BlockMeta:
+    return BlockMeta(key=key, size=size, tier=state.tier_enum(), handle=state)
+
+
+class CompositeTreeView:
+    """TreeView over every namespace's tree, for policies keyed by policy keys."""
+
+    def __init__(self, namespaces: dict[bytes, NamespaceState]):
+        self._ns = namespaces
+
+    def depth(self, pk: bytes) -> int:
+        fp, key = split_policy_key(pk)
+        return self._ns[fp].tree.depth(key)
+
+    def num_children(self, pk: bytes) -> int:
+        fp, key = split_policy_key(pk)
+        return self._ns[fp].tree.num_children(key)

@@ -14,7 +14,7 @@ def add_serve(sub) -> None:
         "serve",
         help="run the daemon (loopback listeners and a sized store by default)",
         description="Run the kvstore daemon. Settings: flags > KVSTORE_* env > TOML file > "
-        "defaults (see kvstore/config.py).",
+        "defaults (see kvstore/daemon/config.py).",
     )
     p.add_argument("--config", metavar="FILE", help="TOML config file")
     p.add_argument("--listen", metavar="URL", action="append",

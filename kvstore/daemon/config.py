@@ -138,7 +138,7 @@ class DaemonConfig:
     drain_timeout: float = 30.0
     limits: Limits = field(default_factory=Limits)
     store: dict = field(default_factory=dict)  # extra StoreConfig settings
-    # cluster (kvstore/cluster_node.py): off unless ``etcd`` names an endpoint
+    # cluster (kvstore/cluster/node.py): off unless ``etcd`` names an endpoint
     etcd: str = ""  # http://HOST:PORT of etcd's client listener
     cluster: str = "default"
     advertise: list[str] = field(default_factory=list)  # URLs peers/clients use; [] = listeners

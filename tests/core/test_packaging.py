@@ -10,6 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SUBPACKAGES = ["prefix_index", "eviction", "transport", "kernels", "client"]
+INNER = ["store", "ssd", "daemon", "admin", "metrics", "cluster", "demo"]
 
 
 def test_subpackages_import_from_their_folders():
@@ -18,6 +19,9 @@ def test_subpackages_import_from_their_folders():
     for name in SUBPACKAGES:
         module = importlib.import_module(f"kvstore.{name}")
         assert Path(module.__file__).parent == ROOT / name
+    for name in INNER:
+        module = importlib.import_module(f"kvstore.{name}")
+        assert Path(module.__file__).parent == ROOT / "kvstore" / name
 
 
 @pytest.mark.slow
@@ -33,7 +37,9 @@ def test_wheel_has_only_kvstore_top_level(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"kvstore"}
-    for name in SUBPACKAGES:
+    for name in SUBPACKAGES + INNER:
         assert f"kvstore/{name}/__init__.py" in names
+    assert "kvstore/admin/admin.proto" in names
+    assert not any("admin_codegen" in n for n in names)  # a development tool (scripts/)
     # the build must leave no artefacts in the source tree
     shutil.rmtree(ROOT / "build", ignore_errors=True)

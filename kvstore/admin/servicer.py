@@ -28,7 +28,7 @@ from kvstore.admin.convert import (
     tokens_of,
 )
 from kvstore.errors import ErrorCode, InvalidArgument, KVStoreError, Unavailable
-from kvstore.store.control import available_policies
+from kvstore.eviction.registry import OFFLINE, available_policies
 
 log = logging.getLogger("kvstore.admin.service")
 
@@ -182,7 +182,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             metrics=next((s.address for s in d.services if getattr(s, "kind", "") == "metrics"),
                          ""),
             version=kvstore.__version__,
-            policies=available_policies(),
+            policies=[p for p in available_policies() if p not in OFFLINE],
         )
 
     @rpc

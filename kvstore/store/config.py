@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from kvstore.errors import InvalidArgument
+from kvstore.errors import InvalidArgument, KVStoreError
 from kvstore.eviction import EvictionPolicy
-from kvstore.eviction.registry import get_policy
+from kvstore.eviction.registry import OFFLINE, get_policy
 from kvstore.sizes import parse_size
 
 _SIZE_FIELDS = (
@@ -76,7 +76,17 @@ class StoreConfig:
         return bool(self.ssd_dir) and self.ssd_bytes > 0
 
     def make_policy(self, name: str) -> EvictionPolicy:
-        return self.policy_factory(name)
+        """A fresh online policy called ``name``; ``InvalidArgument`` for an unknown name
+        and for an offline-only one (``opt``: it needs the future, a store has none)."""
+        if name in OFFLINE:
+            raise InvalidArgument(
+                f"eviction policy {name!r} is offline-only (it needs the future): not for a store")
+        try:
+            return self.policy_factory(name)
+        except KVStoreError:
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InvalidArgument(f"unknown eviction policy {name!r}: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: dict) -> StoreConfig:

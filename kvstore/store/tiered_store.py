@@ -37,16 +37,10 @@ import threading
 from collections.abc import Sequence
 
 from kvstore.errors import (
-    CapacityError,
     Draining,
     InvalidArgument,
-    KVStoreError,
-    LayoutMismatch,
-    NotFound,
     StorageError,
 )
-from kvstore.eviction import EvictionPolicy
-from kvstore.eviction.registry import OFFLINE
 from kvstore.keys import ROOT_KEY, block_keys
 from kvstore.namespace_spec import NamespaceSpec
 from kvstore.ssd.tier import SSDTier
@@ -55,7 +49,6 @@ from kvstore.store.block_state import (
     NamespaceState,
     new_meta,
     policy_key,
-    subtree_keys,
 )
 from kvstore.store.buffers import byte_view
 from kvstore.store.config import StoreConfig
@@ -63,7 +56,8 @@ from kvstore.store.cpu_tier import CPUTier
 from kvstore.store.gpu_tier import GPUTier, cuda_available
 from kvstore.store.lease_table import LeaseRecord, LeaseTable
 from kvstore.store.memory_tier import MemoryTier
-from kvstore.store.pin_table import PinTable
+from kvstore.store.namespace_table import NamespaceTable
+from kvstore.store.operator_controls import OperatorControls
 from kvstore.store.promotion import Promoter, Promotion
 from kvstore.store.rebuild import rebuild_from_ssd
 from kvstore.store.tier_set import TierSet
@@ -78,7 +72,6 @@ from kvstore.store_api import (
     StoreStats,
     TierStats,
 )
-from kvstore.store_api import NamespaceStats as _NamespaceStats
 from kvstore.tokens import as_tokens
 
 log = logging.getLogger("kvstore.store")
@@ -98,10 +91,9 @@ class TieredStore:
         self.config = config = config if config is not None else StoreConfig(**settings)
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
-        self._ns: dict[bytes, NamespaceState] = {}
+        self._namespaces = NamespaceTable()
+        self._ns = self._namespaces.by_fp  # what the tier set and the policies' views read
         self._leases = LeaseTable()
-        self._pins = PinTable(config.pin_budget_bytes)
-        self._read_only = False
         self._closed = False
         self._ssd_hits = 0
         self._writeback: WriteBack | None = None
@@ -114,9 +106,10 @@ class TieredStore:
         self._cpu = CPUTier(config.cpu_bytes, config.cpu_page_bytes, config.arena_dir)
         memory.append(self._cpu)
         self._tiers = TierSet(memory, self._ns, self._cond, config.ssd_enabled)
+        self._controls = OperatorControls(self, self._lock, self._namespaces, self._tiers, config)
         try:
             for tier in memory:
-                self._tiers.set_policy(tier, self._make_policy(getattr(config, f"{tier.name}_policy")))
+                self._tiers.set_policy(tier, config.make_policy(getattr(config, f"{tier.name}_policy")))
             if config.ssd_enabled:
                 self._open_ssd()
             self._promoter = Promoter(self._promote)
@@ -147,35 +140,21 @@ class TieredStore:
 
     # -- namespaces -------------------------------------------------------------
     def register(self, spec: NamespaceSpec) -> bytes:
-        fp = spec.fingerprint
         with self._lock:
             self._check_open()
-            nst = self._ns.get(fp)
-            if nst is not None:
-                if nst.spec != spec:
-                    raise LayoutMismatch("namespace fingerprint clash with a different spec")
-                return fp
-            for tier in self._tiers.tiers:
-                if not tier.fits(spec.block_bytes):
-                    raise CapacityError(f"a {spec.block_bytes}-byte block cannot fit the {tier.name} tier")
-            self._ns[fp] = NamespaceState.create(spec)
-            manifest = {f: n.spec.to_dict() for f, n in self._ns.items()}
+            if not self._namespaces.register(spec, self._tiers.tiers):
+                return spec.fingerprint
+            manifest = self._namespaces.manifest()
         if self._writeback is not None:
             try:
                 self._writeback.tier.save_namespaces(manifest)
             except (StorageError, OSError) as exc:
                 log.error("cannot save the namespace manifest: %s", exc)
-        return fp
+        return spec.fingerprint
 
     def namespaces(self) -> list[NamespaceSpec]:
         with self._lock:
-            return [n.spec for n in self._ns.values()]
-
-    def _nst(self, ns: bytes) -> NamespaceState:
-        nst = self._ns.get(ns)
-        if nst is None:
-            raise NotFound(f"unknown namespace {bytes(ns).hex()}")
-        return nst
+            return self._namespaces.specs()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -196,13 +175,13 @@ class TieredStore:
     def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         arr = as_tokens(tokens)
         with self._lock:
-            return self._match(self._nst(ns), arr, extra, False).num_tokens
+            return self._match(self._namespaces.get(ns), arr, extra, False).num_tokens
 
     def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:
         arr = as_tokens(tokens)
         with self._lock:
             self._check_open()
-            bt = self._nst(ns).spec.block_tokens
+            bt = self._namespaces.get(ns).spec.block_tokens
         nblocks = min(len(arr) // bt, len(payloads))
         rec = self._lease_write(ns, arr[: nblocks * bt], extra, self._tiers.tiers[0])
         try:
@@ -229,7 +208,7 @@ class TieredStore:
         the prefix there (fewer tokens than the buffer holds).
         """
         with self._lock:
-            bb = self._nst(ns).spec.block_bytes
+            bb = self._namespaces.get(ns).spec.block_bytes
         got = []
 
         def open_sink(nblocks: int):
@@ -248,7 +227,7 @@ class TieredStore:
     def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         arr = as_tokens(tokens)
         with self._lock:
-            nst = self._nst(ns)
+            nst = self._namespaces.get(ns)
             m = nst.tree.match(arr, extra)
             return self._tiers.remove_subtree(nst, m.blocks[0].key) if m.blocks else 0
 
@@ -280,14 +259,7 @@ class TieredStore:
                 s = self._writeback.stats()
                 s.hits = max(s.hits, self._ssd_hits)
                 tiers.append(s)
-            namespaces = [
-                _NamespaceStats(
-                    fingerprint=fp.hex(), spec=n.spec, blocks=len(n.tree),
-                    bytes=len(n.tree) * n.spec.block_bytes, hits=n.hits, misses=n.misses,
-                )
-                for fp, n in self._ns.items()
-            ]
-            return StoreStats(tiers, namespaces)
+            return StoreStats(tiers, self._namespaces.stats())
 
     def tier_stats(self, name: str) -> TierStats:
         return next(t for t in self.stats().tiers if t.name == name)
@@ -340,18 +312,18 @@ class TieredStore:
     def lease_write(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
         arr = as_tokens(tokens)
         with self._lock:
-            bt = self._nst(ns).spec.block_tokens
+            bt = self._namespaces.get(ns).spec.block_tokens
         return self._lease_write(ns, arr[: len(arr) // bt * bt], extra, self._cpu).lease
 
     def _lease_write(self, ns: bytes, arr, extra: bytes, tier: MemoryTier) -> LeaseRecord:
         with self._lock:
-            if self._read_only:
+            if self._controls.read_only:
                 raise Draining("the store is read-only: writes are refused, reads keep working")
-            bt = self._nst(ns).spec.block_tokens
+            bt = self._namespaces.get(ns).spec.block_tokens
         keys = block_keys(arr, bt, extra)  # hashing outside the lock
         with self._lock:
             self._check_open()
-            nst = self._nst(ns)
+            nst = self._namespaces.get(ns)
             m = self._match(nst, arr, extra, False)
             nst.tree.lock(m.node)
             slots = []
@@ -421,7 +393,7 @@ class TieredStore:
         cpu, tiers = self._cpu, self._tiers
         with self._lock:
             self._check_open()
-            nst = self._nst(ns)
+            nst = self._namespaces.get(ns)
             m = self._match(nst, arr, extra, True)
             nst.tree.lock(m.node)
             blocks, fetch = m.blocks, []
@@ -472,7 +444,7 @@ class TieredStore:
         arr = as_tokens(tokens)
         with self._lock:
             self._check_open()
-            nst = self._nst(ns)
+            nst = self._namespaces.get(ns)
             m = self._match(nst, arr, extra, True)
             blocks = m.blocks
             nst.tree.lock(m.node)
@@ -540,11 +512,11 @@ class TieredStore:
     # -- operator controls (ManagedStore) ----------------------------------------
     @property
     def read_only(self) -> bool:
-        return self._read_only
+        return self._controls.read_only
 
     def set_read_only(self, read_only: bool = True) -> None:
         """Refuse (``True``) or accept again (``False``) new writes; reads keep working."""
-        self._read_only = bool(read_only)
+        self._controls.read_only = bool(read_only)
 
     @property
     def may_block(self) -> bool:
@@ -553,98 +525,44 @@ class TieredStore:
 
     @property
     def pin_budget_bytes(self) -> int:
-        return self._pins.budget
+        return self._controls.pins.budget
 
     @pin_budget_bytes.setter
     def pin_budget_bytes(self, budget: int) -> None:
         with self._lock:
-            self._pins.budget = int(budget)
+            self._controls.pins.budget = int(budget)
 
     @property
     def pinned_bytes(self) -> int:
         """Bytes of the distinct pinned blocks."""
         with self._lock:
-            return self._pins.pinned_bytes
+            return self._controls.pins.pinned_bytes
 
     def settings(self) -> dict:
         """The store's settings as plain values (run-time changes included)."""
         with self._lock:
-            data = self.config.to_dict()
-            data["pin_budget_bytes"] = self._pins.budget
-            return data
-
-    def _pin_key(self, ns: bytes, tokens, extra: bytes):
-        arr = as_tokens(tokens)
-        with self._lock:
-            bt = self._nst(ns).spec.block_tokens
-        if len(arr) < bt:
-            raise InvalidArgument(f"a prefix needs at least one whole block ({bt} tokens)")
-        arr = arr[: len(arr) // bt * bt]
-        return arr, (bytes(ns), arr.tobytes(), bytes(extra))
+            return {**self.config.to_dict(), "pin_budget_bytes": self._controls.pins.budget}
 
     def pin(self, ns: bytes, tokens, extra: bytes = b"") -> PinInfo:
         """Keep the cached part of this prefix resident (idempotent per prefix)."""
-        arr, key = self._pin_key(ns, tokens, extra)
-        with self._lock:
-            pin = self._pins.get(key)
-            if pin is not None:
-                return pin.info
-        lease = self.lease_read(ns, arr, extra)  # promotes SSD blocks, locks the path
-        try:
-            with self._lock:
-                nst = self._nst(ns)
-                if lease.num_tokens == 0:
-                    raise NotFound("prefix not cached: nothing to pin")
-                won = self._pins.get(key)
-                if won is not None:  # a concurrent pin of the same prefix won
-                    self.release(lease.lease_id)
-                    return won.info
-                bt, bb = nst.spec.block_tokens, nst.spec.block_bytes
-                keys = [policy_key(ns, k) for k in block_keys(arr[: lease.num_tokens], bt, extra)]
-                info = PinInfo(bytes(ns), lease.num_tokens, len(keys) * bb)
-                self._pins.add(key, info, lease.lease_id, keys, bb)
-                return info
-        except BaseException:
-            self.release(lease.lease_id)
-            raise
+        return self._controls.pin(ns, tokens, extra)
 
     def unpin(self, ns: bytes, tokens, extra: bytes = b"") -> PinInfo:
         """Release the pin made with the same prefix; ``NotFound`` when there is none."""
-        _, key = self._pin_key(ns, tokens, extra)
-        with self._lock:
-            pin = self._pins.remove(key)
-            self.release(pin.lease_id)
-            return pin.info
+        return self._controls.unpin(ns, tokens, extra)
 
     def pins(self) -> list[PinInfo]:
         with self._lock:
-            return self._pins.infos()
+            return self._controls.pins.infos()
 
     def pinned_bytes_of(self, ns: bytes) -> int:
-        """Bytes of the distinct pinned blocks of one namespace."""
-        with self._lock:
-            nst = self._ns.get(ns)
-            return 0 if nst is None else self._pins.blocks_of(ns) * nst.spec.block_bytes
+        return self._controls.pinned_bytes_of(ns)
 
     def evict(self, ns: bytes, tokens=None, extra: bytes = b"") -> EvictResult:
         """Drop every block of ``ns`` (no tokens) or every sequence starting with the prefix."""
         with self._lock:
             self._check_open()
-            nst = self._nst(ns)
-            if tokens is None or len(tokens) == 0:
-                starts = [m.key for m in nst.tree.blocks() if nst.tree.depth(m.key) == 1]
-            else:
-                arr = as_tokens(tokens)
-                if len(arr) < nst.spec.block_tokens:
-                    raise InvalidArgument(
-                        f"a prefix needs at least one whole block ({nst.spec.block_tokens} tokens)"
-                    )
-                m = nst.tree.match(arr, extra)
-                whole = len(arr) // nst.spec.block_tokens
-                starts = [m.blocks[-1].key] if len(m.blocks) == whole else []
-            total = sum(len(subtree_keys(nst.tree, k)) for k in starts)
-            dropped = sum(self._tiers.remove_subtree(nst, k) for k in starts)
-            return EvictResult(dropped, dropped * nst.spec.block_bytes, total - dropped)
+            return self._controls.evict(ns, tokens, extra)
 
     def policy_names(self) -> dict[str, str]:
         """Tier name -> the name of its eviction policy (memory tiers)."""
@@ -659,23 +577,7 @@ class TieredStore:
         """
         with self._lock:
             self._check_open()
-            tier = self._tiers.named(tier_name)
-            policy = self._make_policy(policy_name)
-            previous = tier.policy.name
-            self._tiers.set_policy(tier, policy)
-            setattr(self.config, f"{tier.name}_policy", policy_name)
-            return previous
-
-    def _make_policy(self, name: str) -> EvictionPolicy:
-        if name in OFFLINE:
-            raise InvalidArgument(
-                f"eviction policy {name!r} is offline-only (it needs the future): not for a store")
-        try:
-            return self.config.make_policy(name)
-        except KVStoreError:
-            raise
-        except (KeyError, ValueError, TypeError) as exc:
-            raise InvalidArgument(f"unknown eviction policy {name!r}: {exc}") from None
+            return self._controls.set_policy(tier_name, policy_name)
 
     def check(self) -> None:
         """Assert that the store's bookkeeping is consistent (tests, debugging)."""

@@ -524,6 +524,12 @@ class TieredStore:
         return self._writeback is not None
 
     @property
+    def ssd(self) -> WriteBack | None:
+        """Transitional: ``transport/ops.py`` still probes ``store.ssd``; ``may_block`` replaces
+        it (remove at merge, with ``zero_copy``)."""
+        return self._writeback
+
+    @property
     def pin_budget_bytes(self) -> int:
         return self._controls.pins.budget
 

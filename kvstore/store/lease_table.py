@@ -10,7 +10,6 @@ Not thread-safe on its own: the store calls it under its lock.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,12 +64,6 @@ class LeaseTable:
         """Remove and return lease ``lease_id``, or None (releasing twice is harmless)."""
         return self._records.pop(lease_id, None)
 
-    def reserved_slots(self) -> int:
-        """Slots held by write leases (allocated, not yet published)."""
-        return sum(len(r.lease.slots) for r in self._records.values() if r.lease.writable)
-
     def __len__(self) -> int:
         return len(self._records)
 
-    def __iter__(self) -> Iterator[LeaseRecord]:
-        return iter(list(self._records.values()))

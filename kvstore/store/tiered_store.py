@@ -369,9 +369,6 @@ class TieredStore:
                     rec.tier.stats.bytes_in += slot.length
                 else:
                     rec.tier.free(slot)
-            for meta in metas[:first]:  # the locked prefix cannot vanish; stay safe anyway
-                if id(meta) in added:
-                    self._tiers.lose(nst, meta.key)
             if self._tiers.lost:
                 self._tiers.retry_lost()
             return self._match(nst, tokens, rec.extra, False).num_tokens
@@ -589,4 +586,3 @@ class TieredStore:
         """Assert that the store's bookkeeping is consistent (tests, debugging)."""
         with self._lock:
             self._tiers.check()
-            assert self._leases.reserved_slots() >= 0

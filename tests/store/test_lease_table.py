@@ -18,13 +18,13 @@ def test_leases_get_fresh_ids_and_are_taken_once():
                        writable=True)
     assert read.lease.lease_id != write.lease.lease_id
     assert read.lease.namespace == nst.fp and not read.lease.writable
-    assert len(table) == 2 and table.reserved_slots() == 2  # the write lease's slots only
+    assert len(table) == 2 and write.lease.writable and write.lease.first_block == 1
     assert table.peek(write.lease.lease_id) is write
     assert table.take(write.lease.lease_id) is write
     with pytest.raises(NotFound):
         table.take(write.lease.lease_id)
     assert table.discard(write.lease.lease_id) is None  # releasing twice is harmless
     assert table.discard(read.lease.lease_id) is read
-    assert len(table) == 0 and table.reserved_slots() == 0
+    assert len(table) == 0
     with pytest.raises(NotFound):
         table.peek(read.lease.lease_id)

@@ -37,10 +37,6 @@ class BlockState:
         self.writing = False  # an SSD write job for this block is queued
         self.lost = False  # bytes gone (SSD failure) but pinned: removed on release
 
-    @property
-    def resident(self) -> bool:
-        return self.slot is not None
-
     def tier_enum(self) -> Tier:
         return self.tier.tier if self.tier is not None else Tier.SSD
 

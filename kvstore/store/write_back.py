@@ -75,7 +75,7 @@ class WriteBack:
                  buffer_bytes: int = 256 << 20):
         self.tier = tier
         self.buffer_bytes = buffer_bytes
-        self.writes = self.write_errors = self.removes = 0
+        self.write_errors = self.removes = 0
         self._events = events
         self._lock = threading.Lock()  # staging, sequence numbers, pending jobs
         self._staged_bytes = 0
@@ -197,7 +197,6 @@ class WriteBack:
             self._degraded = True
             events.failed(job, True)
             return
-        self.writes += 1
         if not events.written(job, loc):  # deleted or replaced meanwhile
             self._remove(job)
 

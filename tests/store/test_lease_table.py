@@ -1,4 +1,4 @@
-"""LeaseTable alone: ids, records, take/discard, reserved slots."""
+"""LeaseTable alone: fresh ids, records, take once, discard twice."""
 
 import pytest
 

@@ -245,6 +245,9 @@ class ManagedStore(LeasingStore, Protocol):
 
     def pins(self) -> list[PinInfo]: ...
 
+    def pinned_bytes_of(self, ns: bytes) -> int:
+        """Bytes of namespace ``ns``'s distinct pinned blocks (pins that overlap share blocks)."""
+
     def evict(self, ns: bytes, tokens=None, extra: bytes = b"") -> EvictResult: ...
 
     def policy_names(self) -> dict[str, str]:

@@ -7,7 +7,7 @@ One ``grpc.server`` with three services:
 * ``grpc.health.v1.Health``: NOT_SERVING while the daemon starts (before the
   store and the listeners are up), while writes are drained and during
   shutdown; SERVING otherwise. Both the overall status ("") and the Admin
-  service's are set;
+  service's are set (writes drained: the store is read-only, ``Drain``);
 * server reflection, so ``grpcurl`` can list and call without the proto.
 
 Importing this module registers ``admin_service`` with the daemon.
@@ -29,6 +29,7 @@ from kvstore.admin import admin_pb2_grpc as pb_grpc
 from kvstore.admin.auth import TokenInterceptor, read_token
 from kvstore.admin.servicer import AdminServicer
 from kvstore.errors import InvalidArgument
+from kvstore.store_api import ManagedStore
 
 log = logging.getLogger("kvstore.admin.service")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Admin"].full_name
@@ -75,11 +76,9 @@ class AdminService:
             self.health.set(name, status)
 
     def state_changed(self, state: str) -> None:
-        store = self.daemon.store
-        if state == "serving" and hasattr(store, "pin_budget_bytes"):
-            store.pin_budget_bytes = self.daemon.config.pin_budget
-        draining = bool(getattr(store, "draining", False))
-        self.set_serving(state == "serving" and not draining)
+        store: ManagedStore | None = self.daemon.store
+        read_only = store is not None and store.read_only
+        self.set_serving(state == "serving" and not read_only)
 
     async def start(self) -> None:
         try:

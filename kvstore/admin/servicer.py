@@ -28,7 +28,8 @@ from kvstore.admin.convert import (
     tokens_of,
 )
 from kvstore.errors import ErrorCode, InvalidArgument, KVStoreError, Unavailable
-from kvstore.store.control import available_policies
+from kvstore.eviction.registry import OFFLINE, available_policies
+from kvstore.store_api import ManagedStore
 
 log = logging.getLogger("kvstore.admin.service")
 
@@ -69,7 +70,7 @@ class AdminServicer(pb_grpc.AdminServicer):
         self.daemon = daemon
         self.service = service  # the AdminService: health status, bound addresses
 
-    def _store(self):
+    def _store(self) -> ManagedStore:
         store = self.daemon.store
         if store is None or self.daemon.state != "serving":
             raise Unavailable(f"the daemon is {self.daemon.state}")
@@ -90,14 +91,14 @@ class AdminServicer(pb_grpc.AdminServicer):
                 namespace_message(n, store.pinned_bytes_of(bytes.fromhex(n.fingerprint)))
                 for n in stats.namespaces
             ],
-            pins=pb.PinStats(pinned_bytes=store.pinned_bytes, budget_bytes=store.pin_budget,
+            pins=pb.PinStats(pinned_bytes=store.pinned_bytes, budget_bytes=store.pin_budget_bytes,
                              pins=[pin_message(p) for p in store.pins()]),
         )
         server, d = out.server, self.daemon
         dispatcher = d.server.dispatcher
         server.connections, server.requests = dispatcher.connections, dispatcher.requests
         server.errors, server.inflight = dispatcher.errors, dispatcher.inflight
-        server.draining, server.state = store.draining, d.state
+        server.draining, server.state = store.read_only, d.state  # wire name: writes refused
         server.uptime_seconds = time.time() - d.started_at
         return out
 
@@ -126,7 +127,7 @@ class AdminServicer(pb_grpc.AdminServicer):
         store = self._store()
         started = time.perf_counter()
         store.flush()
-        ssd = bool(getattr(store.config, "ssd_enabled", False))
+        ssd = any(t.name == "ssd" for t in store.stats().tiers)
         return pb.FlushResponse(ssd=ssd, seconds=time.perf_counter() - started)
 
     @rpc
@@ -135,7 +136,7 @@ class AdminServicer(pb_grpc.AdminServicer):
         ns, tokens, extra = prefix_of(store, request.prefix, self._limits)
         info = store.pin(ns, tokens, extra)
         return pb.PinResponse(pin=pin_message(info), pinned_bytes=store.pinned_bytes,
-                              budget_bytes=store.pin_budget)
+                              budget_bytes=store.pin_budget_bytes)
 
     @rpc
     def Unpin(self, request, context):
@@ -159,21 +160,20 @@ class AdminServicer(pb_grpc.AdminServicer):
         store = self._store()
         if request.resume and request.shutdown:
             raise InvalidArgument("resume and shutdown exclude each other")
-        store.set_draining(not request.resume)
-        self.service.set_serving(not store.draining)
-        log.info("admin: writes %s", "refused (draining)" if store.draining else "accepted again")
+        store.set_read_only(not request.resume)
+        self.service.set_serving(not store.read_only)
+        log.info("admin: writes %s", "refused (read-only)" if store.read_only else "accepted again")
         if request.shutdown:
             log.info("admin: shutdown requested")
             self.daemon.request_stop()
-        return pb.DrainResponse(draining=store.draining, shutting_down=request.shutdown)
+        return pb.DrainResponse(draining=store.read_only, shutting_down=request.shutdown)
 
     @rpc
     def GetConfig(self, request, context):
         d = self.daemon
         data = d.config.to_dict()
-        store_config = getattr(d.store, "config", None)
-        if store_config is not None:  # run-time changes (policies) included
-            data["store"] = {**data.get("store", {}), **store_config.to_dict()}
+        if d.store is not None:  # run-time changes (policies, pin budget) included
+            data["store"] = {**data.get("store", {}), **d.store.settings()}
         return pb.GetConfigResponse(
             config_json=json.dumps(data, default=str, sort_keys=True),
             source={k: str(v) for k, v in d.config.source.items()},
@@ -182,7 +182,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             metrics=next((s.address for s in d.services if getattr(s, "kind", "") == "metrics"),
                          ""),
             version=kvstore.__version__,
-            policies=available_policies(),
+            policies=[p for p in available_policies() if p not in OFFLINE],
         )
 
     @rpc

@@ -43,6 +43,7 @@ from kvstore.daemon.config import DaemonConfig
 from kvstore.daemon.services import SERVICE_FACTORIES
 from kvstore.errors import KVStoreError, StorageError
 from kvstore.sizes import format_size
+from kvstore.store_api import ManagedStore
 from kvstore.transport.auth import TokenAuth
 from kvstore.transport.server import Server
 
@@ -75,7 +76,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
 
 
-def build_store(config: DaemonConfig):
+def build_store(config: DaemonConfig) -> ManagedStore:
     from kvstore.store.shm_arena import sweep_stale
     from kvstore.store.tiered_store import TieredStore
 
@@ -115,7 +116,7 @@ def prefault_arena(path: str, size: int) -> None:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, store=None):
+    def __init__(self, config: DaemonConfig, store: ManagedStore | None = None):
         self.config = config
         self.store = store
         self.server: Server | None = None
@@ -139,6 +140,7 @@ class Daemon:
             await self._start_services()
             if self.store is None:
                 self.store = await self._loop.run_in_executor(None, build_store, config)
+            self.store.pin_budget_bytes = config.pin_budget  # the admin API's pins
             self.server = Server(self.store, config.listen, limits=config.limits, auth=auth)
             await self.server.start()
         except BaseException:
@@ -153,12 +155,10 @@ class Daemon:
             except (NotImplementedError, RuntimeError):  # not the main thread
                 pass
         self.started_at = time.time()
-        sc = getattr(self.store, "config", None)
-        if sc is not None:
-            ssd = f"ssd {format_size(sc.ssd_bytes)} at {sc.ssd_dir}" if sc.ssd_enabled else "ssd off"
-            tiers = f"cpu {format_size(sc.cpu_bytes)}, {ssd}, "
-        else:
-            tiers = ""
+        settings = self.store.settings()
+        ssd = (f"ssd {format_size(settings['ssd_bytes'])} at {settings['ssd_dir']}"
+               if self.store.may_block else "ssd off")
+        tiers = f"cpu {format_size(settings['cpu_bytes'])}, {ssd}, "
         line = (f"kvstore ready: {' '.join(self.server.urls)} "
                 f"({tiers}auth {'on' if auth else 'off'}, pid {os.getpid()})")
         log.info(line)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from kvstore.store_api import ManagedStore, StoreStats
+
 STATES = ("starting", "serving", "draining", "stopping", "stopped")
 TIER_COUNTERS = (
     ("hits", "Blocks served from the tier"),
@@ -43,21 +45,20 @@ class StoreCollector:
                                     value=dispatcher.connections)
             yield GaugeMetricFamily("kvstore_requests_inflight", "Requests being served",
                                     value=dispatcher.inflight)
-        store = daemon.store
+        store: ManagedStore | None = daemon.store
         if store is None or daemon.state in ("stopping", "stopped"):
             return
         stats = store.stats()
         yield from self._tiers(store, stats)
         yield from self._namespaces(stats)
-        if hasattr(store, "pinned_bytes"):
-            yield GaugeMetricFamily("kvstore_pinned_bytes", "Bytes pinned resident by the admin API",
-                                    value=store.pinned_bytes)
-            yield GaugeMetricFamily("kvstore_pin_budget_bytes", "Bytes the admin API may pin",
-                                    value=store.pin_budget)
-            yield GaugeMetricFamily("kvstore_draining", "1 while writes are refused",
-                                    value=1.0 if store.draining else 0.0)
+        yield GaugeMetricFamily("kvstore_pinned_bytes", "Bytes pinned resident by the admin API",
+                                value=store.pinned_bytes)
+        yield GaugeMetricFamily("kvstore_pin_budget_bytes", "Bytes the admin API may pin",
+                                value=store.pin_budget_bytes)
+        yield GaugeMetricFamily("kvstore_draining", "1 while writes are refused (read-only)",
+                                value=1.0 if store.read_only else 0.0)
 
-    def _tiers(self, store, stats):
+    def _tiers(self, store: ManagedStore, stats: StoreStats):
         capacity = GaugeMetricFamily("kvstore_tier_capacity_bytes", "Tier capacity",
                                      labels=["tier"])
         used = GaugeMetricFamily("kvstore_tier_used_bytes", "Bytes in use in the tier",
@@ -69,7 +70,7 @@ class StoreCollector:
             name: CounterMetricFamily(f"kvstore_tier_{name}", doc, labels=["tier"])
             for name, doc in TIER_COUNTERS
         }
-        policies = getattr(store, "policy_names", dict)()
+        policies = store.policy_names()
         policy = GaugeMetricFamily("kvstore_tier_policy", "1 for the tier's eviction policy",
                                    labels=["tier", "policy"])
         for t in stats.tiers:
@@ -83,7 +84,7 @@ class StoreCollector:
                 policy.add_metric([t.name, policies[t.name]], 1.0)
         yield from (capacity, used, blocks, degraded, policy, *counters.values())
 
-    def _namespaces(self, stats):
+    def _namespaces(self, stats: StoreStats):
         labels = ["namespace", "model", "tenant"]
         blocks = GaugeMetricFamily("kvstore_namespace_blocks", "Blocks cached, any tier", labels=labels)
         hits = CounterMetricFamily("kvstore_namespace_hits", "Blocks served", labels=labels)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 
@@ -59,11 +60,6 @@ class SSDFileSystem:
 
     def rename(self, src: str, dst: str) -> None:
         os.replace(src, dst)
-
-    def drop_cache(self, fd: int) -> None:
-        """Advise the kernel to drop this file's cached pages (best effort)."""
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
     # helpers built on the primitives above (so faults injected there apply)
 
@@ -119,7 +115,7 @@ class Fault:
 
 
 class FaultyFileSystem(SSDFileSystem):
-    """An SSDFileSystem whose operations fail on demand (for tests)."""
+    """An SSDFileSystem whose operations fail (``inject``) or stall (``slow``) on demand (tests)."""
 
     OPS = (
         "open", "close", "pwritev", "preadv", "pread", "fsync", "fsync_dir", "truncate",
@@ -128,6 +124,7 @@ class FaultyFileSystem(SSDFileSystem):
 
     def __init__(self) -> None:
         self._faults: list[Fault] = []
+        self._delays: dict[str, float] = {}
         self._lock = threading.Lock()
         self.calls: dict[str, int] = {}
 
@@ -140,11 +137,23 @@ class FaultyFileSystem(SSDFileSystem):
             self._faults.append(fault)
         return fault
 
+    def slow(self, op: str, seconds: float) -> None:
+        """Make every later call of ``op`` take ``seconds`` longer (0: full speed again)."""
+        if op not in self.OPS:
+            raise ValueError(f"unknown operation {op!r}")
+        with self._lock:
+            self._delays[op] = seconds
+
     def clear(self) -> None:
+        """Remove every injected fault and delay."""
         with self._lock:
             self._faults.clear()
+            self._delays.clear()
 
     def _check(self, op: str, path: str | None = None) -> None:
+        delay = self._delays.get(op)
+        if delay:
+            time.sleep(delay)
         with self._lock:
             self.calls[op] = self.calls.get(op, 0) + 1
             for f in self._faults:

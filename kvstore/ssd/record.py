@@ -92,7 +92,7 @@ import numpy as np
 import xxhash
 
 from kvstore.errors import InvalidArgument
-from kvstore.keys import KEY_BYTES, ROOT_KEY
+from kvstore.keys import KEY_BYTES
 from kvstore.tokens import TOKEN_DTYPE, as_tokens
 
 FORMAT_VERSION = 1
@@ -289,9 +289,6 @@ def tombstone_pairs(payload) -> list[tuple[bytes, bytes]]:
         (bytes(mv[i : i + KEY_BYTES]), bytes(mv[i + KEY_BYTES : i + TOMBSTONE_ENTRY]))
         for i in range(0, len(mv) - TOMBSTONE_ENTRY + 1, TOMBSTONE_ENTRY)
     ]
-
-
-TOMBSTONE_HEADER = SSDRecordHeader(ROOT_KEY, ROOT_KEY, ROOT_KEY, np.empty(0, TOKEN_DTYPE), b"", "")
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,11 @@ errors per item. Use them for a prefix of many blocks: one block at a time,
 the device idles while each payload is checksummed (about 0.6x of dd for
 1 MiB blocks, against 0.9-1.2x batched; ``benchmarks.store_ssd``).
 
-Segment files and their bytes are managed by ``kvstore.ssd.log``. Each open
+Parts: ``SegmentLog`` (``kvstore.ssd.log``: segment files and their bytes),
+``RecordIndex`` (where each live block is), ``RecordWriter`` and
+``RecordReader`` (the write and read paths), and the state they share
+explicitly (``kvstore.ssd.tier_state``: health, O_DIRECT choice, counters,
+helper threads). The tier holds the append lock and orchestrates. Each open
 segment holds two descriptors (buffered and O_DIRECT): a tier of N segments
 needs 2N descriptors (a 1 TB tier of 256 MiB segments: ~8200; raise
 ``ulimit -n`` where the default is 1024).
@@ -76,10 +80,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 
-from kvstore.errors import CapacityError, InvalidArgument, StorageError
+from kvstore.errors import CapacityError, InvalidArgument, KVStoreError, StorageError
 from kvstore.keys import ROOT_KEY
 from kvstore.ssd.compress import check_mode
 from kvstore.ssd.fs import SSDFileSystem
@@ -91,7 +94,6 @@ from kvstore.ssd.manifest import (
     read_manifest,
     write_manifest,
 )
-from kvstore.ssd.reads import SSDReads
 from kvstore.ssd.record import (
     DEFAULT_ALIGN,
     FLAG_TOMBSTONE,
@@ -100,19 +102,23 @@ from kvstore.ssd.record import (
     SSDRecordHeader,
     tombstone_payload,
 )
+from kvstore.ssd.record_index import Key, RecordIndex
 from kvstore.ssd.record_io import DIRECT_MIN_BYTES, PreparedRecord, RecordIO
+from kvstore.ssd.record_reader import RecordReader
+from kvstore.ssd.record_writer import (
+    GROUP_RECORDS,
+    EvictionCallback,
+    RecordWriter,
+    try_call,
+)
 from kvstore.ssd.recovery import parents_first, scan_all
-from kvstore.ssd.writes import SSDWrites
+from kvstore.ssd.tier_state import DirectIO, IOPool, TierCounters, TierHealth
 from kvstore.store_api import TierStats
 
 log = logging.getLogger("kvstore.ssd")
 
 
-Key = tuple[bytes, bytes]
-EvictionCallback = Callable[[list[Key]], None]
-
-
-class SSDTier(SSDWrites, SSDReads):
+class SSDTier:
     def __init__(
         self,
         directory,
@@ -140,30 +146,25 @@ class SSDTier(SSDWrites, SSDReads):
         self.compression = check_mode(compression)
         self.align = align
         self.verify_on_recover = verify_on_recover
-        self.io_threads = io_threads
         self._fs = fs or SSDFileSystem()
-        self._io = RecordIO(self._fs, align)
-        # O_DIRECT for payloads of this size and up (None: never)
-        self._direct_min = {None: DIRECT_MIN_BYTES, True: 0, False: None}[direct_io]
-        self._log = SegmentLog(self._fs, self.directory, int(capacity_bytes), self.segment_bytes,
-                               align, direct=self._direct_min is not None)
-        self._log.on_free = self._on_free
-
         self._lock = threading.RLock()  # appends, removes, eviction, recovery
-        self._meta = threading.Lock()  # index and counters (short holds)
-        self._index: dict[Key, SSDLocation] = {}
-        self._freed: list[Key] = []  # keys of segments freed during this append
-        self._seq = 0
-        self._pool: ThreadPoolExecutor | None = None
         self._recovered = False
-        self._closed = False
-        self._degraded = False
-        self._durability_lost = False
-        self._callback: EvictionCallback | None = None
-        self._evictions = self._bytes_in = self._bytes_out = self._errors = 0
+        self._health = TierHealth(self.directory)
+        self._counters = TierCounters()
+        self._index = RecordIndex()
+        self._pool = IOPool(io_threads)
+        # O_DIRECT for payloads of this size and up (None: never)
+        self._direct = DirectIO({None: DIRECT_MIN_BYTES, True: 0, False: None}[direct_io])
+        self._log = SegmentLog(self._fs, self.directory, int(capacity_bytes), self.segment_bytes,
+                               align, direct=self._direct.min_bytes is not None)
+        io = RecordIO(self._fs, align)
+        self._writer = RecordWriter(self._log, io, self._index, self._health, self._direct,
+                                    self._counters, self.compression, align)
+        self._reader = RecordReader(self._log, io, self._health, self._direct, self._counters,
+                                    self._pool)
         self._log.open()
         if not self._log.direct:
-            self._direct_min = None
+            self._direct.refuse()
 
     # -------------------------------------------------------------- recovery
 
@@ -178,7 +179,7 @@ class SSDTier(SSDWrites, SSDReads):
         """
         verify = self.verify_on_recover if verify is None else verify
         with self._lock:
-            self._check_open()
+            self._health.check_open()
             found = self._recover_locked(verify, collect=True)
         return parents_first(found)
 
@@ -190,22 +191,76 @@ class SSDTier(SSDWrites, SSDReads):
         found: dict = {}
         try:
             found, index, seq = scan_all(self._fs, self._log.segments.values(), verify, collect)
-            with self._meta:
-                self._index = index
-                self._seq = max(self._seq, seq)
+            self._index.replace(index)
+            self._writer.seq = max(self._writer.seq, seq)
             while self._log.used > self._log.capacity and self._log.segments:
                 oldest = self._log.oldest()
                 log.warning("ssd: over capacity after restart; freeing segment %d", oldest.id)
                 self._log.free(oldest)
         except OSError as e:
-            self._degrade(f"recover: {e}")
+            self._health.degrade(f"recover: {e}")
             raise StorageError(f"ssd: recovery failed: {e}") from e
         finally:
-            for k in self._freed:  # not reported: the store has not seen them
+            for k in self._writer.forget_freed():  # not reported: the store has not seen them
                 found.pop(k, None)
-            self._freed = []
         self._recovered = True
         return found
+
+    # ----------------------------------------------------------------- write
+
+    def write(self, header: SSDRecordHeader, payload) -> SSDLocation:
+        """Append a record; returns where it is. Raises StorageError, CapacityError."""
+        (result,) = self._append([self._writer.prepare(header, payload)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def write_many(self, items) -> list[SSDLocation | Exception]:
+        """Write ``(header, payload)`` pairs; per item its location or its error.
+
+        Compression and checksums run on helper threads, several at a time;
+        records that follow each other in a segment go out together, up to
+        ``GROUP_BYTES`` per ``pwritev`` (fewer, larger I/Os: the device queues
+        the pieces of one large O_DIRECT write in parallel).
+        """
+        items = list(items)
+        prepare = self._writer.prepare
+        if len(items) <= 1 or self._pool.threads <= 1:
+            prepared = [try_call(prepare, h, p) for h, p in items]
+        else:
+            prepared = list(self._pool.get().map(lambda hp: try_call(prepare, *hp), items))
+        out: list[SSDLocation | Exception] = list(prepared)
+        good = [i for i, r in enumerate(prepared) if isinstance(r, PreparedRecord)]
+        for start in range(0, len(good), GROUP_RECORDS):
+            chunk = good[start : start + GROUP_RECORDS]
+            for i, r in zip(chunk, self._append([prepared[i] for i in chunk])):
+                out[i] = r
+        return out
+
+    def _append(self, recs: list[PreparedRecord]) -> list[SSDLocation | Exception]:
+        with self._lock:
+            try:
+                self._health.check_writable()
+                self._ensure_recovered()
+                return self._writer.append(recs)
+            except KVStoreError as e:
+                return [e] * len(recs)
+            finally:
+                self._writer.notify()
+
+    # ------------------------------------------------------------------ read
+
+    def read(self, loc: SSDLocation) -> bytes:
+        """The payload of the record at ``loc`` (checksums verified)."""
+        return self._reader.read(loc)
+
+    def read_into(self, loc: SSDLocation, out) -> None:
+        """Read the payload at ``loc`` into ``out`` (see ``RecordReader.read_into``)."""
+        self._reader.read_into(loc, out)
+
+    def read_many_into(self, locs: list[SSDLocation], outs: list) -> list[Exception | None]:
+        """Read several payloads, ``io_threads`` at a time; per location: None or its error."""
+        return self._reader.read_many_into(locs, outs)
 
     # ---------------------------------------------------------------- remove
 
@@ -222,17 +277,9 @@ class SSDTier(SSDWrites, SSDReads):
         """
         pairs = [(bytes(ns), bytes(k)) for ns, k in pairs]
         with self._lock:
-            self._check_open()
+            self._health.check_open()
             self._ensure_recovered()
-            with self._meta:
-                present = []
-                for p in dict.fromkeys(pairs):
-                    loc = self._index.pop(p, None)
-                    if loc is not None:
-                        present.append(p)
-                        seg = self._log.segments.get(loc.segment)
-                        if seg is not None:
-                            seg.live.discard(p)
+            present = self._index.remove(pairs, self._log.segments)
             if not present:
                 return 0
             payload = tombstone_payload(present)
@@ -249,15 +296,16 @@ class SSDTier(SSDWrites, SSDReads):
 
     def flush(self) -> None:
         """Make everything written before this call durable (fsync data and directory)."""
-        if self._closed:
+        health = self._health
+        if health.closed:
             return
         try:
             self._log.sync()
         except OSError as e:
-            self._durability_lost = True
-            self._degrade(f"fsync: {e}")
+            health.durability_lost = True
+            health.degrade(f"fsync: {e}")
             raise StorageError(f"ssd: flush failed: {e}") from e
-        if self._durability_lost:
+        if health.durability_lost:
             raise StorageError("ssd: an earlier fsync failed; durability is not guaranteed")
 
     # ------------------------------------------------------------- namespaces
@@ -267,7 +315,7 @@ class SSDTier(SSDWrites, SSDReads):
         data = encode_manifest(specs)
         with self._lock:
             try:
-                self._check_writable()
+                self._health.check_writable()
                 self._ensure_recovered()
                 # the old manifest and the new temporary file exist together for a moment
                 try:
@@ -276,11 +324,11 @@ class SSDTier(SSDWrites, SSDReads):
                 except CapacityError:
                     raise
                 except OSError as e:
-                    self._degrade(f"manifest: {e}")
+                    self._health.degrade(f"manifest: {e}")
                     raise StorageError(f"ssd: cannot write the manifest: {e}") from e
                 self._log.set_manifest_bytes(len(data))
             finally:
-                self._notify()
+                self._writer.notify()
 
     def load_namespaces(self) -> dict[bytes, dict]:
         try:
@@ -292,23 +340,19 @@ class SSDTier(SSDWrites, SSDReads):
     # ------------------------------------------------------------------ state
 
     def set_eviction_callback(self, fn: EvictionCallback | None) -> None:
-        self._callback = fn
+        self._writer.callback = fn
 
     def location(self, namespace: bytes, key: bytes) -> SSDLocation | None:
-        with self._meta:
-            return self._index.get((namespace, key))
+        return self._index.get((namespace, key))
 
     def __contains__(self, item: Key) -> bool:
-        with self._meta:
-            return item in self._index
+        return item in self._index
 
     def __len__(self) -> int:
-        with self._meta:
-            return len(self._index)
+        return len(self._index)
 
     def keys(self) -> list[Key]:
-        with self._meta:
-            return list(self._index)
+        return self._index.keys()
 
     def segment_sizes(self) -> dict[int, int]:
         """Segment id -> bytes it occupies (oldest first)."""
@@ -324,57 +368,37 @@ class SSDTier(SSDWrites, SSDReads):
 
     @property
     def degraded(self) -> bool:
-        return self._degraded
+        return self._health.degraded
 
     def reset_degraded(self) -> None:
         """Try writing again after a fault (new writes go to a new segment)."""
         with self._lock:
-            if self._durability_lost:
+            if self._health.durability_lost:
                 raise StorageError("ssd: an fsync failed; reopen the tier instead")
-            self._degraded = False
+            self._health.degraded = False
             self._log.seal_active()
 
     def stats(self) -> TierStats:
-        with self._meta:
-            return TierStats(
-                name="ssd", capacity_bytes=self._log.capacity, used_bytes=self._log.used,
-                blocks=len(self._index), evictions=self._evictions,
-                bytes_in=self._bytes_in, bytes_out=self._bytes_out, errors=self._errors,
-                degraded=self._degraded,
-            )
-
-    def _degrade(self, reason: str) -> None:
-        with self._meta:
-            self._errors += 1
-            first = not self._degraded
-            self._degraded = True
-        if first:
-            log.error("ssd: tier %s degraded: %s", self.directory, reason)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StorageError("ssd: tier is closed")
-
-    def _check_writable(self) -> None:
-        self._check_open()
-        if self._degraded:
-            raise StorageError("ssd: tier is degraded")
+        c, h = self._counters, self._health
+        return TierStats(
+            name="ssd", capacity_bytes=self._log.capacity, used_bytes=self._log.used,
+            blocks=len(self._index), evictions=c.evictions, bytes_in=c.bytes_in,
+            bytes_out=c.bytes_out, errors=h.errors, degraded=h.degraded,
+        )
 
     def close(self) -> None:
         """Flush and close every segment (idempotent)."""
         with self._lock:
-            if self._closed:
+            if self._health.closed:
                 return
             err = None
             try:
                 self.flush()
             except StorageError as e:
                 err = e
-            self._closed = True
+            self._health.closed = True
             self._log.close()
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+            self._pool.shutdown()
         if err is not None:
             raise err
 

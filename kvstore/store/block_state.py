@@ -37,10 +37,6 @@ class BlockState:
         self.writing = False  # an SSD write job for this block is queued
         self.lost = False  # bytes gone (SSD failure) but pinned: removed on release
 
-    @property
-    def resident(self) -> bool:
-        return self.slot is not None
-
     def tier_enum(self) -> Tier:
         return self.tier.tier if self.tier is not None else Tier.SSD
 
@@ -63,6 +59,7 @@ class NamespaceState:
 
 
 def policy_key(fp: bytes, key: bytes) -> bytes:
+    """The key a tier's policy knows a block by: namespace id (16 bytes) + block key."""
     return fp + key
 
 
@@ -98,7 +95,16 @@ def new_meta(key: bytes, size: int, state: BlockState) -> BlockMeta:
 
 
 class CompositeTreeView:
-    """TreeView over every namespace's tree, for policies keyed by policy keys."""
+    """TreeView over every namespace's tree, for one tier's policy (keys are policy keys).
+
+    ``parent`` (which lets a policy park a vetoed interior block until one of
+    its children leaves, ``kvstore.eviction.scan``) is offered only by
+    ``StructuralTreeView``: for a tier whose victims are dropped, where the only
+    lasting reason to turn down an interior block is that it has children. A
+    tier that demotes (to a tier below, or to SSD) may evict any unlocked
+    block, so its vetoes of interior blocks are transient (locked, staging
+    full) and parking them would take them out of the policy's order.
+    """
 
     def __init__(self, namespaces: dict[bytes, NamespaceState]):
         self._ns = namespaces
@@ -110,3 +116,18 @@ class CompositeTreeView:
     def num_children(self, pk: bytes) -> int:
         fp, key = split_policy_key(pk)
         return self._ns[fp].tree.num_children(key)
+
+
+class StructuralTreeView(CompositeTreeView):
+    """A ``CompositeTreeView`` with ``parent``: for a tier that drops its victims."""
+
+    def parent(self, pk: bytes) -> bytes | None:
+        """Policy key of the block before ``pk`` in its prefix (None for a first block)."""
+        fp, key = split_policy_key(pk)
+        parent = self._ns[fp].tree.parent(key)
+        return None if parent is None else policy_key(fp, parent)
+
+
+def tree_view(namespaces: dict[bytes, NamespaceState], drops_victims: bool) -> CompositeTreeView:
+    """The view a tier's policy is bound to (see ``CompositeTreeView``)."""
+    return StructuralTreeView(namespaces) if drops_victims else CompositeTreeView(namespaces)

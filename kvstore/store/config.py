@@ -6,8 +6,11 @@ tier; ``gpu_bytes = 0`` (the default) disables the GPU tier, which is also
 skipped when CUDA is not available.
 
 Eviction policies are named per tier and built by ``policy_factory(name)``;
-the default factory asks ``kvstore.eviction.registry.get_policy`` when that
-registry exists and otherwise knows ``"lru"``.
+the default factory is ``kvstore.eviction.registry.get_policy``.
+
+``pin_budget_bytes``: what the operator may pin resident (``ManagedStore.pin``);
+None (the default) is a quarter of ``cpu_bytes``. This is the one default of
+the pin budget.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from kvstore.errors import InvalidArgument
-from kvstore.eviction import EvictionPolicy, LRUPolicy
+from kvstore.errors import InvalidArgument, KVStoreError
+from kvstore.eviction import EvictionPolicy
+from kvstore.eviction.registry import OFFLINE, get_policy
 from kvstore.sizes import parse_size
 
 _SIZE_FIELDS = (
@@ -27,19 +31,8 @@ _SIZE_FIELDS = (
 
 
 def default_policy_factory(name: str) -> EvictionPolicy:
-    """A fresh policy called ``name`` (registry first, built-in LRU as fallback)."""
-    try:
-        from kvstore.eviction.registry import get_policy
-    except ImportError:
-        get_policy = None
-    if get_policy is not None:
-        policy = get_policy(name)
-        if isinstance(policy, type) or not isinstance(policy, EvictionPolicy):
-            policy = policy()
-        return policy
-    if name == "lru":
-        return LRUPolicy()
-    raise InvalidArgument(f"unknown eviction policy {name!r} (no registry; built in: lru)")
+    """A fresh policy called ``name``, from the eviction registry."""
+    return get_policy(name)
 
 
 @dataclass
@@ -59,6 +52,7 @@ class StoreConfig:
     demotion_threads: int = 1
     demotion_buffer_bytes: int | str = "256MiB"  # evicted blocks staged in RAM for the SSD writer
     promote_on_get: bool = True
+    pin_budget_bytes: int | str | None = None  # None: cpu_bytes // 4
     persist_on_close: bool = False  # write CPU-resident blocks to SSD on close (as flush)
     ssd_factory: Callable[..., Any] | None = None  # builds the SSD tier (tests inject faults)
 
@@ -67,6 +61,9 @@ class StoreConfig:
             setattr(self, name, parse_size(getattr(self, name)))
         if self.cpu_bytes <= 0:
             raise InvalidArgument("cpu_bytes must be positive (the CPU tier is required)")
+        if self.pin_budget_bytes in (None, ""):
+            self.pin_budget_bytes = self.cpu_bytes // 4
+        self.pin_budget_bytes = parse_size(self.pin_budget_bytes)
         if self.demotion_threads < 1:
             raise InvalidArgument("demotion_threads must be >= 1")
         if self.ssd_bytes and not self.ssd_dir:
@@ -79,7 +76,17 @@ class StoreConfig:
         return bool(self.ssd_dir) and self.ssd_bytes > 0
 
     def make_policy(self, name: str) -> EvictionPolicy:
-        return self.policy_factory(name)
+        """A fresh online policy called ``name``; ``InvalidArgument`` for an unknown name
+        and for an offline-only one (``opt``: it needs the future, a store has none)."""
+        if name in OFFLINE:
+            raise InvalidArgument(
+                f"eviction policy {name!r} is offline-only (it needs the future): not for a store")
+        try:
+            return self.policy_factory(name)
+        except KVStoreError:
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InvalidArgument(f"unknown eviction policy {name!r}: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: dict) -> StoreConfig:

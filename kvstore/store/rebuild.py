@@ -19,38 +19,40 @@ parents), so the rebuild links them by parent key instead:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
 from kvstore.keys import ROOT_KEY, block_key
 from kvstore.namespace_spec import NamespaceSpec
+from kvstore.ssd.tier import SSDTier
 from kvstore.store.block_state import BlockState, NamespaceState, new_meta
 from kvstore.tokens import as_tokens
 
 log = logging.getLogger("kvstore.store")
 
 
-def rebuild_from_ssd(store) -> None:
-    ssd = store.ssd
-    for fp, data in ssd.ssd.load_namespaces().items():
+def rebuild_from_ssd(ssd: SSDTier, namespaces: dict[bytes, NamespaceState],
+                     remove: Callable[[bytes, bytes], object]) -> None:
+    """Fill ``namespaces`` (empty) from ``ssd``; ``remove(fp, key)`` each unusable record."""
+    for fp, data in ssd.load_namespaces().items():
         spec = NamespaceSpec.from_dict(data)
         if spec.fingerprint != bytes(fp):
             log.error("manifest entry %s does not match its spec; skipped", bytes(fp).hex())
             continue
-        store._ns[spec.fingerprint] = NamespaceState.create(spec)
+        namespaces[spec.fingerprint] = NamespaceState.create(spec)
     by_ns: dict[bytes, dict] = {}
     bad = []
-    for header, loc in ssd.ssd.recover():
+    for header, loc in ssd.recover():
         fp = bytes(header.namespace)
-        if fp not in store._ns:
+        if fp not in namespaces:
             bad.append((fp, bytes(header.key)))
             continue
         by_ns.setdefault(fp, {})[bytes(header.key)] = (header, loc)
-    with store._lock:
-        for fp, records in by_ns.items():
-            bad.extend(_rebuild_namespace(store._ns[fp], records))
-        for fp, key in bad:
-            ssd.enqueue("remove", fp, key)
+    for fp, records in by_ns.items():
+        bad.extend(_rebuild_namespace(namespaces[fp], records))
+    for fp, key in bad:
+        remove(fp, key)
     if bad:
         log.warning("dropped %d unusable SSD records on recovery", len(bad))
 

@@ -174,18 +174,6 @@ class SlabAllocator:
     def used_pages(self) -> int:
         return self.num_pages - self.free_pages
 
-    def class_stats(self) -> list[dict]:
-        return [
-            {
-                "slot_bytes": c.slot_bytes,
-                "pages_per_slab": c.pages_per_slab,
-                "slots_per_slab": c.slots_per_slab,
-                "slabs": len(c.slabs),
-                "live": c.live,
-            }
-            for c in self._classes.values()
-        ]
-
     def check(self) -> None:
         """Assert the bookkeeping is consistent (tests)."""
         owned = 0

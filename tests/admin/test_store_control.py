@@ -1,4 +1,4 @@
-"""StoreControl on a real TieredStore: drain, pins with a budget, evict, policies at run time."""
+"""Operator controls of a real TieredStore: read-only, pins with a budget, evict, policies at run time."""
 
 from __future__ import annotations
 
@@ -31,12 +31,12 @@ def fill(store, ns, spec, first_seed, count):
         put(store, ns, spec, seed, 2)
 
 
-def test_drain_refuses_writes_and_keeps_reads(store):
+def test_read_only_refuses_writes_and_keeps_reads(store):
     spec = small_spec()
     ns = store.register(spec)
     tokens = put(store, ns, spec, 1, 3)
-    store.set_draining(True)
-    assert store.draining
+    store.set_read_only(True)
+    assert store.read_only
     with pytest.raises(Draining):
         store.put(ns, tokens_for(2, 2), payloads(spec, tokens_for(2, 2)))
     with pytest.raises(Draining):
@@ -44,7 +44,8 @@ def test_drain_refuses_writes_and_keeps_reads(store):
     assert store.lookup(ns, tokens) == len(tokens)
     n, blocks = store.get(ns, tokens)
     assert n == len(tokens) and blocks == payloads(spec, tokens)
-    store.set_draining(False)
+    store.set_read_only(False)
+    assert not store.read_only
     put(store, ns, spec, 2, 2)
 
 
@@ -113,9 +114,9 @@ def test_concurrent_pins_of_one_prefix_hold_one_lease(store):
         t.start()
     for t in threads:
         t.join()
-    assert len(store.pins()) == 1
+    assert len(store.pins()) == 1 and store.lease_count == 1
     store.unpin(ns, tokens)
-    assert store._leases == {}
+    assert store.lease_count == 0
 
 
 def test_evict_namespace_and_prefix(store):
@@ -150,7 +151,7 @@ def test_set_policy_takes_effect(store):
     fill(store, ns, spec, 0, 200)  # the CPU tier is full: every put evicts
     old = put(store, ns, spec, 1000, 2)
     assert store.set_policy("cpu", "mru") == "lru"
-    assert store.policy_names() == {"cpu": "mru"} and store.config.cpu_policy == "mru"
+    assert store.policy_names() == {"cpu": "mru"} and store.settings()["cpu_policy"] == "mru"
     store.check()
     newest = put(store, ns, spec, 1001, 2)  # evicts the most recent blocks: ``old``'s tail
     assert store.lookup(ns, old) < len(old)
@@ -163,3 +164,23 @@ def test_set_policy_takes_effect(store):
     with pytest.raises(InvalidArgument):
         store.set_policy("tape", "lru")
     assert store.policy_names() == {"cpu": "lru"}
+
+
+def test_set_policy_refuses_offline_only_policies(store):
+    spec = small_spec()
+    ns = store.register(spec)
+    tokens = put(store, ns, spec, 1, 3)
+    with pytest.raises(InvalidArgument, match="offline"):
+        store.set_policy("cpu", "opt")  # Belady's OPT needs the future: nothing to evict by
+    assert store.policy_names() == {"cpu": "lru"} and store.settings()["cpu_policy"] == "lru"
+    with pytest.raises(InvalidArgument, match="offline"):
+        TieredStore(StoreConfig(cpu_bytes=64 << 10, cpu_policy="opt"))
+    assert store.lookup(ns, tokens) == len(tokens)
+
+
+def test_pin_budget_defaults_to_a_quarter_of_the_cpu_tier():
+    with TieredStore(StoreConfig(cpu_bytes=64 << 10)) as s:
+        assert s.pin_budget_bytes == 16 << 10 == s.settings()["pin_budget_bytes"]
+        assert not s.may_block and s.capabilities.leases
+    with TieredStore(StoreConfig(cpu_bytes=64 << 10, pin_budget_bytes="4KiB")) as s:
+        assert s.pin_budget_bytes == 4096

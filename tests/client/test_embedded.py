@@ -113,9 +113,7 @@ def test_embedded_with_ssd_flush_and_reopen(tmp_path):
     lay = layout()
     tokens = list(range(16))
     kv = kv_for(lay, tokens)
-    from tests.store.helpers import FakeSSD
-
-    cfg = dict(cpu_bytes="64KiB", ssd_dir=str(tmp_path), ssd_bytes="1MiB", ssd_factory=FakeSSD)
+    cfg = dict(cpu_bytes="64KiB", ssd_dir=str(tmp_path), ssd_bytes="1MiB", segment_bytes="64KiB")
     with KVClient.connect("embedded", **cfg) as c:
         assert c.namespace(lay).put(tokens, kv) == 16
         c.flush()

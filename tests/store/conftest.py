@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from kvstore.ssd.fs import FaultyFileSystem
 from kvstore.store.config import StoreConfig
 from kvstore.store.tiered_store import TieredStore
 
-from .helpers import _DISKS, FakeSSD, make_spec
+from .helpers import make_spec, ssd_on
 
 
 @pytest.fixture
@@ -16,14 +17,23 @@ def spec():
 
 
 @pytest.fixture
-def store_factory(tmp_path):
+def fs():
+    """The filesystem under the stores' SSD tier: inject faults or slowness through it."""
+    return FaultyFileSystem()
+
+
+@pytest.fixture
+def store_factory(tmp_path, fs):
+    """``make(**StoreConfig settings)``; with ``ssd_bytes``, the real SSD tier over ``fs``
+    in ``tmp_path / "ssd"`` (a second store on the same directory is a restart)."""
     stores = []
 
     def make(**kw):
         kw.setdefault("cpu_bytes", 64 << 10)
         if kw.get("ssd_bytes"):
             kw.setdefault("ssd_dir", str(tmp_path / "ssd"))
-            kw.setdefault("ssd_factory", FakeSSD)
+            kw.setdefault("segment_bytes", 64 << 10)
+            kw.setdefault("ssd_factory", ssd_on(fs))
         store = TieredStore(StoreConfig(**kw))
         stores.append(store)
         return store
@@ -31,5 +41,3 @@ def store_factory(tmp_path):
     yield make
     for s in stores:
         s.close()
-    for d in [k for k in _DISKS if k.startswith(str(tmp_path))]:
-        del _DISKS[d]

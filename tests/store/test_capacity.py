@@ -10,7 +10,7 @@ def test_caps_hold_under_a_long_random_workload(store_factory):
     specs = [make_spec(model="a"), make_spec(model="b", layers=3), make_spec(model="c", layers=7)]
     cpu_cap, ssd_cap = 24 * 4096, 160 * 1024
     s = store_factory(cpu_bytes=cpu_cap, cpu_page_bytes=4096, ssd_bytes=ssd_cap,
-                      demotion_buffer_bytes=8192)
+                      segment_bytes=32 << 10, demotion_buffer_bytes=8192)
     ns = [s.register(sp) for sp in specs]
     arena = s.arena().path
     rng = random.Random(1)
@@ -32,12 +32,13 @@ def test_caps_hold_under_a_long_random_workload(store_factory):
             s.release(leases.pop(0))
         cpu = s.tier_stats("cpu")
         assert cpu.used_bytes <= cpu_cap and os.path.getsize(arena) == cpu_cap
-        assert s.ssd.ssd.used_bytes <= ssd_cap
+        assert s.tier_stats("ssd").used_bytes <= ssd_cap
         if step % 250 == 0:
             s.check()
         if step % 500 == 499:
             s.flush()
-    assert s.ssd.ssd.max_used <= ssd_cap
+    s.wait_writes()
+    assert s.tier_stats("ssd").used_bytes <= ssd_cap
     stats = s.stats()
     cpu = stats.tiers[0]
     assert cpu.demotions > 0 and cpu.evictions > 0

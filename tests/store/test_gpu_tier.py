@@ -31,13 +31,11 @@ def test_gpu_tier_slots_round_trip():
 
 
 def test_puts_land_on_gpu_and_demote_to_cpu_then_ssd(tmp_path):
-    from .helpers import FakeSSD
-
     spec = make_spec()
     cfg = StoreConfig(gpu_bytes=8 * 4096, cpu_bytes=16 * 4096, ssd_dir=str(tmp_path),
-                      ssd_bytes=1 << 20, ssd_factory=FakeSSD)
+                      ssd_bytes=4 << 20, segment_bytes=64 << 10)
     with TieredStore(cfg) as s:
-        assert [t.name for t in s._tiers] == ["gpu", "cpu"]
+        assert [t.name for t in s.stats().tiers] == ["gpu", "cpu", "ssd"]
         ns = s.register(spec)
         ps = [list(range(i * 1000, i * 1000 + 16)) for i in range(64)]
         for t in ps:

@@ -22,8 +22,15 @@ def test_put_get_lookup_round_trip(store_factory, spec):
     assert s.lookup(ns, toks) == 20 and s.lookup(ns, toks[:9]) == 8
     n, got = s.get(ns, list(toks[:13]))
     assert n == 12 and got == p[:3]
-    buf = bytearray(5 * spec.block_bytes)
-    assert s.get_into(ns, toks, buf) == 20 and bytes(buf) == b"".join(p)
+    sizes = []
+
+    def alloc(nbytes):
+        sizes.append(nbytes)
+        return bytearray(nbytes)
+
+    n, buf = s.get_into(ns, toks, alloc)
+    assert n == 20 and bytes(buf) == b"".join(p) and sizes == [5 * spec.block_bytes]
+    assert s.get_into(ns, list(range(500, 508)), alloc) == (0, None) and len(sizes) == 1
     assert s.put(ns, toks, p[:2]) == 20  # read-your-writes: what is cached
     s.check()
 

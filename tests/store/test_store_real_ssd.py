@@ -41,13 +41,6 @@ def dir_size(path) -> int:
     return total
 
 
-def wait_idle(s, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while s.ssd.pending:
-        assert time.monotonic() < deadline, "SSD queue did not drain"
-        time.sleep(0.01)
-
-
 def test_demote_flush_restart_and_promote(tmp_path):
     ps = prompts(48)  # 192 blocks, CPU holds 64
     with TieredStore(config(tmp_path)) as s:
@@ -89,7 +82,7 @@ def test_directory_never_exceeds_the_cap_under_a_long_workload(tmp_path):
                 assert s.tier_stats("cpu").used_bytes <= 32 * 4096
             if step % 300 == 299:
                 s.flush()
-        wait_idle(s)
+        s.wait_writes()
         assert dir_size(tmp_path) <= cap
         assert s.tier_stats("ssd").evictions > 0
         s.check()
@@ -112,8 +105,8 @@ def test_a_failing_disk_degrades_without_hurting_the_cpu_tier(tmp_path, caplog):
         with caplog.at_level(logging.ERROR):
             for t in ps[8:]:
                 assert s.put(ns, t, payloads_for(ns, SPEC, t)) == 16
-            wait_idle(s)
-        assert s.ssd.degraded and s.tier_stats("ssd").degraded
+            s.wait_writes()
+        assert s.tier_stats("ssd").degraded
         assert any("degraded" in r.getMessage() for r in caplog.records)
         with pytest.raises(StorageError):
             s.flush()

@@ -1,29 +1,33 @@
-"""TieredStore with an SSD tier below the CPU tier (FakeSSD stand-in with fault seams)."""
+"""TieredStore with the real SSD tier below the CPU tier (faults through ``FaultyFileSystem``).
 
+Blocks here are 512 bytes and SSD records are 4 KiB aligned: the SSD tier
+holds a block per 4 KiB (``SSD_BYTES``: room for every block of these tests).
+"""
+
+import errno
 import logging
 import time
 
 import pytest
 
 from kvstore.errors import StorageError
+from kvstore.keys import block_keys
+from kvstore.ssd.fs import FaultyFileSystem
+from kvstore.ssd.tier import SSDTier
+from kvstore.store.config import StoreConfig
+from kvstore.store.tiered_store import TieredStore
 
-from .helpers import FakeSSD, make_spec, payloads_for
+from .helpers import make_spec, payloads_for, ssd_on, wait_for
+
+SSD_BYTES = 4 << 20
 
 
 def prompts(n, blocks=4, base=0):
     return [list(range(base + i * 1000, base + i * 1000 + 4 * blocks)) for i in range(n)]
 
 
-def wait_for(cond, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
-
-
 def test_demotion_and_promotion(store_factory, spec):
-    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)  # CPU holds 128 blocks
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=SSD_BYTES)  # CPU holds 128 blocks
     ns = s.register(spec)
     ps = prompts(64)  # 256 blocks: half must be demoted
     for t in ps:
@@ -42,23 +46,23 @@ def test_demotion_and_promotion(store_factory, spec):
     s.check()
 
 
-def test_a_resident_get_does_not_wait_for_the_disk(store_factory, spec):
-    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+def test_a_resident_get_does_not_wait_for_the_disk(store_factory, spec, fs):
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=SSD_BYTES)
     ns = s.register(spec)
     hot = list(range(16))
     s.put(ns, hot, payloads_for(ns, spec, hot))
-    s.ssd.ssd.write_delay = 0.5  # a very slow disk
+    fs.slow("pwritev", 0.5)  # a very slow disk
     for t in prompts(40, base=10**6):
         s.put(ns, t, payloads_for(ns, spec, t))
         s.get(ns, hot)  # keeps it hot
     t0 = time.perf_counter()
     assert s.get(ns, hot)[1] == payloads_for(ns, spec, hot)
     assert time.perf_counter() - t0 < 0.25
-    s.ssd.ssd.write_delay = 0
+    fs.slow("pwritev", 0)
 
 
 def test_flush_then_restart_serves_flushed_blocks(store_factory, spec):
-    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=SSD_BYTES)
     ns = s.register(spec)
     other = make_spec(model="other", layers=3)
     ns2 = s.register(other)
@@ -68,9 +72,10 @@ def test_flush_then_restart_serves_flushed_blocks(store_factory, spec):
     t2 = list(range(7, 7 + 32))
     s.put(ns2, t2, payloads_for(ns2, other, t2, b"salt"), extra=b"salt")
     s.flush()
-    assert not s._dirty
+    stats = s.stats()  # nothing left dirty: every cached block has its SSD copy
+    assert s.tier_stats("ssd").blocks == sum(n.blocks for n in stats.namespaces) == 168
     s.close()
-    s2 = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+    s2 = store_factory(cpu_bytes=16 * 4096, ssd_bytes=SSD_BYTES)
     assert set(s2.namespaces()) == {spec, other}
     for t in ps:
         assert s2.get(ns, t) == (16, payloads_for(ns, spec, t))
@@ -80,7 +85,7 @@ def test_flush_then_restart_serves_flushed_blocks(store_factory, spec):
 
 
 def test_unflushed_blocks_are_served_intact_or_missing_after_restart(store_factory, spec):
-    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=SSD_BYTES)
     ns = s.register(spec)
     ps = prompts(48)
     for t in ps[:10]:
@@ -89,7 +94,7 @@ def test_unflushed_blocks_are_served_intact_or_missing_after_restart(store_facto
     for t in ps[10:]:
         s.put(ns, t, payloads_for(ns, spec, t))
     s.close()  # no flush: what was demoted may be there, the rest is gone
-    s2 = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+    s2 = store_factory(cpu_bytes=16 * 4096, ssd_bytes=SSD_BYTES)
     for i, t in enumerate(ps):
         n, got = s2.get(ns, t)
         assert got == payloads_for(ns, spec, t)[: n // 4]
@@ -97,33 +102,35 @@ def test_unflushed_blocks_are_served_intact_or_missing_after_restart(store_facto
             assert n == 16
 
 
-def test_flush_is_write_through_for_resident_blocks(store_factory, spec):
-    s = store_factory(cpu_bytes=64 << 10, ssd_bytes=1 << 20)
+def test_flush_is_write_through_for_resident_blocks(store_factory, spec, fs):
+    s = store_factory(cpu_bytes=64 << 10, ssd_bytes=SSD_BYTES)
     ns = s.register(spec)
     t = list(range(32))
     s.put(ns, t, payloads_for(ns, spec, t))
-    assert s.ssd.ssd.writes == 0  # write-back: nothing written yet
+    assert s.tier_stats("ssd").blocks == 0  # write-back: nothing written yet
+    fsyncs = fs.calls.get("fsync", 0)
     s.flush()
-    assert s.ssd.ssd.writes == 8 and s.ssd.ssd.flushes == 1
+    written = s.tier_stats("ssd")
+    assert written.blocks == 8 and written.bytes_in == 8 * spec.block_bytes
+    assert fs.calls.get("fsync", 0) > fsyncs  # made durable
     s.flush()
-    assert s.ssd.ssd.writes == 8  # clean blocks are not written twice
+    assert s.tier_stats("ssd").bytes_in == 8 * spec.block_bytes  # clean blocks: not written twice
     assert s.tier_stats("cpu").blocks == 8  # still resident
 
 
-def test_degraded_ssd_leaves_the_cpu_tier_serving(store_factory, spec, caplog):
-    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+def test_degraded_ssd_leaves_the_cpu_tier_serving(store_factory, spec, fs, caplog):
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=SSD_BYTES)
     ns = s.register(spec)
     ps = prompts(64)
     for t in ps[:16]:
         s.put(ns, t, payloads_for(ns, spec, t))
     s.flush()
-    s.ssd.ssd.fail_writes = True
+    fs.inject("pwritev", errno.ENOSPC, times=None)  # a full disk
     with caplog.at_level(logging.ERROR, logger="kvstore.ssd"):
         for t in ps[16:]:
             s.put(ns, t, payloads_for(ns, spec, t))
-        wait_for(lambda: s.ssd.degraded)
+        wait_for(lambda: s.tier_stats("ssd").degraded)
     assert any("degraded" in r.message for r in caplog.records)
-    assert s.tier_stats("ssd").degraded
     with pytest.raises(StorageError):
         s.flush()
     # the most recent prompt is resident (checked first: reading the older,
@@ -138,14 +145,15 @@ def test_degraded_ssd_leaves_the_cpu_tier_serving(store_factory, spec, caplog):
     s.check()
 
 
-def test_failing_reads_become_misses(store_factory, spec):
-    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+def test_failing_reads_become_misses(store_factory, spec, fs):
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=SSD_BYTES)
     ns = s.register(spec)
     ps = prompts(64)
     for t in ps:
         s.put(ns, t, payloads_for(ns, spec, t))
     s.flush()
-    s.ssd.ssd.fail_reads = True
+    for op in ("pread", "preadv"):  # a failing disk: every read errs
+        fs.inject(op, errno.EIO, times=None)
     for t in ps:
         n, got = s.get(ns, t)
         assert got == payloads_for(ns, spec, t)[: n // 4]
@@ -154,14 +162,15 @@ def test_failing_reads_become_misses(store_factory, spec):
 
 
 def test_ssd_capacity_evictions_forget_lost_copies(store_factory, spec):
-    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=64 * 512)  # SSD: 64 blocks
+    cap = 24 * 4096  # 6 segments of a header and 3 records: 18 blocks
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=cap, segment_bytes=4 * 4096)
     ns = s.register(spec)
     ps = prompts(80)
     for t in ps:
         s.put(ns, t, payloads_for(ns, spec, t))
-        assert s.ssd.ssd.used_bytes <= 64 * 512
-    wait_for(lambda: not s.ssd.pending)
-    assert s.ssd.ssd.evictions > 0
+        assert s.tier_stats("ssd").used_bytes <= cap
+    s.wait_writes()
+    assert s.tier_stats("ssd").evictions > 0
     for t in ps:
         n, got = s.get(ns, t)
         assert got == payloads_for(ns, spec, t)[: n // 4]
@@ -169,7 +178,7 @@ def test_ssd_capacity_evictions_forget_lost_copies(store_factory, spec):
 
 
 def test_read_lease_promotes_from_ssd(store_factory, spec):
-    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=1 << 20)
+    s = store_factory(cpu_bytes=16 * 4096, ssd_bytes=SSD_BYTES)
     ns = s.register(spec)
     ps = prompts(64)
     for t in ps:
@@ -182,22 +191,19 @@ def test_read_lease_promotes_from_ssd(store_factory, spec):
 
 
 def test_restart_drops_orphans_and_unknown_namespaces(tmp_path, spec):
-    from kvstore.store.config import StoreConfig
-    from kvstore.store.tiered_store import TieredStore
-
-    cfg = dict(cpu_bytes=16 * 4096, ssd_bytes=1 << 20, ssd_dir=str(tmp_path), ssd_factory=FakeSSD)
+    cfg = dict(cpu_bytes=16 * 4096, ssd_bytes=SSD_BYTES, ssd_dir=str(tmp_path),
+               segment_bytes=64 << 10, ssd_factory=ssd_on(FaultyFileSystem()))
+    t = list(range(16))
     with TieredStore(StoreConfig(**cfg)) as s:
         ns = s.register(spec)
-        t = list(range(16))
         s.put(ns, t, payloads_for(ns, spec, t))
         s.flush()
-        keys = [m.key for m in s._ns[ns].tree.match(t).blocks]
-    from .helpers import _DISKS
-
-    disk = _DISKS[str(tmp_path)]
-    del disk["records"][(ns, keys[1])]  # block 1 lost: blocks 2, 3 are orphans
+    keys = block_keys(t, spec.block_tokens)
+    with SSDTier(tmp_path, SSD_BYTES, segment_bytes=64 << 10) as disk:
+        disk.remove(ns, keys[1])  # block 1 lost: blocks 2, 3 are orphans
     with TieredStore(StoreConfig(**cfg)) as s2:
         assert s2.get(ns, t) == (4, payloads_for(ns, spec, t)[:1])
-        time.sleep(0.05)
-    assert set(disk["records"]) == {(ns, keys[0])}
-    _DISKS.pop(str(tmp_path))
+        s2.wait_writes()  # the orphans' removal
+    with SSDTier(tmp_path, SSD_BYTES, segment_bytes=64 << 10) as disk:
+        disk.recover()
+        assert set(disk.keys()) == {(ns, keys[0])}

@@ -1,41 +1,47 @@
-"""The SSD tier's read path: one record, one record into a caller buffer, many at once.
+"""RecordReader: the SSD tier's read path: one record, one record into a buffer, many at once.
 
-A mixin of ``SSDTier`` (kept apart so each file holds one concept): it relies on
-the tier's ``_log`` (segment references), ``_io`` (record I/O), ``_meta`` lock,
-counters, ``_direct_min``, ``io_threads``, ``_pool``, ``_closed`` and
-``_degrade``. Every read holds a reference on its segment, so a segment freed
-meanwhile fails the read cleanly (NotFound) instead of returning reused bytes,
-and every payload's checksum is verified before it is returned.
+Every read holds a reference on its segment (``SegmentLog.acquire``), so a
+segment freed meanwhile fails the read cleanly (NotFound) instead of
+returning reused bytes, and every payload's checksum is verified before it is
+returned. An ``OSError`` degrades the tier; a checksum failure is counted and
+raises ``StorageError`` without degrading it (one bad record, not a bad disk).
+Reads take no lock during their I/O.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
-from kvstore.errors import InvalidArgument, KVStoreError, StorageError
+from kvstore.errors import InvalidArgument, StorageError
 from kvstore.ssd.compress import decompress
+from kvstore.ssd.log import SegmentLog
 from kvstore.ssd.record import SSDLocation
-from kvstore.ssd.record_io import record_matches
+from kvstore.ssd.record_io import RecordIO, record_matches
+from kvstore.ssd.record_writer import try_call
 from kvstore.ssd.segment import Segment
+from kvstore.ssd.tier_state import DirectIO, IOPool, TierCounters, TierHealth
 
 log = logging.getLogger("kvstore.ssd")
 
 
-class SSDReads:
-    def _acquire(self, loc: SSDLocation) -> Segment:
-        if self._closed:
-            raise StorageError("ssd: tier is closed")
-        return self._log.acquire(loc.segment)
+class RecordReader:
+    def __init__(self, log_: SegmentLog, io: RecordIO, health: TierHealth, direct: DirectIO,
+                 counters: TierCounters, pool: IOPool) -> None:
+        self._log = log_
+        self._io = io
+        self._health = health
+        self._direct = direct
+        self._counters = counters
+        self._pool = pool
 
-    def _release(self, seg: Segment) -> None:
-        self._log.release(seg)
+    def _acquire(self, loc: SSDLocation) -> Segment:
+        self._health.check_open()
+        return self._log.acquire(loc.segment)
 
     def _check_record(self, seg: Segment, loc: SSDLocation, head, payload) -> None:
         if not record_matches(seg, loc, head, payload):
-            with self._meta:
-                self._errors += 1
+            self._health.count_error()
             log.error("ssd: corrupt record at segment %d offset %d", loc.segment, loc.offset)
             raise StorageError(
                 f"ssd: corrupt record at segment {loc.segment} offset {loc.offset}")
@@ -51,13 +57,12 @@ class SSDReads:
         except StorageError:
             raise
         except OSError as e:
-            self._read_failed(loc, e)
+            self._failed(loc, e)
         finally:
-            self._release(seg)
+            self._log.release(seg)
         if len(data) != loc.payload_len:
             raise StorageError("ssd: payload length mismatch after decompression")
-        with self._meta:
-            self._bytes_out += len(data)
+        self._counters.add(bytes_out=len(data))
         return data
 
     def read_into(self, loc: SSDLocation, out) -> None:
@@ -74,7 +79,7 @@ class SSDReads:
         if loc.compressed:
             dst[:] = self.read(loc)
             return
-        direct = self._direct_min is not None and loc.stored_len >= self._direct_min
+        direct = self._direct.wanted(loc.stored_len)
         seg = self._acquire(loc)
         try:
             try:
@@ -87,14 +92,13 @@ class SSDReads:
         except StorageError:
             raise
         except OSError as e:
-            self._read_failed(loc, e)
+            self._failed(loc, e)
         finally:
-            self._release(seg)
-        with self._meta:
-            self._bytes_out += loc.payload_len
+            self._log.release(seg)
+        self._counters.add(bytes_out=loc.payload_len)
 
     def read_many_into(self, locs: list[SSDLocation], outs: list) -> list[Exception | None]:
-        """Read several payloads, ``io_threads`` at a time; per location: None or its error.
+        """Read several payloads, on the helper threads; per location: None or its error.
 
         Several reads in flight keep the device busy while earlier payloads are
         checksummed (a prefix of many blocks is promoted this way).
@@ -103,23 +107,12 @@ class SSDReads:
             raise InvalidArgument("locs and outs differ in length")
 
         def one(i):
-            try:
-                self.read_into(locs[i], outs[i])
-                return None
-            except (KVStoreError, OSError) as e:
-                return e
+            return try_call(self.read_into, locs[i], outs[i])
 
-        if len(locs) <= 1 or self.io_threads <= 1:
+        if len(locs) <= 1 or self._pool.threads <= 1:
             return [one(i) for i in range(len(locs))]
-        return list(self._io_pool().map(one, range(len(locs))))
+        return list(self._pool.get().map(one, range(len(locs))))
 
-    def _io_pool(self) -> ThreadPoolExecutor:
-        with self._meta:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="ssd-io")
-            return self._pool
-
-    def _read_failed(self, loc: SSDLocation, err: OSError) -> None:
-        self._degrade(f"read: {err}")
+    def _failed(self, loc: SSDLocation, err: OSError) -> None:
+        self._health.degrade(f"read: {err}")
         raise StorageError(f"ssd: read of segment {loc.segment} failed: {err}") from err
-

@@ -1,0 +1,69 @@
+"""LeaseTable: the store's open leases, by id.
+
+A lease pins a prefix by locking its deepest node in the namespace's tree
+(which locks every ancestor): locked blocks are never evicted, demoted,
+deleted or overwritten, so their arena slots can be copied outside the store
+lock. The table only keeps the records; the store locks and unlocks the tree.
+Not thread-safe on its own: the store calls it under its lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from kvstore.errors import NotFound
+from kvstore.store.block_state import NamespaceState
+from kvstore.store.memory_tier import MemoryTier
+from kvstore.store_api import ArenaSlot, Lease
+
+
+@dataclass
+class LeaseRecord:
+    """What the store must undo or finish for a lease: its locked node, its slots."""
+
+    lease: Lease
+    nst: NamespaceState
+    node: object  # the tree node locked for the lease
+    tier: MemoryTier  # where the slots are
+    tokens: np.ndarray | None = None  # write leases: the whole-block tokens
+    extra: bytes = b""
+    keys: list[bytes] | None = None  # write leases: every block key of ``tokens``
+
+
+class LeaseTable:
+    def __init__(self) -> None:
+        self._records: dict[int, LeaseRecord] = {}
+        self._ids = itertools.count(1)
+
+    def open(self, nst: NamespaceState, node, tier: MemoryTier, num_tokens: int,
+             slots: list[ArenaSlot], first_block: int = 0, writable: bool = False,
+             tokens=None, extra: bytes = b"", keys=None) -> LeaseRecord:
+        """Record a new lease (its node already locked) and return it."""
+        lease = Lease(next(self._ids), nst.fp, num_tokens, slots, first_block, writable)
+        rec = LeaseRecord(lease, nst, node, tier, tokens, extra, keys)
+        self._records[lease.lease_id] = rec
+        return rec
+
+    def take(self, lease_id: int) -> LeaseRecord:
+        """Remove and return lease ``lease_id``; ``NotFound`` when there is none."""
+        rec = self._records.pop(lease_id, None)
+        if rec is None:
+            raise NotFound(f"no lease {lease_id}")
+        return rec
+
+    def peek(self, lease_id: int) -> LeaseRecord:
+        rec = self._records.get(lease_id)
+        if rec is None:
+            raise NotFound(f"no lease {lease_id}")
+        return rec
+
+    def discard(self, lease_id: int) -> LeaseRecord | None:
+        """Remove and return lease ``lease_id``, or None (releasing twice is harmless)."""
+        return self._records.pop(lease_id, None)
+
+    def __len__(self) -> int:
+        return len(self._records)
+

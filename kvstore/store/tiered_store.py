@@ -37,31 +37,24 @@ import threading
 from collections.abc import Sequence
 
 from kvstore.errors import (
-    Draining,
     InvalidArgument,
     StorageError,
 )
-from kvstore.keys import ROOT_KEY, block_keys
 from kvstore.namespace_spec import NamespaceSpec
 from kvstore.ssd.tier import SSDTier
-from kvstore.store.block_state import (
-    BlockState,
-    NamespaceState,
-    new_meta,
-    policy_key,
-)
 from kvstore.store.buffers import byte_view
 from kvstore.store.config import StoreConfig
 from kvstore.store.cpu_tier import CPUTier
+from kvstore.store.data_path import DataPath
 from kvstore.store.gpu_tier import GPUTier, cuda_available
-from kvstore.store.lease_table import LeaseRecord, LeaseTable
+from kvstore.store.lease_table import LeaseTable
 from kvstore.store.memory_tier import MemoryTier
 from kvstore.store.namespace_table import NamespaceTable
 from kvstore.store.operator_controls import OperatorControls
-from kvstore.store.promotion import Promoter, Promotion
+from kvstore.store.promotion import Promoter
 from kvstore.store.rebuild import rebuild_from_ssd
 from kvstore.store.tier_set import TierSet
-from kvstore.store.write_back import READ_ERRORS, WriteBack, WriteBackEvents
+from kvstore.store.write_back import WriteBack, WriteBackEvents
 from kvstore.store_api import (
     Alloc,
     ArenaInfo,
@@ -95,7 +88,6 @@ class TieredStore:
         self._ns = self._namespaces.by_fp  # what the tier set and the policies' views read
         self._leases = LeaseTable()
         self._closed = False
-        self._ssd_hits = 0
         self._writeback: WriteBack | None = None
         self._promoter: Promoter | None = None
         memory: list[MemoryTier] = []
@@ -107,12 +99,15 @@ class TieredStore:
         memory.append(self._cpu)
         self._tiers = TierSet(memory, self._ns, self._cond, config.ssd_enabled)
         self._controls = OperatorControls(self, self._lock, self._namespaces, self._tiers, config)
+        self._path = DataPath(self._lock, self._namespaces, self._tiers, self._leases, self._cpu,
+                              config, lambda: self._closed, lambda: self._controls.read_only)
         try:
             for tier in memory:
                 self._tiers.set_policy(tier, config.make_policy(getattr(config, f"{tier.name}_policy")))
             if config.ssd_enabled:
                 self._open_ssd()
-            self._promoter = Promoter(self._promote)
+            self._promoter = Promoter(self._path.promote)
+            self._path.attach(self._writeback, self._promoter)
         except BaseException:
             self.close()
             raise
@@ -160,22 +155,11 @@ class TieredStore:
         if self._closed:
             raise InvalidArgument("store is closed")
 
-    def _match(self, nst: NamespaceState, tokens, extra: bytes, touch: bool):
-        """The cached prefix, cut before the first block whose bytes are lost."""
-        m = nst.tree.match(tokens, extra, touch=touch)
-        if self._tiers.lost:
-            for i, meta in enumerate(m.blocks):
-                if meta.handle.lost:
-                    del m.blocks[i:]
-                    m.num_tokens = i * nst.spec.block_tokens
-                    break
-        return m
-
     # -- the BlockStore API -----------------------------------------------------
     def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         arr = as_tokens(tokens)
         with self._lock:
-            return self._match(self._namespaces.get(ns), arr, extra, False).num_tokens
+            return self._path.match(self._namespaces.get(ns), arr, extra, False).num_tokens
 
     def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:
         arr = as_tokens(tokens)
@@ -183,7 +167,7 @@ class TieredStore:
             self._check_open()
             bt = self._namespaces.get(ns).spec.block_tokens
         nblocks = min(len(arr) // bt, len(payloads))
-        rec = self._lease_write(ns, arr[: nblocks * bt], extra, self._tiers.tiers[0])
+        rec = self._path.write_lease(ns, arr[: nblocks * bt], extra, self._tiers.tiers[0])
         try:
             for j, slot in enumerate(rec.lease.slots):
                 rec.tier.write(slot, payloads[rec.lease.first_block + j])
@@ -197,7 +181,7 @@ class TieredStore:
 
     def get(self, ns: bytes, tokens, extra: bytes = b"") -> tuple[int, list[bytes]]:
         out: list[bytes] = []
-        n = self._read_prefix(ns, tokens, extra, lambda nblocks: lambda i, data: out.append(bytes(data)))
+        n = self._path.read_prefix(ns, tokens, extra, lambda nblocks: lambda i, data: out.append(bytes(data)))
         return n, out
 
     def get_into(self, ns: bytes, tokens, alloc: Alloc, extra: bytes = b""):
@@ -221,7 +205,7 @@ class TieredStore:
 
             return sink
 
-        n = self._read_prefix(ns, tokens, extra, open_sink)
+        n = self._path.read_prefix(ns, tokens, extra, open_sink)
         return (n, got[0]) if n else (0, None)
 
     def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
@@ -257,7 +241,7 @@ class TieredStore:
             tiers = self._tiers.stats()
             if self._writeback is not None:
                 s = self._writeback.stats()
-                s.hits = max(s.hits, self._ssd_hits)
+                s.hits = max(s.hits, self._path.ssd_hits)
                 tiers.append(s)
             return StoreStats(tiers, self._namespaces.stats())
 
@@ -313,198 +297,17 @@ class TieredStore:
         arr = as_tokens(tokens)
         with self._lock:
             bt = self._namespaces.get(ns).spec.block_tokens
-        return self._lease_write(ns, arr[: len(arr) // bt * bt], extra, self._cpu).lease
-
-    def _lease_write(self, ns: bytes, arr, extra: bytes, tier: MemoryTier) -> LeaseRecord:
-        with self._lock:
-            if self._controls.read_only:
-                raise Draining("the store is read-only: writes are refused, reads keep working")
-            bt = self._namespaces.get(ns).spec.block_tokens
-        keys = block_keys(arr, bt, extra)  # hashing outside the lock
-        with self._lock:
-            self._check_open()
-            nst = self._namespaces.get(ns)
-            m = self._match(nst, arr, extra, False)
-            nst.tree.lock(m.node)
-            slots = []
-            try:
-                for _ in range(len(m.blocks), len(keys)):
-                    slot = self._tiers.alloc(tier, nst.spec.block_bytes)
-                    if slot is None:
-                        break
-                    slots.append(slot)
-            except BaseException:
-                for slot in slots:
-                    tier.free(slot)
-                nst.tree.unlock(m.node)
-                raise
-            first = len(m.blocks)
-            return self._leases.open(nst, m.node, tier, (first + len(slots)) * bt, slots, first,
-                                     True, arr, extra, keys)
+        return self._path.write_lease(ns, arr[: len(arr) // bt * bt], extra, self._cpu).lease
 
     def commit_lease(self, lease_id: int) -> int:
-        with self._lock:
-            if not self._leases.peek(lease_id).lease.writable:
-                raise InvalidArgument("commit of a read lease")
-            rec = self._leases.take(lease_id)
-            nst, lease, bt = rec.nst, rec.lease, rec.nst.spec.block_tokens
-            first, n = lease.first_block, lease.first_block + len(lease.slots)
-            metas = []
-            for i in range(n):
-                st = BlockState(rec.keys[i - 1] if i else ROOT_KEY, rec.extra)
-                metas.append(new_meta(rec.keys[i], nst.spec.block_bytes, st))
-            tokens = rec.tokens[: n * bt]
-            try:
-                added = {id(m) for m in nst.tree.insert(tokens, metas, rec.extra).added}
-            except BaseException:
-                for slot in lease.slots:
-                    rec.tier.free(slot)
-                raise
-            finally:
-                nst.tree.unlock(rec.node)
-            for j, slot in enumerate(lease.slots):
-                meta = metas[first + j]
-                if id(meta) in added:
-                    self._tiers.install(rec.tier, nst, meta.key, meta.handle, slot)
-                    rec.tier.stats.bytes_in += slot.length
-                else:
-                    rec.tier.free(slot)
-            if self._tiers.lost:
-                self._tiers.retry_lost()
-            return self._match(nst, tokens, rec.extra, False).num_tokens
+        return self._path.commit_lease(lease_id)
 
     def release(self, lease_id: int) -> None:
-        with self._lock:
-            rec = self._leases.discard(lease_id)
-            if rec is None:
-                return
-            if rec.lease.writable:
-                for slot in rec.lease.slots:
-                    rec.tier.free(slot)
-            rec.nst.tree.unlock(rec.node)
-            if self._tiers.lost:
-                self._tiers.retry_lost()
+        self._path.release(lease_id)
 
     def lease_read(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
-        arr = as_tokens(tokens)
-        cpu, tiers = self._cpu, self._tiers
-        with self._lock:
-            self._check_open()
-            nst = self._namespaces.get(ns)
-            m = self._match(nst, arr, extra, True)
-            nst.tree.lock(m.node)
-            blocks, fetch = m.blocks, []
-            for i, meta in enumerate(blocks):
-                st = meta.handle
-                if st.tier is not None and st.tier is not cpu:  # GPU: move down now
-                    if not tiers.to_cpu(nst, meta.key, st, st.tier.read(st.slot)):
-                        del blocks[i:]
-                        break
-                elif st.slot is None:
-                    staged = st.staged is not None
-                    fetch.append((i, meta, staged, st.staged if staged else st.ssd))
-        n, lost = len(blocks), None
-        data = {}
-        for i, meta, staged, src in fetch:  # SSD reads outside the lock (the path is locked)
-            if i >= n:
-                break
-            try:
-                data[i] = src if staged else self._writeback.read(src)
-            except READ_ERRORS:
-                n, lost = i, meta.key
-        with self._lock:
-            for i, meta, _, _ in fetch:
-                if i >= n:
-                    break
-                st = meta.handle
-                if st.slot is None and not tiers.to_cpu(nst, meta.key, st, data[i]):
-                    n = i
-                    break
-            self._count_read(nst, blocks[:n], len(arr) // nst.spec.block_tokens)
-            fetched = {i for i, *_ in fetch}  # tier hits: memory-resident vs read from SSD
-            cpu.stats.hits += sum(1 for i in range(n) if i not in fetched)
-            self._ssd_hits += sum(1 for i, _, staged, _ in fetch if i < n and not staged)
-            for meta in blocks[:n]:
-                cpu.policy.on_access(policy_key(nst.fp, meta.key))
-            rec = self._leases.open(nst, m.node, cpu, n * nst.spec.block_tokens,
-                                    [meta.handle.slot for meta in blocks[:n]])
-            if lost is not None:  # pinned by this lease: marked lost, removed on release
-                tiers.lose(nst, lost)
-            return rec.lease
+        return self._path.lease_read(ns, tokens, extra)
 
-    # -- copies out -------------------------------------------------------------
-    def _read_prefix(self, ns: bytes, tokens, extra: bytes, open_sink) -> int:
-        """Copy the cached prefix out through ``open_sink(nblocks)(i, data)``; returns tokens.
-
-        ``open_sink`` is called once, outside the lock, when at least one block is cached.
-        """
-        arr = as_tokens(tokens)
-        with self._lock:
-            self._check_open()
-            nst = self._namespaces.get(ns)
-            m = self._match(nst, arr, extra, True)
-            blocks = m.blocks
-            nst.tree.lock(m.node)
-            plan = []
-            for meta in blocks:
-                st = meta.handle
-                if st.slot is not None:
-                    st.tier.policy.on_access(policy_key(nst.fp, meta.key))
-                    st.tier.stats.hits += 1
-                    st.tier.stats.bytes_out += meta.size
-                    if st.tier is self._cpu:
-                        plan.append(("slot", st.slot))
-                    else:  # GPU slots are only touched under the lock
-                        plan.append(("bytes", st.tier.read(st.slot)))
-                elif st.staged is not None:
-                    plan.append(("bytes", st.staged))
-                else:
-                    plan.append(("ssd", st.ssd))
-        n, lost, promote = 0, None, []
-        try:
-            sink = open_sink(len(plan)) if plan else None
-            for i, (kind, src) in enumerate(plan):
-                if kind == "bytes":
-                    sink(i, src)
-                elif kind == "slot":
-                    sink(i, self._cpu.view(src))
-                else:
-                    try:
-                        data = self._writeback.read(src)
-                    except READ_ERRORS:
-                        lost = blocks[i].key
-                        break
-                    sink(i, data)
-                    promote.append((blocks[i], data))
-                n += 1
-        finally:
-            with self._lock:
-                nst.tree.unlock(m.node)
-                if lost is not None:
-                    self._tiers.lose(nst, lost)
-                if self._tiers.lost:
-                    self._tiers.retry_lost()
-                self._count_read(nst, blocks[:n], len(arr) // nst.spec.block_tokens)
-                self._ssd_hits += len(promote)
-                if self.config.promote_on_get:
-                    for meta, data in promote:
-                        self._promoter.submit(Promotion(nst.fp, meta.key, meta.handle, data))
-        return n * nst.spec.block_tokens
-
-    @staticmethod
-    def _count_read(nst: NamespaceState, served, requested: int) -> None:
-        nst.hits += len(served)
-        nst.misses += max(0, requested - len(served))
-
-    def _promote(self, item: Promotion) -> None:
-        with self._lock:
-            nst = self._ns.get(item.fp)
-            st = item.state
-            if self._closed or nst is None or nst.state(item.key) is not st:
-                return
-            if st.slot is not None or st.lost:
-                return
-            self._tiers.to_cpu(nst, item.key, st, item.data)
 
     # -- operator controls (ManagedStore) ----------------------------------------
     @property

@@ -40,6 +40,7 @@ from kvstore.store.rebuild import rebuild_from_ssd
 from kvstore.store.ssd_link import SSDLink
 from kvstore.store.stats import StatsOps
 from kvstore.store.tier_movement import TierMovement
+from kvstore.store_api import Capabilities
 from kvstore.tokens import as_tokens
 
 log = logging.getLogger("kvstore.store")
@@ -55,6 +56,31 @@ class TieredStore(StoreControl, LeaseOps, IOOps, StatsOps, TierMovement):
     """An in-process ``BlockStore``. ``TieredStore(StoreConfig(cpu_bytes="4GiB", ...))``."""
 
     zero_copy = True  # clients may use leases + read_slot (same process or shm)
+
+    # -- TEMP shim (branch contracts): the ManagedStore members the contracts branch
+    # codes against, until the store's rebuild lands; drop this commit at merge.
+    capabilities = Capabilities(leases=True)
+
+    @property
+    def may_block(self) -> bool:
+        return self.ssd is not None
+
+    @property
+    def read_only(self) -> bool:
+        return self.draining
+
+    def get_into(self, ns: bytes, tokens, alloc, extra: bytes = b""):
+        if not callable(alloc):  # the old get_into(ns, tokens, out, extra) -> tokens
+            return self._get_into_buffer(ns, tokens, alloc, extra)
+        with self._lock:
+            bb = self._nst(ns).spec.block_bytes
+        n = self.lookup(ns, tokens, extra)
+        if n == 0:
+            return 0, None
+        buf = alloc(n // self._nst(ns).spec.block_tokens * bb)
+        got = self._get_into_buffer(ns, tokens, buf, extra)
+        return (got, buf) if got else (0, None)
+    # -- end of the TEMP shim
 
     def __init__(self, config: StoreConfig | None = None, **settings):
         self.config = config = config if config is not None else StoreConfig(**settings)
@@ -169,7 +195,7 @@ class TieredStore(StoreControl, LeaseOps, IOOps, StatsOps, TierMovement):
         n = self._read_prefix(ns, tokens, extra, lambda i, data: out.append(bytes(data)))
         return n, out
 
-    def get_into(self, ns: bytes, tokens, out, extra: bytes = b"") -> int:
+    def _get_into_buffer(self, ns: bytes, tokens, out, extra: bytes = b"") -> int:
         """Copy the cached prefix's payloads into ``out`` (one writable buffer of at least
         n * block_bytes bytes, blocks back to back); returns the tokens copied."""
         dst = byte_view(out)

@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (kvstore/demo/ is two down)
 
 
 def free_port() -> int:

@@ -36,9 +36,9 @@ import numpy as np
 from kvstore.errors import ProtocolError, Unavailable
 from kvstore.transport import channel as channel_mod
 from kvstore.transport.channel import cast_bytes
-from kvstore.transport.dispatch import Session
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
+from kvstore.transport.session import Session
 from kvstore.transport.urls import CarrierURL
 
 log = logging.getLogger(__name__)

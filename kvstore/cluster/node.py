@@ -2,9 +2,10 @@
 
 It is a daemon service (``kvstore.daemon.SERVICE_FACTORIES``, see
 ``kvstore.cluster.service``) and the dispatcher's cluster hook
-(``Dispatcher.cluster``). A client that routes by itself (``etcd://``)
-sends each prefix to its owner, and these hooks find nothing to do. They
-make every node a full entry to the cluster for the rest:
+(``StoreOps.cluster``: a ``kvstore.transport.cluster_hook.ClusterHook``). A
+client that routes by itself (``etcd://``) sends each prefix to its owner,
+and these hooks find nothing to do. They make every node a full entry to the
+cluster for the rest:
 
 - read (``lookup``, ``get``, a read lease) of a prefix this node lacks,
   whole or in part: ask the prefix's owners (the first ``peer_fanout``

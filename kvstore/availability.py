@@ -38,11 +38,6 @@ class SoftFailures:
         self._lock = threading.Lock()
         self._down = False
 
-    @property
-    def down(self) -> bool:
-        """True between a failure and the next answer (the outage was logged)."""
-        return self._down
-
     def call(self, fn: Callable[[], T], default: T) -> T:
         """``fn()``; ``default`` when it fails with an ``OFFLINE`` error and this is not strict."""
         try:

@@ -24,7 +24,7 @@ import numpy as np
 
 from kvstore.errors import InvalidArgument, NotFound, ProtocolError, Unavailable
 from kvstore.store_api import Alloc, ArenaSlot, Lease, WriteLease
-from kvstore.tokens import as_tokens
+from kvstore.tokens import as_tokens, full_blocks
 from kvstore.transport.channel import cast_bytes
 from kvstore.transport.connection import Connection
 from kvstore.transport.messages import Op
@@ -183,7 +183,7 @@ class ShmOps(WireOps):
         tokens = as_tokens(tokens)
         async with self.reading(ns, tokens, extra) as lease:
             n, slots = lease.num_tokens, lease.slots
-            if len(slots) > len(tokens) // block_tokens or n != len(slots) * block_tokens:
+            if len(slots) > full_blocks(tokens, block_tokens) or n != len(slots) * block_tokens:
                 raise ProtocolError("read lease does not match the request")
             if not slots:
                 return 0, None

@@ -16,7 +16,7 @@ import numpy as np
 from kvstore.errors import InvalidArgument, NotFound, ProtocolError
 from kvstore.namespace_spec import NamespaceSpec
 from kvstore.store_api import Alloc
-from kvstore.tokens import as_tokens
+from kvstore.tokens import as_tokens, full_blocks
 from kvstore.transport.channel import cast_bytes
 from kvstore.transport.connection import Connection
 from kvstore.transport.messages import Op, encode_tokens
@@ -67,7 +67,7 @@ class WireOps:
         block_bytes, block_tokens = self._geometry(ns)
         tokens = as_tokens(tokens)
         views = [cast_bytes(p) for p in payloads]
-        if len(views) > len(tokens) // block_tokens:
+        if len(views) > full_blocks(tokens, block_tokens):
             raise InvalidArgument(f"{len(views)} blocks for {len(tokens)} tokens")
         for view in views:
             if len(view) != block_bytes:
@@ -83,7 +83,7 @@ class WireOps:
 
     def _receiver(self, ns: bytes, tokens, alloc: Alloc, holder: list):
         block_bytes, block_tokens = self._geometry(ns)
-        most = len(tokens) // block_tokens
+        most = full_blocks(tokens, block_tokens)
 
         def receive(reply):
             count = len(reply.sizes)

@@ -246,7 +246,7 @@ class RemoteStore:
 
     # -- the LeasingStore API (shm only): the caller copies straight into/out of the arena --
     def _shm(self) -> ShmOps:
-        if not self.capabilities.leases:
+        if not isinstance(self.ops, ShmOps):  # capabilities.leases is False
             raise InvalidArgument("leases are offered on the shm carrier only")
         return self.ops
 

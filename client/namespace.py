@@ -75,7 +75,7 @@ class Namespace:
         self.id = backend.register(self.spec)
         self.block_tokens = layout.block_tokens
         self.availability = availability or SoftFailures(strict, type(backend).__name__)
-        self.leases = backend.capabilities.leases
+        self.uses_leases = backend.capabilities.leases  # copy straight to and from arena slots
         self._receive = ReceiveBuffer()
 
     @property
@@ -115,7 +115,7 @@ class Namespace:
         if n == 0:
             return 0
         toks = toks[: n * bt]
-        if self.leases and self.codec.codec == "none":
+        if self.uses_leases and self.codec.codec == "none":
             return self._soft(lambda: self._put_leased(toks, kv, extra), 0)
         blocks = _LazyBlocks(kv, self.codec, n, bt)
         return self._soft(lambda: self.backend.put(self.id, toks, blocks, extra), 0)
@@ -131,7 +131,7 @@ class Namespace:
     def get(self, tokens, extra: bytes = b"", device=None):
         """``(n, kv)``: leading cached tokens and their KV ``[L, 2, n, H, D]``; ``(0, None)`` on a miss."""
         toks = as_tokens(tokens)
-        if self.leases:
+        if self.uses_leases:
             return self._soft(lambda: self._get_leased(toks, extra, device), (0, None))
         n, payloads = self._soft(lambda: self.backend.get(self.id, toks, extra), (0, []))
         if n == 0:
@@ -163,7 +163,7 @@ class Namespace:
         prefix exactly once. On a miss ``consume`` is not called and 0 returned.
         """
         toks = as_tokens(tokens)
-        if self.leases:
+        if self.uses_leases:
             return self._soft(lambda: self._read_leased(toks, consume, extra), 0)
         with self._receive.lock:  # one reader of the reused buffer at a time
             n, buf = self._soft(lambda: self.backend.get_into(

@@ -114,7 +114,7 @@ def test_generic_backend_path_matches_zero_copy(client):
     lay = layout("bfloat16")
     ns = client.namespace(lay)
     plain = Namespace(CopyingBackend(client.backend), lay)  # same namespace, through payloads
-    assert ns.leases and not plain.leases
+    assert ns.uses_leases and not plain.uses_leases
     tokens = list(range(40, 56))
     kv = kv_for(lay, tokens)
     assert plain.put(tokens, kv) == 16

@@ -132,7 +132,7 @@ def test_over_a_daemon(carrier, tmp_path):
         with KVClient.connect(srv.urls[0], timeout=10) as c:
             kind = EngineKind.VLLM_CPU
             ns = c.namespace(KVLayout("io", L, H, D, "float16", BT), codec="int8")
-            assert ns.leases == (carrier == "shm")
+            assert ns.uses_leases == (carrier == "shm")
             src = _caches(kind, torch.float16, seed=5)
             toks = np.arange(2 * BT, dtype=np.uint32)
             assert paged_io.put_paged(ns, toks, src, [3, 1, 4, 15, 9, 2], _engine(kind)) == 2 * BT

@@ -8,8 +8,8 @@
     await c.flush(); await c.close()          # or: async with ... as c
 
 Nothing here blocks the caller's event loop. ``lookup`` (small) awaits the
-backend's own coroutine when it has one (the remote client's I/O thread
-answers it); ``put`` / ``get`` / ``delete`` / ``flush`` run the sync call on
+backend's own coroutine when it is an ``AsyncLookup`` (the remote client: its
+I/O thread answers it); ``put`` / ``get`` / ``delete`` / ``flush`` run the sync call on
 a worker thread (``asyncio.to_thread``), because they copy and convert
 tensors (encode, decode, arena copies) that must not stall the loop. Calls
 from one loop may overlap; the remote client keeps each connection's
@@ -19,12 +19,19 @@ requests in order.
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol, runtime_checkable
 
 from kvstore.client.kvclient import KVClient
 from kvstore.client.namespace import Namespace
-from kvstore.errors import Unavailable
 from kvstore.layout import KVLayout
 from kvstore.tokens import as_tokens
+
+
+@runtime_checkable
+class AsyncLookup(Protocol):
+    """A backend that answers ``lookup`` as a coroutine of its own (``RemoteStore``)."""
+
+    async def alookup(self, ns: bytes, tokens, extra: bytes = b"") -> int: ...
 
 
 class AsyncNamespace:
@@ -35,15 +42,10 @@ class AsyncNamespace:
 
     async def lookup(self, tokens, extra: bytes = b"") -> int:
         backend = self.sync.backend
-        alookup = getattr(backend, "alookup", None)
-        if alookup is None:
+        if not isinstance(backend, AsyncLookup):
             return await asyncio.to_thread(self.sync.lookup, tokens, extra)
-        try:
-            return await alookup(self.id, as_tokens(tokens), extra)
-        except Unavailable:
-            if self.sync.strict:
-                raise
-            return 0
+        lookup = backend.alookup(self.id, as_tokens(tokens), extra)
+        return await self.sync.availability.acall(lookup, 0)
 
     async def put(self, tokens, kv, extra: bytes = b"") -> int:
         return await asyncio.to_thread(self.sync.put, tokens, kv, extra)

@@ -12,9 +12,8 @@ unless ``strict``. etcd unreachable at connect: ``strict`` raises; otherwise
 the client starts empty (every lookup misses) and fills in when etcd
 answers. etcd lost later: the last known membership is used.
 
-The methods are the ``BlockStore`` ones the ``Namespace`` API needs
-(``register``, ``lookup``, ``put``, ``get``, ``delete``, ``flush``, ``stats``,
-``close``); payloads are copied (no zero-copy across nodes).
+A ``BlockStore`` (no leases: payloads are copied, no zero-copy across
+nodes); ``stats`` is a ``ClusterStats``, the sum of the nodes that answered.
 """
 
 from __future__ import annotations
@@ -24,29 +23,67 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 
+from kvstore.availability import OFFLINE, SoftFailures
 from kvstore.cluster.etcd import EtcdSession
 from kvstore.cluster.membership import MembershipView
 from kvstore.cluster.records import EtcdURL, NodeInfo
 from kvstore.cluster.routing import Route, Router
 from kvstore.errors import Unavailable
 from kvstore.namespace_spec import NamespaceSpec
+from kvstore.store_api import Alloc, Capabilities, NamespaceStats, StoreStats, TierStats
 from kvstore.tokens import as_tokens
-from kvstore.transport.remote import OFFLINE as OFFLINE_ERRORS
 from kvstore.transport.remote import RemoteStore
+from kvstore.transport.wire_client import default_alloc
 
 log = logging.getLogger("kvstore.client.cluster")
 
 
+@dataclass
+class ClusterStats(StoreStats):
+    """The cluster's ``StoreStats``: tiers summed by name and namespaces by fingerprint
+    over the nodes that answered; ``nodes`` holds each one's own."""
+
+    cluster: str = ""
+    nodes: dict[str, StoreStats] = field(default_factory=dict)
+
+    @classmethod
+    def combine(cls, cluster: str, nodes: dict[str, StoreStats]) -> ClusterStats:
+        tiers: dict[str, TierStats] = {}
+        namespaces: dict[str, NamespaceStats] = {}
+        for stats in nodes.values():
+            for tier in stats.tiers:
+                tiers[tier.name] = _summed(tiers.get(tier.name), tier)
+            for ns in stats.namespaces:
+                namespaces[ns.fingerprint] = _summed(namespaces.get(ns.fingerprint), ns)
+        return cls(list(tiers.values()), list(namespaces.values()), cluster, dict(nodes))
+
+
+def _summed(total, part):
+    """``total`` (None: a copy of ``part``) plus ``part``: numbers add, flags or, the rest is kept."""
+    if total is None:
+        return dataclasses.replace(part)
+    for f in dataclasses.fields(part):
+        mine, theirs = getattr(total, f.name), getattr(part, f.name)
+        if isinstance(mine, bool):
+            setattr(total, f.name, mine or theirs)
+        elif isinstance(mine, int):
+            setattr(total, f.name, mine + theirs)
+    return total
+
+
 class ClusterBackend:
-    zero_copy = False
+    """Many daemons as one ``BlockStore``; see the module docstring."""
+
+    capabilities = Capabilities(leases=False)
 
     def __init__(self, url: str, *, strict: bool = False, token: str | None = None,
                  tenant: str = "", timeout: float = 30.0, connect_wait: float = 5.0,
                  suspect_seconds: float = 1.0, route_blocks: int = 1,
                  schemes: tuple[str, ...] = ("tcp", "ucx"), resync_interval: float = 1.0):
         self.url = EtcdURL.parse(url)
-        self.strict = strict
+        self.availability = SoftFailures(strict, f"cluster {self.url.cluster}", log)
         self.token = token if token is not None else os.environ.get("KVSTORE_AUTH_TOKEN")
         self.tenant = tenant
         self.timeout = timeout
@@ -67,6 +104,10 @@ class ClusterBackend:
         self._suspect: dict[str, float] = {}
         self._lock = threading.Lock()
         self.requests_by_node: dict[str, int] = {}
+
+    @property
+    def strict(self) -> bool:
+        return self.availability.strict
 
     # -- nodes ----------------------------------------------------------------------
     def nodes(self) -> dict[str, NodeInfo]:
@@ -113,17 +154,16 @@ class ClusterBackend:
             tried += 1
             try:
                 result = call(rs)
-            except OFFLINE_ERRORS as exc:
+            except OFFLINE as exc:
                 self._suspect[node.node_id] = time.monotonic() + self.suspect_seconds
                 log.info("node %s unreachable (%s); trying the next", node.node_id, exc)
                 last = exc
                 continue
             self.requests_by_node[node.node_id] = self.requests_by_node.get(node.node_id, 0) + 1
+            self.availability.answered()
             return result
-        if self.strict:
-            raise Unavailable(f"no node of cluster {self.url.cluster} answered"
-                              + (f" ({last})" if last else ""))
-        return default
+        why = f"no node of cluster {self.url.cluster} answered" + (f" ({last})" if last else "")
+        return self.availability.failed(Unavailable(why), default)
 
     # -- the BlockStore surface ---------------------------------------------------------
     def register(self, spec: NamespaceSpec) -> bytes:
@@ -147,6 +187,11 @@ class ClusterBackend:
         toks = as_tokens(tokens)
         return self._attempt(ns, toks, extra, lambda rs: rs.get(ns, toks, extra), (0, []))
 
+    def get_into(self, ns: bytes, tokens, alloc: Alloc = default_alloc, extra: bytes = b""):
+        toks = as_tokens(tokens)
+        return self._attempt(ns, toks, extra, lambda rs: rs.get_into(ns, toks, alloc, extra),
+                             (0, None))
+
     def put(self, ns: bytes, tokens, payloads, extra: bytes = b"") -> int:
         toks = as_tokens(tokens)
         blocks = [payloads[i] for i in range(len(payloads))]  # lazily encoded: once only
@@ -163,23 +208,23 @@ class ClusterBackend:
                 continue
             try:
                 rs.flush()
-            except OFFLINE_ERRORS as exc:
+            except OFFLINE as exc:
                 if self.strict:
                     raise
                 log.info("flush at %s failed: %s", node.node_id, exc)
 
-    def stats(self) -> dict:
-        """Per-node stats (``{"nodes": {id: stats}}``); unreachable nodes are left out."""
-        out = {}
+    def stats(self) -> ClusterStats:
+        """The nodes' stats summed (``nodes``: each one's); unreachable nodes are left out."""
+        out: dict[str, StoreStats] = {}
         for node_id, node in self.nodes().items():
             rs = self._store(node)
             if rs is None:
                 continue
             try:
                 out[node_id] = rs.stats()
-            except OFFLINE_ERRORS:
+            except OFFLINE:
                 continue
-        return {"cluster": self.url.cluster, "nodes": out}
+        return ClusterStats.combine(self.url.cluster, out)
 
     def close(self) -> None:
         self.view.close()

@@ -15,15 +15,8 @@ import numpy as np
 import torch
 
 from kvstore.errors import InvalidArgument
+from kvstore.kernels import decode, encode, payload_nbytes
 from kvstore.layout import KVLayout
-
-
-def _kernels():
-    try:
-        from kvstore.kernels import decode, encode, payload_nbytes
-    except ImportError as exc:
-        raise InvalidArgument("this codec needs kvstore.kernels (encode/decode/payload_nbytes)") from exc
-    return encode, decode, payload_nbytes
 
 
 def _as_uint8(buf) -> torch.Tensor:
@@ -60,8 +53,8 @@ class BlockCodec:
             self.payload_nbytes = layout.block_nbytes
             self._encode = self._decode = None
         else:
-            self._encode, self._decode, nbytes = _kernels()
-            self.payload_nbytes = int(nbytes(layout, codec))
+            self._encode, self._decode = encode, decode
+            self.payload_nbytes = int(payload_nbytes(layout, codec))
 
     def encode(self, block: torch.Tensor):
         """Payload of one block ``[L, 2, B, H, D]`` as a flat bytes-like (numpy uint8)."""

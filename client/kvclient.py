@@ -18,21 +18,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kvstore.availability import SoftFailures
 from kvstore.client.namespace import Namespace
 from kvstore.errors import InvalidArgument
 from kvstore.layout import KVLayout
+from kvstore.store_api import BlockStore, StoreStats
 
 
 @dataclass(frozen=True)
 class Carrier:
     """How ``KVClient.connect`` opens a backend for one URL scheme.
 
-    ``open(url, **kwargs)`` returns the backend. ``soft_failures``: the backend
-    turns an unreachable daemon into misses itself when opened with
-    ``strict=False`` (the remote carriers); ``connect`` then passes ``strict``.
+    ``open(url, **kwargs)`` returns the ``BlockStore``. ``soft_failures``: the
+    backend follows the soft-failure rule (``kvstore.availability``) itself
+    and takes ``strict`` (the remote carriers); ``connect`` then passes it on.
     """
 
-    open: Callable[..., object]
+    open: Callable[..., BlockStore]
     soft_failures: bool = False
 
 
@@ -63,15 +65,17 @@ _CARRIERS: dict[str, Carrier] = {
 }
 
 
-def register_carrier(scheme: str, open: Callable[..., object], *, soft_failures: bool = False) -> None:
+def register_carrier(scheme: str, open: Callable[..., BlockStore], *,
+                     soft_failures: bool = False) -> None:
     """Let ``KVClient.connect("SCHEME://...")`` open a third-party backend."""
     _CARRIERS[scheme] = Carrier(open, soft_failures)
 
 
 class KVClient:
-    def __init__(self, backend, strict: bool = True, owns_backend: bool = True):
+    def __init__(self, backend: BlockStore, strict: bool = True, owns_backend: bool = True,
+                 name: str = ""):
         self.backend = backend
-        self.strict = strict
+        self.availability = SoftFailures(strict, name or type(backend).__name__)
         self._owns = owns_backend
         self._namespaces: dict[tuple, Namespace] = {}
         self._closed = False
@@ -80,9 +84,9 @@ class KVClient:
     def connect(cls, url: str = "embedded", *, strict: bool | None = None, **kwargs) -> KVClient:
         """A client for ``url``; keywords configure the backend (StoreConfig for embedded).
 
-        ``strict``: a remote daemon that cannot be reached makes ``lookup`` return 0
-        and ``get`` miss (the engine recomputes) unless ``strict=True``, when they
-        raise ``Unavailable``. Default: strict for ``embedded``, not for remote URLs.
+        ``strict``: the soft-failure rule of ``kvstore.availability`` (a daemon that
+        cannot be reached is a miss unless strict). Default: strict for
+        ``embedded``, not for remote URLs.
         """
         scheme = url.split("://", 1)[0] if "://" in url else url
         carrier = _CARRIERS.get(scheme)
@@ -92,20 +96,25 @@ class KVClient:
             strict = scheme == "embedded"
         if carrier.soft_failures:
             kwargs["strict"] = strict
-        return cls(carrier.open(url, **kwargs), strict=strict)
+        return cls(carrier.open(url, **kwargs), strict=strict, name=url)
 
     def namespace(self, layout: KVLayout, codec: str = "none", tenant: str = "") -> Namespace:
         key = (layout, codec, tenant)
         ns = self._namespaces.get(key)
         if ns is None:
-            ns = self._namespaces[key] = Namespace(self.backend, layout, codec, tenant, self.strict)
+            ns = self._namespaces[key] = Namespace(self.backend, layout, codec, tenant,
+                                                   availability=self.availability)
         return ns
 
     def flush(self) -> None:
         """Return once everything acknowledged so far is durable on the SSD tier."""
         self.backend.flush()
 
-    def stats(self):
+    @property
+    def strict(self) -> bool:
+        return self.availability.strict
+
+    def stats(self) -> StoreStats:
         return self.backend.stats()
 
     def close(self) -> None:

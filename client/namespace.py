@@ -1,27 +1,30 @@
 """Namespace: the engine-facing API (tokens + canonical KV tensors) over any backend.
 
 The logic here (tokens -> whole blocks -> payloads -> tensors) is shared by
-every carrier: a backend is anything with the ``BlockStore`` methods
-(``register``, ``lookup``, ``put``, ``get``; ``flush``/``close`` for the
-client). Backends that set ``zero_copy = True`` (the embedded store; an shm
-carrier that maps the arena) also get ``lease_read``/``lease_write``/
-``read_slot``/``commit_lease``/``release`` calls, so blocks are copied once,
-straight between the caller's tensor and the arena.
+every carrier: a backend is a ``kvstore.store_api.BlockStore``. One that
+declares ``capabilities.leases`` (the embedded store; an shm carrier that
+maps the arena) is a ``LeasingStore``: blocks are then copied once, straight
+between the caller's tensor and the arena slots of a lease. Others receive a
+get into one reused buffer (``get_into``).
+
+A daemon that cannot be reached is a miss unless ``strict``
+(``kvstore.availability``).
 """
 
 from __future__ import annotations
 
-import inspect
 import threading
 
 import numpy as np
 import torch
 
+from kvstore.availability import SoftFailures
 from kvstore.client.codec import BlockCodec
-from kvstore.errors import InvalidArgument, LayoutMismatch, Unavailable
+from kvstore.errors import InvalidArgument, LayoutMismatch
 from kvstore.layout import KVLayout
 from kvstore.namespace_spec import NamespaceSpec
-from kvstore.tokens import as_tokens
+from kvstore.store_api import BlockStore, read_lease, write_lease
+from kvstore.tokens import as_tokens, full_blocks
 
 
 class _LazyBlocks:
@@ -37,15 +40,6 @@ class _LazyBlocks:
         if not 0 <= i < self._n:
             raise IndexError(i)
         return self._codec.encode(self._kv[:, :, i * self._bt : (i + 1) * self._bt])
-
-
-def _receives_into(backend) -> bool:
-    """True if ``backend.get_into(ns, tokens, extra, alloc=...)`` receives into a caller's buffer."""
-    get_into = getattr(backend, "get_into", None)
-    try:
-        return get_into is not None and "alloc" in inspect.signature(get_into).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 class ReceiveBuffer:
@@ -66,16 +60,27 @@ class ReceiveBuffer:
 
 
 class Namespace:
-    def __init__(self, backend, layout: KVLayout, codec: str = "none", tenant: str = "",
-                 strict: bool = True):
+    """One namespace (layout, codec, tenant) of a backend, in tokens and KV tensors.
+
+    ``availability``: the soft-failure rule its calls follow (shared by the
+    namespaces of one client); by default one of its own, ``strict`` or not.
+    """
+
+    def __init__(self, backend: BlockStore, layout: KVLayout, codec: str = "none",
+                 tenant: str = "", strict: bool = True,
+                 availability: SoftFailures | None = None):
         self.backend, self.layout = backend, layout
         self.codec = BlockCodec(layout, codec)
         self.spec = NamespaceSpec(layout, codec, tenant, self.codec.payload_nbytes)
         self.id = backend.register(self.spec)
         self.block_tokens = layout.block_tokens
-        self.strict = strict
-        self._zero_copy = bool(getattr(backend, "zero_copy", False))
-        self._receive = ReceiveBuffer() if _receives_into(backend) else None
+        self.availability = availability or SoftFailures(strict, type(backend).__name__)
+        self.uses_leases = backend.capabilities.leases  # copy straight to and from arena slots
+        self._receive = ReceiveBuffer()
+
+    @property
+    def strict(self) -> bool:
+        return self.availability.strict
 
     # -- checks -------------------------------------------------------------
     def _check_kv(self, kv) -> int:
@@ -94,12 +99,7 @@ class Namespace:
         return kv.shape[2]
 
     def _soft(self, fn, default):
-        try:
-            return fn()
-        except Unavailable:
-            if self.strict:
-                raise
-            return default
+        return self.availability.call(fn, default)
 
     # -- API ------------------------------------------------------------------
     def lookup(self, tokens, extra: bytes = b"") -> int:
@@ -111,31 +111,27 @@ class Namespace:
         """Store the whole blocks of ``tokens`` from ``kv``; returns the tokens stored."""
         toks = as_tokens(tokens)
         bt = self.block_tokens
-        n = min(len(toks) // bt, self._check_kv(kv) // bt)
+        n = min(full_blocks(toks, bt), self._check_kv(kv) // bt)
         if n == 0:
             return 0
         toks = toks[: n * bt]
-        if self._zero_copy and self.codec.codec == "none":
+        if self.uses_leases and self.codec.codec == "none":
             return self._soft(lambda: self._put_leased(toks, kv, extra), 0)
         blocks = _LazyBlocks(kv, self.codec, n, bt)
         return self._soft(lambda: self.backend.put(self.id, toks, blocks, extra), 0)
 
     def _put_leased(self, toks, kv, extra) -> int:
         be, bt = self.backend, self.block_tokens
-        lease = be.lease_write(self.id, toks, extra)
-        try:
-            for j, slot in enumerate(lease.slots):
-                i = lease.first_block + j
+        with write_lease(be, self.id, toks, extra) as held:
+            for j, slot in enumerate(held.lease.slots):
+                i = held.lease.first_block + j
                 self.codec.encode_into(kv[:, :, i * bt : (i + 1) * bt], be.read_slot(slot))
-        except BaseException:
-            be.release(lease.lease_id)
-            raise
-        return be.commit_lease(lease.lease_id)
+        return held.stored
 
     def get(self, tokens, extra: bytes = b"", device=None):
         """``(n, kv)``: leading cached tokens and their KV ``[L, 2, n, H, D]``; ``(0, None)`` on a miss."""
         toks = as_tokens(tokens)
-        if self._zero_copy:
+        if self.uses_leases:
             return self._soft(lambda: self._get_leased(toks, extra, device), (0, None))
         n, payloads = self._soft(lambda: self.backend.get(self.id, toks, extra), (0, []))
         if n == 0:
@@ -148,16 +144,13 @@ class Namespace:
 
     def _get_leased(self, toks, extra, device):
         be, bt = self.backend, self.block_tokens
-        lease = be.lease_read(self.id, toks, extra)
-        try:
+        with read_lease(be, self.id, toks, extra) as lease:
             if lease.num_tokens == 0:
                 return 0, None
             out = self._empty(lease.num_tokens, device)
             for i, slot in enumerate(lease.slots):
                 self.codec.decode_into(be.read_slot(slot), out[:, :, i * bt : (i + 1) * bt])
             return lease.num_tokens, out
-        finally:
-            be.release(lease.lease_id)
 
     def read_blocks(self, tokens, consume, extra: bytes = b"") -> int:
         """Leading cached tokens of ``tokens``; ``consume(payloads)`` sees their blocks first.
@@ -170,16 +163,11 @@ class Namespace:
         prefix exactly once. On a miss ``consume`` is not called and 0 returned.
         """
         toks = as_tokens(tokens)
-        if self._zero_copy:
+        if self.uses_leases:
             return self._soft(lambda: self._read_leased(toks, consume, extra), 0)
-        if self._receive is None:
-            n, payloads = self._soft(lambda: self.backend.get(self.id, toks, extra), (0, []))
-            if n:
-                consume(payloads)
-            return n
         with self._receive.lock:  # one reader of the reused buffer at a time
             n, buf = self._soft(lambda: self.backend.get_into(
-                self.id, toks, extra, alloc=self._receive.alloc), (0, None))
+                self.id, toks, self._receive.alloc, extra), (0, None))
             if n and buf is not None:
                 bb, view = self.spec.block_bytes, memoryview(buf)
                 consume([view[i : i + bb] for i in range(0, n // self.block_tokens * bb, bb)])
@@ -187,13 +175,10 @@ class Namespace:
 
     def _read_leased(self, toks, consume, extra) -> int:
         be = self.backend
-        lease = be.lease_read(self.id, toks, extra)
-        try:
+        with read_lease(be, self.id, toks, extra) as lease:
             if lease.num_tokens:
                 consume([be.read_slot(slot) for slot in lease.slots])
             return lease.num_tokens
-        finally:
-            be.release(lease.lease_id)
 
     def _empty(self, n: int, device) -> torch.Tensor:
         return torch.empty(self.layout.kv_shape(n), dtype=self.codec.dtype, device=device or "cpu")

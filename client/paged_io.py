@@ -13,10 +13,13 @@ in between::
 holding tokens ``[j*bs, (j+1)*bs)`` (a vLLM request's block table), so store
 block ``i`` is engine blocks ``block_ids[i*R:(i+1)*R]``, ``R = block_tokens / bs``.
 
-On a zero-copy backend (the embedded store, shm) blocks are packed straight
-into the arena slots of a write lease and unpacked straight out of a read
-lease: one pass over the data, plus the codec. Other carriers (tcp, ucx) get
-packed payloads to send, and unpack what they received.
+On a ``LeasingStore`` (``capabilities.leases``: the embedded store, shm)
+blocks are packed straight into the arena slots of a write lease and unpacked
+straight out of a read lease: one pass over the data, plus the codec. Other
+carriers (tcp, ucx) get packed payloads to send, and unpack what they received.
+
+A daemon that cannot be reached is a miss (0 tokens stored or found) unless
+the namespace is strict, as for ``Namespace.put`` / ``get``.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from collections.abc import Sequence
 import torch
 
 from kvstore.client.codec import _as_uint8
+from kvstore.client.namespace import Namespace
 from kvstore.errors import InvalidArgument
 from kvstore.kernels import SKIP_BLOCK, EngineLayout, pack_paged, unpack_paged
-from kvstore.tokens import as_tokens
+from kvstore.store_api import read_lease, write_lease
+from kvstore.tokens import as_tokens, full_blocks
 
 
-def _geometry(ns, engine: EngineLayout) -> tuple[int, int]:
+def _geometry(ns: Namespace, engine: EngineLayout) -> tuple[int, int]:
     """``(T, R)``: tokens per store block, engine blocks per store block."""
     T = ns.block_tokens
     if T % engine.block_size:
@@ -73,33 +78,37 @@ class _Packed(Sequence):
         return self._done[i]
 
 
-def put_paged(ns, tokens, caches: Sequence[torch.Tensor], block_ids: Sequence[int],
+def put_paged(ns: Namespace, tokens, caches: Sequence[torch.Tensor], block_ids: Sequence[int],
               engine: EngineLayout, extra: bytes = b"") -> int:
     """Store the whole store blocks of ``tokens`` from the engine ``caches``.
 
     Only blocks the store lacks are packed. Returns the tokens now cached for
-    this prefix (as ``Namespace.put``).
+    this prefix (as ``Namespace.put``; 0 when the daemon is unreachable and
+    the namespace not strict).
     """
     toks = as_tokens(tokens)
     T, R = _geometry(ns, engine)
     ids = list(block_ids)
-    n = min(len(toks) // T, len(ids) // R)
+    n = min(full_blocks(toks, T), len(ids) // R)
     if n == 0:
         return 0
-    toks, be = toks[: n * T], ns.backend
-    if not getattr(be, "zero_copy", False):
-        return be.put(ns.id, toks, _Packed(ns, caches, ids, engine, n, R), extra)
-    lease = be.lease_write(ns.id, toks, extra)
-    try:
-        if lease.slots:
-            first = lease.first_block
-            slots = [_as_uint8(be.read_slot(slot)) for slot in lease.slots]
+    toks = toks[: n * T]
+    if not ns.backend.capabilities.leases:
+        packed = _Packed(ns, caches, ids, engine, n, R)
+        return ns.availability.call(lambda: ns.backend.put(ns.id, toks, packed, extra), 0)
+    return ns.availability.call(lambda: _put_leased(ns, toks, caches, ids, engine, R, extra), 0)
+
+
+def _put_leased(ns: Namespace, toks, caches, ids: list[int], engine: EngineLayout, R: int,
+                extra: bytes) -> int:
+    be = ns.backend
+    with write_lease(be, ns.id, toks, extra) as held:
+        if held.lease.slots:
+            first = held.lease.first_block
+            slots = [_as_uint8(be.read_slot(slot)) for slot in held.lease.slots]
             pack_paged(caches, ids[first * R: (first + len(slots)) * R], ns.layout,
                        ns.codec.codec, engine, out=slots)
-    except BaseException:
-        be.release(lease.lease_id)
-        raise
-    return be.commit_lease(lease.lease_id)
+    return held.stored
 
 
 def _unpack(ns, payloads: list, n: int, caches, block_ids: list[int], engine: EngineLayout,
@@ -118,7 +127,7 @@ def _unpack(ns, payloads: list, n: int, caches, block_ids: list[int], engine: En
     unpack_paged(rows, caches, ids, ns.layout, ns.codec.codec, engine)
 
 
-def get_paged(ns, tokens, caches: Sequence[torch.Tensor], block_ids: Sequence[int],
+def get_paged(ns: Namespace, tokens, caches: Sequence[torch.Tensor], block_ids: Sequence[int],
               engine: EngineLayout, extra: bytes = b"", skip: int = 0) -> int:
     """Load the cached prefix of ``tokens`` into the engine blocks ``block_ids``.
 
@@ -130,18 +139,28 @@ def get_paged(ns, tokens, caches: Sequence[torch.Tensor], block_ids: Sequence[in
     if skip % engine.block_size:
         raise InvalidArgument(f"skip {skip} is not a multiple of the engine's block_size "
                               f"{engine.block_size}")
-    toks, be, ids = as_tokens(tokens), ns.backend, list(block_ids)
-    if not getattr(be, "zero_copy", False):
-        n, payloads = be.get(ns.id, toks, extra)
-        if n:
-            _unpack(ns, list(payloads), n, caches, ids, engine, skip)
-        return n
-    lease = be.lease_read(ns.id, toks, extra)
-    try:
+    toks, ids = as_tokens(tokens), list(block_ids)
+    if ns.backend.capabilities.leases:
+        load = _get_leased
+    else:
+        load = _get_copied
+    return ns.availability.call(lambda: load(ns, toks, caches, ids, engine, extra, skip), 0)
+
+
+def _get_copied(ns: Namespace, toks, caches, ids: list[int], engine: EngineLayout,
+                extra: bytes, skip: int) -> int:
+    n, payloads = ns.backend.get(ns.id, toks, extra)
+    if n:
+        _unpack(ns, list(payloads), n, caches, ids, engine, skip)
+    return n
+
+
+def _get_leased(ns: Namespace, toks, caches, ids: list[int], engine: EngineLayout,
+                extra: bytes, skip: int) -> int:
+    be = ns.backend
+    with read_lease(be, ns.id, toks, extra) as lease:
         n = lease.num_tokens
         if n:
             slots = [_as_uint8(be.read_slot(slot)) for slot in lease.slots]
             _unpack(ns, slots, n, caches, ids, engine, skip)
         return n
-    finally:
-        be.release(lease.lease_id)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import msgpack
 import xxhash
 
+from kvstore.dataclass_dict import known_fields
 from kvstore.errors import InvalidArgument
 
 DTYPE_SIZES = {"float16": 2, "bfloat16": 2, "float32": 4}
@@ -81,8 +82,7 @@ class KVLayout:
 
     @classmethod
     def from_dict(cls, data: dict) -> KVLayout:
-        known = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
-        return cls(**known)
+        return cls(**known_fields(cls, data))
 
     def fingerprint(self, codec: str = "none", tenant: str = "") -> bytes:
         """16 stable bytes naming the namespace of (this layout, codec, tenant)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
+
 import numpy as np
 
 from kvstore.errors import InvalidArgument
@@ -30,6 +32,6 @@ def as_tokens(tokens) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=TOKEN_DTYPE)
 
 
-def full_blocks(tokens: np.ndarray, block_tokens: int) -> int:
+def full_blocks(tokens: Sized, block_tokens: int) -> int:
     """Number of whole blocks in ``tokens`` (a partial tail block is not stored)."""
     return len(tokens) // block_tokens

@@ -46,8 +46,13 @@ BULK_BYTES = 1 << 20  # a transfer this large goes to a bulk worker (transport.b
 # peer that stopped reading or writing cannot hold a worker, or the leases
 # its request pinned, for ever). Idle time between frames is not limited.
 STALL_SECONDS = 60.0
-def byte_view(buf) -> memoryview:
-    """A flat unsigned-byte view of a buffer (numpy arrays, mmap slices, bytes)."""
+def cast_bytes(buf) -> memoryview:
+    """``buf``'s buffer cast to a flat unsigned-byte memoryview (no copy).
+
+    For buffer-protocol objects only (numpy arrays, mmap slices, bytes); the
+    store's ``kvstore.store.buffers.byte_view`` also takes tensors and checks
+    contiguity.
+    """
     view = buf if isinstance(buf, memoryview) else memoryview(buf)
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
@@ -139,7 +144,7 @@ class SocketChannel:
 
     async def read_into(self, view: memoryview) -> None:
         """Fill ``view`` exactly: read-ahead bytes first, then ``recv_into`` directly."""
-        view = byte_view(view)
+        view = cast_bytes(view)
         have = min(self._end - self._start, len(view))
         if have:
             view[:have] = self._take(have)
@@ -190,7 +195,7 @@ class SocketChannel:
         that holds all the segments back to back (read in one stream).
         """
         if not isinstance(targets, list):
-            await self.read_into(byte_view(targets)[: sum(sizes)])
+            await self.read_into(cast_bytes(targets)[: sum(sizes)])
             return
         if sum(sizes) >= BULK_BYTES:
             await self._read_scatter(targets, sizes)
@@ -207,7 +212,7 @@ class SocketChannel:
         scratch = None
         for target, size in zip(targets, sizes):
             if target is not None:
-                views.append(byte_view(target))
+                views.append(cast_bytes(target))
                 continue
             if scratch is None:
                 scratch = memoryview(bytearray(min(max(sizes), BULK_BYTES)))
@@ -246,7 +251,7 @@ class SocketChannel:
     async def send(self, header: dict, payloads: Sequence = ()) -> None:
         """Send one frame: ``sendmsg`` of the header and payload views (no payload copy)."""
         bufs = [memoryview(pack_header(header))]
-        bufs.extend(byte_view(p) for p in payloads)
+        bufs.extend(cast_bytes(p) for p in payloads)
         await self.send_buffers(bufs)
 
     async def send_buffers(self, bufs: list[memoryview]) -> None:

@@ -16,9 +16,11 @@ and a ``Session``. The loop is the same everywhere:
 A session's leases are released when its connection ends, however it ends
 (a client killed mid-request leaves nothing pinned).
 
-``Dispatcher.cluster`` (None, or a ``kvstore.cluster.node.ClusterNode``) is
-awaited around the data ops: a read of a prefix this node lacks fetches it
-from a peer first, a write of a prefix another node owns is forwarded to it.
+The ops themselves are ``Dispatcher.ops``, a ``transport.ops.StoreOps``
+(the store, and ``ops.cluster``: the hook of a clustered daemon); the
+dispatcher owns the connection loop and its counters (``connections``,
+``inflight``, ``requests``, ``errors``) and ``draining`` (the daemon is
+shutting down: new requests and connections are refused).
 
 ``Dispatcher.observer`` (None, or e.g. ``kvstore.metrics.request_metrics.RequestMetrics``)
 is told of every request once it is answered, ``observer.request(carrier, req,
@@ -29,9 +31,9 @@ outcome, seconds)``, and of every refused frame or connection,
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
+from concurrent.futures import Executor
 
 from kvstore.errors import (
     Draining,
@@ -44,89 +46,33 @@ from kvstore.errors import (
     Unavailable,
     UnsupportedVersion,
 )
+from kvstore.store_api import ManagedStore
 from kvstore.transport import messages as m
 from kvstore.transport.auth import TokenAuth
 from kvstore.transport.framing import unpack_header
 from kvstore.transport.limits import Limits
 from kvstore.transport.messages import Op, Reply, Request
-from kvstore.transport.ops import OpsMixin, Outcome
+from kvstore.transport.ops import Outcome, StoreOps
+from kvstore.transport.session import Payload, Session
+from kvstore.transport.stats_wire import ServerStats
+
+__all__ = ["Dispatcher", "Outcome"]  # Outcome: for observers (metrics)
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
-class Session:
-    """What the daemon knows about one connection."""
-
-    carrier: str
-    peer: str = ""
-    arena_access: bool = False  # shm: leases and the arena's path are offered
-    hello: bool = False
-    tenant: str = ""
-    client: str = ""
-    namespaces: dict = dataclasses.field(default_factory=dict)  # ns id -> NamespaceSpec
-    leases: dict = dataclasses.field(default_factory=dict)  # lease id -> Lease
-    written: dict = dataclasses.field(default_factory=dict)  # write lease id -> what it wrote
-
-
-class Payload:
-    """The declared segments of the current request, consumed in order."""
-
-    def __init__(self, channel, sizes: list[int]):
-        self.channel = channel
-        self.sizes = sizes
-        self.next = 0
-        self.broken = False
-
-    async def read_into(self, view) -> None:
-        size = self.sizes[self.next]
-        if len(view) != size:  # pragma: no cover - the dispatcher checks sizes first
-            raise ProtocolError("segment size mismatch")
-        self.next += 1
-        try:
-            await self.channel.read_into(view)
-        except BaseException:
-            self.broken = True
-            raise
-
-    async def read_segments(self, targets: list) -> None:
-        """The next ``len(targets)`` segments into ``targets`` (None: dropped)."""
-        sizes = self.sizes[self.next : self.next + len(targets)]
-        self.next += len(targets)
-        try:
-            await self.channel.read_segments(targets, sizes)
-        except BaseException:
-            self.broken = True
-            raise
-
-    async def skip_one(self) -> None:
-        size = self.sizes[self.next]
-        self.next += 1
-        try:
-            await self.channel.skip(size)
-        except BaseException:
-            self.broken = True
-            raise
-
-    async def skip_rest(self) -> None:
-        while self.next < len(self.sizes):
-            await self.skip_one()
-
-
-class Dispatcher(OpsMixin):
+class Dispatcher:
     def __init__(
         self,
-        store,
+        store: ManagedStore,
         limits: Limits | None = None,
         auth: TokenAuth | None = None,
         server_name: str = "kvstore",
-        executor=None,
+        executor: Executor | None = None,
     ):
-        self.store = store
         self.limits = limits or Limits()
-        self.auth = auth
-        self.server_name = server_name
-        self.executor = executor
+        self.ops = StoreOps(store, self.limits, auth=auth, server_name=server_name,
+                            executor=executor, server_stats=self.server_stats)
         self.connections = 0
         self.inflight = 0
         self.draining = False
@@ -135,21 +81,9 @@ class Dispatcher(OpsMixin):
         self.requests = 0
         self.errors = 0
         self.observer = None  # see the module docstring
-        self.cluster = None  # a kvstore.cluster.node.ClusterNode when the daemon is clustered
-        self._ops = {
-            Op.HELLO: self._hello,
-            Op.REGISTER: self._register,
-            Op.LOOKUP: self._lookup,
-            Op.PUT: self._put,
-            Op.GET: self._get,
-            Op.LEASE: self._lease,
-            Op.COMMIT: self._commit,
-            Op.RELEASE: self._release,
-            Op.DELETE: self._delete,
-            Op.FLUSH: self._flush,
-            Op.STATS: self._stats,
-            Op.PING: self._ping,
-        }
+
+    def server_stats(self) -> ServerStats:
+        return ServerStats(self.connections, self.requests, self.errors)
 
     # -- the connection loop --------------------------------------------------
     async def serve(self, channel, session: Session) -> None:
@@ -180,7 +114,7 @@ class Dispatcher(OpsMixin):
             log.exception("%s connection %s failed", session.carrier, session.peer)
         finally:
             self.connections -= 1
-            self._end_session(session)
+            self.ops.end_session(session)
             channel.close(abort=abort)
 
     async def _one(self, channel, session: Session) -> bool:
@@ -256,17 +190,6 @@ class Dispatcher(OpsMixin):
         except (Unavailable, ConnectionError, OSError):
             pass
 
-    def _end_session(self, session: Session) -> None:
-        for lease_id in list(session.leases):
-            try:
-                self.store.release(lease_id)
-            except Exception:  # the store may be closing
-                log.debug("releasing lease %s of a closed session failed", lease_id)
-        if session.leases:
-            log.debug("released %d leases of %s", len(session.leases), session.peer)
-        session.leases.clear()
-        session.written.clear()
-
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
@@ -274,7 +197,7 @@ class Dispatcher(OpsMixin):
     async def _handle(self, session: Session, req: Request, payload: Payload) -> Outcome:
         if self.draining:
             raise Draining("daemon is draining; reconnect later")
-        handler = self._ops.get(req.op) if isinstance(req.op, Op) else None
+        handler = self.ops.handlers.get(req.op) if isinstance(req.op, Op) else None
         if handler is None:
             raise ProtocolError(f"unknown op {str(req.op)[:64]!r}")
         if not session.hello and req.op != Op.HELLO:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from kvstore.dataclass_dict import reject_unknown
 from kvstore.errors import InvalidArgument, TooLarge
 from kvstore.sizes import parse_size
 
@@ -64,8 +65,5 @@ class Limits:
 
     @classmethod
     def from_dict(cls, data: dict) -> Limits:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise InvalidArgument(f"unknown limits: {sorted(unknown)}")
+        reject_unknown(cls, data, "limits")
         return cls(**{k: parse_size(v) for k, v in data.items()})

@@ -1,10 +1,19 @@
-"""The ops of the protocol, one method each, against the BlockStore (mixin of Dispatcher).
+"""StoreOps: the protocol's ops against the daemon's store, one method each.
 
-Every handler gets the session, the request, its payload (``Payload``) and
-the namespace's spec (for the ops that name one, checked already) and
-returns an ``Outcome``: the reply, the payload segments to send after it
-(arena views) and what to release once they are sent. Refusals are raised
-as ``KVStoreError``s; the dispatcher turns them into error replies.
+The dispatcher (``transport.dispatch``) reads and checks a request, then calls
+``StoreOps.handlers[op](session, request, payload, spec)`` with the session,
+the request, its payload (``Payload``) and the namespace's spec (for the ops
+that name one, checked already). Each returns an ``Outcome``: the reply, the
+payload segments to send after it (arena views) and what to release once they
+are sent. Refusals are raised as ``KVStoreError``s; the dispatcher turns them
+into error replies.
+
+``StoreOps`` owns what the ops need: the store (a ``ManagedStore``), the
+limits, the token check, the executor that runs blocking store calls, and
+``cluster`` (None, or the ``ClusterHook`` of a clustered daemon: a read of a
+prefix this node lacks fetches it from a peer first, a write of a prefix
+another node owns is forwarded to it). ``server_stats`` reports the
+dispatcher's counters for the ``stats`` op.
 """
 
 from __future__ import annotations
@@ -12,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 
 from kvstore.errors import (
     InvalidArgument,
@@ -25,8 +35,15 @@ from kvstore.errors import (
     UnsupportedVersion,
 )
 from kvstore.namespace_spec import NamespaceSpec
+from kvstore.store_api import Lease, ManagedStore, write_lease
+from kvstore.tokens import full_blocks
 from kvstore.transport import messages as m
-from kvstore.transport.messages import Reply, Request
+from kvstore.transport.auth import TokenAuth
+from kvstore.transport.cluster_hook import ClusterHook
+from kvstore.transport.limits import Limits
+from kvstore.transport.messages import Op, Reply, Request
+from kvstore.transport.session import Payload, Session, WrittenPrefix
+from kvstore.transport.stats_wire import ServerStats, stats_to_wire
 
 log = logging.getLogger("kvstore.transport.dispatch")
 MAX_NAMESPACES_PER_CONNECTION = 256
@@ -34,21 +51,52 @@ MAX_NAMESPACES_PER_CONNECTION = 256
 
 @dataclasses.dataclass
 class Outcome:
+    """What the dispatcher sends for one request, and what it releases afterwards."""
+
     reply: Reply | None  # None: no reply (a ``noreply`` release)
     payloads: list = dataclasses.field(default_factory=list)
     after: Callable[[], None] | None = None  # runs once the reply is sent (or failed)
     close: bool = False
 
 
-class OpsMixin:
-    async def _lease_read(self, ns: bytes, tokens, extra: bytes):
-        """A read lease; off the event loop when the store may read the SSD for it.
+Handler = Callable[[Session, Request, Payload, "NamespaceSpec | None"], Awaitable[Outcome]]
+
+
+class StoreOps:
+    def __init__(self, store: ManagedStore, limits: Limits, *, auth: TokenAuth | None = None,
+                 server_name: str = "kvstore", executor: Executor | None = None,
+                 server_stats: Callable[[], ServerStats] = ServerStats):
+        self.store = store
+        self.limits = limits
+        self.auth = auth
+        self.server_name = server_name
+        self.executor = executor
+        self.server_stats = server_stats
+        self.cluster: ClusterHook | None = None  # set by the cluster service
+        self.handlers: dict[Op, Handler] = {
+            Op.HELLO: self.hello,
+            Op.REGISTER: self.register,
+            Op.LOOKUP: self.lookup,
+            Op.PUT: self.put,
+            Op.GET: self.get,
+            Op.LEASE: self.lease,
+            Op.COMMIT: self.commit,
+            Op.RELEASE: self.release,
+            Op.DELETE: self.delete,
+            Op.FLUSH: self.flush,
+            Op.STATS: self.stats,
+            Op.PING: self.ping,
+        }
+
+    # -- leases ---------------------------------------------------------------
+    async def _lease_read(self, ns: bytes, tokens, extra: bytes) -> Lease:
+        """A read lease; off the event loop when the store may block (read the SSD) for it.
 
         Pinning a prefix that lies partly on SSD promotes it (disk reads):
         those must not stall every other connection. A store without an SSD
         tier answers from memory, inline (a thread hop would cost more).
         """
-        if getattr(self.store, "ssd", None) is None:
+        if not self.store.may_block:
             return self.store.lease_read(ns, tokens, extra)
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self.executor, self.store.lease_read, ns, tokens, extra)
@@ -58,7 +106,8 @@ class OpsMixin:
             fut.add_done_callback(self._release_orphan)
             raise
 
-    async def _cluster_read(self, session, spec, ns: bytes, tokens, extra: bytes):
+    async def _cluster_read(self, session: Session, spec: NamespaceSpec, ns: bytes, tokens,
+                            extra: bytes) -> Lease:
         """A read lease, after the cluster (if any) fetched what a peer has and we lack."""
         if self.cluster is None:
             return await self._lease_read(ns, tokens, extra)
@@ -74,13 +123,26 @@ class OpsMixin:
             except Exception:  # pragma: no cover - the store is closing
                 log.debug("releasing an orphaned lease failed")
 
+    def end_session(self, session: Session) -> None:
+        """Release every lease of a connection that ended (however it ended)."""
+        for lease_id in list(session.leases):
+            try:
+                self.store.release(lease_id)
+            except Exception:  # the store may be closing
+                log.debug("releasing lease %s of a closed session failed", lease_id)
+        if session.leases:
+            log.debug("released %d leases of %s", len(session.leases), session.peer)
+        session.leases.clear()
+        session.written.clear()
+
     def _tokens(self, req: Request):
         tokens = m.decode_tokens(req.args)
         self.limits.check_tokens(len(tokens))
         return tokens, m.arg_bytes(req.args, "extra")
 
-    # -- ops ------------------------------------------------------------------
-    async def _hello(self, session, req, payload, spec) -> Outcome:
+    # -- the ops ------------------------------------------------------------------
+    async def hello(self, session: Session, req: Request, payload: Payload,
+                    spec: NamespaceSpec | None) -> Outcome:
         if session.hello:
             raise InvalidArgument("hello was already said on this connection")
         version = m.arg_uint(req.args, "version", 0)
@@ -107,7 +169,8 @@ class OpsMixin:
             result["arena"] = {"path": info.path, "size": info.size}
         return Outcome(Reply(req.id, result=result))
 
-    async def _register(self, session, req, payload, spec) -> Outcome:
+    async def register(self, session: Session, req: Request, payload: Payload,
+                       spec: NamespaceSpec | None) -> Outcome:
         raw = req.args.get("spec")
         if not isinstance(raw, dict):
             raise InvalidArgument("register needs a spec map")
@@ -132,29 +195,29 @@ class OpsMixin:
         result = {"ns": ns, "block_bytes": spec.block_bytes, "block_tokens": spec.block_tokens}
         return Outcome(Reply(req.id, result=result))
 
-    async def _lookup(self, session, req, payload, spec) -> Outcome:
+    async def lookup(self, session: Session, req: Request, payload: Payload,
+                     spec: NamespaceSpec | None) -> Outcome:
         tokens, extra = self._tokens(req)
         n = self.store.lookup(req.ns, tokens, extra)
         if self.cluster is not None:
             n = await self.cluster.lookup(session, spec, req.ns, tokens, extra, n)
         return Outcome(Reply(req.id, result={"tokens": int(n)}))
 
-    async def _put(self, session, req, payload, spec) -> Outcome:
+    async def put(self, session: Session, req: Request, payload: Payload,
+                  spec: NamespaceSpec | None) -> Outcome:
         tokens, extra = self._tokens(req)
         nblocks = len(req.sizes)
         if any(size != spec.block_bytes for size in req.sizes):
             raise LayoutMismatch(
                 f"every block of this namespace is {spec.block_bytes} bytes"
             )
-        if nblocks > len(tokens) // spec.block_tokens:
+        if nblocks > full_blocks(tokens, spec.block_tokens):
             raise InvalidArgument(f"{nblocks} blocks for {len(tokens)} tokens")
         tokens = tokens[: nblocks * spec.block_tokens]
         if nblocks == 0:
             return Outcome(Reply(req.id, result={"tokens": 0}))
-        lease = self.store.lease_write(req.ns, tokens, extra)
-        committed = False
-        try:
-            targets = []  # None: cached already (or no room), the bytes are dropped
+        with write_lease(self.store, req.ns, tokens, extra) as held:
+            lease, targets = held.lease, []  # None: cached already (or no room), dropped
             for i in range(nblocks):
                 j = i - lease.first_block
                 view = self.store.read_slot(lease.slots[j]) if 0 <= j < len(lease.slots) else None
@@ -162,16 +225,13 @@ class OpsMixin:
                     raise ProtocolError("the store's arena views are read-only")
                 targets.append(view)
             await payload.read_segments(targets)
-            n = self.store.commit_lease(lease.lease_id)
-            committed = True
-        finally:
-            if not committed:
-                self.store.release(lease.lease_id)
+        n = held.stored
         if self.cluster is not None:
             await self.cluster.after_put(session, spec, req.ns, tokens, extra)
         return Outcome(Reply(req.id, result={"tokens": int(n)}))
 
-    async def _get(self, session, req, payload, spec) -> Outcome:
+    async def get(self, session: Session, req: Request, payload: Payload,
+                  spec: NamespaceSpec | None) -> Outcome:
         tokens, extra = self._tokens(req)
         max_blocks = req.args.get("max_blocks")
         if max_blocks is not None:
@@ -185,7 +245,8 @@ class OpsMixin:
         reply = Reply(req.id, result={"tokens": int(lease.num_tokens)}, sizes=[len(v) for v in views])
         return Outcome(reply, views, after=lambda: self.store.release(lease.lease_id))
 
-    async def _lease(self, session, req, payload, spec) -> Outcome:
+    async def lease(self, session: Session, req: Request, payload: Payload,
+                    spec: NamespaceSpec | None) -> Outcome:
         if not session.arena_access:
             raise InvalidArgument("leases are offered on the shm carrier only")
         if len(session.leases) >= self.limits.max_leases_per_connection:
@@ -199,7 +260,7 @@ class OpsMixin:
         elif mode == "write":
             lease = self.store.lease_write(req.ns, tokens, extra)
             if self.cluster is not None:
-                session.written[lease.lease_id] = (spec, req.ns, tokens, extra)
+                session.written[lease.lease_id] = WrittenPrefix(spec, req.ns, tokens, extra)
         else:
             raise InvalidArgument("lease mode must be 'read' or 'write'")
         session.leases[lease.lease_id] = lease
@@ -212,14 +273,15 @@ class OpsMixin:
         }
         return Outcome(Reply(req.id, result=result))
 
-    def _own_lease(self, session, req):
+    def _own_lease(self, session: Session, req: Request) -> Lease:
         lease_id = m.arg_uint(req.args, "lease")
         lease = session.leases.pop(lease_id, None)
         if lease is None:
             raise NotFound(f"no lease {lease_id} on this connection")
         return lease
 
-    async def _commit(self, session, req, payload, spec) -> Outcome:
+    async def commit(self, session: Session, req: Request, payload: Payload,
+                     spec: NamespaceSpec | None) -> Outcome:
         lease = self._own_lease(session, req)
         if not lease.writable:
             self.store.release(lease.lease_id)
@@ -227,10 +289,12 @@ class OpsMixin:
         n = self.store.commit_lease(lease.lease_id)
         written = session.written.pop(lease.lease_id, None)
         if self.cluster is not None and written is not None:
-            await self.cluster.after_put(session, *written)
+            await self.cluster.after_put(session, written.spec, written.ns, written.tokens,
+                                         written.extra)
         return Outcome(Reply(req.id, result={"tokens": int(n)}))
 
-    async def _release(self, session, req, payload, spec) -> Outcome:
+    async def release(self, session: Session, req: Request, payload: Payload,
+                      spec: NamespaceSpec | None) -> Outcome:
         lease = self._own_lease(session, req)
         session.written.pop(lease.lease_id, None)
         self.store.release(lease.lease_id)
@@ -238,35 +302,22 @@ class OpsMixin:
             return Outcome(None)
         return Outcome(Reply(req.id))
 
-    async def _delete(self, session, req, payload, spec) -> Outcome:
+    async def delete(self, session: Session, req: Request, payload: Payload,
+                     spec: NamespaceSpec | None) -> Outcome:
         tokens, extra = self._tokens(req)
         n = self.store.delete(req.ns, tokens, extra)
         return Outcome(Reply(req.id, result={"blocks": int(n)}))
 
-    async def _flush(self, session, req, payload, spec) -> Outcome:
+    async def flush(self, session: Session, req: Request, payload: Payload,
+                    spec: NamespaceSpec | None) -> Outcome:
         await asyncio.get_running_loop().run_in_executor(self.executor, self.store.flush)
         return Outcome(Reply(req.id))
 
-    async def _stats(self, session, req, payload, spec) -> Outcome:
-        stats = self.store.stats()
-        tiers = [dataclasses.asdict(t) for t in stats.tiers]
-        namespaces = []
-        for ns in stats.namespaces:
-            if ns.spec.tenant != session.tenant:
-                continue  # a tenant sees its own namespaces only
-            row = {f.name: getattr(ns, f.name) for f in dataclasses.fields(ns)}
-            row["spec"] = ns.spec.to_dict()
-            namespaces.append(row)
-        result = {
-            "tiers": tiers,
-            "namespaces": namespaces,
-            "server": {
-                "connections": self.connections,
-                "requests": self.requests,
-                "errors": self.errors,
-            },
-        }
+    async def stats(self, session: Session, req: Request, payload: Payload,
+                    spec: NamespaceSpec | None) -> Outcome:
+        result = stats_to_wire(self.store.stats(), session.tenant, self.server_stats())
         return Outcome(Reply(req.id, result=result))
 
-    async def _ping(self, session, req, payload, spec) -> Outcome:
+    async def ping(self, session: Session, req: Request, payload: Payload,
+                   spec: NamespaceSpec | None) -> Outcome:
         return Outcome(Reply(req.id, result={}))

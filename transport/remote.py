@@ -12,39 +12,42 @@ waits; the asyncio twins (``alookup``, ``aput``, ``aget``, ``aget_into``,
 from any event loop without blocking it. One client is safe to share between
 threads (its requests are sent one at a time).
 
-On shm, ``zero_copy`` is True and the BlockStore lease calls work
-(``lease_read`` / ``lease_write`` / ``commit_lease`` / ``release`` /
-``read_slot``): ``kvstore.client.Namespace`` then encodes a put straight into
+On shm the client is a ``LeasingStore`` (``capabilities.leases``): the lease
+calls work (``lease_read`` / ``lease_write`` / ``commit_lease`` / ``release``
+/ ``read_slot``) and ``kvstore.client.Namespace`` encodes a put straight into
 the arena slots and decodes a get straight out of them (one copy each way).
 
-Unreachable daemon: with ``strict=False`` (the default) ``lookup`` returns 0,
-``get`` returns ``(0, None)`` and ``put`` returns 0 when the daemon cannot
-be reached, times out or is draining (logged once per outage); the engine
-recomputes. With ``strict=True`` they raise ``Unavailable`` (or ``Timeout``).
+Unreachable daemon: the soft-failure rule of ``kvstore.availability``. With
+``strict=False`` (the default) ``lookup`` returns 0, ``get`` misses and
+``put`` returns 0 when the daemon cannot be reached, times out or is
+draining (logged once per outage); the engine recomputes. With
+``strict=True`` they raise ``Unavailable`` (or ``Timeout``, ``Draining``).
 ``register`` succeeds offline in both modes (the namespace id is the spec's
 fingerprint with the connection's tenant; it is registered when the
-connection comes back). Other errors (a wrong
-layout, bad arguments) always raise.
+connection comes back). Other errors (a wrong layout, bad arguments) always
+raise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Callable
 
-from kvstore.errors import Draining, InvalidArgument, Timeout, Unavailable
+from kvstore.availability import OFFLINE, SoftFailures
+from kvstore.errors import InvalidArgument, Timeout, Unauthorized, Unavailable
 from kvstore.namespace_spec import NamespaceSpec
-from kvstore.store_api import ArenaInfo, Lease
+from kvstore.store_api import Alloc, ArenaInfo, ArenaSlot, Capabilities, Lease
 from kvstore.transport.connection import Connection
+from kvstore.transport.shm_client import RemoteSlot, ShmOps
+from kvstore.transport.stats_wire import RemoteStats
 from kvstore.transport.urls import parse_url
 from kvstore.transport.wire_client import WireOps, default_alloc
 
 log = logging.getLogger(__name__)
-OFFLINE = (Unavailable, Timeout, Draining)
 
 
 class IOThread:
@@ -108,6 +111,8 @@ except (AttributeError, RuntimeError):  # pragma: no cover - another Python
 
 
 class RemoteStore:
+    """A daemon's store as a ``BlockStore`` (a ``LeasingStore`` on shm); see the module docstring."""
+
     def __init__(
         self,
         url: str,
@@ -123,28 +128,28 @@ class RemoteStore:
         self.url = parse_url(url)
         if token is None:
             token = os.environ.get("KVSTORE_AUTH_TOKEN")
-        self.strict = strict
         self.timeout = timeout
         self.io = IOThread.get()
-        self._offline_logged = False
+        self.availability = SoftFailures(strict, str(self.url), log)
+        self.capabilities = Capabilities(leases=self.url.scheme == "shm")
         conn = Connection(
             self.url, token=token, tenant=tenant, timeout=timeout,
             connect_timeout=connect_timeout, retry_interval=retry_interval,
             client_name=client_name,
         )
         self.conn = conn
-        if self.url.scheme == "shm":
-            from kvstore.transport.shm_client import ShmOps
-
-            self.ops: WireOps = ShmOps(conn)
-        else:
-            self.ops = WireOps(conn)
+        self.ops: WireOps = ShmOps(conn) if self.capabilities.leases else WireOps(conn)
         self.closed = False
 
     @classmethod
     def connect(cls, url: str, **kwargs) -> RemoteStore:
         """A client of the daemon at ``url``; connects lazily (``ping`` to check now)."""
         return cls(url, **kwargs)
+
+    @property
+    def strict(self) -> bool:
+        """Raise when the daemon is unreachable (else: a miss); see ``kvstore.availability``."""
+        return self.availability.strict
 
     @property
     def tenant(self) -> str:
@@ -161,47 +166,20 @@ class RemoteStore:
     async def _await(self, coro):
         return await asyncio.wrap_future(self.io.submit(coro))
 
-    def _offline(self, exc: BaseException, default):
-        if self.strict:
-            raise exc
-        if not self._offline_logged:
-            self._offline_logged = True
-            log.warning("kvstore daemon at %s unavailable (%s); treating as a miss", self.url, exc)
-        return default
-
-    def _online(self) -> None:
-        if self._offline_logged:
-            self._offline_logged = False
-            log.info("kvstore daemon at %s reachable again", self.url)
-
     def _soft(self, coro, default):
-        try:
-            result = self._run(coro)
-        except OFFLINE as exc:
-            return self._offline(exc, default)
-        self._online()
-        return result
+        return self.availability.call(lambda: self._run(coro), default)
 
     async def _asoft(self, coro, default):
-        try:
-            result = await self._await(coro)
-        except OFFLINE as exc:
-            return self._offline(exc, default)
-        self._online()
-        return result
+        return await self.availability.acall(self._await(coro), default)
 
     async def _register(self, spec: NamespaceSpec) -> bytes:
         if spec.tenant and spec.tenant != self.conn.tenant:
-            from kvstore.errors import Unauthorized
-
             raise Unauthorized(f"namespace tenant {spec.tenant!r} is not this client's tenant")
         try:
             return await self.ops.register(spec)
         except OFFLINE:
             # Offline (strict or not): remember it; it is registered on the next
             # connect, and the data calls report the outage.
-            import dataclasses
-
             spec = dataclasses.replace(spec, tenant=self.conn.tenant)
             ns = spec.fingerprint
             self.conn.specs[ns] = spec.to_dict()
@@ -209,7 +187,7 @@ class RemoteStore:
             self.ops.specs[ns] = spec
             return ns
 
-    # -- the sync API ---------------------------------------------------------
+    # -- the BlockStore API -----------------------------------------------------
     def register(self, spec: NamespaceSpec) -> bytes:
         return self._run(self._register(spec))
 
@@ -222,13 +200,13 @@ class RemoteStore:
     def put(self, ns: bytes, tokens, payloads, extra: bytes = b"") -> int:
         return self._soft(self.ops.put(ns, tokens, payloads, extra), 0)
 
-    def get_into(self, ns: bytes, tokens, extra: bytes = b"", alloc: Callable = default_alloc):
+    def get_into(self, ns: bytes, tokens, alloc: Alloc = default_alloc, extra: bytes = b""):
         """``(tokens, buffer)``: the leading cached tokens' blocks in ``alloc(nbytes)``."""
-        return self._soft(self.ops.get_into(ns, tokens, extra, alloc), (0, None))
+        return self._soft(self.ops.get_into(ns, tokens, alloc, extra), (0, None))
 
     def get(self, ns: bytes, tokens, extra: bytes = b""):
-        """BlockStore-style ``(tokens, [block, ...])`` (views into one buffer); ``(0, [])`` on a miss."""
-        n, buf = self.get_into(ns, tokens, extra)
+        """``(tokens, [block, ...])`` (views into one buffer); ``(0, [])`` on a miss."""
+        n, buf = self.get_into(ns, tokens, extra=extra)
         return n, self._split(ns, buf)
 
     def _split(self, ns: bytes, buf) -> list:
@@ -241,67 +219,11 @@ class RemoteStore:
     def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         return self._run(self.ops.delete(ns, tokens, extra))
 
-    # -- zero-copy leases (shm only): the caller copies straight into/out of the arena --
-    @property
-    def zero_copy(self) -> bool:
-        """True on shm: ``Namespace`` then copies between its tensors and the arena itself."""
-        return self.url.scheme == "shm"
-
-    def _shm(self):
-        if not self.zero_copy:
-            raise InvalidArgument("leases are offered on the shm carrier only")
-        return self.ops
-
-    def lease_read(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
-        """Pin the cached prefix; its slots' ``read_slot`` views are this client's mapping."""
-        ops = self._shm()
-        try:
-            lease = self._run(ops.lease(ns, tokens, extra, "read"))
-        except OFFLINE as exc:
-            return self._offline(exc, Lease(0, ns, 0))  # an empty lease: a miss
-        self._online()
-        return lease
-
-    def lease_write(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
-        ops = self._shm()
-        try:
-            lease = self._run(ops.lease(ns, tokens, extra, "write"))
-        except OFFLINE as exc:
-            self._offline(exc, None)
-            raise Unavailable(str(exc)) from exc
-        self._online()
-        return lease
-
-    def commit_lease(self, lease_id: int) -> int:
-        try:
-            return self._run(self._shm().commit(lease_id))
-        except OFFLINE as exc:
-            self._offline(exc, None)
-            raise Unavailable(str(exc)) from exc
-
-    def release(self, lease_id: int) -> None:
-        if lease_id:
-            try:
-                self._run(self._shm().release(lease_id))
-            except OFFLINE:  # the daemon released it with the connection
-                pass
-
-    def read_slot(self, slot) -> memoryview:
-        view = getattr(slot, "view", None)
-        if view is None:
-            raise InvalidArgument("not a slot of this client's lease")
-        return view
-
-    def arena(self) -> ArenaInfo:
-        ops = self._shm()
-        if ops.arena is None:
-            self.ping()
-        return ArenaInfo(ops.arena.path, ops.arena.size)
-
     def flush(self) -> None:
         self._run(self.ops.flush())
 
-    def stats(self) -> dict:
+    def stats(self) -> RemoteStats:
+        """The daemon's ``StoreStats`` (this tenant's namespaces) and its server counters."""
         return self._run(self.ops.stats())
 
     def ping(self) -> None:
@@ -322,6 +244,56 @@ class RemoteStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # -- the LeasingStore API (shm only): the caller copies straight into/out of the arena --
+    def _shm(self) -> ShmOps:
+        if not isinstance(self.ops, ShmOps):  # capabilities.leases is False
+            raise InvalidArgument("leases are offered on the shm carrier only")
+        return self.ops
+
+    def lease_read(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
+        """Pin the cached prefix; its slots' ``read_slot`` views are this client's mapping.
+
+        Offline and not strict: an empty lease (a miss).
+        """
+        return self._soft(self._shm().lease(ns, tokens, extra, "read"), Lease(0, ns, 0))
+
+    def lease_write(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
+        """Slots for the blocks not cached yet; raises ``Unavailable`` offline (strict or not:
+        there is nothing to write into)."""
+        return self._leased_call(self._shm().lease(ns, tokens, extra, "write"))
+
+    def commit_lease(self, lease_id: int) -> int:
+        return self._leased_call(self._shm().commit(lease_id))
+
+    def _leased_call(self, coro):
+        """A lease call with no miss to fall back on: offline it raises ``Unavailable``
+        (the error itself when strict), and the outage is logged as for the others."""
+        try:
+            result = self._run(coro)
+        except OFFLINE as exc:
+            self.availability.failed(exc, None)  # raises when strict
+            raise Unavailable(str(exc)) from exc
+        self.availability.answered()
+        return result
+
+    def release(self, lease_id: int) -> None:
+        if lease_id:  # 0: the empty lease of an offline read
+            try:
+                self._run(self._shm().release(lease_id))
+            except OFFLINE:  # the daemon released it with the connection
+                pass
+
+    def read_slot(self, slot: ArenaSlot) -> memoryview:
+        if not isinstance(slot, RemoteSlot) or slot.view is None:
+            raise InvalidArgument("not a slot of this client's lease")
+        return slot.view
+
+    def arena(self) -> ArenaInfo:
+        ops = self._shm()
+        if ops.arena is None:
+            self.ping()
+        return ArenaInfo(ops.arena.path, ops.arena.size)
+
     # -- the asyncio twins ----------------------------------------------------
     async def aregister(self, spec: NamespaceSpec) -> bytes:
         return await self._await(self._register(spec))
@@ -332,11 +304,11 @@ class RemoteStore:
     async def aput(self, ns: bytes, tokens, payloads, extra: bytes = b"") -> int:
         return await self._asoft(self.ops.put(ns, tokens, payloads, extra), 0)
 
-    async def aget_into(self, ns: bytes, tokens, extra: bytes = b"", alloc: Callable = default_alloc):
-        return await self._asoft(self.ops.get_into(ns, tokens, extra, alloc), (0, None))
+    async def aget_into(self, ns: bytes, tokens, alloc: Alloc = default_alloc, extra: bytes = b""):
+        return await self._asoft(self.ops.get_into(ns, tokens, alloc, extra), (0, None))
 
     async def aget(self, ns: bytes, tokens, extra: bytes = b""):
-        n, buf = await self.aget_into(ns, tokens, extra)
+        n, buf = await self.aget_into(ns, tokens, extra=extra)
         return n, self._split(ns, buf)
 
     async def adelete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
@@ -345,10 +317,5 @@ class RemoteStore:
     async def aflush(self) -> None:
         await self._await(self.ops.flush())
 
-    async def astats(self) -> dict:
+    async def astats(self) -> RemoteStats:
         return await self._await(self.ops.stats())
-
-    async def aclose(self) -> None:
-        if not self.closed:
-            self.closed = True
-            await self._await(self.ops.close())

@@ -17,23 +17,19 @@ from concurrent.futures import ThreadPoolExecutor
 from kvstore.transport.auth import TokenAuth
 from kvstore.transport.dispatch import Dispatcher
 from kvstore.transport.limits import Limits
+from kvstore.transport.shm import ShmListener
+from kvstore.transport.tcp import TcpListener
+from kvstore.transport.ucx import UcxListener
 from kvstore.transport.urls import CarrierURL, parse_url
 
 log = logging.getLogger(__name__)
 
 
+LISTENERS = {"tcp": TcpListener, "shm": ShmListener, "ucx": UcxListener}
+
+
 def make_listener(server, url: CarrierURL):
-    if url.scheme == "tcp":
-        from kvstore.transport.tcp import TcpListener
-
-        return TcpListener(server, url)
-    if url.scheme == "shm":
-        from kvstore.transport.shm import ShmListener
-
-        return ShmListener(server, url)
-    from kvstore.transport.ucx import UcxListener
-
-    return UcxListener(server, url)
+    return LISTENERS[url.scheme](server, url)
 
 
 class Server:

@@ -2,9 +2,9 @@
 
 The hello reply names the daemon's CPU arena (a file under /dev/shm); the
 client maps it. ``put`` asks for a write lease (slots for the blocks not
-cached yet), copies its blocks into them and commits; ``get_into`` asks for a
-read lease, copies the pinned blocks out and releases the lease without
-waiting for an answer. Only control messages cross the socket.
+cached yet), copies its blocks into them and commits (``writing``);
+``get_into`` asks for a read lease, copies the pinned blocks out and releases
+the lease without waiting for an answer (``reading``). Only control messages cross the socket.
 
 After a reconnect the arena is mapped again if the daemon's changed (a
 restarted daemon); a lease is only ever used with the mapping of the
@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from kvstore.errors import InvalidArgument, NotFound, ProtocolError, Unavailable
-from kvstore.store_api import ArenaSlot, Lease
-from kvstore.tokens import as_tokens
-from kvstore.transport.channel import byte_view
+from kvstore.store_api import Alloc, ArenaSlot, Lease, WriteLease
+from kvstore.tokens import as_tokens, full_blocks
+from kvstore.transport.channel import cast_bytes
 from kvstore.transport.connection import Connection
 from kvstore.transport.messages import Op
 from kvstore.transport.wire_client import WireOps, default_alloc
@@ -145,55 +146,54 @@ class ShmOps(WireOps):
         if generation is not None:
             await self._release(lease_id, generation)
 
+    @asynccontextmanager
+    async def writing(self, ns: bytes, tokens, extra: bytes = b"") -> AsyncIterator[WriteLease]:
+        """The async ``store_api.write_lease``: lease, copy (the body), commit or release."""
+        held = WriteLease(await self.lease(ns, tokens, extra, "write"))
+        try:
+            yield held
+        except BaseException:
+            await self.release(held.lease.lease_id)
+            raise
+        held.stored = await self.commit(held.lease.lease_id)
+
+    @asynccontextmanager
+    async def reading(self, ns: bytes, tokens, extra: bytes = b"") -> AsyncIterator[Lease]:
+        """The async ``store_api.read_lease``: the prefix pinned for the body, then released."""
+        lease = await self.lease(ns, tokens, extra, "read")
+        try:
+            yield lease
+        finally:
+            await self.release(lease.lease_id)
+
     async def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:
         tokens, views = self._blocks(ns, tokens, payloads)
         if not views:
             return 0
-        block_bytes, _ = self._geometry(ns)
-        args = self._args(tokens, extra)
-        args["mode"] = "write"
-        reply = await self.conn.request(Op.LEASE, ns, args)
-        generation = self.conn.generation
-        lease_id = reply.result["lease"]
-        try:
-            first = int(reply.result.get("first_block", 0))
-            slots = self._lease_slots(reply, block_bytes)
+        async with self.writing(ns, tokens, extra) as held:
+            first, slots = held.lease.first_block, held.lease.slots
             if first < 0 or first + len(slots) > len(views):
                 raise ProtocolError("write lease does not match the request")
             for j, slot in enumerate(slots):
-                copy(slot, views[first + j])
-        except BaseException:
-            await self._release(lease_id, generation)
-            raise
-        if self.conn.generation != generation:
-            raise Unavailable("connection lost during put (the lease was released)")
-        reply = await self.conn.request(Op.COMMIT, args={"lease": lease_id})
-        return int(reply.result["tokens"])
+                copy(slot.view, views[first + j])
+        return held.stored
 
-    async def get_into(self, ns: bytes, tokens, extra: bytes = b"", alloc: Callable = default_alloc):
+    async def get_into(self, ns: bytes, tokens, alloc: Alloc = default_alloc, extra: bytes = b""):
         block_bytes, block_tokens = self._geometry(ns)
         tokens = as_tokens(tokens)
-        args = self._args(tokens, extra)
-        args["mode"] = "read"
-        reply = await self.conn.request(Op.LEASE, ns, args)
-        generation = self.conn.generation
-        lease_id = reply.result["lease"]
-        try:
-            n = int(reply.result["tokens"])
-            slots = self._lease_slots(reply, block_bytes)
-            if len(slots) > len(tokens) // block_tokens or n != len(slots) * block_tokens:
+        async with self.reading(ns, tokens, extra) as lease:
+            n, slots = lease.num_tokens, lease.slots
+            if len(slots) > full_blocks(tokens, block_tokens) or n != len(slots) * block_tokens:
                 raise ProtocolError("read lease does not match the request")
             if not slots:
                 return 0, None
             buf = alloc(len(slots) * block_bytes)
-            out = byte_view(buf)
+            out = cast_bytes(buf)
             if len(out) < len(slots) * block_bytes:
                 raise InvalidArgument("alloc returned a buffer that is too small")
             for i, slot in enumerate(slots):
-                copy(out[i * block_bytes : (i + 1) * block_bytes], slot)
+                copy(out[i * block_bytes : (i + 1) * block_bytes], slot.view)
             return n, buf
-        finally:
-            await self._release(lease_id, generation)
 
     async def close(self) -> None:
         await super().close()

@@ -12,7 +12,7 @@ import logging
 import socket
 
 from kvstore.transport.channel import SocketChannel
-from kvstore.transport.dispatch import Session
+from kvstore.transport.session import Session
 from kvstore.transport.urls import CarrierURL
 
 log = logging.getLogger(__name__)

@@ -35,10 +35,10 @@ import numpy as np
 
 from kvstore.errors import ProtocolError, Unavailable
 from kvstore.transport import channel as channel_mod
-from kvstore.transport.channel import byte_view
-from kvstore.transport.dispatch import Session
+from kvstore.transport.channel import cast_bytes
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
+from kvstore.transport.session import Session
 from kvstore.transport.urls import CarrierURL
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def _as_array(buf) -> np.ndarray:
     """ucxx takes numpy arrays (or anything with the buffer protocol)."""
     if isinstance(buf, np.ndarray):
         return buf
-    return np.frombuffer(byte_view(buf), dtype=np.uint8)
+    return np.frombuffer(cast_bytes(buf), dtype=np.uint8)
 
 
 class UcxChannel:
@@ -138,7 +138,7 @@ class UcxChannel:
         ``targets`` may also be one buffer holding all segments back to back.
         """
         if not isinstance(targets, list):
-            whole, targets, pos = byte_view(targets), [], 0
+            whole, targets, pos = cast_bytes(targets), [], 0
             for size in sizes:
                 targets.append(whole[pos : pos + size])
                 pos += size

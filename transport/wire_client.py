@@ -9,16 +9,18 @@ a tensor handed in by the caller is filled without an intermediate copy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from kvstore.errors import InvalidArgument, NotFound, ProtocolError
 from kvstore.namespace_spec import NamespaceSpec
-from kvstore.tokens import as_tokens
-from kvstore.transport.channel import byte_view
+from kvstore.store_api import Alloc
+from kvstore.tokens import as_tokens, full_blocks
+from kvstore.transport.channel import cast_bytes
 from kvstore.transport.connection import Connection
 from kvstore.transport.messages import Op, encode_tokens
+from kvstore.transport.stats_wire import RemoteStats, stats_from_wire
 
 
 def default_alloc(nbytes: int):
@@ -64,8 +66,8 @@ class WireOps:
     def _blocks(self, ns: bytes, tokens, payloads: Sequence) -> tuple[np.ndarray, list]:
         block_bytes, block_tokens = self._geometry(ns)
         tokens = as_tokens(tokens)
-        views = [byte_view(p) for p in payloads]
-        if len(views) > len(tokens) // block_tokens:
+        views = [cast_bytes(p) for p in payloads]
+        if len(views) > full_blocks(tokens, block_tokens):
             raise InvalidArgument(f"{len(views)} blocks for {len(tokens)} tokens")
         for view in views:
             if len(view) != block_bytes:
@@ -79,16 +81,16 @@ class WireOps:
         reply = await self.conn.request(Op.PUT, ns, self._args(tokens, extra), payloads=views)
         return int(reply.result["tokens"])
 
-    def _receiver(self, ns: bytes, tokens, alloc: Callable, holder: list):
+    def _receiver(self, ns: bytes, tokens, alloc: Alloc, holder: list):
         block_bytes, block_tokens = self._geometry(ns)
-        most = len(tokens) // block_tokens
+        most = full_blocks(tokens, block_tokens)
 
         def receive(reply):
             count = len(reply.sizes)
             if count > most or any(size != block_bytes for size in reply.sizes):
                 raise ProtocolError("reply blocks do not match the request")
             buf = alloc(count * block_bytes)
-            view = byte_view(buf)
+            view = cast_bytes(buf)
             if len(view) < count * block_bytes:
                 raise InvalidArgument("alloc returned a buffer that is too small")
             holder.append(buf)
@@ -96,7 +98,7 @@ class WireOps:
 
         return receive
 
-    async def get_into(self, ns: bytes, tokens, extra: bytes = b"", alloc: Callable = default_alloc):
+    async def get_into(self, ns: bytes, tokens, alloc: Alloc = default_alloc, extra: bytes = b""):
         """Leading cached tokens and a buffer from ``alloc(nbytes)`` holding their blocks."""
         tokens = as_tokens(tokens)
         holder: list = []
@@ -113,8 +115,8 @@ class WireOps:
     async def flush(self) -> None:
         await self.conn.request(Op.FLUSH)
 
-    async def stats(self) -> dict:
-        return (await self.conn.request(Op.STATS)).result
+    async def stats(self) -> RemoteStats:
+        return stats_from_wire((await self.conn.request(Op.STATS)).result)
 
     async def ping(self) -> None:
         await self.conn.request(Op.PING)

@@ -22,7 +22,6 @@ import sys
 from kvstore.admin import format as fmt
 
 DEFAULT_ADDR = "127.0.0.1:7803"
-VERBS = ("stats", "namespaces", "evict", "flush", "pin", "unpin", "policy", "drain", "config")
 
 
 class UsageError(Exception):

@@ -101,10 +101,6 @@ class EtcdSession:
         doc = self._call("lease keepalive", self._post, "/lease/keepalive", {"ID": lease_id})
         return int(doc.get("result", {}).get("TTL", -1))
 
-    def time_to_live(self, lease_id: int) -> int:
-        doc = self._call("lease ttl", self._post, "/kv/lease/timetolive", {"ID": lease_id})
-        return int(doc.get("TTL", -1))
-
     def revoke(self, lease_id: int) -> None:
         self._call("lease revoke", self._post, "/kv/lease/revoke", {"ID": lease_id})
 

@@ -2,9 +2,10 @@
 
 It is a daemon service (``kvstore.daemon.SERVICE_FACTORIES``, see
 ``kvstore.cluster.service``) and the dispatcher's cluster hook
-(``Dispatcher.cluster``). A client that routes by itself (``etcd://``)
-sends each prefix to its owner, and these hooks find nothing to do. They
-make every node a full entry to the cluster for the rest:
+(``StoreOps.cluster``: a ``kvstore.transport.cluster_hook.ClusterHook``). A
+client that routes by itself (``etcd://``) sends each prefix to its owner,
+and these hooks find nothing to do. They make every node a full entry to the
+cluster for the rest:
 
 - read (``lookup``, ``get``, a read lease) of a prefix this node lacks,
   whole or in part: ask the prefix's owners (the first ``peer_fanout``
@@ -40,6 +41,7 @@ from kvstore.cluster.registration import NodeRegistration
 from kvstore.cluster.routing import Route, Router
 from kvstore.errors import KVStoreError
 from kvstore.namespace_spec import NamespaceSpec
+from kvstore.tokens import full_blocks
 
 log = logging.getLogger("kvstore.cluster")
 
@@ -90,7 +92,8 @@ class ClusterNode:
     # -- dispatcher hooks -------------------------------------------------------
     async def lookup(self, session, spec, ns, tokens, extra, local: int) -> int:
         """Leading tokens cached here or at the prefix's owners (``local``: here)."""
-        if is_peer_client(session.client) or local >= len(tokens) - len(tokens) % spec.block_tokens:
+        whole = full_blocks(tokens, spec.block_tokens) * spec.block_tokens
+        if is_peer_client(session.client) or local >= whole:
             return local
         route = self._route(spec, ns, tokens, extra)
         others = self._others(route)
@@ -105,7 +108,7 @@ class ClusterNode:
         if is_peer_client(session.client):
             return
         bt = spec.block_tokens
-        whole = len(tokens) - len(tokens) % bt
+        whole = full_blocks(tokens, bt) * bt
         local = self.store.lookup(ns, tokens, extra)
         if local >= whole:
             return
@@ -179,7 +182,7 @@ class ClusterNode:
     async def _mark_hot(self, spec, ns, extra, cand) -> None:
         bt = spec.block_tokens
         tokens = cand.common_tokens
-        entry = HotPrefix(cand.route_hex, self.replicas, len(tokens) // bt, cand.hits,
+        entry = HotPrefix(cand.route_hex, self.replicas, full_blocks(tokens, bt), cand.hits,
                           self.node_id, time.time())
         loop = asyncio.get_running_loop()
         if self.registration is not None:

@@ -21,6 +21,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 
+from kvstore.dataclass_dict import known_fields
 from kvstore.errors import InvalidArgument
 
 PREFIX = "/kvstore"
@@ -79,7 +80,7 @@ def _record(cls, raw: bytes | str):
     doc = json.loads(raw)
     if not isinstance(doc, dict):
         raise InvalidArgument("a cluster record must be a JSON object")
-    return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
+    return cls(**known_fields(cls, doc))
 
 
 @dataclass

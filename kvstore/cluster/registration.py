@@ -112,12 +112,6 @@ class NodeRegistration:
             log.debug("marking %s hot failed: %s", route_hex, exc)
             return False
 
-    def unmark_hot(self, route_hex: str) -> None:
-        try:
-            self.session.delete(hot_prefix(self.cluster) + route_hex)
-        except EtcdUnavailable:
-            pass
-
     def close(self, revoke: bool = True) -> None:
         """Stop refreshing; with ``revoke`` the node leaves now (its hot marks stay)."""
         self._stop.set()

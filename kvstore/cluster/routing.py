@@ -31,7 +31,7 @@ from kvstore.cluster.membership import Membership
 from kvstore.cluster.records import HotPrefix, NodeInfo
 from kvstore.cluster.rendezvous import rank
 from kvstore.keys import KEY_SEED, block_keys
-from kvstore.tokens import as_tokens
+from kvstore.tokens import as_tokens, full_blocks
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class Router:
         r = min(hot.replicas, len(ranking))
         replicas, rest = ranking[:r], ranking[r:]
         past = hot.prefix_blocks
-        if len(toks) // block_tokens > past:
+        if full_blocks(toks, block_tokens) > past:
             sub = block_keys(toks[: (past + 1) * block_tokens], block_tokens, extra,
                              parent=namespace_root(ns))[-1]
             by_id = {n.node_id: n for n in replicas}

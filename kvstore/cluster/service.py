@@ -137,13 +137,13 @@ class ClusterService:
                 replicas=config.replicas, hot_threshold=config.hot_threshold,
                 peer_fanout=config.peer_fanout, token=peer_token(config),
             )
-            self.daemon.server.dispatcher.cluster = self.node
+            self.daemon.server.dispatcher.ops.cluster = self.node
         elif state == "draining" and self.registration is not None:
             self.registration.close(revoke=True)  # leave now; requests still drain
 
     async def stop(self) -> None:
         if self.daemon.server is not None:
-            self.daemon.server.dispatcher.cluster = None
+            self.daemon.server.dispatcher.ops.cluster = None
         if self.node is not None:
             await self.node.close()
         else:

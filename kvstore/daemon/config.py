@@ -55,6 +55,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kvstore.dataclass_dict import reject_unknown
 from kvstore.errors import InvalidArgument
 from kvstore.sizes import parse_size
 from kvstore.transport.limits import Limits
@@ -226,10 +227,7 @@ class DaemonConfig:
 
 # -- the layers ---------------------------------------------------------------
 def _check_keys(data: dict, where: str) -> None:
-    known = {f.name for f in dataclasses.fields(DaemonConfig)} - {"source"}
-    unknown = set(data) - known
-    if unknown:
-        raise InvalidArgument(f"unknown settings in {where}: {sorted(unknown)}")
+    reject_unknown(DaemonConfig, data, f"settings in {where}", exclude={"source"})
 
 
 def file_layer(path: str | os.PathLike) -> dict:

@@ -78,7 +78,6 @@ class TieredStore:
     """The in-process store. ``TieredStore(StoreConfig(cpu_bytes="4GiB", ...))``."""
 
     capabilities = Capabilities(leases=True)
-    zero_copy = True  # the former spelling of capabilities.leases (callers are moving)
 
     def __init__(self, config: StoreConfig | None = None, **settings):
         self.config = config = config if config is not None else StoreConfig(**settings)
@@ -322,12 +321,6 @@ class TieredStore:
     def may_block(self) -> bool:
         """True with an SSD tier: a read may wait for the disk."""
         return self._writeback is not None
-
-    @property
-    def ssd(self) -> WriteBack | None:
-        """Transitional: ``transport/ops.py`` still probes ``store.ssd``; ``may_block`` replaces
-        it (remove at merge, with ``zero_copy``)."""
-        return self._writeback
 
     @property
     def pin_budget_bytes(self) -> int:

@@ -7,6 +7,7 @@ import torch
 from kvstore.client import KVClient, Namespace
 from kvstore.errors import InvalidArgument, LayoutMismatch
 from kvstore.layout import KVLayout
+from kvstore.store_api import Capabilities
 
 
 def layout(dtype="float16", bt=4):
@@ -97,16 +98,32 @@ def test_raw_blocks_and_namespaces(client):
     assert ns.delete(list(range(8))) == 2
 
 
+class CopyingBackend:
+    """The embedded store seen as a carrier without leases (put/get payloads, as tcp)."""
+
+    capabilities = Capabilities(leases=False)
+
+    def __init__(self, store):
+        self._store = store
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
 def test_generic_backend_path_matches_zero_copy(client):
     lay = layout("bfloat16")
     ns = client.namespace(lay)
-    plain = Namespace(client.backend, lay)  # same namespace, through put/get payloads
-    plain._zero_copy = False
+    plain = Namespace(CopyingBackend(client.backend), lay)  # same namespace, through payloads
+    assert ns.uses_leases and not plain.uses_leases
     tokens = list(range(40, 56))
     kv = kv_for(lay, tokens)
     assert plain.put(tokens, kv) == 16
     assert torch.equal(ns.get(tokens)[1], kv)
     assert torch.equal(plain.get(tokens)[1], kv)
+    received, leased = [], []
+    assert plain.read_blocks(tokens, lambda ps: received.extend(bytes(p) for p in ps)) == 16
+    assert ns.read_blocks(tokens, lambda ps: leased.extend(bytes(p) for p in ps)) == 16
+    assert len(received) == 4 and received == leased
 
 
 def test_embedded_with_ssd_flush_and_reopen(tmp_path):

@@ -15,6 +15,7 @@ import torch
 from kvstore.client import KVClient, paged_io
 from kvstore.kernels import CODECS, EngineKind, EngineLayout
 from kvstore.layout import KVLayout
+from kvstore.store_api import Capabilities
 from tests.kernels.engine_caches import build_cache, read_cache, tokens
 
 L, H, D, BS, BT, NB = 2, 2, 64, 32, 96, 24  # a store block spans 3 engine blocks
@@ -23,7 +24,7 @@ L, H, D, BS, BT, NB = 2, 2, 64, 32, 96, 24  # a store block spans 3 engine block
 class NoLeases:
     """The embedded store seen as a carrier that only has put/get (as tcp)."""
 
-    zero_copy = False
+    capabilities = Capabilities(leases=False)
 
     def __init__(self, store):
         self._store = store
@@ -131,7 +132,7 @@ def test_over_a_daemon(carrier, tmp_path):
         with KVClient.connect(srv.urls[0], timeout=10) as c:
             kind = EngineKind.VLLM_CPU
             ns = c.namespace(KVLayout("io", L, H, D, "float16", BT), codec="int8")
-            assert ns._zero_copy == (carrier == "shm")
+            assert ns.uses_leases == (carrier == "shm")
             src = _caches(kind, torch.float16, seed=5)
             toks = np.arange(2 * BT, dtype=np.uint32)
             assert paged_io.put_paged(ns, toks, src, [3, 1, 4, 15, 9, 2], _engine(kind)) == 2 * BT
@@ -140,5 +141,43 @@ def test_over_a_daemon(carrier, tmp_path):
             assert paged_io.get_paged(ns, toks, dst, [0, 5, 6, 7, 8, 10], _engine(kind)) == n
             assert n == 2 * BT and torch.equal(_canonical(kind, dst, [0, 5, 6, 7, 8, 10]), kv)
     finally:
+        srv.stop()
+        store.close()
+
+
+@pytest.mark.parametrize("carrier", ["shm", "tcp"])
+def test_an_unreachable_daemon_is_a_miss_unless_strict(carrier, tmp_path):
+    """strict=False: put_paged stores nothing (0) and get_paged finds nothing, as
+    Namespace.put / get; strict=True: both raise Unavailable."""
+    from kvstore.errors import Unavailable
+    from kvstore.store.config import StoreConfig
+    from kvstore.store.tiered_store import TieredStore
+    from kvstore.transport.server import ServerThread
+
+    store = TieredStore(StoreConfig(cpu_bytes="64MiB"))
+    url = f"shm://{tmp_path}/kv.sock" if carrier == "shm" else "tcp://127.0.0.1:0"
+    srv = ServerThread(store, [url]).start()
+    url = srv.urls[0]
+    kind, lay = EngineKind.VLLM_CPU, KVLayout("io", L, H, D, "float16", BT)
+    src = _caches(kind, torch.float16, seed=7)
+    toks, ids = np.arange(2 * BT, dtype=np.uint32), [3, 1, 4, 15, 9, 2]
+    soft = KVClient.connect(url, timeout=5, connect_timeout=1, retry_interval=0.05)
+    strict = KVClient.connect(url, strict=True, timeout=5, connect_timeout=1, retry_interval=0.05)
+    try:
+        ns, strict_ns = soft.namespace(lay), strict.namespace(lay)
+        assert paged_io.put_paged(ns, toks, src, ids, _engine(kind)) == 2 * BT  # reachable
+        srv.stop()
+        store.close()
+        dst = [torch.zeros_like(cache) for cache in src]
+        assert paged_io.put_paged(ns, toks, src, ids, _engine(kind)) == 0
+        assert paged_io.get_paged(ns, toks, dst, ids, _engine(kind)) == 0
+        assert all(not cache.any() for cache in dst)
+        with pytest.raises(Unavailable):
+            paged_io.put_paged(strict_ns, toks, src, ids, _engine(kind))
+        with pytest.raises(Unavailable):
+            paged_io.get_paged(strict_ns, toks, dst, ids, _engine(kind))
+    finally:
+        soft.close()
+        strict.close()
         srv.stop()
         store.close()

@@ -13,6 +13,7 @@ import torch
 from kvstore.errors import InvalidArgument, NotFound, Unauthorized, Unavailable
 from kvstore.store.config import StoreConfig
 from kvstore.store.tiered_store import TieredStore
+from kvstore.store_api import StoreStats
 from kvstore.transport.auth import TokenAuth
 from kvstore.transport.remote import RemoteStore
 from kvstore.transport.server import ServerThread
@@ -139,7 +140,7 @@ def test_asyncio_twins(connect):
         assert n == 48 and joined(got) == joined(blocks)
         assert await c.adelete(ns, toks) >= 1
         await c.aflush()
-        assert "tiers" in await c.astats()
+        assert (await c.astats()).tiers
 
     asyncio.run(main())
 
@@ -240,9 +241,10 @@ def test_stats_and_flush(connect):
     c.put(ns, toks, blocks_for(toks, spec))
     c.flush()
     stats = c.stats()
-    assert stats["tiers"][0]["name"] in ("cpu", "gpu")
-    assert {n["spec"]["tenant"] for n in stats["namespaces"]} == {"t1"}
-    assert stats["server"]["connections"] >= 2
+    assert isinstance(stats, StoreStats)
+    assert stats.tiers[0].name in ("cpu", "gpu") and stats.tiers[0].blocks >= 2
+    assert {n.spec.tenant for n in stats.namespaces} == {"t1"}
+    assert stats.server.connections >= 2
 
 
 def test_auth_token(store, carrier, sockdir):

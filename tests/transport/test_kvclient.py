@@ -23,7 +23,7 @@ def test_kvclient_matches_embedded(daemon, carrier):
     local = KVClient.connect("embedded", cpu_bytes="32MiB")
     try:
         rns, lns = remote.namespace(layout), local.namespace(layout)
-        assert rns._zero_copy == (carrier == "shm")  # shm copies straight into the arena
+        assert rns.uses_leases == (carrier == "shm")  # shm copies straight into the arena
         toks = tokens_for(1, 5)
         kv = kv_for(layout, 85, seed=1)  # 5 blocks and a partial tail
         assert rns.lookup(toks) == lns.lookup(toks) == 0

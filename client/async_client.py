@@ -8,7 +8,7 @@
     await c.flush(); await c.close()          # or: async with ... as c
 
 Nothing here blocks the caller's event loop. ``lookup`` (small) awaits the
-backend's own coroutine when it is an ``AsyncLookup`` (the remote client: its
+backend's own coroutine when it declares ``capabilities.async_lookup`` (the remote client: its
 I/O thread answers it); ``put`` / ``get`` / ``delete`` / ``flush`` run the sync call on
 a worker thread (``asyncio.to_thread``), because they copy and convert
 tensors (encode, decode, arena copies) that must not stall the loop. Calls
@@ -19,19 +19,13 @@ requests in order.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol, runtime_checkable
+from typing import cast
 
 from kvstore.client.kvclient import KVClient
 from kvstore.client.namespace import Namespace
 from kvstore.layout import KVLayout
+from kvstore.store_api import AsyncLookupStore
 from kvstore.tokens import as_tokens
-
-
-@runtime_checkable
-class AsyncLookup(Protocol):
-    """A backend that answers ``lookup`` as a coroutine of its own (``RemoteStore``)."""
-
-    async def alookup(self, ns: bytes, tokens, extra: bytes = b"") -> int: ...
 
 
 class AsyncNamespace:
@@ -42,9 +36,9 @@ class AsyncNamespace:
 
     async def lookup(self, tokens, extra: bytes = b"") -> int:
         backend = self.sync.backend
-        if not isinstance(backend, AsyncLookup):
+        if not backend.capabilities.async_lookup:
             return await asyncio.to_thread(self.sync.lookup, tokens, extra)
-        lookup = backend.alookup(self.id, as_tokens(tokens), extra)
+        lookup = cast(AsyncLookupStore, backend).alookup(self.id, as_tokens(tokens), extra)
         return await self.sync.availability.acall(lookup, 0)
 
     async def put(self, tokens, kv, extra: bytes = b"") -> int:

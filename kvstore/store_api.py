@@ -4,8 +4,9 @@ Everything above the store (the embedded client, the daemon's transports, the
 admin API) talks to it through these protocols and dataclasses only::
 
     BlockStore          every backend: TieredStore, RemoteStore, ClusterBackend
-      └─ LeasingStore   + zero-copy arena leases (TieredStore; RemoteStore on shm)
-                        a backend says which it is in ``capabilities.leases``
+      ├─ LeasingStore   + zero-copy arena leases (TieredStore; RemoteStore on shm)
+      └─ AsyncLookupStore + ``alookup`` coroutines (RemoteStore)
+                        a backend declares which it is in ``capabilities``
     ManagedStore        LeasingStore + the operator's controls (the daemon's store)
 
 One signature per call: ``get_into(ns, tokens, alloc, extra)`` receives the
@@ -107,9 +108,13 @@ class Capabilities:
 
     ``leases``: it is a ``LeasingStore`` (the caller may copy straight into and
     out of arena slots: the embedded store, and an shm carrier that maps the arena).
+    ``async_lookup``: it is an ``AsyncLookupStore`` (``alookup`` is a coroutine
+    answered by its own I/O: the remote carriers), so an asyncio caller awaits
+    it instead of running ``lookup`` on a worker thread.
     """
 
     leases: bool = False
+    async_lookup: bool = False
 
 
 class BlockStore(Protocol):
@@ -151,6 +156,12 @@ class BlockStore(Protocol):
     def stats(self) -> StoreStats: ...
 
     def close(self) -> None: ...
+
+
+class AsyncLookupStore(BlockStore, Protocol):
+    """A ``BlockStore`` that answers lookups as coroutines (``capabilities.async_lookup``)."""
+
+    async def alookup(self, ns: bytes, tokens, extra: bytes = b"") -> int: ...
 
 
 class LeasingStore(BlockStore, Protocol):

@@ -131,7 +131,7 @@ class RemoteStore:
         self.timeout = timeout
         self.io = IOThread.get()
         self.availability = SoftFailures(strict, str(self.url), log)
-        self.capabilities = Capabilities(leases=self.url.scheme == "shm")
+        self.capabilities = Capabilities(leases=self.url.scheme == "shm", async_lookup=True)
         conn = Connection(
             self.url, token=token, tenant=tenant, timeout=timeout,
             connect_timeout=connect_timeout, retry_interval=retry_interval,

@@ -161,8 +161,9 @@ class DaemonConfig:
                 raise InvalidArgument(f"{name} must be HOST:PORT, got {value!r}")
         self.cpu_bytes = parse_size(self.cpu_bytes) or default_cpu_bytes(self.arena_dir)
         if self.pin_budget in (None, ""):
-            self.pin_budget = self.cpu_bytes // 4
-        self.pin_budget = parse_size(self.pin_budget)
+            self.pin_budget = None  # the store's default (StoreConfig.pin_budget_bytes)
+        else:
+            self.pin_budget = parse_size(self.pin_budget)
         if not self.ssd_dir:
             self.ssd_dir = str(cache_dir())
         self.ssd_dir = os.path.expanduser(self.ssd_dir)
@@ -212,6 +213,8 @@ class DaemonConfig:
 
         settings = dict(self.store)
         settings.update(cpu_bytes=self.cpu_bytes, arena_dir=self.arena_dir)
+        if self.pin_budget is not None:
+            settings.update(pin_budget_bytes=self.pin_budget)
         if self.ssd_enabled:
             settings.update(ssd_dir=self.ssd_dir, ssd_bytes=self.ssd_bytes)
         else:

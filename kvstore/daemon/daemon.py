@@ -140,7 +140,8 @@ class Daemon:
             await self._start_services()
             if self.store is None:
                 self.store = await self._loop.run_in_executor(None, build_store, config)
-            self.store.pin_budget_bytes = config.pin_budget  # the admin API's pins
+            if config.pin_budget is not None:  # a store given to the daemon follows its setting
+                self.store.pin_budget_bytes = config.pin_budget
             self.server = Server(self.store, config.listen, limits=config.limits, auth=auth)
             await self.server.start()
         except BaseException:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
+from kvstore.dataclass_dict import reject_unknown
 from kvstore.errors import InvalidArgument, KVStoreError
 from kvstore.eviction import EvictionPolicy
 from kvstore.eviction.registry import OFFLINE, get_policy
@@ -91,10 +92,7 @@ class StoreConfig:
     @classmethod
     def from_dict(cls, data: dict) -> StoreConfig:
         """From a TOML table / env mapping; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise InvalidArgument(f"unknown store settings: {sorted(unknown)}")
+        reject_unknown(cls, data, "store settings")
         return cls(**data)
 
     def to_dict(self) -> dict:

@@ -11,12 +11,15 @@ vector/scalar choice, grid): only CuPy's launch is replaced.
 from __future__ import annotations
 
 import itertools
+import shutil
 
 import pytest
+import torch
 
-from kvstore.kernels import CODECS
-from tests.kernels.emulation.cases import DTYPES, Geo, check
-from tests.kernels.emulation.emulator import EmulatorLauncher
+from kvstore.kernels import CODECS, payload_spec
+from kvstore.layout import KVLayout
+from tests.kernels.emulation.cases import DTYPES, Geo, check, check_block
+from tests.kernels.emulation.emulator import CXX, EmulatorLauncher
 
 GEOS = [
     Geo("flash-nhd-d64-ebs16-T64"),
@@ -69,9 +72,54 @@ PARAMS = [
 
 @pytest.fixture(scope="module")
 def emu():
+    if shutil.which(CXX) is None:
+        pytest.skip(f"{CXX} not on PATH: the CUDA emulator needs a C++ compiler")
     return EmulatorLauncher()
 
 
 @pytest.mark.parametrize("g,codec,dtype", PARAMS)
 def test_emulated_kernels_equal_the_reference(emu, g, codec, dtype):
     check(emu, g, codec, dtype, seed=len(g.name))
+
+
+def _poisoned(codec: str, shape, spots) -> torch.Tensor:
+    """Mask of the values sharing a scale group with a non-finite one (codecs.py)."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for layer, kv, t, h, d in spots:
+        if codec == "fp8_e4m3":
+            mask[layer, kv, :, h, :] = True
+        elif codec == "int8" or (codec == "int4" and kv == 1):
+            mask[layer, kv, t, h, :] = True
+        elif codec == "int4":
+            g = t // 64
+            mask[layer, 0, g * 64:(g + 1) * 64, h, d] = True
+        else:
+            mask[layer, kv, t, h, d] = True
+    return mask
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("codec", CODECS)
+def test_non_finite_input_poisons_its_scale_group(emu, codec, dtype):
+    """A NaN, +inf or -inf makes its whole scale group decode as NaN, in the kernels
+    and the reference alike (same payload bytes: scale NaN 0x7fc00000, q = 0); no
+    NaN turns into a number (the old kernels' fmaxf dropped it and the clamp made
+    it -448 * scale; an inf made the scale inf and decoded as -inf; int8 made NaN 0)."""
+    g = torch.Generator().manual_seed(11)
+    shape = (2, 2, 100, 2, 32)
+    block = (torch.randn(shape, generator=g) * 3).to(dtype)
+    spots = {(0, 0, 5, 1, 3): float("nan"), (1, 1, 7, 0, 2): float("inf"),
+             (0, 1, 9, 0, 0): float("-inf"), (1, 0, 70, 1, 31): float("nan")}
+    for (layer, kv, t, h, d), x in spots.items():
+        block[layer, kv, t, h, d] = x
+    payload, decoded = check_block(emu, block, codec)  # emulated == reference, bytes
+    mask = _poisoned(codec, shape, spots)
+    if codec == "none":
+        assert torch.equal(decoded.view(torch.uint8), block.view(torch.uint8))
+        return
+    assert decoded[mask].isnan().all()
+    assert decoded[~mask].isfinite().all()
+    spec = payload_spec(KVLayout("block", 2, 2, 32, str(dtype).removeprefix("torch."), 100),
+                        codec)
+    scales = payload[spec.sections[0].offset:].view(torch.int32)
+    assert (scales == 0x7FC00000).any()  # the canonical NaN, in the first scale section

@@ -6,9 +6,10 @@
 // thread; blocks run one after another. threadIdx / blockIdx / blockDim /
 // gridDim read the running fiber's. __shared__ variables are statics: the
 // kernel library holds nothing else in its .bss (linked without start files),
-// which is poisoned before every block. __syncthreads() is a counting barrier
-// over the block; __shfl_*_sync an exchange among the lanes of a warp named in
-// the mask (PTX shfl.sync semantics, width included). A fiber runs until it
+// which is poisoned before every block (huge floats, alternating sign).
+// __syncthreads() is a counting barrier over the block; __shfl_*_sync an
+// exchange among the lanes of a warp named in the mask (PTX shfl.sync
+// semantics, width included). A fiber runs until it
 // reaches a barrier, a warp exchange or its end; after every such point the
 // runnable fibers are run in a freshly shuffled (seeded) order, so a missing
 // barrier shows as a wrong result. Deadlocks (a thread missing a barrier, a lane

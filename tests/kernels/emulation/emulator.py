@@ -35,7 +35,10 @@ HEADER = HERE / "cuda_emu.h"
 RUNTIME = HERE / "emu_runtime.cpp"
 SIGNATURE = "KV_PARAMS"  # the parameter list every kernel of pack.cu / unpack.cu takes
 CXX = os.environ.get("CXX", "g++")
-FLAGS = ["-std=c++17", "-O1", "-fPIC", "-ffp-contract=off", "-fno-strict-aliasing",
+# -fno-gnu-unique and -Bsymbolic: the statics of inline functions (__shared__
+# variables) stay private to each library (a mutant's are not the original's).
+FLAGS = ["-std=c++17", "-O1", "-fPIC", "-fno-gnu-unique", "-ffp-contract=off",
+         "-fno-strict-aliasing",
          "-fno-fast-math", "-Wall", "-Wno-unused-function", "-Wno-unused-variable"]
 MEMCHECK = ["-fsanitize=kernel-address", "--param", "asan-instrumentation-with-call-threshold=0",
                 "--param", "asan-stack=0", "--param", "asan-globals=0"]
@@ -150,20 +153,21 @@ def runtime() -> ctypes.CDLL:
     return _RUNTIME
 
 
-def translation_unit(source_text: str) -> str:
+def translation_unit(source_text: str, signature: str = SIGNATURE) -> str:
     """The TU g++ compiles: the emulation header, the NVRTC text, the entry."""
     return '#include "cuda_emu.h"\n#line 1 "kernel.cu"\n' + source_text + \
-        TRAILER % {"sig": SIGNATURE}
+        TRAILER % {"sig": signature}
 
 
 class Module:
     """One compiled kernel source (``pack.cu`` or ``unpack.cu``, or a mutation)."""
 
-    def __init__(self, source_text: str):
+    def __init__(self, source_text: str, signature: str = SIGNATURE):
+        """``signature``: the parameter list every kernel of the source takes."""
         self.rt = runtime()
         # no start files: the library's .bss then holds the __shared__ statics alone
-        self.path = _build("emu-kernels", translation_unit(source_text), FLAGS + MEMCHECK,
-                           ["-nostartfiles"])
+        self.path = _build("emu-kernels", translation_unit(source_text, signature),
+                           FLAGS + MEMCHECK, ["-nostartfiles", "-Wl,-Bsymbolic"])
         self.lib = ctypes.CDLL(str(self.path))
         sizes = (ctypes.c_int * 64)()
         n = self.lib.emu_param_sizes(sizes)
@@ -192,10 +196,13 @@ def _extent(t: torch.Tensor) -> tuple[int, int]:
 class EmulatorLauncher:
     """``cuda_backend.Launcher`` that runs the kernels on CPU tensors' memory."""
 
-    def __init__(self, sources: dict[str, str] | None = None, seed: int | None = None):
+    def __init__(self, sources: dict[str, str] | None = None, seed: int | None = None,
+                 signature: str = SIGNATURE):
         """``sources``: op -> source text (default: the real ones, via
-        ``cuda_backend.source``); a test of the harness passes mutated texts."""
+        ``cuda_backend.source``); a test of the harness passes mutated texts
+        (or its own kernels, whose parameter list is ``signature``)."""
         self.sources = sources or {}
+        self.signature = signature
         self.modules: dict[str, Module] = {}
         self.seed = base_seed() if seed is None else seed
         self.launches: list[dict] = []
@@ -203,7 +210,7 @@ class EmulatorLauncher:
     def module(self, op: str) -> Module:
         if op not in self.modules:
             text = self.sources.get(op) or cuda_backend.source(f"{op}.cu")
-            self.modules[op] = Module(text)
+            self.modules[op] = Module(text, self.signature)
         return self.modules[op]
 
     # -- Launcher ------------------------------------------------------------

@@ -163,3 +163,70 @@ def test_memcheck_names_the_kernel_thread_and_address():
                        r"\(\d+ bytes past the end of buffers\[0\] \(64,\) int32 .*kernel oob, "
                        r"block \(2,0,0\), thread \(\d+,0,0\)"):
         _launch("oob", 32, 64, extra=0, blocks=3)  # block 2 writes [64, 96)
+
+
+CONVERT = r"""
+extern "C" __global__ void convert(const float* x, unsigned short* h, unsigned short* b,
+                                   unsigned char* sat, unsigned char* nosat, float* h2f,
+                                   float* b2f, unsigned short* f8h, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    h[i] = __float2half_rn(x[i]).__x;
+    b[i] = __float2bfloat16_rn(x[i]).__x;
+    sat[i] = __nv_cvt_float_to_fp8(x[i], __NV_SATFINITE, __NV_E4M3);
+    nosat[i] = __nv_cvt_float_to_fp8(x[i], __NV_NOSAT, __NV_E4M3);
+    if (i < 65536) h2f[i] = __half2float(__half{(unsigned short)i});
+    if (i < 65536) b2f[i] = __bfloat162float(__nv_bfloat16{(unsigned short)i});
+    if (i < 256) f8h[i] = __nv_cvt_fp8_to_halfraw((unsigned char)i, __NV_E4M3).x;
+  }
+}
+"""
+
+
+def test_cuda_half_bf16_fp8_conversions_match_torch():
+    """cuda_emu.h's __half / __nv_bfloat16 / e4m3 conversions round to nearest even
+    like torch (and CUDA) on every f16, bf16 and e4m3 value, their rounding ties
+    and neighbours, and random floats; NaN results are CUDA's canonical ones."""
+    g = torch.Generator().manual_seed(1)
+    every16 = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16)
+    halves = every16.view(torch.float16).float()
+    bf16s = every16.view(torch.bfloat16).float()
+    e4m3 = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()
+    base = torch.cat([halves, bf16s, e4m3, torch.randn(20000, generator=g) * 300,
+                      torch.tensor([448.0, 464.0, 480.0, 1e30, float("inf"), -float("inf"),
+                                    65504.0, 65520.0, 2.0 ** -24, 2.0 ** -25, 2.0 ** -10])])
+    base = base[base.isfinite() | base.isinf()]
+    bits = base.view(torch.int32)
+    x = torch.cat([base, (bits + 1).view(torch.float32), (bits - 1).view(torch.float32),
+                   (halves[:-1] + halves[1:]) / 2, (bf16s[:-1] + bf16s[1:]) / 2])
+    x = torch.cat([x, torch.tensor([float("nan")])]).contiguous()
+    n = x.numel()
+    outs = [torch.empty(n, dtype=d) for d in (torch.int16, torch.int16, torch.uint8,
+                                                torch.uint8)]
+    h2f, b2f = torch.empty(1 << 16), torch.empty(1 << 16)
+    f8h = torch.empty(256, dtype=torch.int16)
+    emu = EmulatorLauncher(sources={"cvt": CONVERT}, seed=1, signature=(
+        "const float* x, unsigned short* h, unsigned short* b, unsigned char* sat, "
+        "unsigned char* nosat, float* h2f, float* b2f, unsigned short* f8h, int n"))
+    args = [x, *outs, h2f, b2f, f8h]
+    emu.launch("cvt", "convert", (1, 1, 1), (256, 1, 1), 0,
+               (*(np.uint64(t.data_ptr()) for t in args), np.int32(n)), torch.device("cpu"),
+               None, args)
+    nan = x.isnan()
+    finite = ~nan
+    assert torch.equal(outs[0][finite], x[finite].half().view(torch.int16))
+    assert torch.equal(outs[1][finite], x[finite].bfloat16().view(torch.int16))
+    assert (outs[0][nan] == 0x7FFF).all() and (outs[1][nan] == 0x7FFF).all()
+    sat = x.clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
+    assert torch.equal(outs[2][finite], sat[finite])
+    # NOSAT (cuda_fp8.hpp): beyond 448 + half an ulp (464) is NaN; torch saturates
+    sign = (x.view(torch.int32) < 0).to(torch.uint8) << 7
+    nosat = torch.where(x.abs() > 464, sign | 0x7F, sat)
+    assert torch.equal(outs[3][finite], nosat[finite])
+    assert int(((x.abs() > 464) & finite).sum()) > 100 and (outs[2][x == 464] == 0x7E).all()
+    assert torch.equal(h2f.view(torch.int32)[~halves.isnan()],
+                       halves[~halves.isnan()].view(torch.int32))
+    assert torch.equal(b2f.view(torch.int32)[~bf16s.isnan()],
+                       bf16s[~bf16s.isnan()].view(torch.int32))
+    ok = ~e4m3.isnan()
+    assert torch.equal(f8h[ok], e4m3[ok].half().view(torch.int16))
+    assert (f8h[~ok] == 0x7FFF).all()

@@ -25,6 +25,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #define __global__
@@ -138,3 +139,79 @@ inline float emu_fabsf(float a) { return emu::ffrom(emu::fbits(a) & 0x7fffffffu)
 #define fmaxf emu_fmaxf
 #define fminf emu_fminf
 #define fabsf emu_fabsf
+
+// ---- cuda_fp16.h / cuda_bf16.h / cuda_fp8.h, the parts a kernel may use ----
+// (pack.cu / unpack.cu carry their own conversions in kv_convert.cuh; these are
+// for sources that use CUDA's types.) Round to nearest even; CUDA's NaN results:
+// f16 0x7fff, bf16 0x7fff, e4m3 0x7f.
+struct __half_raw { unsigned short x; };
+struct __half { unsigned short __x; };
+struct __nv_bfloat16_raw { unsigned short x; };
+struct __nv_bfloat16 { unsigned short __x; };
+typedef unsigned char __nv_fp8_storage_t;
+enum __nv_saturation_t { __NV_NOSAT, __NV_SATFINITE };
+enum __nv_fp8_interpretation_t { __NV_E4M3, __NV_E5M2 };
+
+namespace emu {
+// Round |x| (float bits a, finite) to a binary format of `man` mantissa bits and
+// minimum normal exponent `emin` (unbiased), returning its bits without sign;
+// subnormals included, results may carry into the exponent (and to "inf").
+inline uint32_t round_to(uint32_t a, int man, int emin, int bias) {
+  const int e = (int)(a >> 23) - 127;
+  if (e < emin) {  // subnormal target: quantum 2^(emin - man)
+    const float q = std::ldexp(ffrom(a), man - emin);  // exact scaling
+    return (uint32_t)std::nearbyintf(q);              // may reach 1 << man: the min normal
+  }
+  const int drop = 23 - man;
+  uint32_t code = ((uint32_t)(e + bias) << man) | ((a & 0x7fffffu) >> drop);
+  const uint32_t rest = a & ((1u << drop) - 1), half = 1u << (drop - 1);
+  if (rest > half || (rest == half && (code & 1u))) code += 1u;
+  return code;
+}
+}  // namespace emu
+
+inline __half __float2half_rn(float f) {
+  const uint32_t u = emu::fbits(f), a = u & 0x7fffffffu;
+  const unsigned short sign = (unsigned short)((u >> 16) & 0x8000u);
+  if (a > 0x7f800000u) return __half{0x7fff};
+  uint32_t code = a == 0x7f800000u ? 0x7c00u : emu::round_to(a, 10, -14, 15);
+  if (code > 0x7c00u) code = 0x7c00u;
+  return __half{(unsigned short)(sign | code)};
+}
+inline __half __float2half(float f) { return __float2half_rn(f); }
+inline float __half2float(__half h) {
+  const uint32_t sign = (uint32_t)(h.__x & 0x8000u) << 16, e = (h.__x >> 10) & 31u,
+                 m = h.__x & 0x3ffu;
+  if (e == 31) return emu::ffrom(sign | 0x7f800000u | (m << 13));
+  const float v = e ? std::ldexp((float)(m | 0x400u), (int)e - 25) : std::ldexp((float)m, -24);
+  return sign ? -v : v;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+  const uint32_t u = emu::fbits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return __nv_bfloat16{0x7fff};
+  return __nv_bfloat16{(unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
+inline float __bfloat162float(__nv_bfloat16 b) { return emu::ffrom((uint32_t)b.__x << 16); }
+
+// float -> e4m3fn (bias 7, max 448, no infinities, NaN 0x7f): SATFINITE clamps
+// finite overflow and infinities to +-448, NOSAT makes them NaN.
+inline __nv_fp8_storage_t __nv_cvt_float_to_fp8(float f, __nv_saturation_t sat,
+                                                  __nv_fp8_interpretation_t interp) {
+  if (interp != __NV_E4M3) std::abort();  // e5m2: not emulated (no source uses it)
+  const uint32_t u = emu::fbits(f), a = u & 0x7fffffffu;
+  const unsigned char sign = (unsigned char)((u >> 24) & 0x80u);
+  if (a > 0x7f800000u) return 0x7f;
+  uint32_t code = a == 0x7f800000u ? 0x7fu : emu::round_to(a, 3, -6, 7);
+  if (code > 0x7eu) code = sat == __NV_SATFINITE ? 0x7eu : 0x7fu;
+  return (unsigned char)(sign | code);
+}
+inline __half_raw __nv_cvt_fp8_to_halfraw(__nv_fp8_storage_t b,
+                                          __nv_fp8_interpretation_t interp) {
+  if (interp != __NV_E4M3) std::abort();
+  const unsigned short sign = (unsigned short)((b & 0x80u) << 8);
+  const unsigned e = (b >> 3) & 15u, m = b & 7u;
+  if (e == 15 && m == 7) return __half_raw{0x7fff};
+  float v = e ? std::ldexp((float)(8 | m), (int)e - 10) : std::ldexp((float)m, -9);
+  return __half_raw{(unsigned short)(sign | __float2half_rn(v).__x)};
+}

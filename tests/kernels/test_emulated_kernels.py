@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from kvstore.kernels import CODECS, payload_spec
+from kvstore.kernels import cuda_backend as cb
 from kvstore.layout import KVLayout
-from tests.kernels.emulation.cases import DTYPES, Geo, check, check_block
+from tests.kernels.emulation.cases import DTYPES, Geo, check, check_block, expected_kernel
 from tests.kernels.emulation.emulator import CXX, EmulatorLauncher
 
 GEOS = [
@@ -68,6 +69,15 @@ PARAMS = [
                  marks=() if (g.name, codec, dtype) in QUICK else pytest.mark.slow)
     for g in GEOS for codec in CODECS for dtype in DTYPES if _applies(g, codec)
 ]
+
+
+def test_the_quick_subset_reaches_every_entry_point():
+    """Every kv_{pack,unpack}_<codec>_<dtype>_<v|s> runs in the default run (each
+    check asserts the variant it launched is the one expected here)."""
+    by_name = {g.name: g for g in GEOS}
+    reached = {expected_kernel(by_name[name], codec, dtype) for name, codec, dtype in QUICK}
+    every = {f"_{cb._CODEC[c]}_{cb._DT[d]}_{v}" for c in CODECS for d in DTYPES for v in "vs"}
+    assert reached == every  # x pack and unpack: both run in every check
 
 
 @pytest.fixture(scope="module")

@@ -244,3 +244,31 @@ def test_available_compiles_and_runs_a_probe_kernel(monkeypatch, caplog, fail):
                 dispatch.choose(src, "none", "cuda")
     finally:
         cb.available.cache_clear()
+
+
+def test_cupy_launcher_launches_on_the_callers_stream(monkeypatch):
+    """The production launcher: the NVRTC function of the op, inside the device and
+    the caller's stream, with grid, block, args and shared-memory bytes as given."""
+    import contextlib
+
+    events = []
+
+    @contextlib.contextmanager
+    def ctx(what):
+        events.append(("enter", what))
+        yield
+        events.append(("exit", what))
+
+    fake_cupy = SimpleNamespace(cuda=SimpleNamespace(Device=lambda i: ctx(("device", i))))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    monkeypatch.setattr(cb, "_stream", lambda ptr, index: ctx(("stream", ptr, index)))
+    monkeypatch.setattr(cb, "_function", lambda op, index, name: lambda *a, **k: events.append(
+        ("call", op, index, name, a, k)))
+    stream = SimpleNamespace(cuda_stream=0xABC)
+    cb.CupyLauncher().launch("pack", "kv_pack_int8_f16_v", (2, 4, 3), (256, 1, 1), 0,
+                             ("args",), torch.device("cuda", 1), stream, ())
+    assert events == [
+        ("enter", ("device", 1)), ("enter", ("stream", 0xABC, 1)),
+        ("call", "pack", 1, "kv_pack_int8_f16_v", ((2, 4, 3), (256, 1, 1), ("args",)),
+         {"shared_mem": 0}),
+        ("exit", ("stream", 0xABC, 1)), ("exit", ("device", 1))]

@@ -21,7 +21,7 @@ for ``amx``; :mod:`.vllm_cpu_layout`); HF ``[batch, H, seq, D]``.
 
 Two implementations behind one dispatcher (:mod:`.dispatch`): CUDA kernels
 (``pack.cu``/``unpack.cu`` through CuPy, on the caller's torch stream) for CUDA
-tensors when CuPy imports, else a vectorised torch reference (:mod:`.reference`),
+tensors when CuPy compiles and runs kernels, else a vectorised torch reference (:mod:`.reference`),
 which is also the CUDA kernels' oracle. Every call takes ``backend=None |
 "reference" | "cuda"``.
 """

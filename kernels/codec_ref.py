@@ -41,13 +41,19 @@ def _div(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
     return torch.div(a, b)
 
 
+FLT_MIN = 2.0 ** -126  # smallest normal float32
+FLT_MAX = torch.finfo(torch.float32).max
+
+
 def _scale_and_safe(amax_or_range: torch.Tensor, levels: float):
+    """(scale, divisor, nonzero). A group holding a NaN or an infinity (its amax or
+    range is then NaN or inf, as is one whose range overflows float32) is poisoned
+    (codecs.py): its scale is the NaN 0x7fc00000, its divisor 1, nonzero False (its
+    q are zeroed by the caller), as in the CUDA kernels' kv_poison."""
     scale = _div(amax_or_range, levels)
+    scale.masked_fill_(~(scale <= FLT_MAX), float("nan"))
     nonzero = scale > 0
     return scale, torch.where(nonzero, scale, torch.ones_like(scale)), nonzero
-
-
-FLT_MIN = 2.0 ** -126  # smallest normal float32
 
 
 def _clamp_(y: torch.Tensor, scale: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
@@ -112,15 +118,16 @@ def _absmax(x: torch.Tensor, dims) -> torch.Tensor:
 
 # -- fp8 e4m3: one scale per (layer, K/V, head) -------------------------------
 def _zero_groups_(y: torch.Tensor, nonzero: torch.Tensor) -> None:
-    """q = 0 (+0) in the groups whose scale is 0 (rare: touched only if any)."""
+    """q = 0 (+0) in the groups whose scale is 0 or NaN (rare: touched only if any);
+    ``nonzero`` broadcasts against ``y``."""
     if not bool(nonzero.all()):
-        y[~nonzero] = 0.0
+        y.masked_fill_(~nonzero, 0.0)
 
 
 def _encode_fp8(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
     scale, safe, nonzero = _scale_and_safe(_absmax(x, (-2, -1)), FP8_MAX)  # [S, n, 2, H]
     y = _clamp_(x.div_(safe[..., None, None]), scale, -FP8_MAX, FP8_MAX)
-    _zero_groups_(y, nonzero)  # x / 1 may hold -0 (byte 0x80): the format wants +0
+    _zero_groups_(y, nonzero[..., None, None])  # x / 1 may hold -0 (byte 0x80): want +0
     out["scale"].copy_(scale)
     out["q"].view(torch.float8_e4m3fn).copy_(y)  # round to e4m3 straight into the payload
 
@@ -131,10 +138,13 @@ def _decode_fp8(p: dict[str, torch.Tensor]) -> torch.Tensor:
 
 # -- int8: symmetric, one scale per (layer, K/V, head, token) -----------------
 def _encode_int8(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
-    scale, safe, _ = _scale_and_safe(_absmax(x, -1), INT8_MAX)  # [S, n, 2, H, T]
+    scale, safe, nonzero = _scale_and_safe(_absmax(x, -1), INT8_MAX)  # [S, n, 2, H, T]
     y = _clamp_(x.div_(safe[..., None]).round_(), scale, -INT8_MAX, INT8_MAX)
     # a scale-0 group (amax / 127 underflowed) divides by 1 values of magnitude at
-    # most 127 * 2^-150: they round to +-0, q = 0 as an int8: no masking needed
+    # most 127 * 2^-150: they round to +-0, q = 0 as an int8; a poisoned (NaN
+    # scale) group holds anything: zeroed
+    if bool(torch.isnan(scale).any()):
+        _zero_groups_(y, nonzero[..., None])
     out["scale"].copy_(scale)
     out["q"].copy_(y)  # exact small integers -> int8
 
@@ -172,11 +182,17 @@ def _encode_int4(x: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
     # + 0.0 turns a -0 minimum / maximum into +0, so the stored bytes do not
     # depend on which of +0 / -0 a reduction happened to return (as in the kernels)
     k_min, k_max = kg.amin(dim=-2).add_(0.0), kg.amax(dim=-2).add_(0.0)  # [S, n, H, G, D]
-    k_scale, k_safe, _ = _scale_and_safe(k_max - k_min, INT4_LEVELS)
+    k_scale, k_safe, k_nonzero = _scale_and_safe(k_max - k_min, INT4_LEVELS)
     kq = _quant4_(kg, k_min[..., None, :], k_safe[..., None, :], k_scale)
     v_min, v_max = v.amin(dim=-1).add_(0.0), v.amax(dim=-1).add_(0.0)  # [S, n, H, T]
-    v_scale, v_safe, _ = _scale_and_safe(v_max - v_min, INT4_LEVELS)
+    v_scale, v_safe, v_nonzero = _scale_and_safe(v_max - v_min, INT4_LEVELS)
     vq = _quant4_(v, v_min[..., None], v_safe[..., None], v_scale)
+    for scale, mn, q, nonzero in ((k_scale, k_min, kq, k_nonzero[..., None, :]),
+                                  (v_scale, v_min, vq, v_nonzero[..., None])):
+        poisoned = torch.isnan(scale)  # a NaN or inf in the group: min NaN, q = 0
+        if bool(poisoned.any()):
+            mn.masked_fill_(poisoned, float("nan"))
+            _zero_groups_(q, nonzero)
     out["k_scale"].copy_(k_scale)
     out["k_min"].copy_(k_min)
     out["v_scale"].copy_(v_scale)

@@ -59,7 +59,17 @@ rounding to an integer is round-half-to-even; a group whose scale is 0 (all
 values equal, e.g. all zero) encodes q = 0; a zero amax, int4 min or int4 max
 is taken as +0 (never -0), so the bytes do not depend on reduction order. Decoding computes
 ``q * scale`` (+ ``min`` for int4) in float32 and rounds to the layout's dtype.
-Inputs must be finite.
+
+Non-finite input (NaN, +-inf): a scale group (fp8: a (layer, K/V, head) of the
+block; int8: a row; int4: a K channel group or a V row) that holds a NaN or an
+infinity, or whose int4 range ``max - min`` overflows float32, is *poisoned*:
+its scale is stored as the NaN ``0x7fc00000`` (int4: its min too) and its q
+are 0, so the whole group decodes to NaN. Other groups are unaffected. A NaN
+never turns into a number and an infinity decodes as NaN (the quantized
+formats have no infinity). ``none`` copies the bytes, NaN and infinities
+included. The torch reference and the CUDA kernels write the same payload
+bytes; the bit pattern of a decoded NaN is not specified (CUDA's arithmetic
+returns its canonical NaN).
 
 Error bounds, relative to the group's ``amax = max |x|`` (plus the rounding of
 the decoded value to the layout's dtype, at most half an ulp of that dtype):

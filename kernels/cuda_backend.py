@@ -5,18 +5,30 @@ The sources are compiled once per device with NVRTC (``cupy.RawModule``);
 keys on the full text. Kernels run on the caller's current torch stream
 (wrapped with ``cupy.cuda.ExternalStream``) and take torch data pointers:
 per-layer K and V base addresses, the engine block ids and the payload slot
-addresses travel as small int64 device tables. Right before every launch,
+addresses travel as small int64 device tables, each uploaded on the stream
+that reads it (cached per stream: a table copied on stream A is never read by
+a kernel on stream B before the copy has landed). Right before every launch,
 :func:`_check_launch` asserts shapes, strides, dtypes, devices and contiguity.
+
+The one seam: :class:`Launcher` (the stream, the table upload and the kernel
+launch). The default, :class:`CupyLauncher`, is the production path; the
+tests install the CUDA emulator of ``tests/kernels/emulation`` instead, which
+runs the same ``.cu`` sources on CPU tensors (``set_launcher``), so everything
+:func:`run` computes (tables, strides, offsets, kernel choice, grid) is what
+the emulated kernels receive.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -33,12 +45,30 @@ _CODEC = {"none": "none", "fp8_e4m3": "fp8", "int8": "int8", "int4": "int4"}
 _INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.M)
 
 
+_log = logging.getLogger(__name__)
+
+_PROBE = r'''extern "C" __global__ void kv_probe(int* out) { out[threadIdx.x] = 42 + threadIdx.x; }'''
+
+
 @functools.cache
 def available() -> bool:
-    """True when CuPy imports (the CUDA path also needs CUDA tensors)."""
+    """True when CuPy imports *and* a trivial kernel compiles (NVRTC) and runs
+    (driver, device) on the current device: a CuPy without NVRTC or a driver
+    would otherwise make every CUDA call raise instead of falling back to the
+    reference. Probed once per process; the reason for a False is logged."""
     try:
-        import cupy  # noqa: F401
-    except Exception:  # ImportError, or a CuPy that finds no CUDA library
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("no CUDA device")
+        out = cupy.zeros(2, dtype=cupy.int32)
+        cupy.RawKernel(_PROBE, "kv_probe")((1,), (2,), (out,))
+        got = [int(x) for x in out.get()]
+        if got != [42, 43]:
+            raise RuntimeError(f"probe kernel wrote {got}, expected [42, 43]")
+    except Exception as e:  # ImportError, no NVRTC / driver / device, a failed launch
+        _log.warning("CUDA kernels unavailable, the torch reference runs instead: %s: %s",
+                     type(e).__name__, e)
         return False
     return True
 
@@ -89,29 +119,86 @@ def unsupported(src: PagedSource, codec: str) -> str | None:
     return None
 
 
+class Launcher(Protocol):
+    """Where kernels run. :func:`run` builds every argument; a launcher supplies the
+    stream, puts pointer tables where the kernel can read them, and launches."""
+
+    def stream(self, device: torch.device) -> object:
+        """The stream kernels on ``device`` run on now (a key for the table cache)."""
+
+    def upload(self, host: torch.Tensor, device: torch.device, stream: object) -> torch.Tensor:
+        """``host`` (int64, CPU) as a tensor the kernels on ``device`` read, copied on
+        ``stream`` (so every later launch on that stream sees it landed)."""
+
+    def launch(self, op: str, name: str, grid: tuple[int, int, int],
+               block: tuple[int, int, int], shared_mem: int, args: tuple,
+               device: torch.device, stream: object,
+               buffers: Sequence[torch.Tensor]) -> None:
+        """Run kernel ``name`` of ``{op}.cu`` over ``grid`` x ``block`` threads with
+        ``args``; ``buffers`` are every tensor it may touch (for checking launchers)."""
+
+
+class CupyLauncher:
+    """The production launcher: NVRTC through CuPy, on the caller's torch stream."""
+
+    def stream(self, device: torch.device) -> object:
+        return torch.cuda.current_stream(device)
+
+    def upload(self, host: torch.Tensor, device: torch.device, stream: object) -> torch.Tensor:
+        with torch.cuda.stream(stream):
+            return host.pin_memory().to(device, non_blocking=True)
+
+    def launch(self, op, name, grid, block, shared_mem, args, device, stream, buffers) -> None:
+        import cupy
+
+        fn = _function(op, device.index, name)
+        with cupy.cuda.Device(device.index), _stream(stream.cuda_stream, device.index):
+            fn(grid, block, args, shared_mem=shared_mem)
+
+
+_LAUNCHER: Launcher = CupyLauncher()
+
+
+def set_launcher(launcher: Launcher | None) -> Launcher:
+    """Install ``launcher`` (None: the CuPy one); return the previous one."""
+    global _LAUNCHER
+    previous, _LAUNCHER = _LAUNCHER, launcher or CupyLauncher()
+    return previous
+
+
+def launcher() -> Launcher:
+    return _LAUNCHER
+
+
 _TABLES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 _TABLES_LOCK = threading.Lock()
 
 
-def _table(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """An int64 device tensor holding ``values``, cached (its content is its key).
+def _stream_key(stream: object) -> object:
+    return getattr(stream, "cuda_stream", stream)
 
-    A table made on one stream and used on another is marked as used there
-    (``record_stream``), so evicting it never frees memory a kernel still reads.
+
+def _table(values: tuple[int, ...], device: torch.device, stream: object) -> torch.Tensor:
+    """An int64 tensor holding ``values`` for kernels on ``stream``, cached.
+
+    The cache key is (device, stream, values): a table is uploaded (asynchronously)
+    on the stream whose kernels read it, so its copy is ordered before them. One
+    shared per device would be read by a kernel on another stream with nothing
+    ordering it after the copy (a race on first use). Tables are only ever used
+    on the stream they were copied on, so evicting one never frees memory a
+    kernel of another stream still reads.
     """
-    key = (device.index, values)
+    key = (str(device), _stream_key(stream), values)
     with _TABLES_LOCK:
         table = _TABLES.get(key)
         if table is not None:
             _TABLES.move_to_end(key)
-    if table is None:
-        host = torch.tensor(values, dtype=torch.int64).pin_memory()
-        table = host.to(device, non_blocking=True)
-        with _TABLES_LOCK:
-            _TABLES[key] = table
-            if len(_TABLES) > 256:
-                _TABLES.popitem(last=False)
-    table.record_stream(torch.cuda.current_stream(device))
+            return table
+    table = _LAUNCHER.upload(torch.tensor(values, dtype=torch.int64), device, stream)
+    with _TABLES_LOCK:
+        _TABLES[key] = table
+        if len(_TABLES) > 256:
+            _TABLES.popitem(last=False)
     return table
 
 
@@ -141,8 +228,6 @@ def _check_launch(src: PagedSource, rows: list[torch.Tensor], nbytes: int,
 
 def run(op: str, src: PagedSource, codec: str, rows: list[torch.Tensor]) -> None:
     """Launch ``kv_{op}_{codec}`` (op is "pack" or "unpack") over ``src`` and ``rows``."""
-    import cupy
-
     lay, dev = src.layout, src.device
     spec = payload_spec(lay, codec)
     esz, D = lay.itemsize, lay.head_dim
@@ -151,9 +236,11 @@ def run(op: str, src: PagedSource, codec: str, rows: list[torch.Tensor]) -> None
     slot_align = esz if codec == "none" else 4
     if any(r.data_ptr() % slot_align for r in rows):
         raise InvalidArgument(f"payload slots must be {slot_align}-byte aligned")
-    k_tab = _table(tuple(t.data_ptr() for t in src.k), dev)
-    v_tab = _table(tuple(t.data_ptr() for t in src.v), dev)
-    p_tab = _table(tuple(r.data_ptr() for r in rows), dev)
+    launch = _LAUNCHER
+    stream = launch.stream(dev)
+    k_tab = _table(tuple(t.data_ptr() for t in src.k), dev, stream)
+    v_tab = _table(tuple(t.data_ptr() for t in src.v), dev, stream)
+    p_tab = _table(tuple(r.data_ptr() for r in rows), dev, stream)
     _check_launch(src, rows, spec.nbytes, (k_tab, v_tab, p_tab))
 
     strides = [s * esz for s in src.k[0].stride()[:3]]  # block, token, head (bytes)
@@ -178,10 +265,8 @@ def run(op: str, src: PagedSource, codec: str, rows: list[torch.Tensor]) -> None
         *(i64(o) for o in offsets), *(i64(g) for g in gaps), i32(lanes),
     )
     grid = (lay.num_kv_heads, 2 * lay.num_layers, len(rows))
-    fn = _function(op, dev.index, name)
-    with cupy.cuda.Device(dev.index), _stream(torch.cuda.current_stream(dev).cuda_stream,
-                                              dev.index):
-        fn(grid, (THREADS,), args)
+    buffers = (*src.k, *src.v, src.block_ids, *rows, k_tab, v_tab, p_tab)
+    launch.launch(op, name, grid, (THREADS, 1, 1), 0, args, dev, stream, buffers)
 
 
 @functools.lru_cache(maxsize=64)

@@ -1,7 +1,7 @@
 """One dispatcher in front of the two implementations.
 
-Automatic choice (``backend=None``): CUDA tensors and an importable CuPy run
-the CUDA kernels; anything else runs the torch reference (which also runs on
+Automatic choice (``backend=None``): CUDA tensors and a CuPy that compiles and
+runs a probe kernel (``cuda_backend.available``) run the CUDA kernels; anything else runs the torch reference (which also runs on
 CUDA tensors, e.g. where CuPy is missing). ``backend="reference"`` or
 ``"cuda"`` forces one; forcing CUDA where it cannot run is an error.
 
@@ -37,7 +37,7 @@ def choose(src: PagedSource, codec: str, backend: str | None) -> str:
     if src.device.type != "cuda":
         problem = f"tensors are on {src.device}, not a CUDA device"
     elif not cuda_backend.available():
-        problem = "cupy is not importable"
+        problem = "CuPy cannot compile and run kernels here (no CuPy, NVRTC, driver or device)"
     else:
         problem = cuda_backend.unsupported(src, codec)
     if problem is None:

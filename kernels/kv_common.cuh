@@ -198,6 +198,26 @@ __device__ __forceinline__ KvSlab kv_slab(const long long* k_ptrs, const long lo
   return s;
 }
 
+// Non-finite input (codecs.py): a scale group holding a NaN or an infinity (or
+// a range beyond float32) encodes as scale NaN (int4: min NaN too) and q = 0, so
+// it decodes to NaN. fmaxf / fminf drop NaN operands, so the reductions see a
+// NaN as an infinity (|x|: +inf; min / max: -inf / +inf) and the scale turns
+// non-finite; kv_poison makes that the canonical NaN 0x7fc00000, and every
+// quantizer's "scale > 0" test then writes q = 0.
+#define KV_FLT_MAX 3.402823466e+38f
+__device__ __forceinline__ float kv_abs_or_inf(float x) {
+  const float a = fabsf(x);
+  return a <= KV_FLT_MAX ? a : kv_float(0x7f800000u);
+}
+__device__ __forceinline__ void kv_min_max(float x, float& mn, float& mx) {
+  const bool nan = x != x;
+  mn = fminf(mn, nan ? kv_float(0xff800000u) : x);
+  mx = fmaxf(mx, nan ? kv_float(0x7f800000u) : x);
+}
+__device__ __forceinline__ float kv_poison(float scale) {
+  return scale <= KV_FLT_MAX ? scale : kv_float(0x7fc00000u);
+}
+
 __device__ __forceinline__ int kv_clampi(int v, int lo, int hi) {
   return v < lo ? lo : (v > hi ? hi : v);
 }

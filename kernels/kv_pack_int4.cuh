@@ -31,19 +31,16 @@ __device__ __forceinline__ void pack_int4_v(const KvSlab& s, long long off2, lon
         float x[VEC];
         kv_load<DT, VEC, VL>(src + u * VEC * esz, x);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          mn = fminf(mn, x[k]);
-          mx = fmaxf(mx, x[k]);
-        }
+        for (int k = 0; k < VEC; ++k) kv_min_max(x[k], mn, mx);
       }
     }
     mn = __fadd_rn(kv_group_min(mn, G), 0.0f);  // a -0 min / max becomes +0
     mx = __fadd_rn(kv_group_max(mx, G), 0.0f);
     if (!src) continue;
-    const float scale = __fdiv_rn(__fsub_rn(mx, mn), 15.0f);
+    const float scale = kv_poison(__fdiv_rn(__fsub_rn(mx, mn), 15.0f));  // NaN: q = 0
     if (li == 0) {
       v_scale[t] = scale;
-      v_min[t] = mn;
+      v_min[t] = scale == scale ? mn : scale;
     }
     for (int u = li; u < upr; u += G) {
       float x[VEC];
@@ -91,10 +88,7 @@ __device__ __forceinline__ void pack_int4_k(const KvSlab& s, long long off0, lon
         float x[VEC];
         kv_load<DT, VEC, VL>(src + u * VEC * esz, x);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          mn[k] = fminf(mn[k], x[k]);
-          mx[k] = fmaxf(mx[k], x[k]);
-        }
+        for (int k = 0; k < VEC; ++k) kv_min_max(x[k], mn[k], mx[k]);
       }
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
@@ -112,7 +106,8 @@ __device__ __forceinline__ void pack_int4_k(const KvSlab& s, long long off0, lon
       }
       a = __fadd_rn(a, 0.0f);  // a -0 min / max becomes +0
       b = __fadd_rn(b, 0.0f);
-      const float sc = __fdiv_rn(__fsub_rn(b, a), 15.0f);
+      const float sc = kv_poison(__fdiv_rn(__fsub_rn(b, a), 15.0f));  // NaN: q = 0
+      a = sc == sc ? a : sc;
       k_scale[(long long)g * D + d] = sc;
       k_min[(long long)g * D + d] = a;
       g_scale[d] = sc;

@@ -52,10 +52,10 @@ __device__ __forceinline__ void pack_fp8(KV_PARAMS) {
     float x[VEC];
     kv_load<DT, VEC, VL>(src + u * VEC * esz, x);
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) m = fmaxf(m, fabsf(x[k]));
+    for (int k = 0; k < VEC; ++k) m = fmaxf(m, kv_abs_or_inf(x[k]));
   }
   m = kv_block_max(m);
-  const float scale = __fdiv_rn(m, 448.0f);
+  const float scale = kv_poison(__fdiv_rn(m, 448.0f));  // NaN: q = 0 below
   const long long slab = (long long)s.lkv * H + s.h;
   if (threadIdx.x == 0) reinterpret_cast<float*>(s.payload + off0)[slab] = scale;
   char* q = s.payload + off1 + slab * T * D;
@@ -108,11 +108,11 @@ __device__ __forceinline__ void pack_int8(KV_PARAMS) {
         float x[VEC];
         kv_load<DT, VEC, VL>(src + u * VEC * esz, x);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) m = fmaxf(m, fabsf(x[k]));
+        for (int k = 0; k < VEC; ++k) m = fmaxf(m, kv_abs_or_inf(x[k]));
       }
     }
     m = kv_group_max(m, G);  // every lane of the warp takes part
-    const float scale = __fdiv_rn(m, 127.0f);
+    const float scale = kv_poison(__fdiv_rn(m, 127.0f));  // NaN: q = 0 below
     if (!src) continue;
     if (li == 0) scales[t] = scale;
     for (int u = li; u < upr; u += G) {

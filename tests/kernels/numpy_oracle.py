@@ -76,6 +76,15 @@ def _div(a, b):
     return (np.asarray(a, np.float32) / np.asarray(b, np.float32)).astype(np.float32)
 
 
+def _scale(amax_or_range, levels):
+    """amax / levels; NaN (0x7fc00000) where not finite: a NaN or an infinity in
+    the group (numpy's max / min propagate NaN) poisons it (codecs.py)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        scale = _div(amax_or_range, levels)
+        return np.where(scale <= np.finfo(np.float32).max, scale, np.float32("nan")) \
+            .astype(np.float32)
+
+
 # -- codecs ------------------------------------------------------------------
 def encode(x: np.ndarray, codec: str, itemsize: int, raw: bytes | None = None) -> np.ndarray:
     """Payload bytes of block values ``x`` (float32 [L, 2, T, H, D]).
@@ -91,13 +100,13 @@ def encode(x: np.ndarray, codec: str, itemsize: int, raw: bytes | None = None) -
     hm = np.ascontiguousarray(x.transpose(0, 1, 3, 2, 4)).astype(np.float32)  # [L,2,H,T,D]
     values = {}
     if codec == "fp8_e4m3":
-        scale = _div(np.abs(hm).max(axis=(3, 4)), 448.0)
+        scale = _scale(np.abs(hm).max(axis=(3, 4)), 448.0)
         safe = np.where(scale > 0, scale, 1).astype(np.float32)
         y = np.clip(_div(hm, safe[..., None, None]), -448, 448)
         y = np.where(scale[..., None, None] > 0, y, 0).astype(np.float32)
         values = {"scale": scale, "q": to_e4m3(y)}
     elif codec == "int8":
-        scale = _div(np.abs(hm).max(axis=4), 127.0)
+        scale = _scale(np.abs(hm).max(axis=4), 127.0)
         safe = np.where(scale > 0, scale, 1).astype(np.float32)
         q = np.clip(np.round(_div(hm, safe[..., None])), -127, 127)
         values = {"scale": scale, "q": np.where(scale[..., None] > 0, q, 0).astype(np.int8)}
@@ -109,9 +118,11 @@ def encode(x: np.ndarray, codec: str, itemsize: int, raw: bytes | None = None) -
                          2) + np.float32(0)
         k_max = np.stack([k[:, :, g * K_GROUP:(g + 1) * K_GROUP].max(axis=2) for g in range(G)],
                          2) + np.float32(0)
-        k_scale = _div(k_max - k_min, 15.0)
+        k_scale = _scale(k_max - k_min, 15.0)
+        k_min = np.where(np.isnan(k_scale), k_scale, k_min)
         v_min, v_max = v.min(axis=3) + np.float32(0), v.max(axis=3) + np.float32(0)
-        v_scale = _div(v_max - v_min, 15.0)
+        v_scale = _scale(v_max - v_min, 15.0)
+        v_min = np.where(np.isnan(v_scale), v_scale, v_min)
         tg = np.arange(T) // K_GROUP
         kq = _q4(k, k_min[:, :, tg], k_scale[:, :, tg])
         vq = _q4(v, v_min[..., None], v_scale[..., None])

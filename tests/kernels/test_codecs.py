@@ -246,3 +246,24 @@ def test_decode_rejects_bad_payloads():
         decode(good, {"num_layers": 1}, "int8")
     with pytest.raises(LayoutMismatch):
         decode(good, layout, "int8", out=torch.empty((1, 2, 16, 1, 64), dtype=torch.float32))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("codec", CODECS)
+def test_non_finite_input_matches_the_oracle(oracle, codec, dtype):
+    """NaN / +inf / -inf poison their scale group (codecs.py): the reference writes
+    the oracle's bytes (scale NaN, q = 0) and decodes the group to NaN."""
+    g = torch.Generator().manual_seed(2)
+    block = (torch.randn((2, 2, 80, 3, 16), generator=g) * 5).to(dtype)
+    block[0, 0, 3, 1, 2] = float("nan")
+    block[1, 1, 70, 2, 5] = float("inf")
+    block[0, 1, 10, 0, 0] = float("-inf")
+    block[1, 0, 65, 0, 7] = float("inf")  # int4: the second (ragged) K group
+    if codec != "none":  # (the oracle's none takes raw bytes; the check below is exact)
+        check_codec_against_oracle(oracle, block, codec, bounds=False)
+    out = decode(encode(block, codec), _layout(2, 80, 3, 16, str(dtype)[6:]), codec)
+    if codec == "none":
+        assert torch.equal(out.view(torch.uint8), block.view(torch.uint8))
+    else:
+        assert out.isnan().any() and not out.isinf().any()
+        assert out[0, 0, :, 1].isnan().any() and out[0, 0, :, 0].isfinite().all()

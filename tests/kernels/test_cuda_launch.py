@@ -1,15 +1,16 @@
 """The host side of a CUDA launch, checked on the CPU.
 
-CuPy, the device tables and the stream are replaced by stand-ins, and the
-kernel by an emulator of the "none" kernels that follows the slab addressing of
-kv_common.cuh through the raw pointers and byte strides ``cuda_backend.run``
-passes. So the pointer tables, strides, block-id tables, section offsets,
-padding, vector/scalar choice and grid are checked without a GPU.
+A launcher (``cuda_backend.set_launcher``, the backend's one seam) replaces
+CuPy: tables stay host tensors, and the kernel is a Python emulator of the
+"none" kernels that follows the slab addressing of kv_common.cuh through the
+raw pointers and byte strides ``cuda_backend.run`` passes. So the pointer
+tables, strides, block-id tables, section offsets, padding, vector/scalar
+choice and grid are checked without a GPU (the real .cu sources run under
+tests/kernels/emulation, test_emulated_kernels.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import sys
 from types import SimpleNamespace
@@ -36,20 +37,29 @@ def _int64s(ptr: int, n: int) -> list[int]:
 
 
 class Emulator:
-    """Runs a kernel's slab walk in Python for codec none; records every launch."""
+    """A launcher running a kernel's slab walk in Python for codec none; records every
+    launch and every table upload, with the stream of each."""
 
     calls: list[dict] = []
+    uploads: list[tuple] = []
+    current = "A"  # the stream kernels run on now
 
-    def __init__(self, op: str, name: str):
+    def stream(self, device):
+        return self.current
+
+    def upload(self, host, device, stream):
+        Emulator.uploads.append((tuple(host.tolist()), stream))
+        return host.clone()
+
+    def launch(self, op, name, grid, block, shared_mem, args, device, stream, buffers):
         self.op, self.name = op, name
-
-    def __call__(self, grid, block, args):
         (k_tab, v_tab, ids, p_tab, L, T, H, D, ebs, nb, bstride, tstride, hstride,
          *rest) = [int(a) for a in args]
         offsets, gaps, lanes = rest[:5], rest[5:10], rest[10]
         S = grid[2]
         Emulator.calls.append(dict(name=self.name, grid=grid, block=block, offsets=offsets,
-                                   gaps=gaps, lanes=lanes, strides=(bstride, tstride, hstride)))
+                                   gaps=gaps, lanes=lanes, strides=(bstride, tstride, hstride),
+                                   stream=stream, tables=(k_tab, v_tab, p_tab)))
         if "_none_" not in self.name:
             return
         esz = 4 if "_f32_" in self.name else 2
@@ -71,17 +81,13 @@ class Emulator:
 
 
 @pytest.fixture
-def fake_cuda(monkeypatch):
-    fake_cupy = SimpleNamespace(cuda=SimpleNamespace(Device=lambda i: contextlib.nullcontext()))
-    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
-    monkeypatch.setattr(cb, "_table", lambda values, device: torch.tensor(values,
-                                                                          dtype=torch.int64))
-    monkeypatch.setattr(cb, "_function", lambda op, index, name: Emulator(op, name))
-    monkeypatch.setattr(cb, "_stream", lambda ptr, index: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream",
-                        lambda device=None: SimpleNamespace(cuda_stream=0))
-    Emulator.calls = []
-    return Emulator
+def fake_cuda():
+    Emulator.calls, Emulator.uploads, Emulator.current = [], [], "A"
+    cb._TABLES.clear()
+    previous = cb.set_launcher(Emulator())
+    yield Emulator
+    cb.set_launcher(previous)
+    cb._TABLES.clear()
 
 
 def _setup(kind, dtype, D=64, ebs=16, T=32, nb=10, L=2, H=3):
@@ -107,7 +113,7 @@ def test_emulated_none_kernels_move_the_reference_bytes(fake_cuda, dtype, D):
     vec = (D * dtype.itemsize) % 16 == 0
     assert call["name"] == f"kv_pack_none_{cb._DT[dtype]}_{'v' if vec else 's'}"
     assert call["grid"] == (layout.num_kv_heads, 2 * layout.num_layers, 2)
-    assert call["block"] == (cb.THREADS,)
+    assert call["block"] == (cb.THREADS, 1, 1)
 
     dst = [torch.zeros_like(c) for c in caches]
     ref_dst = [torch.zeros_like(c) for c in caches]
@@ -154,3 +160,115 @@ def test_launch_arguments(fake_cuda, codec):
     assert fake_cuda.calls[-1]["lanes"] == 32  # 80 (or 40 int4 pairs) scalar units a row
     with pytest.raises(Exception, match="aligned"):
         cb.run("pack", src, codec, [torch.empty(spec.nbytes + 1, dtype=torch.uint8)[1:]] * 2)
+
+
+def test_pointer_tables_are_uploaded_on_the_stream_that_reads_them(fake_cuda):
+    """A table copied asynchronously on stream A must not be read by a kernel on
+    stream B with nothing ordering it after the copy: each stream gets its own
+    upload, enqueued on it before its first launch, and reuses it afterwards."""
+    layout, engine, caches = _setup(EngineKind.VLLM_FLASH, torch.float16)
+    src = _paged(caches, [7, 2, 9, 0], layout, engine, writing=False)
+    rows = list(torch.zeros((2, payload_spec(layout, "none").nbytes),
+                            dtype=torch.uint8).unbind(0))
+    k_ptrs = tuple(t.data_ptr() for t in src.k)
+    for stream in ("A", "B", "A", "B"):
+        fake_cuda.current = stream
+        cb.run("pack", src, "none", rows)
+    assert [s for v, s in fake_cuda.uploads if v == k_ptrs] == ["A", "B"]
+    assert len(fake_cuda.uploads) == 6  # K, V and payload tables, once per stream
+    tables = {}
+    for call in fake_cuda.calls:  # every launch reads the tables of its own stream
+        tables.setdefault(call["stream"], call["tables"])
+        assert call["tables"] == tables[call["stream"]]
+    assert set(tables["A"]).isdisjoint(tables["B"])
+
+
+class _FakeCupy:
+    """A CuPy whose probe kernel compiles and runs, or raises like one without
+    NVRTC (``fail="compile"``), without a driver (``fail="driver"``), or runs
+    and writes garbage (``fail="result"``)."""
+
+    int32 = "int32"
+
+    def __init__(self, fail=None):
+        self.fail = fail
+        self.cuda = SimpleNamespace(runtime=SimpleNamespace(getDeviceCount=self._count))
+
+    def _count(self):
+        if self.fail == "driver":
+            raise RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is "
+                               "insufficient for CUDA runtime version")
+        return 1
+
+    def zeros(self, n, dtype):
+        return _FakeArray(n)
+
+    def RawKernel(self, code, name):  # noqa: N802 (CuPy's name)
+        assert name in code
+        if self.fail == "compile":
+            raise OSError("CuPy failed to load libnvrtc.so.13: cannot open shared object file")
+
+        def run(grid, block, args):
+            out = args[0]
+            out.data = [42 + i + (self.fail == "result") for i in range(block[0])]
+        return run
+
+
+class _FakeArray:
+    def __init__(self, n):
+        self.data = [0] * n
+
+    def get(self):
+        return self.data
+
+
+@pytest.mark.parametrize("fail", [None, "compile", "driver", "result"])
+def test_available_compiles_and_runs_a_probe_kernel(monkeypatch, caplog, fail):
+    """available() is True only when a trivial kernel compiles and runs: a CuPy that
+    imports but has no NVRTC or driver makes the dispatcher fall back to the
+    reference instead of raising on every call."""
+    from kvstore.kernels import dispatch
+
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy(fail))
+    cb.available.cache_clear()
+    try:
+        assert cb.available() is (fail is None)
+        src = SimpleNamespace(device=torch.device("cuda", 0))
+        if fail is None:
+            monkeypatch.setattr(cb, "unsupported", lambda src, codec: None)
+            assert dispatch.choose(src, "none", None) == dispatch.CUDA
+        else:
+            assert dispatch.choose(src, "none", None) == dispatch.REFERENCE
+            assert "unavailable" in caplog.text
+            with pytest.raises(Exception, match="cannot run"):
+                dispatch.choose(src, "none", "cuda")
+    finally:
+        cb.available.cache_clear()
+
+
+def test_cupy_launcher_launches_on_the_callers_stream(monkeypatch):
+    """The production launcher: the NVRTC function of the op, inside the device and
+    the caller's stream, with grid, block, args and shared-memory bytes as given."""
+    import contextlib
+
+    events = []
+
+    @contextlib.contextmanager
+    def ctx(what):
+        events.append(("enter", what))
+        yield
+        events.append(("exit", what))
+
+    fake_cupy = SimpleNamespace(cuda=SimpleNamespace(Device=lambda i: ctx(("device", i))))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    monkeypatch.setattr(cb, "_stream", lambda ptr, index: ctx(("stream", ptr, index)))
+    monkeypatch.setattr(cb, "_function", lambda op, index, name: lambda *a, **k: events.append(
+        ("call", op, index, name, a, k)))
+    stream = SimpleNamespace(cuda_stream=0xABC)
+    cb.CupyLauncher().launch("pack", "kv_pack_int8_f16_v", (2, 4, 3), (256, 1, 1), 0,
+                             ("args",), torch.device("cuda", 1), stream, ())
+    assert events == [
+        ("enter", ("device", 1)), ("enter", ("stream", 0xABC, 1)),
+        ("call", "pack", 1, "kv_pack_int8_f16_v", ((2, 4, 3), (256, 1, 1), ("args",)),
+         {"shared_mem": 0}),
+        ("exit", ("stream", 0xABC, 1)), ("exit", ("device", 1))]

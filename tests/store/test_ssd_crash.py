@@ -120,11 +120,13 @@ def crash_cycles(directory, cycles: int, seed: int, max_kill: float,
     assert kills > 0
 
 
+@pytest.mark.integration
 def test_crash_quick(tmp_path):
     """Five SIGKILLs; odd cycles write with O_DIRECT (the format is the same)."""
     crash_cycles(tmp_path / "ssd", cycles=5, seed=1, max_kill=0.3)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_crash_many_cycles(tmp_path):
     crash_cycles(tmp_path / "ssd", cycles=30, seed=2, max_kill=0.8)

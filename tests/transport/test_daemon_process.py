@@ -19,6 +19,8 @@ from kvstore.transport.remote import RemoteStore
 from kvstore.transport.server import ServerThread
 from tests.transport.conftest import HAVE_UCX, blocks_for, listen_url, spec_of, tokens_for
 
+pytestmark = pytest.mark.integration
+
 
 def joined(blocks) -> bytes:
     return b"".join(bytes(memoryview(b).cast("B")) for b in blocks)

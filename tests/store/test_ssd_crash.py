@@ -79,7 +79,7 @@ def run_child(directory, start: int, count: int, seed: int, kill_after: float,
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     assert started.wait(60), "child did not start"
-    time.sleep(kill_after)
+    time.sleep(kill_after)  # on purpose: the SIGKILL lands at a random point of the workload
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
     proc.wait(30)

@@ -198,6 +198,6 @@ def test_restart_drops_orphans_and_unknown_namespaces(tmp_path, spec):
     del disk["records"][(ns, keys[1])]  # block 1 lost: blocks 2, 3 are orphans
     with TieredStore(StoreConfig(**cfg)) as s2:
         assert s2.get(ns, t) == (4, payloads_for(ns, spec, t)[:1])
-        time.sleep(0.05)
+        wait_for(lambda: s2.tier_stats("cpu").promotions == 1)  # the hit is back in CPU
     assert set(disk["records"]) == {(ns, keys[0])}
     _DISKS.pop(str(tmp_path))

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import random
 import subprocess
+import sys
 
 import pytest
 
 from tests.markers import check_markers, kind_of, refuse_out_of_process
+
+# Each test starts with the global RNGs (random, numpy's legacy one, torch) seeded
+# with this, so that a test's draws do not depend on which tests ran before it and
+# a failure replays alone (``pytest -k``). Tests with their own generators keep them.
+TEST_SEED = int(os.environ.get("KVSTORE_TEST_SEED", "0"), 0)
 
 
 def cuda_available() -> bool:
@@ -36,6 +44,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_report_header(config):
+    return f"global RNGs seeded with {TEST_SEED} before each test (KVSTORE_TEST_SEED)"
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_rngs():
+    random.seed(TEST_SEED)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(TEST_SEED)
+    if "torch" in sys.modules:  # not imported yet: it starts from its fixed default seed
+        sys.modules["torch"].manual_seed(TEST_SEED)
 
 
 @pytest.fixture(autouse=True)

@@ -1,13 +1,17 @@
-"""The unit/integration split (tests/markers.py): every test is exactly one, and unit
-tests stay in their process."""
+"""The suite's rules: every test is exactly one of unit/integration (tests/markers.py),
+unit tests stay in their process, and each test starts from seeded global RNGs."""
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
+from tests.conftest import TEST_SEED
 from tests.markers import KINDS, check_markers, kind_of, program_of
 
 
@@ -68,3 +72,10 @@ def test_a_unit_test_cannot_start_an_interpreter_but_may_run_a_tool():
     with pytest.raises(AssertionError, match="mark it @pytest.mark.integration"):
         subprocess.run([sys.executable, "-c", "pass"], check=True)
     assert subprocess.run(["true"]).returncode == 0  # a tool, not a part of the system
+
+
+@pytest.mark.parametrize("run", [1, 2])
+def test_global_rngs_start_from_the_test_seed(run):
+    assert random.random() == random.Random(TEST_SEED).random()
+    assert np.random.random() == np.random.RandomState(TEST_SEED).random_sample()
+    assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(TEST_SEED)))

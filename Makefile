@@ -37,17 +37,20 @@ system:
 lint: venv
 	$(BIN)/ruff check .
 
-# The whole suite except the long variants (soak 16 clients x 60 s per carrier,
-# 60k-frame fuzz, 30-cycle SIGKILL crash test): those run with `make test-slow`.
+# The whole suite, unit and integration tests, except the long variants (soak
+# 16 clients x 60 s per carrier, 60k-frame fuzz, 30-cycle SIGKILL crash test):
+# those run with `make test-slow`.
 test: venv venv-vllm system lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: venv venv-vllm system
 	$(BIN)/python -m pytest -q -m slow
 
-# For development: no vLLM install, no slow tests, stop at the first failure.
+# For development: the unit tests only (in-process: no daemon or CLI subprocess, no
+# etcd, no vLLM, no benchmark run; tests/markers.py says which are integration),
+# no slow variants, stop at the first failure. Under 2 minutes on 2 cores.
 test-fast: venv lint
-	$(BIN)/python -m pytest -q -m "not slow" -x
+	$(BIN)/python -m pytest -q -m "unit and not slow" -x
 
 # `make demo` runs through transformers; `make demo ENGINE=vllm` through vLLM with
 # KVStoreConnector (and installs vLLM's CPU build first: only then).

@@ -43,6 +43,7 @@ def cli_json(capsys, daemon, *args: str) -> dict:
     return json.loads(out)
 
 
+@pytest.mark.integration
 def test_cli_subprocess_json(daemon, client):
     spec = small_spec()
     ns = client.register(spec)

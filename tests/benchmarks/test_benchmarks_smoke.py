@@ -7,6 +7,8 @@ import pytest
 
 from benchmarks import hit_rate, prefix_match
 
+pytestmark = pytest.mark.integration
+
 TRACE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mooncake_conversation_trace.jsonl"
 
 

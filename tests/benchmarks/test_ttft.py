@@ -14,6 +14,8 @@ pytest.importorskip("transformers")
 
 from benchmarks import ttft  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 ROW_KEYS = {"engine", "prompt_tokens", "carrier", "codec", "ttft_miss_s", "ttft_hit_s", "speedup",
             "max_logprob_diff", "top1_agree", "tokens_reused", "ttft_hit_median_s", "load_s",
             "max_logit_err", "rel_logit_err", "quality_positions"}

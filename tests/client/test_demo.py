@@ -9,6 +9,8 @@ pytest.importorskip("transformers")
 from kvstore.demo import local_setup as demo_setup  # noqa: E402
 from kvstore.demo import main as demo  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def short_demo(local_model_dir, monkeypatch):

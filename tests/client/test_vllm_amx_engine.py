@@ -27,6 +27,8 @@ from kvstore.layout import KVLayout  # noqa: E402
 from tests.client import vllm_engine as ve  # noqa: E402
 from tests.kernels.engine_caches import build_cache, read_cache  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 URL = "embedded"
 PROMPT = 600  # tokens: two whole store blocks of 256
 

@@ -22,6 +22,8 @@ from kvstore.client.vllm_store import close_shared_client, shared_client  # noqa
 from kvstore.layout import KVLayout  # noqa: E402
 from tests.client import vllm_engine as ve  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 URL = "embedded"
 HIT = 1024  # whole store blocks of the 1100-token prefix
 

@@ -21,6 +21,8 @@ from kvstore.errors import LayoutMismatch  # noqa: E402
 from kvstore.kernels import EngineLayout, decode, pack_paged, unpack_paged  # noqa: E402
 from kvstore.layout import KVLayout  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 
 def _cases():
     """(dtype, isa, block_size, H, head_dim): the ISAs vLLM picks on this CPU."""

@@ -27,6 +27,8 @@ from kvstore.client.vllm_store import close_shared_client  # noqa: E402
 from kvstore.layout import KVLayout  # noqa: E402
 from tests.client import vllm_engine as ve  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 HIT = 1024
 
 

@@ -24,6 +24,8 @@ from kvstore.kernels import EngineKind, EngineLayout  # noqa: E402
 from kvstore.layout import KVLayout  # noqa: E402
 from tests.kernels.engine_caches import read_cache  # noqa: E402
 
+pytestmark = pytest.mark.integration
+
 BS, BT, L, H, D = 32, 64, 2, 2, 32  # vLLM block, store block, layers, kv heads, head dim
 
 

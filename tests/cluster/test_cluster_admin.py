@@ -13,6 +13,8 @@ from kvstore.daemon.config import load_config
 from kvstore.errors import InvalidArgument
 from tests.cluster.conftest import needs_etcd, wait_members
 
+pytestmark = pytest.mark.integration
+
 
 @needs_etcd
 def test_admin_cluster_lists_members_leases_and_usage(make_cluster, capsys):

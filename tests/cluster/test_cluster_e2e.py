@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from kvstore.admin.client import AdminClient
@@ -16,7 +17,7 @@ from kvstore.demo.etcd_process import EtcdProc
 from kvstore.namespace_spec import NamespaceSpec
 from tests.cluster.conftest import LAYOUT, TTL, kv_for, needs_etcd, wait_members
 
-pytestmark = needs_etcd
+pytestmark = [needs_etcd, pytest.mark.integration]
 B = LAYOUT.block_tokens
 
 

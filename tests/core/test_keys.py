@@ -44,6 +44,7 @@ def test_bad_tokens_rejected(bad):
         as_tokens(bad)
 
 
+@pytest.mark.integration
 def test_keys_identical_across_processes():
     """A random seed (Python's hash) would make these differ between processes."""
     code = (

@@ -46,6 +46,7 @@ def test_fingerprint_separates_everything_that_changes_bytes():
     assert len(base.fingerprint()) == 16
 
 
+@pytest.mark.integration
 def test_fingerprint_stable_across_processes():
     code = (
         "from kvstore import KVLayout;"

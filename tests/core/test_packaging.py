@@ -24,6 +24,7 @@ def test_subpackages_import_from_their_folders():
         assert Path(module.__file__).parent == ROOT / "kvstore" / name
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_wheel_has_only_kvstore_top_level(tmp_path):
     if shutil.which("git") is None:

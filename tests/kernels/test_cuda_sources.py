@@ -29,6 +29,7 @@ def _nvcc(args: list[str]) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("cu", SOURCES, ids=lambda p: p.name)
@@ -42,6 +43,7 @@ def test_nvcc_compiles_to_ptx(cu, arch, tmp_path):
     _nvcc(["--ptx", f"-arch={arch}", "-o", str(tmp_path / "out.ptx"), str(cu)])
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
 @pytest.mark.parametrize("cu", SOURCES, ids=lambda p: p.name)
@@ -103,6 +105,7 @@ def _probe_values() -> np.ndarray:
     return values[~np.isnan(values)]
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("g++") is None, reason="no host C++ compiler")
 def test_device_number_conversions_match_torch(tmp_path):
     src = tmp_path / "harness.cpp"

@@ -21,6 +21,7 @@ def test_arena_is_a_shared_file_of_exactly_capacity_bytes_and_removed_on_close()
     assert shm_files() == before
 
 
+@pytest.mark.integration
 def test_subprocess_maps_the_arena_and_reads_a_slot():
     tier = CPUTier(1 << 20)
     try:
@@ -42,6 +43,7 @@ def test_subprocess_maps_the_arena_and_reads_a_slot():
     assert not os.path.exists(info.path)
 
 
+@pytest.mark.integration
 def test_sweep_stale_removes_files_of_dead_processes(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)

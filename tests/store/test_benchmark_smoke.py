@@ -1,6 +1,10 @@
 import json
 
+import pytest
+
 from benchmarks import store as bench
+
+pytestmark = pytest.mark.integration
 
 
 def test_store_benchmark_writes_rows(tmp_path):

@@ -108,7 +108,7 @@ def test_shrunk_capacity_frees_oldest_on_recover(tmp_path):
     tier = SSDTier(tmp_path, capacity_bytes=1 << 20, segment_bytes=32 << 10)
     for i in range(100):
         h = SSDRecordHeader(b"n" * 16, i.to_bytes(16, "little"), ROOT_KEY, [i], b"", "none", 6000)
-        tier.write(h, os.urandom(6000))
+        tier.write(h, random.Random(i).randbytes(6000))
     tier.close()
     tier = SSDTier(tmp_path, capacity_bytes=256 << 10, segment_bytes=32 << 10)
     found = tier.recover()

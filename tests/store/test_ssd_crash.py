@@ -79,7 +79,7 @@ def run_child(directory, start: int, count: int, seed: int, kill_after: float,
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     assert started.wait(60), "child did not start"
-    time.sleep(kill_after)
+    time.sleep(kill_after)  # on purpose: the SIGKILL lands at a random point of the workload
     if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)
     proc.wait(30)
@@ -120,11 +120,13 @@ def crash_cycles(directory, cycles: int, seed: int, max_kill: float,
     assert kills > 0
 
 
+@pytest.mark.integration
 def test_crash_quick(tmp_path):
     """Five SIGKILLs; odd cycles write with O_DIRECT (the format is the same)."""
     crash_cycles(tmp_path / "ssd", cycles=5, seed=1, max_kill=0.3)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_crash_many_cycles(tmp_path):
     crash_cycles(tmp_path / "ssd", cycles=30, seed=2, max_kill=0.8)

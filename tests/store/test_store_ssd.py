@@ -203,6 +203,7 @@ def test_restart_drops_orphans_and_unknown_namespaces(tmp_path, spec):
         disk.remove(ns, keys[1])  # block 1 lost: blocks 2, 3 are orphans
     with TieredStore(StoreConfig(**cfg)) as s2:
         assert s2.get(ns, t) == (4, payloads_for(ns, spec, t)[:1])
+        wait_for(lambda: s2.tier_stats("cpu").promotions == 1)  # the hit is back in CPU
         s2.wait_writes()  # the orphans' removal
     with SSDTier(tmp_path, SSD_BYTES, segment_bytes=64 << 10) as disk:
         disk.recover()

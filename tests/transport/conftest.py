@@ -65,7 +65,9 @@ def store():
     s.close()
 
 
-@pytest.fixture(params=CARRIERS)
+# ucx is integration: its worker costs ~0.7 s to start and stop per test (tests/conftest.py)
+@pytest.fixture(params=[c if c != "ucx" else pytest.param(c, marks=pytest.mark.integration)
+                        for c in CARRIERS])
 def carrier(request):
     if request.param == "ucx" and not HAVE_UCX:
         pytest.skip("ucxx is not installed")

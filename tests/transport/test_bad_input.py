@@ -15,6 +15,7 @@ from kvstore.transport.limits import Limits
 from kvstore.transport.server import ServerThread
 from tests.transport.conftest import blocks_for, listen_url, spec_of, tokens_for
 from tests.transport.rawwire import Raw, frame_bytes
+from tests.waiting import wait_until
 
 
 @pytest.fixture(params=["tcp", "shm"])
@@ -231,12 +232,7 @@ def test_connection_limit(store, sockdir):
         assert c.closed()
         a.close()
         b.close()
-        import time
-
-        for _ in range(200):
-            if srv.dispatcher.connections == 0:
-                break
-            time.sleep(0.01)
+        assert wait_until(lambda: srv.dispatcher.connections == 0)
         d = raw(srv)
         assert d.request("ping")["status"] == 0
 
@@ -253,13 +249,7 @@ def test_stalled_payload_is_dropped(stream_daemon, good, store, monkeypatch):
     header = {"op": "put", "id": 4, "ns": ns, "args": {"tokens": toks.tobytes()},
               "sizes": [spec.block_bytes] * 2}
     r.send(frame_bytes(header) + b"\x00" * 100)  # then silence, the socket kept open
-    import time
-
-    time.sleep(0.3)
-    assert store._leases  # the put holds its write lease while it receives
-    deadline = time.monotonic() + 10
-    while store._leases and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not store._leases
+    assert wait_until(lambda: store.lease_count)  # the put holds its write lease while it receives
+    assert wait_until(lambda: not store.lease_count)  # until the stall drops the connection
     assert r.closed()
     good()

@@ -18,6 +18,9 @@ from kvstore.errors import Timeout, Unavailable
 from kvstore.transport.remote import RemoteStore
 from kvstore.transport.server import ServerThread
 from tests.transport.conftest import HAVE_UCX, blocks_for, listen_url, spec_of, tokens_for
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.integration
 
 
 def joined(blocks) -> bytes:
@@ -58,7 +61,7 @@ def test_serve_sigterm_drains_and_cleans_up(sockdir):
 
     worker = threading.Thread(target=hammer)
     worker.start()
-    time.sleep(0.3)
+    assert wait_until(lambda: outcomes["ok"] >= 3), "no answers before SIGTERM"
     rc = d.terminate(timeout=60)
     stop.set()
     worker.join(30)
@@ -111,7 +114,7 @@ def test_daemon_killed_mid_request(sockdir, carrier):
                threading.Thread(target=reader, args=(strict, strict_results))]
     for t in threads:
         t.start()
-    time.sleep(0.5)
+    assert wait_until(lambda: results and strict_results), "readers got nothing"
     d.proc.send_signal(signal.SIGKILL)
     t0 = time.monotonic()
     for t in threads:
@@ -168,12 +171,13 @@ def test_client_killed_mid_request_releases_its_leases(store, carrier, sockdir):
         try:
             assert proc.stdout.readline().strip() == "holding"
             if carrier == "shm":
-                assert len(store._leases) >= 5
-            time.sleep(0.3)
+                assert store.lease_count >= 5
+            busy = srv.dispatcher.requests + 4  # mid-request when the kill lands
+            assert wait_until(lambda: srv.dispatcher.requests >= busy)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(30)
-        assert wait_for(lambda: not store._leases), store._leases
+        assert wait_for(lambda: not store.lease_count), store.lease_count
         assert wait_for(lambda: srv.dispatcher.connections == 0)
         c = RemoteStore.connect(srv.urls[0], strict=True)  # same identity comes back
         spec = spec_of()

@@ -201,7 +201,7 @@ def test_reconnect_after_drop(connect, store):
     n, got = c.get(ns, toks)  # reconnects, re-registers, reads correct data
     assert n == 32 and joined(got) == joined(blocks)
     assert c.conn.generation == gen + 1
-    assert eventually(lambda: not store._leases)  # shm releases without waiting
+    assert eventually(lambda: not store.lease_count)  # shm releases without waiting
 
 
 async def _drop(client):
@@ -225,9 +225,9 @@ def test_leases_released_when_connection_closes(daemon, connect, store, carrier)
         await c.conn.request(Op.LEASE, ns, {"tokens": tokens_for(51, 2).tobytes(), "mode": "write"})
 
     c._run(hold())
-    assert len(store._leases) == 2
+    assert store.lease_count == 2
     c._run(_drop(c))
-    assert eventually(lambda: not store._leases)
+    assert eventually(lambda: not store.lease_count)
     assert c.lookup(ns, tokens_for(51, 2)) == 0  # the uncommitted write lease left nothing
 
 
@@ -337,6 +337,6 @@ def test_big_blocks_bulk_paths(connect, store, monkeypatch, workers):
             hasty.get_into(ns, toks)
         except Exception:  # a Timeout (or a miss): the connection is dropped, not stuck
             pass
-    assert eventually(lambda: not store._leases)
+    assert eventually(lambda: not store.lease_count)
     n, buf = c.get_into(ns, toks)
     assert n == 6 * 256 and bytes(buf) == joined(blocks)

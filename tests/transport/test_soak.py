@@ -10,6 +10,8 @@ import pytest
 from benchmarks.transport_soak import soak
 from tests.transport.conftest import CARRIERS, HAVE_UCX
 
+pytestmark = pytest.mark.integration
+
 
 def check(row: dict) -> None:
     assert row["errors"] == 0, row["first_errors"]

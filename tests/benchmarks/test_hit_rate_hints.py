@@ -50,7 +50,7 @@ def test_turns_sessions_and_answers_of_a_made_up_chat(tmp_path):
     paths = answer_paths(recs, prev)
     assert paths[0] == [1, 10, 12, 13]  # the next turn's ids: it hits through the answer
     assert paths[1] is None  # 5 tokens fill no block
-    assert paths[2] is None
+    assert paths[2] == [1, FRESH_BASE]  # the answer completes the partial block; no next turn
 
 
 def test_answer_of_a_last_turn_gets_fresh_ids():

@@ -6,6 +6,7 @@ built-ins below and plug-ins from the entry-point group ``kvstore.eviction``.
 
 from kvstore.eviction.arc import ARCPolicy
 from kvstore.eviction.base import EvictionPolicy, Hint, MayEvict, TreeView
+from kvstore.eviction.conversation import ConversationPolicy
 from kvstore.eviction.fifo import FIFOPolicy
 from kvstore.eviction.lfu import LFUPolicy
 from kvstore.eviction.lru import LRUPolicy
@@ -27,6 +28,7 @@ __all__ = [
     "SIEVEPolicy",
     "ARCPolicy",
     "PrefixAwarePolicy",
+    "ConversationPolicy",
     "OPTPolicy",
     "get_policy",
     "available_policies",

@@ -163,18 +163,17 @@ def infinite_cache_hit_rate(trace: Trace) -> float:
 
 
 def session_end_hints(trace: Trace, delay: float) -> list[tuple[float, int, list[bytes]]]:
-    """``(time, after request, keys)``: each conversation's blocks, ``delay`` s after its last turn."""
+    """``(time, after request, keys)``: each conversation's blocks, ``delay`` s after its last turn
+    (a conversation that branched is over when its last request is)."""
     blocks: dict[int, list[bytes]] = {}
+    final: dict[int, int] = {}
     for i, conv in enumerate(trace.conversation):
         mine = blocks.setdefault(conv, [])
         mine.extend(trace.keys[i])
         if trace.after_keys and trace.after_keys[i] is not None:
             mine.extend(trace.after_keys[i])
-    out = [
-        (trace.times[i] + delay, i, list(dict.fromkeys(blocks[trace.conversation[i]])))
-        for i, last in enumerate(trace.last_turn)
-        if last
-    ]
+        final[conv] = i
+    out = [(trace.times[i] + delay, i, list(dict.fromkeys(blocks[conv]))) for conv, i in final.items()]
     out.sort(key=lambda h: (h[0], h[1]))
     return out
 

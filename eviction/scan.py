@@ -38,6 +38,7 @@ store and the hit-rate replay do).
 from __future__ import annotations
 
 from abc import abstractmethod
+from itertools import islice
 from typing import Any
 
 from kvstore.eviction.base import EvictionPolicy, Hint, MayEvict, TreeView
@@ -140,9 +141,9 @@ class ScanPolicy(EvictionPolicy):
     def _offer_doomed(self, n: int, may_evict: MayEvict, out: list[bytes]) -> None:
         doomed, view = self._doomed, self.view
         going: dict[bytes, int] = {}  # key -> its children chosen in this call
-        for key in list(doomed):
-            if len(out) >= n:
-                return
+        skip = 0  # doomed keys held back in this call (locked), at the front of the order
+        while len(out) < n and skip < len(doomed):
+            key = next(islice(doomed, skip, None))
             if may_evict(key):
                 self._choose(key, doomed.pop(key), out)
                 self._pending_doomed.add(key)
@@ -151,6 +152,8 @@ class ScanPolicy(EvictionPolicy):
                     going[parent] = going.get(parent, 0) + 1
             elif self._can_park and view.num_children(key) > going.get(key, 0):
                 self._parked[key] = doomed.pop(key)  # no longer private: it got a branch
+            else:
+                skip += 1
 
     def victims(self, n: int, may_evict: MayEvict) -> list[bytes]:
         if self.capacity is None:

@@ -167,3 +167,18 @@ def test_third_party_default_ignores_hints():
         def __len__(self): return 0
 
     Minimal().on_hint([k("a")], Hint(session_end=True))  # a no-op, no error
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_locked_doomed_block_waits_and_stays_first(name):
+    tree, policy, _ = make(name)
+    a = put(tree, policy, [1, 2])
+    b = put(tree, policy, [3, 4])
+    policy.on_hint(b, Hint(session_end=True))
+    node = tree.match([3, 4]).node
+    tree.lock(node)  # being read: the tier may not evict it now
+    assert policy.victims(1, tree.is_evictable) == [a[1]]
+    tree.remove(a[1])
+    policy.on_remove(a[1])
+    tree.unlock(node)
+    assert drain(tree, policy)[:2] == [b[1], b[0]]

@@ -139,21 +139,26 @@ class ScanPolicy(EvictionPolicy):
                 self._put_back(key, self._held.pop(key))
 
     def _offer_doomed(self, n: int, may_evict: MayEvict, out: list[bytes]) -> None:
-        doomed, view = self._doomed, self.view
-        going: dict[bytes, int] = {}  # key -> its children chosen in this call
+        """Doomed keys first. Children come before their parents in ``_doomed``, so
+        when a doomed key is turned down because it has children, they are all
+        accounted for (chosen or held back in this call) unless one of them is
+        not doomed: then it is no longer private and goes back to the order."""
+        doomed, view, can_park = self._doomed, self.view, self._can_park
+        accounted: dict[bytes, int] = {}  # key -> its doomed children seen in this call
         skip = 0  # doomed keys held back in this call (locked), at the front of the order
         while len(out) < n and skip < len(doomed):
             key = next(islice(doomed, skip, None))
             if may_evict(key):
                 self._choose(key, doomed.pop(key), out)
                 self._pending_doomed.add(key)
-                if self._can_park:
-                    parent = self._parent_of[key]
-                    going[parent] = going.get(parent, 0) + 1
-            elif self._can_park and view.num_children(key) > going.get(key, 0):
-                self._parked[key] = doomed.pop(key)  # no longer private: it got a branch
+            elif can_park and view.num_children(key) > accounted.get(key, 0):
+                self._parked[key] = doomed.pop(key)  # it got a branch that is not doomed
+                continue
             else:
                 skip += 1
+            if can_park:
+                parent = view.parent(key)
+                accounted[parent] = accounted.get(parent, 0) + 1
 
     def victims(self, n: int, may_evict: MayEvict) -> list[bytes]:
         if self.capacity is None:

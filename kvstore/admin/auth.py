@@ -20,7 +20,7 @@ import grpc
 
 from kvstore.errors import InvalidArgument
 
-log = logging.getLogger("kvstore.admin.service")
+log = logging.getLogger("kvstore.admin")
 ADMIN_PREFIX = "/kvstore.admin.v1.Admin/"
 
 

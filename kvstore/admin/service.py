@@ -31,7 +31,7 @@ from kvstore.admin.servicer import AdminServicer
 from kvstore.errors import InvalidArgument
 from kvstore.store_api import ManagedStore
 
-log = logging.getLogger("kvstore.admin.service")
+log = logging.getLogger("kvstore.admin")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

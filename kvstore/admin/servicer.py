@@ -31,7 +31,7 @@ from kvstore.errors import ErrorCode, InvalidArgument, KVStoreError, Unavailable
 from kvstore.eviction.registry import OFFLINE, available_policies
 from kvstore.store_api import ManagedStore
 
-log = logging.getLogger("kvstore.admin.service")
+log = logging.getLogger("kvstore.admin")
 
 STATUS_OF = {
     ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,

@@ -31,8 +31,8 @@ def test_library_code_never_prints():
 
 
 def test_json_log_lines():
-    record = logging.LogRecord("kvstore.admin.service", logging.WARNING, __file__, 1,
+    record = logging.LogRecord("kvstore.admin", logging.WARNING, __file__, 1,
                                "admin API on %s", ("127.0.0.1:7803",), None)
     doc = json.loads(JsonFormatter().format(record))
-    assert doc["level"] == "warning" and doc["logger"] == "kvstore.admin.service"
+    assert doc["level"] == "warning" and doc["logger"] == "kvstore.admin"
     assert doc["msg"] == "admin API on 127.0.0.1:7803" and isinstance(doc["ts"], float)

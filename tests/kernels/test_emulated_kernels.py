@@ -22,6 +22,9 @@ from kvstore.layout import KVLayout
 from tests.kernels.emulation.cases import DTYPES, Geo, check, check_block, expected_kernel
 from tests.kernels.emulation.emulator import CXX, EmulatorLauncher
 
+# integration: the module compiles the CUDA sources with g++ (tests/markers.py)
+pytestmark = pytest.mark.integration
+
 GEOS = [
     Geo("flash-nhd-d64-ebs16-T64"),
     Geo("flash-hnd-d128-H3", kind="hnd", H=3, D=128, T=32, S=3),

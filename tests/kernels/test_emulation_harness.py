@@ -20,7 +20,9 @@ from kvstore.kernels import cuda_backend as cb
 from tests.kernels.emulation.cases import Geo, check
 from tests.kernels.emulation.emulator import CXX, EmulationError, EmulatorLauncher
 
-pytestmark = pytest.mark.skipif(shutil.which(CXX) is None, reason=f"{CXX} not on PATH")
+# integration: every module compiles the CUDA sources with g++ (tests/markers.py)
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(shutil.which(CXX) is None, reason=f"{CXX} not on PATH")]
 
 # (name, op, original text, planted text)
 MUTATIONS = [

@@ -30,7 +30,7 @@ def _as_uint8(buf) -> torch.Tensor:
 
 
 def transposed_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """``dst.copy_(src)`` for a strided ``src`` on the CPU, in one thread.
+    """``dst.copy_(src)`` on the CPU in one thread: the store's every CPU copy of a block.
 
     torch splits a large strided copy over its threads, and on a small
     machine whose other cores are busy that is several times slower (and far
@@ -41,7 +41,7 @@ def transposed_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
         dst.copy_(src)
         return
     bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[dst.element_size()]
-    np.copyto(dst.view(bits).numpy(), src.view(bits).numpy())
+    np.copyto(dst.detach().view(bits).numpy(), src.detach().view(bits).numpy())
 
 
 class BlockCodec:
@@ -59,18 +59,18 @@ class BlockCodec:
     def encode(self, block: torch.Tensor):
         """Payload of one block ``[L, 2, B, H, D]`` as a flat bytes-like (numpy uint8)."""
         if self._encode is None:
-            flat = block.detach().contiguous().cpu().reshape(-1).view(torch.uint8)
-        else:
-            flat = self._encode(block, self.codec).detach().cpu().reshape(-1)
-        return flat.numpy()
+            out = np.empty(self.payload_nbytes, dtype=np.uint8)
+            self.encode_into(block.detach(), out)
+            return out
+        return self._encode(block, self.codec).detach().cpu().reshape(-1).numpy()
 
     def encode_into(self, block: torch.Tensor, out) -> None:
         """Write one block's payload into the writable buffer ``out`` (an arena slot)."""
         dst = _as_uint8(out)
         if self._encode is None:  # one strided copy straight into the arena
-            dst.view(self.dtype).view(self.block_shape).copy_(block)
+            transposed_copy(dst.view(self.dtype).view(self.block_shape), block)
         else:
-            dst.copy_(self._encode(block, self.codec).reshape(-1))
+            transposed_copy(dst, self._encode(block, self.codec).reshape(-1))
 
     def decode_heads_into(self, payloads, out: torch.Tensor) -> None:
         """Decode consecutive blocks into ``out`` ``[L, 2, H, len(payloads) * B, D]``.
@@ -109,6 +109,6 @@ class BlockCodec:
         """Decode one payload into ``out`` (a ``[L, 2, B, H, D]`` view of the result)."""
         src = _as_uint8(payload)
         if self._decode is None:
-            out.copy_(src.view(self.dtype).view(self.block_shape))
+            transposed_copy(out, src.view(self.dtype).view(self.block_shape))
         else:
-            out.copy_(self._decode(src, self.layout, self.codec))
+            transposed_copy(out, self._decode(src, self.layout, self.codec))

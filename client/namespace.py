@@ -142,6 +142,26 @@ class Namespace:
             self.codec.decode_into(payload, out[:, :, i * bt : (i + 1) * bt])
         return n, out
 
+    def get_into(self, tokens, out: torch.Tensor, extra: bytes = b"") -> int:
+        """Decode the cached prefix of ``tokens`` into ``out``; returns the tokens decoded.
+
+        ``out`` is ``[L, 2, T, H, D]`` in the layout's dtype, an engine's own
+        buffer (any device): nothing is allocated, each block is copied once
+        (from the arena slot on shm/embedded, from the reused receive buffer
+        otherwise). Only the blocks that fit in ``T`` are read; 0 on a miss.
+        """
+        bt = self.block_tokens
+        toks = as_tokens(tokens)
+        toks = toks[: min(len(toks), self._check_kv(out)) // bt * bt]
+        if len(toks) == 0:
+            return 0
+
+        def consume(payloads):
+            for i, payload in enumerate(payloads):
+                self.codec.decode_into(payload, out[:, :, i * bt : (i + 1) * bt])
+
+        return self.read_blocks(toks, consume, extra)
+
     def _get_leased(self, toks, extra, device):
         be, bt = self.backend, self.block_tokens
         with read_lease(be, self.id, toks, extra) as lease:

@@ -5,7 +5,8 @@ built-ins below and plug-ins from the entry-point group ``kvstore.eviction``.
 """
 
 from kvstore.eviction.arc import ARCPolicy
-from kvstore.eviction.base import EvictionPolicy, MayEvict, TreeView
+from kvstore.eviction.base import EvictionPolicy, Hint, MayEvict, TreeView
+from kvstore.eviction.conversation import ConversationPolicy
 from kvstore.eviction.fifo import FIFOPolicy
 from kvstore.eviction.lfu import LFUPolicy
 from kvstore.eviction.lru import LRUPolicy
@@ -17,6 +18,7 @@ from kvstore.eviction.sieve import SIEVEPolicy
 
 __all__ = [
     "EvictionPolicy",
+    "Hint",
     "MayEvict",
     "TreeView",
     "LRUPolicy",
@@ -26,6 +28,7 @@ __all__ = [
     "SIEVEPolicy",
     "ARCPolicy",
     "PrefixAwarePolicy",
+    "ConversationPolicy",
     "OPTPolicy",
     "get_policy",
     "available_policies",

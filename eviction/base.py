@@ -23,11 +23,46 @@ one step per call, bounded by the number of blocks in flight.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
 MayEvict = Callable[[bytes], bool]
+
+
+# -- hints (issue 14) ----------------------------------------------------------
+@dataclass(frozen=True)
+class Hint:
+    """What an engine tells the store about some blocks; changes only the order of eviction.
+
+    * ``session_end``: the conversation these blocks belong to will not
+      continue. Its *private* blocks become the first victims: a hinted block
+      is private when every branch below it in the prefix tree is a private
+      hinted block too (decided through the bound ``TreeView`` when the hint
+      arrives: a block that has a child outside the hinted set, e.g. a system
+      prompt other conversations extend, is not private and the hint leaves
+      it alone). Without a bound view every hinted block counts as private.
+      A later hit on a block (someone did use it) clears the mark.
+    * ``keep_until``: protect the blocks until this time, on the policy's
+      ``clock`` (``time.monotonic`` in a store; the trace's time in a replay).
+    * ``priority``: > 0 protects the blocks until a later hint says otherwise
+      (or until ``keep_until`` when given); among protected blocks that must go
+      after all, the lowest priority goes first, then the earliest ``keep_until``.
+
+    A protected block goes only when nothing unprotected may go. A hint
+    replaces any earlier hint on the same block (``Hint()`` clears it);
+    ``session_end`` wins over protection. Keys that are not resident are ignored.
+    """
+
+    session_end: bool = False
+    keep_until: float | None = None
+    priority: int = 0
+
+    @property
+    def protects(self) -> bool:
+        return not self.session_end and (self.priority > 0 or self.keep_until is not None)
 
 
 class TreeView(Protocol):
@@ -51,6 +86,8 @@ class EvictionPolicy(ABC):
     """Base of every policy. Operations must be O(1) or O(log n) amortised."""
 
     name: ClassVar[str] = "base"
+    #: the time base of ``Hint.keep_until``; a replay sets it to the trace's time
+    clock: Callable[[], float] = staticmethod(time.monotonic)
 
     def bind(self, view: TreeView) -> None:
         """Give the policy the tree's read-only view (default: ignored)."""
@@ -78,3 +115,11 @@ class EvictionPolicy(ABC):
 
     def __contains__(self, key: bytes) -> bool:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    def on_hint(self, keys: Iterable[bytes], hint: Hint) -> None:
+        """The engine says ``hint`` about ``keys`` (see ``Hint``).
+
+        Default: ignored (a hint never changes correctness). Every built-in
+        policy honours it (``kvstore.eviction.scan.ScanPolicy``).
+        """
+        return None

@@ -35,7 +35,7 @@ class HeapPolicy(ScanPolicy):
             self._rebuild()
 
     def _rebuild(self) -> None:
-        out = self._parked.keys() | self._pending.keys()
+        out = self._parked.keys() | self._pending.keys() | self._doomed.keys() | self._held.keys()
         self._heap = [(p, s, k) for k, (p, s) in self._entry.items() if k not in out]
         heapq.heapify(self._heap)
 
@@ -48,7 +48,15 @@ class HeapPolicy(ScanPolicy):
         return None
 
     def _put_back(self, key: bytes, slot: Entry) -> None:
+        self._entry[key] = slot  # a withdrawn key's entry was renumbered: restore it
         heapq.heappush(self._heap, (slot[0], slot[1], key))
+
+    def _withdraw(self, key: bytes) -> Entry:
+        """Out of the order: renumber the key's entry so its heap entry turns stale."""
+        slot = self._entry[key]
+        self._seq += 1
+        self._entry[key] = (slot[0], self._seq)
+        return (slot[0], self._seq)
 
     def _detach(self, key: bytes) -> Entry:
         return self._entry[key]  # its heap entry turns stale in _gone

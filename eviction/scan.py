@@ -23,6 +23,12 @@ Victims handed out are *pending* until ``on_remove``; the tier may fail to
 evict one, so pending keys go back to their place at the next call and no key
 is ever lost. ``len`` and ``in`` count active, parked and pending keys alike.
 
+Hints (``on_hint``, see ``base.Hint`` and ``kvstore.eviction.hints``): the
+private blocks of a ``session_end`` hint are *doomed*: taken out of the order
+(their slot remembered) and offered before it; a protected block is *held*
+out of the order when it comes up and offered only when nothing else may go,
+or put back when its protection ends. A hit on a doomed block puts it back.
+
 A batch ``victims(n)`` is chosen against the tree as it is: removing a victim
 can make its parent the best next victim, which only a later call can see. A
 tier that wants the exact order on a tree asks for one victim at a time (the
@@ -34,7 +40,8 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any
 
-from kvstore.eviction.base import EvictionPolicy, MayEvict, TreeView
+from kvstore.eviction.base import EvictionPolicy, Hint, MayEvict, TreeView
+from kvstore.eviction.hints import Guards, private_blocks
 
 _UNKNOWN = object()
 
@@ -52,6 +59,10 @@ class ScanPolicy(EvictionPolicy):
         self._pending: dict[bytes, Any] = {}
         self._parent_of: dict[bytes, bytes | None] = {}  # pending victim -> its parent
         self._high_water = 0
+        self._doomed: dict[bytes, Any] = {}  # session over: first victims, in this order
+        self._pending_doomed: set[bytes] = set()
+        self._guards = Guards()
+        self._held: dict[bytes, Any] = {}  # protected keys set aside from the order
 
     # -- hooks for the concrete policy ----------------------------------------
     @abstractmethod
@@ -70,6 +81,10 @@ class ScanPolicy(EvictionPolicy):
     def _gone(self, key: bytes, slot: Any, evicted: bool) -> None:
         """Forget a removed key; ``evicted`` when it was a victim this policy chose."""
 
+    def _withdraw(self, key: bytes) -> Any:
+        """Take an active key out of the order so that ``_put_back`` restores it."""
+        return self._detach(key)
+
     # -- shared machinery -----------------------------------------------------
     def bind(self, view: TreeView) -> None:
         self.view = view
@@ -80,24 +95,86 @@ class ScanPolicy(EvictionPolicy):
         return self.capacity or max(self._high_water, 1)
 
     def _reactivate(self, key: bytes) -> None:
-        """Put a parked or pending key back in the order (it was accessed again)."""
+        """Put a parked, pending, doomed or held key back in the order (it was accessed again)."""
         if key in self._parked:
             self._put_back(key, self._parked.pop(key))
         elif key in self._pending:
             self._parent_of.pop(key, None)
+            self._pending_doomed.discard(key)
             self._put_back(key, self._pending.pop(key))
+        elif key in self._doomed:  # used after all: the session was not over
+            self._put_back(key, self._doomed.pop(key))
+        elif key in self._held:
+            self._put_back(key, self._held.pop(key))
+
+    # -- hints ----------------------------------------------------------------
+    def on_hint(self, keys, hint: Hint) -> None:
+        keys = [k for k in dict.fromkeys(keys) if k in self and k not in self._pending]
+        if not keys:
+            return
+        for key in keys:
+            self._guards.set(key, hint)
+            if key in self._doomed and not hint.session_end:  # a newer hint replaces it
+                self._put_back(key, self._doomed.pop(key))
+            elif key in self._held and not hint.protects:
+                self._put_back(key, self._held.pop(key))
+        if not hint.session_end:
+            return
+        for key in private_blocks(keys, self.view):
+            if key in self._doomed:
+                continue
+            if key in self._held:
+                slot = self._held.pop(key)
+            elif key in self._parked:
+                slot = self._parked.pop(key)
+            else:
+                slot = self._withdraw(key)
+            self._doomed[key] = slot
+
+    def _release_expired(self) -> None:
+        now = self.clock()
+        for key in self._guards.expired(now):
+            if key in self._held and not self._guards.active(key, now):
+                self._put_back(key, self._held.pop(key))
+
+    def _offer_doomed(self, n: int, may_evict: MayEvict, out: list[bytes]) -> None:
+        doomed, view = self._doomed, self.view
+        going: dict[bytes, int] = {}  # key -> its children chosen in this call
+        for key in list(doomed):
+            if len(out) >= n:
+                return
+            if may_evict(key):
+                self._choose(key, doomed.pop(key), out)
+                self._pending_doomed.add(key)
+                if self._can_park:
+                    parent = self._parent_of[key]
+                    going[parent] = going.get(parent, 0) + 1
+            elif self._can_park and view.num_children(key) > going.get(key, 0):
+                self._parked[key] = doomed.pop(key)  # no longer private: it got a branch
 
     def victims(self, n: int, may_evict: MayEvict) -> list[bytes]:
         if self.capacity is None:
             self._high_water = max(self._high_water, len(self))
         pending, parked = self._pending, self._parked
         if pending:  # handed out before but not removed after all
+            back = {}
             for key in reversed(list(pending)):
-                self._put_back(key, pending.pop(key))
+                if key in self._pending_doomed:
+                    back[key] = pending.pop(key)
+                else:
+                    self._put_back(key, pending.pop(key))
+            if back:  # first victims again, in their order (children before parents)
+                self._doomed = {**dict(reversed(back.items())), **self._doomed}
+            self._pending_doomed.clear()
             self._parent_of.clear()
+        if self._held:
+            self._release_expired()
         can_park, view = self._can_park, self.view
         out: list[bytes] = []
+        if self._doomed:
+            self._offer_doomed(n, may_evict, out)
         held: list[tuple[bytes, Any]] = []
+        guards, now = self._guards, None
         refilled = False
         while len(out) < n:
             got = self._pop()
@@ -109,24 +186,44 @@ class ScanPolicy(EvictionPolicy):
                     continue
                 break
             key, slot = got
+            if guards.record and key in guards.record:
+                now = self.clock() if now is None else now
+                if guards.active(key, now):
+                    self._held[key] = slot
+                    guards.held(key)
+                    continue
             if may_evict(key):
-                out.append(key)
-                pending[key] = slot
-                if can_park:
-                    self._parent_of[key] = view.parent(key)
+                self._choose(key, slot, out)
             elif can_park and view.num_children(key) > 0:
                 parked[key] = slot
             else:
                 held.append((key, slot))
         for key, slot in reversed(held):
             self._put_back(key, slot)
+        if len(out) < n and self._held:  # only protected blocks are left
+            for key in sorted(self._held, key=guards.rank):
+                if len(out) >= n:
+                    break
+                if may_evict(key):
+                    self._choose(key, self._held.pop(key), out)
         return out
+
+    def _choose(self, key: bytes, slot: Any, out: list[bytes]) -> None:
+        out.append(key)
+        self._pending[key] = slot
+        if self._can_park:
+            self._parent_of[key] = self.view.parent(key)
 
     def on_remove(self, key: bytes) -> None:
         if key in self._pending:
             slot, evicted = self._pending.pop(key), True
+            self._pending_doomed.discard(key)
         elif key in self._parked:
             slot, evicted = self._parked.pop(key), False
+        elif key in self._doomed:
+            slot, evicted = self._doomed.pop(key), False
+        elif key in self._held:
+            slot, evicted = self._held.pop(key), False
         elif key in self:
             slot, evicted = self._detach(key), False
         else:
@@ -137,6 +234,7 @@ class ScanPolicy(EvictionPolicy):
                 parent = self.view.parent(key)
             except KeyError:
                 parent = None
+        self._guards.record.pop(key, None)
         self._gone(key, slot, evicted)
         if parent in self._parked:  # its child left: it may be a leaf tail now
             self._put_back(parent, self._parked.pop(parent))

@@ -42,6 +42,7 @@ from kvstore.errors import (
 )
 from kvstore.namespace_spec import NamespaceSpec
 from kvstore.ssd.tier import SSDTier
+from kvstore.store.block_state import policy_key
 from kvstore.store.buffers import byte_view
 from kvstore.store.config import StoreConfig
 from kvstore.store.cpu_tier import CPUTier
@@ -62,6 +63,7 @@ from kvstore.store_api import (
     EvictResult,
     Lease,
     PinInfo,
+    PrefixHint,
     StoreStats,
     TierStats,
 )
@@ -213,6 +215,21 @@ class TieredStore:
             nst = self._namespaces.get(ns)
             m = nst.tree.match(arr, extra)
             return self._tiers.remove_subtree(nst, m.blocks[0].key) if m.blocks else 0
+
+    def hint(self, ns: bytes, tokens, hint: PrefixHint, extra: bytes = b"") -> int:
+        """Apply ``hint`` to the cached prefix's blocks in every memory tier's policy.
+
+        Returns the leading tokens cached (what it applied to); a prefix that is
+        not cached is a no-op. Nothing is moved or dropped here: the hint only
+        reorders the next evictions.
+        """
+        arr = as_tokens(tokens)
+        with self._lock:
+            nst = self._namespaces.get(ns)
+            m = self._path.match(nst, arr, extra, False)
+            if m.blocks:
+                self._tiers.apply_hint([policy_key(nst.fp, b.key) for b in m.blocks], hint)
+            return m.num_tokens
 
     def flush(self) -> None:
         """Make every block acknowledged before the call durable on SSD (no-op without SSD)."""

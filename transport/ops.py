@@ -12,7 +12,7 @@ into error replies.
 limits, the token check, the executor that runs blocking store calls, and
 ``cluster`` (None, or the ``ClusterHook`` of a clustered daemon: a read of a
 prefix this node lacks fetches it from a peer first, a write of a prefix
-another node owns is forwarded to it). ``server_stats`` reports the
+another node owns is forwarded to it, and so is a hint). ``server_stats`` reports the
 dispatcher's counters for the ``stats`` op.
 """
 

@@ -22,6 +22,10 @@ them under its lock:
 * ``Promoter`` (``promotion``): copies SSD hits back into the CPU arena;
 * ``LeaseTable`` (``lease_table``) and ``PinTable`` (``pin_table``).
 
+Hints (``hint``, ``kvstore.store_api.PrefixHint``): an engine's word about a
+cached prefix (session over, keep it) goes to the policy of every memory
+tier that holds some of its blocks; it reorders later evictions only.
+
 Operator controls (``kvstore.store_api.ManagedStore``): ``set_read_only``
 refuses writes (``put``, ``lease_write`` raise ``Draining``; reads, lookups,
 deletes and flushes keep working); ``pin``/``unpin`` keep a prefix resident

@@ -177,3 +177,23 @@ def test_hints_against_a_real_daemon_over_tcp_and_shm(sockdir):
                     assert rs.delete(ns, protected) == 2
     finally:
         assert d.terminate(timeout=60) == 0, "".join(d.lines[-20:])
+
+
+@pytest.mark.parametrize("carrier", ["tcp"])
+def test_a_daemon_that_predates_the_op_drops_hints(small_daemon):
+    from kvstore.transport.messages import Op
+
+    small_daemon.dispatcher.ops.handlers.pop(Op.HINT)  # an older daemon: "unknown op"
+    with RemoteStore.connect(small_daemon.urls[0], timeout=10, strict=True) as rs:
+        spec = spec_of()
+        ns = rs.register(spec)
+        a = toks(1, 2)
+        put(rs, ns, spec, a)
+        assert rs.hint(ns, a, PrefixHint(session_end=True)) == 0  # dropped, even when strict
+        served = small_daemon.dispatcher.requests
+        assert rs.hint(ns, a, PrefixHint(session_end=True)) == 0
+        assert small_daemon.dispatcher.requests == served  # not sent again for a while
+        assert rs.lookup(ns, a) == 32  # the connection works on
+        rs.ops._no_hints_until = 0.0  # the minute is over
+        assert rs.hint(ns, a, PrefixHint(priority=1)) == 0  # asked again: still unknown
+        assert small_daemon.dispatcher.requests > served + 1  # it was sent

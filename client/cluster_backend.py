@@ -209,30 +209,34 @@ class ClusterBackend:
         return self._attempt(ns, toks, extra, lambda rs: rs.delete(ns, toks, extra), 0, 1)
 
     def hint(self, ns: bytes, tokens, hint: PrefixHint, extra: bytes = b"") -> int:
-        """Send ``hint`` to every node that holds the prefix (its owner, and a hot prefix's
-        replicas); returns the most tokens it applied to. Unreachable nodes are skipped
-        (a hint only reorders evictions): with none reached it is dropped unless strict."""
+        """Send ``hint`` to every node that holds the prefix: its owner (a hot prefix's
+        replicas too), and for each of them that cannot be reached the next node in the
+        ranking (where a put went in its stead). Returns the most tokens it applied to;
+        with no node reached it is dropped, unless strict (it only reorders evictions)."""
         toks = as_tokens(tokens)
         route = self.route(ns, toks, extra)
+        if route.route_key is None:  # shorter than the routing blocks: nothing is cached
+            return 0
+        targets, spares = list(route.owners()), list(route.candidates[route.replicas:])
         now = time.monotonic()
         best, reached, last = 0, 0, None
-        for node in route.owners():
+        for node in targets:  # grows by a spare for each owner that is not reached
             rs = self._store(node) if self._suspect.get(node.node_id, 0.0) <= now else None
-            if rs is None:
-                continue
             try:
-                best = max(best, rs.hint(ns, toks, hint, extra))
-                reached += 1
+                if rs is not None:
+                    best = max(best, rs.hint(ns, toks, hint, extra))
+                    reached += 1
+                    continue
             except OFFLINE as exc:
                 self._suspect[node.node_id] = time.monotonic() + self.suspect_seconds
                 log.info("node %s unreachable (%s); hint dropped there", node.node_id, exc)
                 last = exc
-        if route.route_key is None:  # shorter than the routing blocks: nothing is cached
-            return 0
+            if spares:
+                targets.append(spares.pop(0))
         if reached:
             self.availability.answered()
             return best
-        why = f"no owner in cluster {self.url.cluster} took the hint" + (f" ({last})" if last else "")
+        why = f"no node of cluster {self.url.cluster} took the hint" + (f" ({last})" if last else "")
         return self.availability.failed(Unavailable(why), 0)
 
     def flush(self) -> None:

@@ -62,12 +62,16 @@ def test_hint_reaches_the_owner_from_a_routing_client_and_through_any_node(make_
         assert counters(infos[owner]).get("forwarded_hints", 0) == 0  # the owner keeps it
 
 
-def test_hint_to_a_cluster_that_is_gone_is_dropped(make_cluster):
-    cluster = make_cluster(1, name="gone")
+def test_hint_follows_a_put_past_a_lost_owner_and_is_dropped_when_no_node_answers(
+        make_cluster):
+    cluster = make_cluster(2, name="gone")
     with KVClient.connect(cluster.url, suspect_seconds=30) as c:
-        assert wait_members(c.backend, 1)
+        assert wait_members(c.backend, 2)
         ns = c.namespace(LAYOUT)
         toks = prompt(5)
-        assert ns.put(toks, kv_for(len(toks), 5)) == len(toks)
-        cluster.nodes[0].kill()
-        assert ns.hint(toks, session_end=True) == 0  # dropped, not an error
+        owner = c.backend.route(ns.id, toks).candidates[0].node_id
+        cluster.by_id(owner).kill()
+        assert ns.put(toks, kv_for(len(toks), 5)) == len(toks)  # stored on the next node
+        assert ns.hint(toks, session_end=True) == len(toks)  # and the hint follows it there
+        next(n for n in cluster.nodes if n.node_id != owner).kill()
+        assert ns.hint(toks, session_end=True) == 0  # no node answers: dropped, not an error

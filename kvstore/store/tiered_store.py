@@ -46,7 +46,7 @@ from kvstore.errors import (
 )
 from kvstore.namespace_spec import NamespaceSpec
 from kvstore.ssd.tier import SSDTier
-from kvstore.store.block_state import policy_key
+from kvstore.store.block_state import policy_key, private_tail
 from kvstore.store.buffers import byte_view
 from kvstore.store.config import StoreConfig
 from kvstore.store.cpu_tier import CPUTier
@@ -225,14 +225,20 @@ class TieredStore:
 
         Returns the leading tokens cached (what it applied to); a prefix that is
         not cached is a no-op. Nothing is moved or dropped here: the hint only
-        reorders the next evictions.
+        reorders the next evictions. A ``session_end`` hint goes to the prefix's
+        private tail only (blocks no other cached sequence goes through, found in
+        the tree: a demoting tier's policy cannot tell), so a shared system
+        prompt keeps its place, and any protection another hint gave it.
         """
         arr = as_tokens(tokens)
         with self._lock:
             nst = self._namespaces.get(ns)
             m = self._path.match(nst, arr, extra, False)
-            if m.blocks:
-                self._tiers.apply_hint([policy_key(nst.fp, b.key) for b in m.blocks], hint)
+            keys = [b.key for b in m.blocks]
+            if hint.session_end:  # only the blocks no other cached sequence goes through
+                keys = private_tail(nst.tree, keys)
+            if keys:
+                self._tiers.apply_hint([policy_key(nst.fp, k) for k in keys], hint)
             return m.num_tokens
 
     def flush(self) -> None:

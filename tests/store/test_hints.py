@@ -168,3 +168,44 @@ def tiers_of(store, ns, tokens) -> list:
 def test_bad_hints_are_refused(bad):
     with pytest.raises(InvalidArgument):
         PrefixHint(**bad)
+
+
+def test_session_end_spares_a_shared_prompt_in_a_store_with_an_ssd_tier(tmp_path):
+    """The CPU tier demotes (its policy's view has no parent to tell private blocks by):
+    the store itself hands the policy only the ended conversation's private tail."""
+    store = TieredStore(StoreConfig(cpu_bytes=CAPACITY * 512, ssd_dir=str(tmp_path),
+                                    ssd_bytes=1 << 20, segment_bytes=64 << 10))
+    spec = make_spec()
+    ns = store.register(spec)
+    with store:
+        system = toks(1, 2)
+        ended = np.concatenate([system, toks(30_000, 2)])
+        other = np.concatenate([system, toks(40_000, 2)])
+        put(store, ns, spec, ended)
+        put(store, ns, spec, other)
+        fill(store, ns, spec, 100_000, CAPACITY - 6)
+        assert store.hint(ns, system, PrefixHint(priority=4)) == 8
+        assert store.hint(ns, ended, PrefixHint(session_end=True)) == 16
+        fill(store, ns, spec, 500_000, 2)
+        store.wait_writes()
+        assert tiers_of(store, ns, ended) == [Tier.CPU] * 2 + [Tier.SSD] * 2
+        assert tiers_of(store, ns, other) == [Tier.CPU] * 4
+        fill(store, ns, spec, 700_000, CAPACITY)  # the system prompt is still protected
+        assert tiers_of(store, ns, system) == [Tier.CPU] * 2
+        store.check()
+
+
+def test_private_tail():
+    from kvstore.store.block_state import NamespaceState, private_tail
+
+    store, ns, spec = small_store()
+    with store:
+        a = np.concatenate([toks(1, 2), toks(100, 2)])
+        b = np.concatenate([toks(1, 2), toks(200, 1)])
+        put(store, ns, spec, a)
+        put(store, ns, spec, b)
+        nst: NamespaceState = store._namespaces.get(ns)
+        chain = [m.key for m in nst.tree.match(a).blocks]
+        assert private_tail(nst.tree, chain) == chain[:1:-1]  # a's own two blocks
+        assert private_tail(nst.tree, chain[:3]) == []  # a's third block has a child
+        assert private_tail(nst.tree, [m.key for m in nst.tree.match(toks(1, 2)).blocks]) == []

@@ -5,9 +5,10 @@
     n = await ns.lookup(tokens)
     stored = await ns.put(tokens, kv)
     n, kv = await ns.get(tokens)
+    await ns.hint(tokens, session_end=True)   # the conversation is over
     await c.flush(); await c.close()          # or: async with ... as c
 
-Nothing here blocks the caller's event loop. ``lookup`` (small) awaits the
+Nothing here blocks the caller's event loop. ``lookup`` and ``hint`` (small) await the
 backend's own coroutine when it declares ``capabilities.async_lookup`` (the remote client: its
 I/O thread answers it); ``put`` / ``get`` / ``delete`` / ``flush`` run the sync call on
 a worker thread (``asyncio.to_thread``), because they copy and convert
@@ -24,7 +25,7 @@ from typing import cast
 from kvstore.client.kvclient import KVClient
 from kvstore.client.namespace import Namespace
 from kvstore.layout import KVLayout
-from kvstore.store_api import AsyncLookupStore
+from kvstore.store_api import AsyncLookupStore, PrefixHint
 from kvstore.tokens import as_tokens
 
 
@@ -40,6 +41,17 @@ class AsyncNamespace:
             return await asyncio.to_thread(self.sync.lookup, tokens, extra)
         lookup = cast(AsyncLookupStore, backend).alookup(self.id, as_tokens(tokens), extra)
         return await self.sync.availability.acall(lookup, 0)
+
+    async def hint(self, tokens, *, session_end: bool = False, keep_until: float | None = None,
+                   priority: int = 0, extra: bytes = b"") -> int:
+        """The twin of ``Namespace.hint`` (a coroutine of the backend's own I/O when it has one)."""
+        backend = self.sync.backend
+        if not backend.capabilities.async_lookup:
+            return await asyncio.to_thread(self.sync.hint, tokens, session_end=session_end,
+                                           keep_until=keep_until, priority=priority, extra=extra)
+        hint = PrefixHint(session_end, keep_until, priority)
+        call = cast(AsyncLookupStore, backend).ahint(self.id, as_tokens(tokens), hint, extra)
+        return await self.sync.availability.acall(call, 0)
 
     async def put(self, tokens, kv, extra: bytes = b"") -> int:
         return await asyncio.to_thread(self.sync.put, tokens, kv, extra)

@@ -32,7 +32,14 @@ from kvstore.cluster.records import EtcdURL, NodeInfo
 from kvstore.cluster.routing import Route, Router
 from kvstore.errors import Unavailable
 from kvstore.namespace_spec import NamespaceSpec
-from kvstore.store_api import Alloc, Capabilities, NamespaceStats, StoreStats, TierStats
+from kvstore.store_api import (
+    Alloc,
+    Capabilities,
+    NamespaceStats,
+    PrefixHint,
+    StoreStats,
+    TierStats,
+)
 from kvstore.tokens import as_tokens
 from kvstore.transport.remote import RemoteStore
 from kvstore.transport.wire_client import default_alloc
@@ -200,6 +207,37 @@ class ClusterBackend:
     def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         toks = as_tokens(tokens)
         return self._attempt(ns, toks, extra, lambda rs: rs.delete(ns, toks, extra), 0, 1)
+
+    def hint(self, ns: bytes, tokens, hint: PrefixHint, extra: bytes = b"") -> int:
+        """Send ``hint`` to every node that holds the prefix: its owner (a hot prefix's
+        replicas too), and for each of them that cannot be reached the next node in the
+        ranking (where a put went in its stead). Returns the most tokens it applied to;
+        with no node reached it is dropped, unless strict (it only reorders evictions)."""
+        toks = as_tokens(tokens)
+        route = self.route(ns, toks, extra)
+        if route.route_key is None:  # shorter than the routing blocks: nothing is cached
+            return 0
+        targets, spares = list(route.owners()), list(route.candidates[route.replicas:])
+        now = time.monotonic()
+        best, reached, last = 0, 0, None
+        for node in targets:  # grows by a spare for each owner that is not reached
+            rs = self._store(node) if self._suspect.get(node.node_id, 0.0) <= now else None
+            try:
+                if rs is not None:
+                    best = max(best, rs.hint(ns, toks, hint, extra))
+                    reached += 1
+                    continue
+            except OFFLINE as exc:
+                self._suspect[node.node_id] = time.monotonic() + self.suspect_seconds
+                log.info("node %s unreachable (%s); hint dropped there", node.node_id, exc)
+                last = exc
+            if spares:
+                targets.append(spares.pop(0))
+        if reached:
+            self.availability.answered()
+            return best
+        why = f"no node of cluster {self.url.cluster} took the hint" + (f" ({last})" if last else "")
+        return self.availability.failed(Unavailable(why), 0)
 
     def flush(self) -> None:
         for node in self.nodes().values():

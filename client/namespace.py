@@ -8,7 +8,7 @@ between the caller's tensor and the arena slots of a lease. Others receive a
 get into one reused buffer (``get_into``).
 
 A daemon that cannot be reached is a miss unless ``strict``
-(``kvstore.availability``).
+(``kvstore.availability``); a hint (``Namespace.hint``) to it is dropped.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from kvstore.client.codec import BlockCodec
 from kvstore.errors import InvalidArgument, LayoutMismatch
 from kvstore.layout import KVLayout
 from kvstore.namespace_spec import NamespaceSpec
-from kvstore.store_api import BlockStore, read_lease, write_lease
+from kvstore.store_api import BlockStore, PrefixHint, read_lease, write_lease
 from kvstore.tokens import as_tokens, full_blocks
 
 
@@ -213,3 +213,20 @@ class Namespace:
 
     def delete(self, tokens, extra: bytes = b"") -> int:
         return self.backend.delete(self.id, as_tokens(tokens), extra)
+
+    def hint(self, tokens, *, session_end: bool = False, keep_until: float | None = None,
+             priority: int = 0, extra: bytes = b"") -> int:
+        """Tell the store's eviction policies about the cached prefix of ``tokens``.
+
+        ``session_end``: this conversation will not continue (its private
+        blocks go first); ``keep_until``: protect the blocks for that many
+        seconds from now; ``priority`` > 0: protect them until told otherwise
+        (the lowest goes first when protected blocks must go). A new hint
+        replaces the last one on the same blocks. Returns the leading tokens it
+        applied to (0: nothing cached, a no-op). Hints change the order of
+        eviction, never what a lookup or get returns; an unreachable daemon
+        drops them (unless ``strict``).
+        """
+        hint = PrefixHint(session_end, keep_until, priority)
+        toks = as_tokens(tokens)
+        return self._soft(lambda: self.backend.hint(self.id, toks, hint, extra), 0)

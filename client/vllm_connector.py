@@ -22,7 +22,13 @@ Both talk to the store through one ``KVClient`` per process
 
 Transfers are synchronous: loads complete before the forward pass that needs
 them, saves before the step ends, so no request waits on the connector
-between steps and ``get_finished`` has nothing to report.
+between steps. The one exception is a finished request with a whole block of
+generated tokens no step could save yet (``save_decode`` under async
+scheduling): ``request_finished`` keeps its blocks, the next step saves them,
+and ``get_finished`` reports it so that vLLM frees them
+(``kvstore.client.vllm_scheduler``). A request's hints
+(``kv_transfer_params={"kvstore": {"session_end": True, ...}}``) reach the
+store when it finishes, after its last save.
 """
 
 from __future__ import annotations
@@ -83,9 +89,13 @@ class KVStoreConnector(KVConnectorBase_V1):
                             " a block evicted between lookup and load is recomputed instead"
                             " of failing the request",
                             self._kv_transfer_config.kv_load_failure_policy)
+            _, tp_size = _tp(vllm_config, role)
+            ranks = [self.client.namespace(geometry.layout(settings, r, tp_size),
+                                           codec=settings.codec, tenant=settings.tenant)
+                     for r in range(tp_size)]  # a hint goes to every rank's shard
             self.scheduler = SchedulerSide(self.namespace, geometry.block_size,
                                            settings.block_tokens, settings.load, settings.save,
-                                           settings.strict)
+                                           settings.strict, settings.save_decode, ranks)
         else:
             self.worker = WorkerSide(self.namespace, geometry, vllm_config, settings.strict)
 
@@ -117,7 +127,8 @@ class KVStoreConnector(KVConnectorBase_V1):
             self.worker.flush_saves(self._meta())
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
-        return None, None  # no asynchronous transfers: nothing finishes later
+        saved = self.worker.take_saved()  # finished requests' last saves (request_finished: True)
+        return saved or None, None
 
     def get_block_ids_with_load_errors(self) -> set[int]:
         return self.worker.take_load_errors()
@@ -136,5 +147,9 @@ class KVStoreConnector(KVConnectorBase_V1):
 
     def request_finished(self, request: Request,
                          block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
-        self.scheduler.finished(request)
-        return False, None  # saves are done by now: vLLM may free the blocks
+        # True only when a last save of generated tokens is queued: vLLM keeps the
+        # blocks until get_finished reports it; otherwise the saves are done by now
+        return self.scheduler.finished(request, block_ids), None
+
+    def update_connector_output(self, connector_output) -> None:
+        self.scheduler.saved(connector_output.finished_sending)

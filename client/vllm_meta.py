@@ -41,14 +41,18 @@ class SaveSpec:
 
     Gathered from block 0 because a put always describes a prefix; the store
     skips the blocks it already holds (``stored_before`` leading tokens, as far
-    as the scheduler knows).
+    as the scheduler knows). ``tokens`` is a prefix of the prompt, or with
+    ``save_decode`` of prompt + generated tokens. ``last``: the save of a
+    request that has finished, whose blocks vLLM keeps until the worker
+    reports it done (``get_finished``).
     """
 
     req_id: str
-    tokens: np.ndarray  # uint32 prompt prefix, a multiple of block_tokens
+    tokens: np.ndarray  # uint32 prefix of the sequence, a multiple of block_tokens
     block_ids: list[int]  # vLLM blocks holding tokens[0:len(tokens)]
     extra: bytes = b""
     stored_before: int = 0
+    last: bool = False
 
 
 @dataclass

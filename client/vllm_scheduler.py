@@ -14,10 +14,23 @@ Per request the scheduler sees, in order:
    store blocks of the prompt than the store holds, a save of the prefix up
    to the last such block goes out (under chunked prefill this happens after
    several steps, so block ids are tracked as vLLM appends them);
-4. ``finished`` (``request_finished``): state is dropped. Saves are
-   synchronous in ``wait_for_save``, so vLLM may free the blocks at once.
+4. ``finished`` (``request_finished``): state is dropped, and the request's
+   hint (``session_end``, ``keep_until``, ``priority`` in its
+   ``kv_transfer_params``) goes to the store for its prompt (+ output).
 
-Only prompt tokens are stored: generated tokens are left out.
+With ``save_decode`` (on by default) the generated tokens are stored too:
+a step that completes a whole store block of prompt + output saves it (the
+tokens are the request's ``all_token_ids``, read as far as their KV is
+computed by the end of the step), so a chat's next turn, whose prompt
+repeats this one and its answer, hits through the answer. Saves run in the
+same step's ``wait_for_save``, before vLLM may free the blocks. Only when a
+request finishes with a whole block computed that no step could save yet
+(async scheduling: the last sampled token reaches ``all_token_ids`` a step
+late) does ``finished`` keep the blocks (``request_finished`` returns True)
+and queue a last save for the next step; the worker reports it done through
+``get_finished`` (then vLLM frees them) and the request's hint follows it
+(``saved``, from ``update_connector_output``). The last sampled token's KV is
+never computed, so the blocks stored end at or before ``len(all) - 1``.
 """
 
 from __future__ import annotations
@@ -28,6 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kvstore.client.vllm_meta import KVStoreConnectorMetadata, LoadSpec, SaveSpec
+from kvstore.errors import KVStoreError
+from kvstore.store_api import PrefixHint
 from kvstore.tokens import as_tokens
 
 log = logging.getLogger(__name__)
@@ -50,19 +65,50 @@ def request_extra(request) -> bytes:
     return b"\x00".join(parts)
 
 
-def request_switches(request) -> tuple[bool, bool]:
-    """``(load, save)`` of one request; both on unless its ``kv_transfer_params`` say otherwise.
+@dataclass(frozen=True)
+class RequestOptions:
+    """What one request's ``kv_transfer_params["kvstore"]`` asks of the connector."""
 
-    ``SamplingParams(extra_args={"kv_transfer_params": {"kvstore": {"load":
-    False, "save": False}}})`` makes one request a plain recompute that leaves
-    the store alone (a baseline, or a prompt that must not be cached), while
-    the engine's other requests keep using it.
+    load: bool = True
+    save: bool = True
+    save_decode: bool = True  # store the generated tokens' KV too (if the engine does)
+    hint: PrefixHint | None = None  # told to the store when the request finishes
+
+
+HINT_KEYS = ("session_end", "keep_until", "priority")
+
+
+def request_options(request) -> RequestOptions:
+    """The request's options; all defaults unless its ``kv_transfer_params`` say otherwise.
+
+    ``SamplingParams(extra_args={"kv_transfer_params": {"kvstore": {...}}})``:
+    ``"load": False, "save": False`` makes one request a plain recompute that
+    leaves the store alone (a baseline, or a prompt that must not be cached);
+    ``"save_decode": False`` stores its prompt only; ``"session_end": True``,
+    ``"keep_until": SECONDS`` (from when it finishes), ``"priority": P`` are
+    the hint its prompt (+ output) gets when it finishes (``PrefixHint``). A
+    malformed hint is logged and ignored: it never fails a request.
     """
     params = getattr(request, "kv_transfer_params", None)
     mine = params.get("kvstore") if isinstance(params, dict) else None
     if not isinstance(mine, dict):
-        return True, True
-    return bool(mine.get("load", True)), bool(mine.get("save", True))
+        return RequestOptions()
+    hint = None
+    if any(key in mine for key in HINT_KEYS):
+        try:
+            hint = PrefixHint(bool(mine.get("session_end", False)), mine.get("keep_until"),
+                              int(mine.get("priority", 0)))
+        except (KVStoreError, TypeError, ValueError) as exc:
+            log.warning("kvstore: ignoring the hint of request %s: %s",
+                        getattr(request, "request_id", "?"), exc)
+    return RequestOptions(bool(mine.get("load", True)), bool(mine.get("save", True)),
+                          bool(mine.get("save_decode", True)), hint)
+
+
+def request_switches(request) -> tuple[bool, bool]:
+    """``(load, save)`` of one request (``request_options``)."""
+    options = request_options(request)
+    return options.load, options.save
 
 
 @dataclass
@@ -71,22 +117,38 @@ class _Tracked:
 
     prompt: np.ndarray
     extra: bytes
+    request: object = None  # vLLM's Request: its all_token_ids grow as it decodes
     block_ids: list[int] = field(default_factory=list)
-    stored: int = 0  # leading prompt tokens the store holds (looked up or saved)
+    stored: int = 0  # leading tokens the store holds (looked up or saved)
     load: tuple[int, int] | None = None  # queued load: (skip, end) in tokens
     save: bool = True  # this request's prompt may be stored
+    decode: bool = False  # ... and its generated tokens too
+
+    def computed(self, computed_after: int) -> int:
+        """Leading tokens of the sequence that is saved whose KV exists after the step."""
+        known = len(self.request.all_token_ids) if self.decode else len(self.prompt)
+        return min(computed_after, known)
+
+    def tokens(self, n: int) -> np.ndarray:
+        return as_tokens(self.request.all_token_ids[:n]) if self.decode else self.prompt[:n]
 
 
 class SchedulerSide:
     def __init__(self, namespace, block_size: int, block_tokens: int, load: bool, save: bool,
-                 strict: bool = False):
+                 strict: bool = False, save_decode: bool = True, hint_namespaces=None):
+        """``hint_namespaces``: the namespaces a request's hint goes to (one per
+        tensor-parallel rank: each worker stores its own shard); default ``[namespace]``."""
         self.ns = namespace
         self.strict = strict
         self.block_size = block_size
         self.block_tokens = block_tokens
         self.load_enabled, self.save_enabled = load, save
+        self.save_decode = save_decode
+        self.hint_namespaces = list(hint_namespaces or [namespace])
         self._lookups: dict[str, tuple[int, int]] = {}  # req -> (local tokens, store hit)
         self._reqs: dict[str, _Tracked] = {}
+        self._last_saves: list[SaveSpec] = []  # saves of finished requests, for the next step
+        self._hint_after_save: dict[str, tuple] = {}  # req -> hint waiting for its last save
 
     # -- 1. lookup ------------------------------------------------------------
     def lookup(self, request, num_computed_tokens: int) -> int:
@@ -123,8 +185,11 @@ class SchedulerSide:
         local, hit = self._lookups.pop(request.request_id, (0, 0))
         tracked = self._reqs.get(request.request_id)
         if tracked is None:
-            tracked = _Tracked(as_tokens(prompt), request_extra(request),
-                               save=request_switches(request)[1])
+            options = request_options(request)
+            tracked = _Tracked(as_tokens(prompt), request_extra(request), request,
+                               save=options.save,
+                               decode=self.save_decode and options.save_decode
+                               and hasattr(request, "all_token_ids"))
             self._reqs[request.request_id] = tracked
         tracked.block_ids = list(block_ids)
         tracked.stored = max(tracked.stored, hit)
@@ -134,6 +199,7 @@ class SchedulerSide:
     # -- 3. per-step metadata -------------------------------------------------
     def build_meta(self, scheduler_output) -> KVStoreConnectorMetadata:
         meta = KVStoreConnectorMetadata()
+        meta.saves, self._last_saves = self._last_saves, []
         scheduled = scheduler_output.num_scheduled_tokens
         for new in scheduler_output.scheduled_new_reqs:
             tracked = self._reqs.get(new.req_id)
@@ -165,14 +231,58 @@ class SchedulerSide:
                                        tracked.block_ids[: -(-end // bs)], skip, tracked.extra))
         if not self.save_enabled or not tracked.save:
             return
-        savable = min(computed_after, len(tracked.prompt)) // self.block_tokens * self.block_tokens
+        savable = tracked.computed(computed_after) // self.block_tokens * self.block_tokens
         if savable > tracked.stored:
-            meta.saves.append(SaveSpec(req_id, tracked.prompt[:savable],
+            meta.saves.append(SaveSpec(req_id, tracked.tokens(savable),
                                        tracked.block_ids[: savable // bs], tracked.extra,
                                        tracked.stored))
             tracked.stored = savable
 
     # -- 4. finished ----------------------------------------------------------
-    def finished(self, request) -> None:
-        self._lookups.pop(request.request_id, None)
-        self._reqs.pop(request.request_id, None)
+    def finished(self, request, block_ids: list[int] | None = None) -> bool:
+        """The request is done; True when its blocks must wait for a last save.
+
+        ``block_ids``: its vLLM blocks (``request_finished``), for that save.
+        """
+        req_id = request.request_id
+        self._lookups.pop(req_id, None)
+        tracked = self._reqs.pop(req_id, None)
+        hint = request_options(request).hint
+        delay = False
+        if tracked is not None and tracked.decode and self.save_enabled and tracked.save:
+            # tokens whose KV exists: computed, less what a step still in flight computes
+            done = request.num_computed_tokens - getattr(request, "num_in_flight_tokens", 0)
+            n = tracked.computed(done) // self.block_tokens * self.block_tokens
+            if n > tracked.stored and block_ids and len(block_ids) * self.block_size >= n:
+                self._last_saves.append(SaveSpec(req_id, tracked.tokens(n),
+                                                 list(block_ids[: n // self.block_size]),
+                                                 tracked.extra, tracked.stored, last=True))
+                tracked.stored = n
+                delay = True
+        if hint is not None:  # the whole sequence: the store applies it to what it has
+            decode = tracked is not None and tracked.decode
+            tokens = as_tokens(request.all_token_ids[:] if decode else request.prompt_token_ids or [])
+            extra = tracked.extra if tracked is not None else request_extra(request)
+            if delay:
+                self._hint_after_save[req_id] = (tokens, extra, hint)
+            else:
+                self._hint(tokens, extra, hint)
+        return delay
+
+    def saved(self, req_ids) -> None:
+        """The last saves of ``req_ids`` are done (``get_finished``): their hints go out."""
+        for req_id in req_ids or ():
+            pending = self._hint_after_save.pop(req_id, None)
+            if pending is not None:
+                self._hint(*pending)
+
+    def _hint(self, tokens, extra: bytes, hint: PrefixHint) -> None:
+        """Tell the store (every rank's namespace); a failure is logged, never raised."""
+        for ns in self.hint_namespaces:
+            try:
+                ns.hint(tokens, session_end=hint.session_end, keep_until=hint.keep_until,
+                        priority=hint.priority, extra=extra)
+            except Exception:
+                if self.strict:
+                    raise
+                log.warning("kvstore hint failed", exc_info=True)

@@ -15,6 +15,7 @@ Everything comes from vLLM's ``KVTransferConfig``::
             "tenant": "",                       # namespace salt (tenants never share blocks)
             "strict": False,                    # True: an unreachable store raises instead of missing
             "load": True, "save": True,         # switch one direction off (e.g. a recompute baseline)
+            "save_decode": True,                # store the generated tokens' KV too (next chat turn hits)
             "store": {"cpu_bytes": "4GiB"},     # embedded only: StoreConfig keywords
         },
     )
@@ -22,7 +23,11 @@ Everything comes from vLLM's ``KVTransferConfig``::
 One request may switch either direction off for itself (a recompute
 baseline, a prompt that must not be stored) with
 ``SamplingParams(extra_args={"kv_transfer_params": {"kvstore": {"load": False,
-"save": False}}})`` (``kvstore.client.vllm_scheduler.request_switches``).
+"save": False}}})``, store its prompt only with ``"save_decode": False``, and
+hint the store about its blocks when it finishes with ``"session_end": True``
+(the conversation is over: its private blocks go first), ``"keep_until":
+SECONDS`` and/or ``"priority": P`` (protect them: a system prompt, a document
+an agent comes back to) (``kvstore.client.vllm_scheduler.request_options``).
 
 The namespace's ``KVLayout`` is read from vLLM's ``KVCacheConfig`` (the same
 object on the scheduler and the worker side), so both sides name the same
@@ -50,6 +55,7 @@ class ConnectorSettings:
     strict: bool = False
     load: bool = True  # look up and load cached prefixes
     save: bool = True  # store the whole blocks of computed prompts
+    save_decode: bool = True  # ... and of the generated tokens (prompt + output)
     store: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

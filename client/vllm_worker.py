@@ -13,7 +13,9 @@ Per engine step, with the step's ``KVStoreConnectorMetadata`` bound:
   do; the layer's blocks stay in the cache until the step ends.
 * ``flush_saves`` (``wait_for_save``, end of step): pack the whole store
   blocks of each SaveSpec out of every layer and ``put`` them; only the blocks
-  the store lacks are packed.
+  the store lacks are packed. A finished request's last save (``SaveSpec.last``)
+  is then reported done by ``take_saved`` (``get_finished``), so vLLM frees
+  the blocks it kept for it; failed or not, the blocks are let go.
 
 The copies are the kernels' fused gather/scatter + codec
 (``kvstore.client.paged_io`` over ``kvstore.kernels.pack_paged`` /
@@ -73,6 +75,7 @@ class WorkerSide:
         self.caches: list[torch.Tensor] = []
         self._engine: EngineLayout | None = None
         self._load_errors: set[int] = set()
+        self._saved: set[str] = set()  # finished requests whose last save is done
         self.stats = TransferStats()
 
     def register(self, kv_caches: dict[str, torch.Tensor]) -> None:
@@ -147,3 +150,10 @@ class WorkerSide:
                 stored = 0
             self.stats.saved_tokens += max(0, stored - spec.stored_before)
             self.stats.save_seconds += time.perf_counter() - start
+            if spec.last:
+                self._saved.add(spec.req_id)
+
+    def take_saved(self) -> set[str]:
+        """Finished requests whose last save is done since the last call."""
+        saved, self._saved = self._saved, set()
+        return saved

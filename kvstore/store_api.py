@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from kvstore.errors import InvalidArgument
 from kvstore.namespace_spec import NamespaceSpec
 
 
@@ -98,6 +99,41 @@ class StoreStats:
     namespaces: list[NamespaceStats]
 
 
+@dataclass(frozen=True)
+class PrefixHint:
+    """What an engine says about a cached prefix: changes the order of eviction, never correctness.
+
+    * ``session_end``: the conversation will not continue; the prefix's private
+      blocks (no other cached prefix goes through them) become the first victims.
+    * ``keep_until``: protect the blocks for this many **seconds from now**
+      (relative, so that it means the same in every process; the store turns
+      it into a deadline on its own clock when the hint arrives). None: no deadline.
+    * ``priority``: > 0 protects the blocks (until ``keep_until`` when given);
+      among protected blocks that must go after all, the lowest goes first.
+
+    A hint replaces any earlier one on the same blocks (``PrefixHint()`` clears
+    them). Blocks that are not cached are ignored. The policies apply it
+    (``kvstore.eviction.Hint``, ``EvictionPolicy.on_hint``).
+    """
+
+    session_end: bool = False
+    keep_until: float | None = None
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.session_end, bool):
+            raise InvalidArgument("session_end must be a bool")
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int) or not (
+                -(1 << 63) <= self.priority < (1 << 63)):
+            raise InvalidArgument("priority must be a 64-bit int")
+        until = self.keep_until
+        if until is not None:
+            if isinstance(until, bool) or not isinstance(until, (int, float)) or not (
+                    0 <= until < float("inf")):
+                raise InvalidArgument("keep_until must be a finite number of seconds >= 0")
+            object.__setattr__(self, "keep_until", float(until))
+
+
 Alloc = Callable[[int], Any]
 """``alloc(nbytes)`` returns a writable buffer of ``nbytes`` bytes (bytearray, numpy, ...)."""
 
@@ -108,9 +144,9 @@ class Capabilities:
 
     ``leases``: it is a ``LeasingStore`` (the caller may copy straight into and
     out of arena slots: the embedded store, and an shm carrier that maps the arena).
-    ``async_lookup``: it is an ``AsyncLookupStore`` (``alookup`` is a coroutine
-    answered by its own I/O: the remote carriers), so an asyncio caller awaits
-    it instead of running ``lookup`` on a worker thread.
+    ``async_lookup``: it is an ``AsyncLookupStore`` (``alookup`` and ``ahint``
+    are coroutines answered by its own I/O: the remote carriers), so an asyncio
+    caller awaits them instead of running ``lookup`` / ``hint`` on a worker thread.
     """
 
     leases: bool = False
@@ -150,6 +186,13 @@ class BlockStore(Protocol):
     def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         """Drop the blocks of this prefix and everything cached after them; returns blocks dropped."""
 
+    def hint(self, ns: bytes, tokens, hint: PrefixHint, extra: bytes = b"") -> int:
+        """Tell the eviction policies ``hint`` about the cached prefix of ``tokens``.
+
+        Returns the leading tokens it applied to (the cached prefix; 0 when
+        nothing is cached: a no-op). Never changes what a lookup or get returns.
+        """
+
     def flush(self) -> None:
         """Return once every block acknowledged before the call is durable on SSD."""
 
@@ -159,9 +202,12 @@ class BlockStore(Protocol):
 
 
 class AsyncLookupStore(BlockStore, Protocol):
-    """A ``BlockStore`` that answers lookups as coroutines (``capabilities.async_lookup``)."""
+    """A ``BlockStore`` that answers its small control calls (lookups, hints) as coroutines
+    (``capabilities.async_lookup``)."""
 
     async def alookup(self, ns: bytes, tokens, extra: bytes = b"") -> int: ...
+
+    async def ahint(self, ns: bytes, tokens, hint: PrefixHint, extra: bytes = b"") -> int: ...
 
 
 class LeasingStore(BlockStore, Protocol):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from kvstore.namespace_spec import NamespaceSpec
+from kvstore.store_api import PrefixHint
 from kvstore.transport.session import Session
 
 
@@ -29,3 +30,8 @@ class ClusterHook(Protocol):
     async def after_put(self, session: Session, spec: NamespaceSpec, ns: bytes, tokens,
                         extra: bytes) -> None:
         """After a write here: forward the prefix to its owner when that is another node."""
+
+    async def after_hint(self, session: Session, spec: NamespaceSpec, ns: bytes, tokens,
+                         extra: bytes, hint: PrefixHint, local: int) -> int:
+        """After a hint applied here (to ``local`` tokens): pass it on to the prefix's
+        owners when they are other nodes; returns the most tokens it applied to."""

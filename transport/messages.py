@@ -22,6 +22,7 @@ from enum import Enum
 import numpy as np
 
 from kvstore.errors import ErrorCode, InvalidArgument, KVStoreError, ProtocolError
+from kvstore.store_api import PrefixHint
 from kvstore.tokens import TOKEN_DTYPE
 
 PROTOCOL_VERSION = 1
@@ -43,11 +44,12 @@ class Op(str, Enum):
     FLUSH = "flush"
     STATS = "stats"
     PING = "ping"
+    HINT = "hint"
 
 
 OPS = {op.value: op for op in Op}
 # Ops that name a namespace (``ns`` is required).
-NS_OPS = frozenset({Op.LOOKUP, Op.PUT, Op.GET, Op.LEASE, Op.DELETE})
+NS_OPS = frozenset({Op.LOOKUP, Op.PUT, Op.GET, Op.LEASE, Op.DELETE, Op.HINT})
 # The only op whose request carries payload segments.
 PAYLOAD_OPS = frozenset({Op.PUT})
 
@@ -195,3 +197,25 @@ def arg_uint(args: dict, name: str, default: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
         raise InvalidArgument(f"{name} must be an unsigned int")
     return value
+
+
+def encode_hint(hint: PrefixHint) -> dict:
+    """A hint's args (``session_end``, ``keep_until``, ``priority``); defaults are left out."""
+    args: dict = {}
+    if hint.session_end:
+        args["session_end"] = True
+    if hint.keep_until is not None:
+        args["keep_until"] = hint.keep_until
+    if hint.priority:
+        args["priority"] = hint.priority
+    return args
+
+
+def decode_hint(args: dict) -> PrefixHint:
+    """The ``PrefixHint`` of a ``hint`` request's args (InvalidArgument when malformed)."""
+    session_end = args.get("session_end", False)
+    keep_until = args.get("keep_until")
+    priority = args.get("priority", 0)
+    if not isinstance(session_end, bool):
+        raise InvalidArgument("session_end must be a bool")
+    return PrefixHint(session_end, keep_until, priority)  # checks the numbers

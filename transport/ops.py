@@ -12,7 +12,7 @@ into error replies.
 limits, the token check, the executor that runs blocking store calls, and
 ``cluster`` (None, or the ``ClusterHook`` of a clustered daemon: a read of a
 prefix this node lacks fetches it from a peer first, a write of a prefix
-another node owns is forwarded to it). ``server_stats`` reports the
+another node owns is forwarded to it, and so is a hint). ``server_stats`` reports the
 dispatcher's counters for the ``stats`` op.
 """
 
@@ -86,6 +86,7 @@ class StoreOps:
             Op.FLUSH: self.flush,
             Op.STATS: self.stats,
             Op.PING: self.ping,
+            Op.HINT: self.hint,
         }
 
     # -- leases ---------------------------------------------------------------
@@ -307,6 +308,20 @@ class StoreOps:
         tokens, extra = self._tokens(req)
         n = self.store.delete(req.ns, tokens, extra)
         return Outcome(Reply(req.id, result={"blocks": int(n)}))
+
+    async def hint(self, session: Session, req: Request, payload: Payload,
+                   spec: NamespaceSpec | None) -> Outcome:
+        """Apply an engine's hint to the cached prefix here (and, clustered, at its owners).
+
+        ``keep_until`` arrives as seconds from now; the store makes it a
+        deadline on its own clock. Under the store lock only: never blocks.
+        """
+        tokens, extra = self._tokens(req)
+        hint = m.decode_hint(req.args)
+        n = self.store.hint(req.ns, tokens, hint, extra)
+        if self.cluster is not None:
+            n = await self.cluster.after_hint(session, spec, req.ns, tokens, extra, hint, n)
+        return Outcome(Reply(req.id, result={"tokens": int(n)}))
 
     async def flush(self, session: Session, req: Request, payload: Payload,
                     spec: NamespaceSpec | None) -> Outcome:

@@ -2,12 +2,12 @@
 
 ``RemoteStore.connect("tcp://127.0.0.1:7801")`` (or ``shm://PATH``,
 ``ucx://HOST:PORT``) returns a client whose calls mirror ``BlockStore``
-(register / lookup / put / get / delete / flush / stats), plus ``get_into``
+(register / lookup / put / get / hint / delete / flush / stats), plus ``get_into``
 that receives blocks straight into a caller's buffer.
 
 Threading: every connection lives on one background I/O thread per process
 that runs an asyncio loop. A sync call hands its coroutine to that loop and
-waits; the asyncio twins (``alookup``, ``aput``, ``aget``, ``aget_into``,
+waits; the asyncio twins (``alookup``, ``ahint``, ``aput``, ``aget``, ``aget_into``,
 ``aregister``, ``adelete``, ``aflush``, ``astats``) await the same coroutine
 from any event loop without blocking it. One client is safe to share between
 threads (its requests are sent one at a time).
@@ -20,7 +20,8 @@ the arena slots and decodes a get straight out of them (one copy each way).
 Unreachable daemon: the soft-failure rule of ``kvstore.availability``. With
 ``strict=False`` (the default) ``lookup`` returns 0, ``get`` misses and
 ``put`` returns 0 when the daemon cannot be reached, times out or is
-draining (logged once per outage); the engine recomputes. With
+draining (logged once per outage); the engine recomputes. A ``hint`` is
+dropped then (it only reorders evictions). With
 ``strict=True`` they raise ``Unavailable`` (or ``Timeout``, ``Draining``).
 ``register`` succeeds offline in both modes (the namespace id is the spec's
 fingerprint with the connection's tenant; it is registered when the
@@ -40,7 +41,7 @@ import threading
 from kvstore.availability import OFFLINE, SoftFailures
 from kvstore.errors import InvalidArgument, Timeout, Unauthorized, Unavailable
 from kvstore.namespace_spec import NamespaceSpec
-from kvstore.store_api import Alloc, ArenaInfo, ArenaSlot, Capabilities, Lease
+from kvstore.store_api import Alloc, ArenaInfo, ArenaSlot, Capabilities, Lease, PrefixHint
 from kvstore.transport.connection import Connection
 from kvstore.transport.shm_client import RemoteSlot, ShmOps
 from kvstore.transport.stats_wire import RemoteStats
@@ -219,6 +220,13 @@ class RemoteStore:
     def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         return self._run(self.ops.delete(ns, tokens, extra))
 
+    def hint(self, ns: bytes, tokens, hint: PrefixHint, extra: bytes = b"") -> int:
+        """Send ``hint`` about the prefix (op ``hint``); tokens it applied to at the daemon.
+
+        A hint only reorders evictions: offline and not strict it is dropped (0).
+        """
+        return self._soft(self.ops.hint(ns, tokens, hint, extra), 0)
+
     def flush(self) -> None:
         self._run(self.ops.flush())
 
@@ -310,6 +318,9 @@ class RemoteStore:
     async def aget(self, ns: bytes, tokens, extra: bytes = b""):
         n, buf = await self.aget_into(ns, tokens, extra=extra)
         return n, self._split(ns, buf)
+
+    async def ahint(self, ns: bytes, tokens, hint: PrefixHint, extra: bytes = b"") -> int:
+        return await self._asoft(self.ops.hint(ns, tokens, hint, extra), 0)
 
     async def adelete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         return await self._await(self.ops.delete(ns, tokens, extra))

@@ -9,18 +9,23 @@ a tensor handed in by the caller is filled without an intermediate copy.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from kvstore.errors import InvalidArgument, NotFound, ProtocolError
 from kvstore.namespace_spec import NamespaceSpec
-from kvstore.store_api import Alloc
+from kvstore.store_api import Alloc, PrefixHint
 from kvstore.tokens import as_tokens, full_blocks
 from kvstore.transport.channel import cast_bytes
 from kvstore.transport.connection import Connection
-from kvstore.transport.messages import Op, encode_tokens
+from kvstore.transport.messages import Op, encode_hint, encode_tokens
 from kvstore.transport.stats_wire import RemoteStats, stats_from_wire
+
+log = logging.getLogger(__name__)
+HINTS_RETRY_S = 60.0
 
 
 def default_alloc(nbytes: int):
@@ -32,6 +37,7 @@ class WireOps:
         self.conn = conn
         self.geometry: dict[bytes, tuple[int, int]] = {}  # ns -> (block_bytes, block_tokens)
         self.specs: dict[bytes, NamespaceSpec] = {}
+        self._no_hints_until = 0.0  # a daemon that predates ``hint`` said so
 
     # -- namespaces -----------------------------------------------------------
     async def register(self, spec: NamespaceSpec) -> bytes:
@@ -111,6 +117,22 @@ class WireOps:
     async def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         reply = await self.conn.request(Op.DELETE, ns, self._args(as_tokens(tokens), extra))
         return int(reply.result["blocks"])
+
+    async def hint(self, ns: bytes, tokens, hint: PrefixHint, extra: bytes = b"") -> int:
+        """Op ``hint``. A daemon older than the op answers "unknown op": the hint is
+        dropped (0), and hints are not sent again for ``HINTS_RETRY_S`` seconds."""
+        if time.monotonic() < self._no_hints_until:
+            return 0
+        args = {**self._args(as_tokens(tokens), extra), **encode_hint(hint)}
+        try:
+            reply = await self.conn.request(Op.HINT, ns, args)
+        except ProtocolError as exc:
+            if "unknown op" not in str(exc):
+                raise
+            self._no_hints_until = time.monotonic() + HINTS_RETRY_S
+            log.info("the daemon at %s does not know hints; dropping them", self.conn.url)
+            return 0
+        return int(reply.result["tokens"])
 
     async def flush(self) -> None:
         await self.conn.request(Op.FLUSH)

@@ -17,6 +17,9 @@ cluster for the rest:
 - write (``put``, a committed write lease) of a prefix this node does not
   own: forward the blocks to the owner before answering (read-your-writes
   across the cluster); the local copy stays as a cache.
+- hint (``session_end``, ``keep_until``, ``priority``) of a prefix this node
+  does not own: applied here (the local copy) and passed on to the owners
+  (a hot prefix's replicas too), whose policies decide what the cluster keeps.
 - hot prefixes: reads that hit are counted per routing key (``HotTracker``);
   a prefix that turns hot is marked in etcd (``HotPrefix``, replica count
   ``replicas``) and its shared blocks are pushed to the replicas at once,
@@ -62,7 +65,7 @@ class ClusterNode:
         self.hot = HotTracker(hot_threshold, hot_window)
         self.counters = {"peer_lookups": 0, "peer_fetched_blocks": 0, "forwarded_puts": 0,
                          "forward_errors": 0, "peer_errors": 0, "hot_marked": 0,
-                         "replicated_blocks": 0}
+                         "replicated_blocks": 0, "forwarded_hints": 0}
         self._tasks: set[asyncio.Task] = set()
 
     # -- routing --------------------------------------------------------------
@@ -158,6 +161,36 @@ class ClusterNode:
             self.counters["forward_errors"] += 1
             log.info("forwarding a put to its owner %s failed (%s); kept here only",
                      owner.node_id, exc)
+
+    async def after_hint(self, session, spec, ns, tokens, extra, hint, local: int) -> int:
+        """After a hint applied here (to ``local`` tokens): pass it on to the prefix's owners
+        (a hot prefix's replicas too) that are other nodes; the most tokens it applied to.
+
+        Their policies are the ones that decide what the cluster keeps of the
+        prefix; this node's copy is a cache. A peer that cannot be reached drops it.
+        """
+        if is_peer_client(session.client):
+            return local
+        route = self._route(spec, ns, tokens, extra)
+        others = [n for n in route.owners() if n.node_id != self.node_id]
+        if not others:
+            return local
+        got = await asyncio.gather(*(self._peer_hint(p, spec, tokens, extra, hint) for p in others))
+        return max([local, *got])
+
+    async def _peer_hint(self, peer: NodeInfo, spec, tokens, extra, hint) -> int:
+        try:
+            got = await self.peers.ready(peer, spec)
+            if got is None:
+                return 0
+            rs, peer_ns = got
+            n = int(await rs.ahint(peer_ns, tokens, hint, extra))
+            self.counters["forwarded_hints"] += 1
+            return n
+        except KVStoreError as exc:
+            self.counters["forward_errors"] += 1
+            log.info("forwarding a hint to %s failed (%s); dropped there", peer.node_id, exc)
+            return 0
 
     def record_hit(self, session, spec, ns, tokens, extra, hit: int) -> None:
         """A read served ``hit`` tokens: count it; a prefix that turns hot is replicated."""

@@ -90,6 +90,18 @@ def subtree_keys(tree: RadixTree, key: bytes) -> list[bytes]:
     return order
 
 
+def private_tail(tree: RadixTree, chain: list[bytes]) -> list[bytes]:
+    """The blocks at the end of the prefix ``chain`` (its keys, in order) that no other
+    cached sequence goes through, deepest first: the last block if nothing extends it,
+    then each block above whose only branch is the private one below it."""
+    out: list[bytes] = []
+    for key in reversed(chain):
+        if tree.num_children(key) != (1 if out else 0):
+            break
+        out.append(key)
+    return out
+
+
 def new_meta(key: bytes, size: int, state: BlockState) -> BlockMeta:
     return BlockMeta(key=key, size=size, tier=state.tier_enum(), handle=state)
 

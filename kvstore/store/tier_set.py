@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 
 from kvstore.errors import InvalidArgument
-from kvstore.eviction import EvictionPolicy
+from kvstore.eviction import EvictionPolicy, Hint
 from kvstore.prefix_index import Tier
 from kvstore.ssd.record import SSDLocation, SSDRecordHeader
 from kvstore.store.block_state import (
@@ -46,7 +46,7 @@ from kvstore.store.block_state import (
 from kvstore.store.cpu_tier import CPUTier
 from kvstore.store.memory_tier import MemoryTier
 from kvstore.store.write_back import Job, Key, WriteBack
-from kvstore.store_api import ArenaSlot, TierStats
+from kvstore.store_api import ArenaSlot, PrefixHint, TierStats
 
 
 class TierSet:
@@ -86,6 +86,25 @@ class TierSet:
         for _, pk in sorted(resident, key=lambda r: r[0]):
             policy.on_insert(pk)
         tier.policy = policy
+
+    def apply_hint(self, keys: list[bytes], hint: PrefixHint) -> None:
+        """Tell every memory tier's policy ``hint`` about its resident blocks among ``keys``.
+
+        ``keys`` are policy keys, a prefix's blocks in order. ``keep_until``
+        (seconds from now) becomes a deadline on each policy's own ``clock``.
+        Blocks on no memory tier (on SSD only, or gone) are left out: the SSD
+        tier frees whole segments in log order and takes no hints.
+        """
+        by_tier: dict[MemoryTier, list[bytes]] = {}
+        for pk in keys:
+            meta = self.lookup(pk)[2]
+            tier = meta.handle.tier if meta is not None else None
+            if tier is not None:
+                by_tier.setdefault(tier, []).append(pk)
+        for tier, resident in by_tier.items():
+            policy = tier.policy
+            until = None if hint.keep_until is None else policy.clock() + hint.keep_until
+            policy.on_hint(resident, Hint(hint.session_end, until, hint.priority))
 
     def policy_names(self) -> dict[str, str]:
         return {t.name: t.policy.name for t in self.tiers}

@@ -22,6 +22,10 @@ them under its lock:
 * ``Promoter`` (``promotion``): copies SSD hits back into the CPU arena;
 * ``LeaseTable`` (``lease_table``) and ``PinTable`` (``pin_table``).
 
+Hints (``hint``, ``kvstore.store_api.PrefixHint``): an engine's word about a
+cached prefix (session over, keep it) goes to the policy of every memory
+tier that holds some of its blocks; it reorders later evictions only.
+
 Operator controls (``kvstore.store_api.ManagedStore``): ``set_read_only``
 refuses writes (``put``, ``lease_write`` raise ``Draining``; reads, lookups,
 deletes and flushes keep working); ``pin``/``unpin`` keep a prefix resident
@@ -42,6 +46,7 @@ from kvstore.errors import (
 )
 from kvstore.namespace_spec import NamespaceSpec
 from kvstore.ssd.tier import SSDTier
+from kvstore.store.block_state import policy_key, private_tail
 from kvstore.store.buffers import byte_view
 from kvstore.store.config import StoreConfig
 from kvstore.store.cpu_tier import CPUTier
@@ -62,6 +67,7 @@ from kvstore.store_api import (
     EvictResult,
     Lease,
     PinInfo,
+    PrefixHint,
     StoreStats,
     TierStats,
 )
@@ -213,6 +219,27 @@ class TieredStore:
             nst = self._namespaces.get(ns)
             m = nst.tree.match(arr, extra)
             return self._tiers.remove_subtree(nst, m.blocks[0].key) if m.blocks else 0
+
+    def hint(self, ns: bytes, tokens, hint: PrefixHint, extra: bytes = b"") -> int:
+        """Apply ``hint`` to the cached prefix's blocks in every memory tier's policy.
+
+        Returns the leading tokens cached (what it applied to); a prefix that is
+        not cached is a no-op. Nothing is moved or dropped here: the hint only
+        reorders the next evictions. A ``session_end`` hint goes to the prefix's
+        private tail only (blocks no other cached sequence goes through, found in
+        the tree: a demoting tier's policy cannot tell), so a shared system
+        prompt keeps its place, and any protection another hint gave it.
+        """
+        arr = as_tokens(tokens)
+        with self._lock:
+            nst = self._namespaces.get(ns)
+            m = self._path.match(nst, arr, extra, False)
+            keys = [b.key for b in m.blocks]
+            if hint.session_end:  # only the blocks no other cached sequence goes through
+                keys = private_tail(nst.tree, keys)
+            if keys:
+                self._tiers.apply_hint([policy_key(nst.fp, k) for k in keys], hint)
+            return m.num_tokens
 
     def flush(self) -> None:
         """Make every block acknowledged before the call durable on SSD (no-op without SSD)."""

@@ -24,7 +24,7 @@ LIMITS = Limits(max_header_bytes=64 << 10, max_payload_bytes=1 << 20, max_segmen
                 max_tokens=4096, max_connections=128)
 DEFAULT_SEED = 1  # the same frames each run unless KVSTORE_FUZZ_SEED says otherwise
 OPS = ["hello", "register", "lookup", "put", "get", "lease", "commit", "release", "delete",
-       "flush", "stats", "ping", "bogus", ""]
+       "flush", "stats", "ping", "hint", "bogus", ""]
 
 
 def random_obj(rng, depth=0):
@@ -61,6 +61,8 @@ def base_frames(ns: bytes, spec) -> list[tuple[dict, list[bytes]]]:
         ({"op": "release", "args": {"lease": 1}}, []),
         ({"op": "commit", "args": {"lease": 2}}, []),
         ({"op": "delete", "ns": ns, "args": t}, []),
+        ({"op": "hint", "ns": ns, "args": {**t, "session_end": True, "keep_until": 5.0,
+                                            "priority": 2}}, []),
         ({"op": "stats"}, []),
         ({"op": "ping"}, []),
     ]
@@ -74,7 +76,8 @@ def mutate(rng, header: dict, payloads: list[bytes]) -> bytes:
         header[str(key)] = random_obj(rng)
     elif choice == 1 and isinstance(header.get("args"), dict):
         args = dict(header["args"])
-        args[str(rng.choice(["tokens", "extra", "mode", "lease", "spec", "version", "x"]))] = random_obj(rng)
+        args[str(rng.choice(["tokens", "extra", "mode", "lease", "spec", "version", "x",
+                             "session_end", "keep_until", "priority"]))] = random_obj(rng)
         header["args"] = args
     elif choice == 2:
         header["op"] = str(rng.choice(OPS))

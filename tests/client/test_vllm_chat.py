@@ -22,6 +22,8 @@ from kvstore.layout import KVLayout  # noqa: E402
 from kvstore.store_api import PrefixHint  # noqa: E402
 from tests.client import vllm_engine as ve  # noqa: E402
 
+pytestmark = pytest.mark.integration  # a real vLLM engine (tests/markers.py)
+
 URL = "embedded"
 PROMPT, ANSWER, QUESTION = 712, 60, 30  # turn 1's prompt: 2 whole blocks; + answer: 3
 BT = ve.BLOCK_TOKENS

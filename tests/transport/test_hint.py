@@ -165,6 +165,7 @@ def test_raw_hint_frames(small_daemon):
 
 
 # -- a real daemon process ---------------------------------------------------------------
+@pytest.mark.integration
 def test_hints_against_a_real_daemon_over_tcp_and_shm(sockdir):
     d = DaemonProc(daemon_args(sockdir, ("shm", "tcp"), "--cpu-bytes", str(CAPACITY * 4096)))
     try:

@@ -24,7 +24,7 @@ sharing a prefix through vLLM with ``KVStoreConnector`` (``kvstore.demo.runs``)
 on the local model.
 
     python -m kvstore.demo [--engine hf|vllm] [--model smollm2|local] [--carriers shm,tcp]
-                           [--codec none] [--doc-tokens N] [--max-new-tokens 64]
+                           [--codec none] [--doc-tokens N] [--max-new-tokens 64] [--threads N]
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def run_chat(args, say) -> int:
     from kvstore.demo.document import demo_document
     from kvstore.demo.local_setup import LocalDaemon
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
     say(f"loading {args.model} (first run on this machine: the conversion takes about a minute)")
     model, tokenizer = load_model(args.model, say)
     doc = demo_document()
@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--doc-tokens", type=int, default=0,
                         help="cut the document to its first N tokens (default: all of it)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (default: all CPUs; 1 is faster on a busy machine)")
     parser.add_argument("--tokens", type=int, default=4096,
                         help="--engine vllm: shared prefix length")
     args = parser.parse_args(argv)

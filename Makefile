@@ -70,10 +70,12 @@ test-fast: venv lint
 # KVStoreConnector (and installs vLLM's CPU build first: only then).
 # The first run on a machine: set-up (above), then the trained model's conversion
 # (about a minute, once), then the recompute of a 3,900-token prompt (15-60 s).
+# More options through DEMO_ARGS, e.g. `make demo DEMO_ARGS="--threads 1 --codec int8"`.
 ENGINE ?= hf
+DEMO_ARGS ?=
 demo: $(if $(filter vllm,$(ENGINE)),venv-vllm,venv)
 	@echo "make demo: the first run on a machine sets up $(VENV) (5-9 min) and converts the model (~1 min); later runs take 1-2 minutes"
-	$(BIN)/python -m kvstore.demo --engine $(ENGINE)
+	$(BIN)/python -m kvstore.demo --engine $(ENGINE) $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

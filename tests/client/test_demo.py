@@ -16,6 +16,9 @@ pytest.importorskip("transformers")
 from kvstore.demo import local_setup as demo_setup  # noqa: E402
 from kvstore.demo import main as demo  # noqa: E402
 
+# daemons and benchmark runs (tests/markers.py on main)
+pytestmark = pytest.mark.integration
+
 
 def _trained_model_installed() -> bool:
     from kvstore.demo.trained_model import ModelNotInstalled, gguf_path

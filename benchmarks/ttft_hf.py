@@ -42,6 +42,7 @@ class HFRunConfig:
     miss_repeat: int = 2
     hit_repeat: int = 3
     block_tokens: int = 256
+    model_id: str = MODEL_ID  # names the store namespace
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,13 @@ def hf_rows(model, urls: dict[str, str], prompts: list[Prompt], codecs: list[str
     from kvstore.client.hf_reserved import KVBuffer
 
     progress = progress or Progress(False)
-    layout = layout_for_model(model.config, MODEL_ID, config.block_tokens, torch.float32)
+    layout = layout_for_model(model.config, config.model_id, config.block_tokens, torch.float32)
     buffer = KVBuffer(layout)
     clients = {c: KVClient.connect(url) for c, url in urls.items()}
     rows: list[TTFTRow] = []
     try:
-        engines = {(c, codec): HFEngine(model, clients[c].namespace(layout, codec=codec), MODEL_ID,
+        engines = {(c, codec): HFEngine(model, clients[c].namespace(layout, codec=codec),
+                                        config.model_id,
                                         config.block_tokens, adaptive=False, buffer=buffer)
                    for c in urls for codec in codecs}
         first = next(iter(engines.values()))

@@ -48,6 +48,7 @@ class VLLMRunConfig:
     hit_repeat: int = 3
     block_tokens: int = 256
     block_size: int = 32
+    model_id: str = MODEL_ID  # names the store namespace
 
 
 def _salt(prompt: Prompt) -> str:
@@ -82,7 +83,7 @@ def vllm_rows(model_dir, urls: dict[str, str], prompts: list[Prompt], codecs: li
     max_len = -(-(longest + 16) // config.block_size) * config.block_size
 
     def settings(carrier: str, codec: str) -> VLLMSettings:
-        return VLLMSettings(url=urls[carrier], codec=codec, model_id=MODEL_ID,
+        return VLLMSettings(url=urls[carrier], codec=codec, model_id=config.model_id,
                             block_tokens=config.block_tokens, block_size=config.block_size,
                             max_model_len=max_len)
 

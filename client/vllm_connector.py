@@ -20,9 +20,13 @@ blocks between its paged cache and the store (``kvstore.client.vllm_worker``).
 Both talk to the store through one ``KVClient`` per process
 (``kvstore.client.vllm_store``).
 
-Transfers are synchronous: loads complete before the forward pass that needs
-them, saves before the step ends, so no request waits on the connector
-between steps and ``get_finished`` has nothing to report.
+Block moves run on a dedicated stream ordered by events against the forward
+(``kvstore.client.vllm_worker``): the forward waits for each layer's load in
+``wait_for_layer_load``, saves are packed as layers finish and committed to
+the store once their copy completed, without the engine waiting (on CPU
+caches the same path runs synchronously). vLLM may reuse a saved block at
+once: the next step's forward waits for the packs first, so ``get_finished``
+has nothing to report.
 """
 
 from __future__ import annotations
@@ -106,7 +110,8 @@ class KVStoreConnector(KVConnectorBase_V1):
         self.worker.load(self._meta())
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        """Nothing to wait for: ``start_load_kv`` finished every layer before the forward."""
+        """The forward's stream waits for this layer's loads (enqueued by ``start_load_kv``)."""
+        self.worker.wait_layer(layer_name)
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata,
                       **kwargs: Any) -> None:
@@ -115,6 +120,11 @@ class KVStoreConnector(KVConnectorBase_V1):
     def wait_for_save(self) -> None:
         if self.has_connector_metadata():
             self.worker.flush_saves(self._meta())
+
+    def shutdown(self) -> None:
+        if self.worker is not None:
+            self.worker.close()  # saves in flight reach the store
+        super().shutdown()
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
         return None, None  # no asynchronous transfers: nothing finishes later

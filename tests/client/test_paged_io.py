@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from kvstore.client import KVClient, paged_io
+from kvstore.client import KVClient, paged_io, transfer
 from kvstore.kernels import CODECS, EngineKind, EngineLayout
 from kvstore.layout import KVLayout
 from kvstore.store_api import Capabilities
@@ -93,9 +93,10 @@ def test_only_missing_blocks_are_packed(client, monkeypatch):
     assert paged_io.put_paged(ns, toks[:BT], src, blocks[:3], _engine(kind)) == BT
     packed = []
     real = paged_io.pack_paged
-    monkeypatch.setattr(paged_io, "pack_paged",
-                        lambda caches, ids, *a, **k: packed.append(list(ids)) or
-                        real(caches, ids, *a, **k))
+    for module in (paged_io, transfer):  # the carrier path and the lease path
+        monkeypatch.setattr(module, "pack_paged",
+                            lambda caches, ids, *a, **k: packed.append([int(i) for i in ids])
+                            or real(caches, ids, *a, **k))
     assert paged_io.put_paged(ns, toks, src, blocks, _engine(kind)) == 3 * BT
     assert packed == [blocks[3:]]  # one call, the two new store blocks only
     assert paged_io.put_paged(ns, toks, src, blocks, _engine(kind)) == 3 * BT

@@ -131,6 +131,7 @@ class PagedTransfers:
         self.on_saved = on_saved
         self._layer1 = one_layer(self.layout)
         self._layer_ready: dict[int, Event] = {}
+        self._waited: set[int] = set()
         self._last_packed: Event | None = None
         self._saves: list[_Save] | None = None  # this step's, once opened
         self._packed_layers: set[int] = set()
@@ -145,10 +146,14 @@ class PagedTransfers:
         self.tl.wait(self.tl.compute(), self._last_packed, "packed")
         self._last_packed = None
         self._layer_ready.clear()
+        self._waited.clear()
 
     def wait_layer(self, layer: int) -> None:
         """The compute stream waits until layer ``layer``'s loads of this step landed."""
-        self.tl.wait(self.tl.compute(), self._layer_ready.pop(layer, None))
+        ev = self._layer_ready.pop(layer, None)
+        if ev is not None and ev.id not in self._waited:  # one event may cover every layer
+            self._waited.add(ev.id)
+            self.tl.wait(self.tl.compute(), ev)
 
     def wait_all_layers(self) -> None:
         for layer in list(self._layer_ready):

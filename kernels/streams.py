@@ -183,11 +183,18 @@ class Timeline:
 
 
 class HostTimeline(Timeline):
-    """CPU tensors: everything runs now, in the order it is issued."""
+    """CPU tensors: everything runs now, in the order it is issued.
 
-    def __init__(self, device="cpu", separate_memory: bool = False) -> None:
+    ``defer=True`` (tests) holds ``after`` callbacks until ``drain()``, as the CUDA
+    host thread would while the copies are in flight: a test then sees what the
+    store looks like before a save or a lease release has happened.
+    """
+
+    def __init__(self, device="cpu", separate_memory: bool = False, defer: bool = False) -> None:
         super().__init__(device)
         self.separate_memory = separate_memory
+        self.defer = defer
+        self._deferred: list[tuple[Event, Callable[[], object], str]] = []
 
     def compute(self) -> Stream:
         return self.stream("compute")
@@ -196,7 +203,19 @@ class HostTimeline(Timeline):
         return Stream(name)
 
     def after(self, event: Event, fn: Callable[[], object], label: str = "") -> None:
-        self._run_after(event, fn, label)
+        if self.defer:
+            self._deferred.append((event, fn, label))
+        else:
+            self._run_after(event, fn, label)
+
+    @property
+    def pending(self) -> int:
+        return len(self._deferred)
+
+    def drain(self) -> None:
+        while self._deferred:
+            event, fn, label = self._deferred.pop(0)
+            self._run_after(event, fn, label)
 
 
 class CudaTimeline(Timeline):

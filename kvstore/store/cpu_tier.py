@@ -6,7 +6,8 @@ finds no room. A colocated client maps the file by ``info().path`` and reads
 or writes the ``ArenaSlot``s of its leases directly.
 
 Copies are single ``memcpy``s: ``memoryview`` slice assignment between flat
-byte views, no per-byte Python work.
+byte views, no per-byte Python work; a device tensor is copied into its
+slot once (device-to-host, DMA when a CUDA engine pinned the arena).
 """
 
 from __future__ import annotations
@@ -34,6 +35,15 @@ class CPUTier(MemoryTier):
         return self._view[slot.offset : slot.offset + slot.length]
 
     def write(self, slot: ArenaSlot, src) -> None:
+        if type(src).__name__ == "Tensor" and src.device.type != "cpu":
+            # a device tensor (a GPU-tier block moving down): one copy into the slot,
+            # a DMA once the arena is registered (kvstore.kernels.pinning)
+            import torch
+
+            flat = src.detach().reshape(-1).view(torch.uint8)
+            self._check(slot, flat.numel())
+            torch.frombuffer(self.view(slot), dtype=torch.uint8).copy_(flat)
+            return
         data = byte_view(src)
         self._check(slot, len(data))
         self._view[slot.offset : slot.offset + slot.length] = data

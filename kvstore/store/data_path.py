@@ -150,7 +150,8 @@ class DataPath:
             for i, meta in enumerate(blocks):
                 st = meta.handle
                 if st.tier is not None and st.tier is not cpu:  # GPU: move down now
-                    if not tiers.to_cpu(nst, meta.key, st, st.tier.read(st.slot)):
+                    # one device-to-host copy of the slot's device view into the arena
+                    if not tiers.to_cpu(nst, meta.key, st, st.tier.view(st.slot)):
                         del blocks[i:]
                         break
                 elif st.slot is None:

@@ -196,7 +196,7 @@ class TierSet:
         if below is not None:
             slot = self.alloc(below, meta.size)
             if slot is not None:
-                below.write(slot, tier.read(st.slot))
+                tier.read_into(st.slot, below.view(slot))  # one copy, straight into the slot
                 self.uninstall(st, pk)
                 self.install(below, nst, key, st, slot)
                 tier.stats.evictions += 1

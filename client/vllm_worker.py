@@ -80,6 +80,17 @@ def engine_isa(vllm_config, geometry: EngineGeometry) -> str:
                          vllm_config.cache_config.cache_dtype)
 
 
+def layerwise_hooks(vllm_config) -> bool:
+    """Whether vLLM calls ``wait_for_layer_load`` / ``save_kv_layer`` around every
+    attention layer of every forward: not inside a full CUDA graph, whose replay runs
+    no Python. Then loads are waited for as a whole before the forward."""
+    try:
+        mode = vllm_config.compilation_config.cudagraph_mode
+        return not (mode is not None and mode.has_full_cudagraphs())
+    except AttributeError:  # no config (tests), or a vLLM without cudagraph modes
+        return True
+
+
 class WorkerSide:
     def __init__(self, namespace, geometry: EngineGeometry, vllm_config, strict: bool = False,
                  timeline: Timeline | None = None):
@@ -96,6 +107,7 @@ class WorkerSide:
         self._load_errors: set[int] = set()
         self._saving: dict[str, tuple[float, int]] = {}
         self.stats = TransferStats()
+        self.layerwise = layerwise_hooks(vllm_config)
 
     def register(self, kv_caches: dict[str, torch.Tensor]) -> None:
         """Take vLLM's caches; a layout the connector cannot serve is refused here."""
@@ -151,6 +163,8 @@ class WorkerSide:
                             spec.req_id, n, end, len(lost))
             self.stats.loaded_tokens += max(0, n - spec.skip)
             self.stats.load_seconds += time.perf_counter() - start
+        if not self.layerwise:  # no per-layer hook will run: the forward waits for all
+            moves.wait_all_layers()
 
     def _get_into_cache(self, spec) -> int:
         """Enqueue the unpack of what the store still has of ``spec``; returns its

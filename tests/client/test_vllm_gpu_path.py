@@ -302,3 +302,26 @@ def test_no_cuda_cache_raises_not_implemented(client):
     with pytest.raises(LayoutMismatch, match="CPU-layout cache on meta"):
         worker.register({n: torch.empty((NB, H, BS, 2 * D), dtype=torch.float16,
                                         device="meta") for n in NAMES})
+
+
+def test_full_cuda_graphs_wait_for_every_layer_before_the_forward(client):
+    """A full CUDA graph replays attention without the per-layer hooks: the forward's
+    stream then waits for every layer's load at the end of start_load_kv."""
+    from types import SimpleNamespace
+
+    worker, ns, tl, caches = make_worker(client, "flash")
+    tokens = np.arange(BT, dtype=np.uint32)
+    forward(worker, tl, KVStoreConnectorMetadata(saves=[SaveSpec("r", tokens, [0, 1, 2, 3])]))
+    tl.drain()
+    worker.layerwise = False
+    worker.vllm_config = SimpleNamespace(compilation_config=SimpleNamespace(
+        cudagraph_mode=SimpleNamespace(has_full_cudagraphs=lambda: True)))
+    from kvstore.client.vllm_worker import layerwise_hooks
+
+    assert layerwise_hooks(worker.vllm_config) is False and layerwise_hooks(None) is True
+    start = len(tl.log)
+    worker.load(KVStoreConnectorMetadata(loads=[LoadSpec("s", tokens, [8, 9, 10, 11])]))
+    log = list(tl.log)[start:]
+    loaded = {op.event for op in log if op.kind == "record" and op.label.startswith("loaded")}
+    waited = {op.event for op in log if op.kind == "wait" and op.stream == "compute"}
+    assert loaded and loaded <= waited  # before any attention runs

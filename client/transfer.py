@@ -45,7 +45,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from kvstore.client.codec import _as_uint8
@@ -135,6 +134,11 @@ class PagedTransfers:
         self._last_packed: Event | None = None
         self._saves: list[_Save] | None = None  # this step's, once opened
         self._packed_layers: set[int] = set()
+
+    @property
+    def saving(self) -> bool | None:
+        """None before this step's saves were opened; else whether any is in progress."""
+        return None if self._saves is None else bool(self._saves)
 
     @property
     def num_layers(self) -> int:
@@ -433,7 +437,3 @@ def load_rows(ns, toks, extra: bytes, limit_blocks: int,
         return min(lease.num_tokens, limit_blocks * T)
     finally:
         be.release(lease.lease_id)
-
-
-def numpy_rows(buf: torch.Tensor) -> list[np.ndarray]:
-    return [r.numpy() for r in buf.unbind(0)]

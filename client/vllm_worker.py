@@ -196,7 +196,7 @@ class WorkerSide:
         if not meta.saves:
             return False
         moves = self.moves
-        if moves._saves is None:
+        if moves.saving is None:
             now = time.perf_counter()
             for spec in meta.saves:
                 self._saving[spec.req_id] = (now, spec.stored_before)
@@ -209,7 +209,7 @@ class WorkerSide:
                     raise
                 log.warning("kvstore: saves of this step dropped", exc_info=True)
                 return False
-        return moves._saves is not None
+        return moves.saving is not None
 
     def save_layer(self, layer_name: str, kv_layer: torch.Tensor,
                    meta: KVStoreConnectorMetadata) -> None:

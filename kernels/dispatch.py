@@ -104,12 +104,18 @@ def pack(src: PagedSource, codec: str, out, backend: str | None) -> list[torch.T
 
 
 def unpack(src: PagedSource, codec: str, payloads, backend: str | None) -> None:
-    """Decode ``payloads`` and scatter them into ``src``'s engine slots only."""
+    """Decode ``payloads`` and scatter them into ``src``'s engine slots only.
+
+    Payloads elsewhere than the cache's device are copied once into one device
+    buffer (asynchronously where pinned); the call returns once those copies
+    landed (the caller may then release them), not waiting for the kernel.
+    """
     S, nbytes, dev = src.num_store_blocks, payload_nbytes(src.layout, codec), src.device
     rows = _rows_of(payloads, S, nbytes, "payloads")
     if S == 0:
         return
     which = choose(src, codec, backend)
+    copied = None  # the event after the copies of payloads from elsewhere
     if isinstance(payloads, torch.Tensor) and payloads.device == dev and payloads.is_contiguous():
         buf, rows = payloads, list(payloads.unbind(0))
     elif all(r.device == dev and r.is_contiguous() for r in rows):
@@ -123,7 +129,12 @@ def unpack(src: PagedSource, codec: str, payloads, backend: str | None) -> None:
         for dst, r in zip(buf.unbind(0), rows):
             dst.copy_(r, non_blocking=True)
         rows = list(buf.unbind(0))
+    if buf is not None and buf is not payloads and dev.type == "cuda":
+        copied = torch.cuda.Event()
+        copied.record()
     if which == CUDA:
         cuda_backend.run("unpack", src, codec, rows)
     else:
         reference.unpack(src, codec, rows, buf)
+    if copied is not None:  # the caller may reuse pinned payloads on return (not the kernel)
+        copied.synchronize()

@@ -27,12 +27,27 @@ class CPUTier(MemoryTier):
         super().__init__(capacity, page_bytes)
         self.arena = SharedArena(capacity, directory)
         self._view = self.arena.view
+        self._pending: dict[int, object] = {}  # offset -> event of a demotion copy in flight
 
     def info(self) -> ArenaInfo:
         return ArenaInfo(self.arena.path, self.arena.size)
 
+    def expect(self, slot: ArenaSlot, event) -> None:
+        self._pending[slot.offset] = event
+
+    def settle(self, slot: ArenaSlot) -> None:
+        if self._pending:
+            event = self._pending.pop(slot.offset, None)
+            if event is not None:
+                event.synchronize()
+
     def view(self, slot: ArenaSlot) -> memoryview:
+        self.settle(slot)  # a demoted GPU block lands before anyone reads its slot
         return self._view[slot.offset : slot.offset + slot.length]
+
+    def free(self, slot: ArenaSlot) -> None:
+        self.settle(slot)  # no copy in flight writes a slot handed out again
+        super().free(slot)
 
     def write(self, slot: ArenaSlot, src) -> None:
         if type(src).__name__ == "Tensor" and src.device.type != "cpu":
@@ -49,13 +64,18 @@ class CPUTier(MemoryTier):
         self._view[slot.offset : slot.offset + slot.length] = data
 
     def read_into(self, slot: ArenaSlot, dst) -> None:
+        self.settle(slot)
         out = byte_view(dst)
         self._check(slot, len(out))
         out[:] = self._view[slot.offset : slot.offset + slot.length]
 
     def read(self, slot: ArenaSlot) -> bytes:
+        self.settle(slot)
         return bytes(self._view[slot.offset : slot.offset + slot.length])
 
     def close(self) -> None:
+        for event in self._pending.values():
+            event.synchronize()
+        self._pending.clear()
         self._view = None
         self.arena.close()

@@ -180,6 +180,7 @@ class DataPath:
             self.ssd_hits += sum(1 for i, _, staged, _ in fetch if i < n and not staged)
             for meta in blocks[:n]:
                 cpu.policy.on_access(policy_key(nst.fp, meta.key))
+                cpu.settle(meta.handle.slot)  # a remote reader maps the arena directly
             rec = self._leases.open(nst, m.node, cpu, n * nst.spec.block_tokens,
                                     [meta.handle.slot for meta in blocks[:n]])
             if lost is not None:  # pinned by this lease: marked lost, removed on release

@@ -19,6 +19,9 @@ events, never by synchronising a whole stream:
   memory: one device-to-host copy (straight into the caller's buffer, an
   arena slot when a block is demoted), the host waits for its event.
 * ``read`` (bytes): one device-to-host copy into the returned buffer.
+* ``copy_out`` (a demotion): one device-to-host copy straight into the CPU
+  tier's slot, not waited for: its event goes to the CPU tier (``expect``),
+  which waits for it before the slot is read or reused.
 
 A slot freed and allocated again is written on the same stream as every
 earlier copy out of it, so no copy in flight ever reads a reused slot.
@@ -126,6 +129,18 @@ class GPUTier(MemoryTier):
         tl.copy(out, self._slot(slot), s, "d2h")
         tl.record(s, "read").synchronize()
 
+    def copy_out(self, slot: ArenaSlot, dst):
+        """Demotion: one device-to-host copy straight into ``dst`` (the arena slot of the
+        tier below, registered: DMA) enqueued on the tier's stream; returns its event
+        without waiting (the tier below settles it before the slot is read or reused).
+        The source slot may be freed at once: its next write is on the same stream."""
+        tl, s = self.timeline, self._stream
+        out = self._host(dst)
+        self._check(slot, out.numel())
+        tl.wait(s, self._ready.get(slot.offset))
+        tl.copy(out, self._slot(slot), s, "d2h")
+        return tl.record(s, "demoted")
+
     def read(self, slot: ArenaSlot) -> bytes:
         buf = bytearray(slot.length)
         self.read_into(slot, buf)
@@ -140,4 +155,6 @@ class GPUTier(MemoryTier):
 
     def close(self) -> None:
         self.timeline.drain()
+        if self.device.type == "cuda":
+            self._torch.cuda.synchronize(self.device)  # no copy in flight reads freed memory
         self.memory = None

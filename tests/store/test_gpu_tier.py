@@ -124,10 +124,18 @@ def test_cpu_run_store_demotes_with_one_copy_into_the_arena(tmp_path, monkeypatc
         # each put: one copy in; each demotion: one copy out, straight into its arena slot
         blocks = 64 * 16 // spec.layout.block_tokens
         assert copies.count("h2d") == blocks and copies.count("d2h") == demoted
+        # demotions are not waited for: each CPU slot holds its copy's event until read
+        cpu = s._tiers.cpu
+        demoted_events = [op for op in gpu.timeline.log if op.label == "demoted"]
+        assert len(demoted_events) == demoted and cpu._pending
+        pending = dict(cpu._pending)
         for t in ps:
             assert s.get(ns, t) == (16, payloads_for(ns, spec, t))
+        read = [off for off in pending if off not in cpu._pending]
+        assert read  # reading a demoted block settled its copy first
         lease = s.lease_read(ns, ps[-1])
         assert [bytes(s.read_slot(x)) for x in lease.slots] == payloads_for(ns, spec, ps[-1])
+        assert not any(x.offset in cpu._pending for x in lease.slots)  # settled for readers
         s.release(lease.lease_id)
         s.flush()
         s.check()

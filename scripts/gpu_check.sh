@@ -20,9 +20,9 @@
 #                                                               #  iniconfig, packaging)
 #
 # and bring the checkout with dist/ to the GPU machine. This script installs
-# dist/*.whl (--no-index --no-deps) into a virtual environment that sees the
-# image's packages (--system-site-packages) when `import kvstore.kernels`
-# does not work yet, then runs `python -m benchmarks.gpu_check`. Without
+# dist/*.whl (pip --no-index --no-deps --target, a private folder put on
+# PYTHONPATH; the image's packages stay) when `import kvstore.kernels` does
+# not work yet, then runs `python -m benchmarks.gpu_check`. Without
 # pytest the tests section is skipped (and says so); without
 # compute-sanitizer (CUDA toolkit) the sanitizer section is.
 set -euo pipefail
@@ -50,10 +50,12 @@ if ! (cd "$WORK" && "$PY" -P -c "import kvstore.kernels, kvstore.client" 2>/dev/
         echo "kvstore is not importable and $ROOT/dist has no wheels: see this script's header" >&2
         exit 2
     fi
-    VENV="${KVSTORE_CHECK_VENV:-$WORK/venv}"
-    "$PY" -m venv --system-site-packages "$VENV"
-    "$VENV/bin/pip" install -q --no-index --no-deps "${wheels[@]}"
-    PY="$VENV/bin/python"
+    # a private target folder (no venv needed): the image's torch, CuPy and
+    # transformers stay where they are
+    "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" "${wheels[@]}"
+    export PYTHONPATH="$WORK/site:$PYTHONPATH"
+    (cd "$WORK" && "$PY" -P -c "import kvstore.kernels, kvstore.client") || {
+        echo "kvstore does not import after installing dist/*.whl" >&2; exit 2; }
 fi
 
 cd "$ROOT"

@@ -106,6 +106,7 @@ class WorkerSide:
         self._layer_index: dict[str, int] = {}
         self._load_errors: set[int] = set()
         self._saving: dict[str, tuple[float, int]] = {}
+        self._saved: set[str] = set()  # finished requests whose last save is enqueued
         self.stats = TransferStats()
         self.layerwise = layerwise_hooks(vllm_config)
 
@@ -143,7 +144,7 @@ class WorkerSide:
     def moves(self) -> PagedTransfers:
         if self._moves is None:
             self._moves = PagedTransfers(self.ns, self.caches, self.engine, self.timeline,
-                                         on_saved=self._saved)
+                                         on_saved=self._on_saved)
         return self._moves
 
     # -- loads ------------------------------------------------------------
@@ -228,16 +229,25 @@ class WorkerSide:
     def flush_saves(self, meta: KVStoreConnectorMetadata) -> None:
         """``wait_for_save``: enqueue the rest; each save is committed on the host once
         its copy completed, without the engine waiting for it."""
-        if not self._open_saves(meta):
-            return
         try:
-            self.moves.flush_saves()
+            if self._open_saves(meta):
+                self.moves.flush_saves()
         except Exception:
             if self.strict:
                 raise
             log.warning("kvstore: saves of this step failed", exc_info=True)
+        finally:
+            # a finished request's last save (main's ``SaveSpec.last``, save_decode): its
+            # blocks may go once packed (the next forward waits for the pack), failed or not
+            self._saved.update(spec.req_id for spec in meta.saves
+                               if getattr(spec, "last", False))
 
-    def _saved(self, req_id: str, stored: int) -> None:
+    def take_saved(self) -> set[str]:
+        """Finished requests whose last save is done since the last call (``get_finished``)."""
+        saved, self._saved = self._saved, set()
+        return saved
+
+    def _on_saved(self, req_id: str, stored: int) -> None:
         start, before = self._saving.pop(req_id, (time.perf_counter(), 0))
         self.stats.saved_tokens += max(0, stored - before)
         self.stats.save_seconds += time.perf_counter() - start

@@ -325,3 +325,18 @@ def test_full_cuda_graphs_wait_for_every_layer_before_the_forward(client):
     loaded = {op.event for op in log if op.kind == "record" and op.label.startswith("loaded")}
     waited = {op.event for op in log if op.kind == "wait" and op.stream == "compute"}
     assert loaded and loaded <= waited  # before any attention runs
+
+
+def test_a_finished_requests_last_save_is_reported_once_enqueued(client):
+    """main's save_decode marks a finished request's last save (``SaveSpec.last``); its
+    blocks may go once the save is packed, before it reached the store: the next
+    forward waits for the pack."""
+    worker, ns, tl, caches = make_worker(client, "flash")
+    tokens = np.arange(BT, dtype=np.uint32)
+    last = SaveSpec("done", tokens, [0, 1, 2, 3])
+    last.last = True  # the field save_decode adds
+    forward(worker, tl, KVStoreConnectorMetadata(saves=[last, SaveSpec("r", tokens, [4, 5, 6, 7])]))
+    assert worker.take_saved() == {"done"} and worker.take_saved() == set()
+    assert tl.pending == 1  # reported while the copy is still in flight
+    tl.drain()
+    assert ns.lookup(tokens) == BT

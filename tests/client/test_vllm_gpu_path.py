@@ -337,6 +337,6 @@ def test_a_finished_requests_last_save_is_reported_once_enqueued(client):
     last.last = True  # the field save_decode adds
     forward(worker, tl, KVStoreConnectorMetadata(saves=[last, SaveSpec("r", tokens, [4, 5, 6, 7])]))
     assert worker.take_saved() == {"done"} and worker.take_saved() == set()
-    assert tl.pending == 1  # reported while the copy is still in flight
+    assert tl.pending == 2  # reported while the copies are still in flight
     tl.drain()
     assert ns.lookup(tokens) == BT

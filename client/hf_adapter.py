@@ -14,6 +14,15 @@ DESIGN.md): ``store`` saves the whole blocks of a computed prompt, and
 restore decodes the store's payloads straight into the cache's tensors
 (``kvstore.client.hf_reserved.KVBuffer``): one copy, no canonical tensor in
 between.
+
+On a GPU model (the cache's tensors, or the ``KVBuffer``, on a CUDA device)
+the same calls go through the kernels (``pack_hf`` / ``unpack_hf``, the CUDA
+ones on a GPU) and ``kvstore.client.transfer``: ``store`` packs the blocks on
+the device and copies each payload once into its arena slot (pinned: DMA),
+committing once the copy completed; ``restore`` copies each cached payload
+once from the arena to the device and unpacks it into the buffer, releasing
+the lease once copied. Passing ``timeline`` (a ``HostTimeline`` with device
+memory) runs that path on CPU tensors, which is how it is tested.
 """
 
 from __future__ import annotations
@@ -78,10 +87,21 @@ def canonical_to_cache(kv: torch.Tensor, config=None):
 class HFPrefixCache:
     """Store/restore transformers KV caches of prompts through a kvstore namespace."""
 
-    def __init__(self, namespace, layout: KVLayout, config=None):
+    def __init__(self, namespace, layout: KVLayout, config=None, timeline=None):
         self.ns = namespace
         self.layout = layout
         self.config = config
+        self.timeline = timeline  # None: the kernels' path for device tensors only
+
+    def _device_path(self, tensor: torch.Tensor):
+        """The timeline of the kernels' path for ``tensor``'s device, or None (CPU path)."""
+        if self.timeline is not None:
+            return self.timeline
+        if tensor.device.type == "cpu":
+            return None
+        from kvstore.client.transfer import timeline_of
+
+        return timeline_of([tensor], None)
 
     def _check(self, cache) -> None:
         first = cache.layers[0].keys
@@ -102,6 +122,9 @@ class HFPrefixCache:
         n = (min(len(tokens), cache.get_seq_length()) // self.layout.block_tokens) * self.layout.block_tokens
         if n == 0:
             return 0
+        tl = self._device_path(cache.layers[0].keys)
+        if tl is not None:
+            return self._store_device(tokens, cache, n, tl)
         if buffer is not None and buffer.holds(cache):
             kv = buffer.canonical(n)
         else:
@@ -128,6 +151,10 @@ class HFPrefixCache:
 
             buffer = KVBuffer(self.layout)
         buffer.reserve(limit + spare)
+        tl = self._device_path(buffer.tensor)
+        if tl is not None:
+            n = self._restore_device(tokens, limit, buffer, tl)
+            return (n, buffer.cache(n)) if n else (0, None)
         codec, bt = self.ns.codec, self.layout.block_tokens
 
         def consume(payloads) -> None:
@@ -137,3 +164,34 @@ class HFPrefixCache:
         if n == 0:
             return 0, None
         return n, buffer.cache(n)
+
+    # -- the kernels' path (a GPU model; CPU tensors with a test timeline) ------------
+    def _store_device(self, tokens, cache, n: int, tl) -> int:
+        from kvstore.client.transfer import save_rows
+        from kvstore.kernels import pack_hf
+        from kvstore.tokens import as_tokens
+
+        lay, codec, T = self.layout, self.ns.codec.codec, self.layout.block_tokens
+
+        def pack(out, first: int, count: int) -> None:
+            pack_hf(cache, lay, codec, start=first * T, num_tokens=count * T, out=out)
+
+        ns = self.ns
+        return ns.availability.call(
+            lambda: save_rows(ns, as_tokens(tokens)[:n], b"", n // T, pack, tl), 0)
+
+    def _restore_device(self, tokens, limit: int, buffer: KVBuffer, tl) -> int:
+        from kvstore.client.transfer import load_rows
+        from kvstore.kernels import unpack_hf
+        from kvstore.tokens import as_tokens
+
+        lay, codec, T = self.layout, self.ns.codec.codec, self.layout.block_tokens
+        t = buffer.tensor
+        pairs = [(t[i, 0], t[i, 1]) for i in range(lay.num_layers)]  # [1, H, capacity, D]
+
+        def unpack(rows, first: int, count: int) -> None:
+            unpack_hf(rows, pairs, lay, codec, start=first * T)
+
+        ns = self.ns
+        return ns.availability.call(
+            lambda: load_rows(ns, as_tokens(tokens)[:limit], b"", limit // T, unpack, tl), 0)

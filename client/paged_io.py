@@ -28,21 +28,23 @@ from collections.abc import Sequence
 
 import torch
 
-from kvstore.client.codec import _as_uint8
 from kvstore.client.namespace import Namespace
+from kvstore.client.transfer import (
+    STREAM,
+    PagedTransfers,
+    geometry,
+    host_buffer,
+    timeline_of,
+)
 from kvstore.errors import InvalidArgument
-from kvstore.kernels import SKIP_BLOCK, EngineLayout, pack_paged, unpack_paged
-from kvstore.store_api import read_lease, write_lease
+from kvstore.kernels import EngineLayout, pack_paged
+from kvstore.kernels.streams import Timeline
 from kvstore.tokens import as_tokens, full_blocks
 
 
 def _geometry(ns: Namespace, engine: EngineLayout) -> tuple[int, int]:
     """``(T, R)``: tokens per store block, engine blocks per store block."""
-    T = ns.block_tokens
-    if T % engine.block_size:
-        raise InvalidArgument(f"store block_tokens {T} is not a multiple of the engine's "
-                              f"block_size {engine.block_size}")
-    return T, T // engine.block_size
+    return geometry(ns, engine)
 
 
 class _Packed(Sequence):
@@ -53,9 +55,10 @@ class _Packed(Sequence):
     for later is packed alone.
     """
 
-    def __init__(self, ns, caches, block_ids: list[int], engine: EngineLayout, n: int, R: int):
+    def __init__(self, ns, caches, block_ids: list[int], engine: EngineLayout, n: int, R: int,
+                 tl: Timeline):
         self._args = (ns, caches, block_ids, engine)
-        self._n, self._R = n, R
+        self._n, self._R, self._tl = n, R, tl
         self._done: dict[int, object] = {}
 
     def __len__(self) -> int:
@@ -64,8 +67,23 @@ class _Packed(Sequence):
     def _pack(self, lo: int, hi: int) -> None:
         ns, caches, block_ids, engine = self._args
         ids = block_ids[lo * self._R: hi * self._R]
-        rows = pack_paged(caches, ids, ns.layout, ns.codec.codec, engine)
-        for i, row in enumerate(rows):
+        tl = self._tl
+        if not tl.separate_memory:
+            rows = pack_paged(caches, ids, ns.layout, ns.codec.codec, engine)
+            for i, row in enumerate(rows):
+                self._done[lo + i] = row.numpy()
+            return
+        # packed on the device, then one copy into the payload buffer the carrier sends
+        s = tl.stream(STREAM)
+        tl.wait(s, tl.record(tl.compute(), "written"))
+        stage = tl.empty((hi - lo, ns.spec.block_bytes), torch.uint8, s)
+        with tl.on(s):
+            tl.kernel(s, "pack")
+            pack_paged(caches, ids, ns.layout, ns.codec.codec, engine, out=stage)
+        host = host_buffer(tuple(stage.shape), pinned=True)
+        tl.copy(host, stage, s, "d2h")
+        tl.record(s, "copied").synchronize()
+        for i, row in enumerate(host.unbind(0)):
             self._done[lo + i] = row.numpy()
 
     def __getitem__(self, i):
@@ -79,7 +97,7 @@ class _Packed(Sequence):
 
 
 def put_paged(ns: Namespace, tokens, caches: Sequence[torch.Tensor], block_ids: Sequence[int],
-              engine: EngineLayout, extra: bytes = b"") -> int:
+              engine: EngineLayout, extra: bytes = b"", *, timeline: Timeline | None = None) -> int:
     """Store the whole store blocks of ``tokens`` from the engine ``caches``.
 
     Only blocks the store lacks are packed. Returns the tokens now cached for
@@ -93,42 +111,27 @@ def put_paged(ns: Namespace, tokens, caches: Sequence[torch.Tensor], block_ids: 
     if n == 0:
         return 0
     toks = toks[: n * T]
+    tl = timeline_of(caches, timeline)
     if not ns.backend.capabilities.leases:
-        packed = _Packed(ns, caches, ids, engine, n, R)
+        packed = _Packed(ns, caches, ids, engine, n, R, tl)
         return ns.availability.call(lambda: ns.backend.put(ns.id, toks, packed, extra), 0)
-    return ns.availability.call(lambda: _put_leased(ns, toks, caches, ids, engine, R, extra), 0)
+    return ns.availability.call(lambda: _put_leased(ns, toks, caches, ids, engine, extra, tl), 0)
 
 
-def _put_leased(ns: Namespace, toks, caches, ids: list[int], engine: EngineLayout, R: int,
-                extra: bytes) -> int:
-    be = ns.backend
-    with write_lease(be, ns.id, toks, extra) as held:
-        if held.lease.slots:
-            first = held.lease.first_block
-            slots = [_as_uint8(be.read_slot(slot)) for slot in held.lease.slots]
-            pack_paged(caches, ids[first * R: (first + len(slots)) * R], ns.layout,
-                       ns.codec.codec, engine, out=slots)
-    return held.stored
-
-
-def _unpack(ns, payloads: list, n: int, caches, block_ids: list[int], engine: EngineLayout,
-            skip: int) -> None:
-    """Scatter store blocks ``payloads`` (the first ``n`` tokens) into the engine,
-    leaving the engine blocks of tokens ``[0, skip)`` alone."""
-    T, R = _geometry(ns, engine)
-    count = min(n // T, len(payloads), len(block_ids) // R)
-    first = skip // T
-    if first >= count:
-        return
-    ids = list(block_ids[first * R: count * R])
-    held = skip // engine.block_size - first * R  # engine blocks the engine holds already
-    ids[:held] = [SKIP_BLOCK] * held
-    rows = [p if isinstance(p, torch.Tensor) else _as_uint8(p) for p in payloads[first:count]]
-    unpack_paged(rows, caches, ids, ns.layout, ns.codec.codec, engine)
+def _put_leased(ns: Namespace, toks, caches, ids: list[int], engine: EngineLayout,
+                extra: bytes, tl: Timeline) -> int:
+    """The connector's save path, run to completion: packed into the write lease's
+    slots (through one device staging copy on a device), committed once copied."""
+    stored = []
+    moves = PagedTransfers(ns, caches, engine, tl, on_saved=lambda _, n: stored.append(n))
+    moves.open_saves([("put", toks, ids, extra)])
+    moves.flush_saves(wait=True)
+    return stored[-1] if stored else ns.backend.lookup(ns.id, toks, extra)
 
 
 def get_paged(ns: Namespace, tokens, caches: Sequence[torch.Tensor], block_ids: Sequence[int],
-              engine: EngineLayout, extra: bytes = b"", skip: int = 0) -> int:
+              engine: EngineLayout, extra: bytes = b"", skip: int = 0, *,
+              timeline: Timeline | None = None) -> int:
     """Load the cached prefix of ``tokens`` into the engine blocks ``block_ids``.
 
     Tokens ``[0, skip)`` (``skip`` a multiple of the engine block size) are in
@@ -140,27 +143,15 @@ def get_paged(ns: Namespace, tokens, caches: Sequence[torch.Tensor], block_ids: 
         raise InvalidArgument(f"skip {skip} is not a multiple of the engine's block_size "
                               f"{engine.block_size}")
     toks, ids = as_tokens(tokens), list(block_ids)
-    if ns.backend.capabilities.leases:
-        load = _get_leased
-    else:
-        load = _get_copied
-    return ns.availability.call(lambda: load(ns, toks, caches, ids, engine, extra, skip), 0)
+    tl = timeline_of(caches, timeline)
+    return ns.availability.call(lambda: _get(ns, toks, caches, ids, engine, extra, skip, tl), 0)
 
 
-def _get_copied(ns: Namespace, toks, caches, ids: list[int], engine: EngineLayout,
-                extra: bytes, skip: int) -> int:
-    n, payloads = ns.backend.get(ns.id, toks, extra)
-    if n:
-        _unpack(ns, list(payloads), n, caches, ids, engine, skip)
+def _get(ns: Namespace, toks, caches, ids: list[int], engine: EngineLayout, extra: bytes,
+         skip: int, tl: Timeline) -> int:
+    """The connector's load path, run to completion: the data is in the caches for
+    the caller's stream, and the read lease released, when it returns."""
+    moves = PagedTransfers(ns, caches, engine, tl)
+    n = moves.load(toks, ids, extra, skip, wait=True)
+    moves.wait_all_layers()
     return n
-
-
-def _get_leased(ns: Namespace, toks, caches, ids: list[int], engine: EngineLayout,
-                extra: bytes, skip: int) -> int:
-    be = ns.backend
-    with read_lease(be, ns.id, toks, extra) as lease:
-        n = lease.num_tokens
-        if n:
-            slots = [_as_uint8(be.read_slot(slot)) for slot in lease.slots]
-            _unpack(ns, slots, n, caches, ids, engine, skip)
-        return n

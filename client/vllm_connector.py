@@ -20,12 +20,16 @@ blocks between its paged cache and the store (``kvstore.client.vllm_worker``).
 Both talk to the store through one ``KVClient`` per process
 (``kvstore.client.vllm_store``).
 
-Transfers are synchronous: loads complete before the forward pass that needs
-them, saves before the step ends, so no request waits on the connector
-between steps. The one exception is a finished request with a whole block of
-generated tokens no step could save yet (``save_decode`` under async
-scheduling): ``request_finished`` keeps its blocks, the next step saves them,
-and ``get_finished`` reports it so that vLLM frees them
+Block moves run on a dedicated stream ordered by events against the forward
+(``kvstore.client.vllm_worker``): the forward waits for each layer's load in
+``wait_for_layer_load``, saves are packed as layers finish and committed to
+the store once their copy completed, without the engine waiting (on CPU
+caches the same path runs synchronously). vLLM may reuse a saved block at
+once: the next step's forward waits for the packs first.
+The one exception is a finished request with a whole block of generated
+tokens no step could save yet (``save_decode`` under async scheduling):
+``request_finished`` keeps its blocks, the next step saves them, and
+``get_finished`` reports it so that vLLM frees them
 (``kvstore.client.vllm_scheduler``). A request's hints
 (``kv_transfer_params={"kvstore": {"session_end": True, ...}}``) reach the
 store when it finishes, after its last save.
@@ -116,7 +120,8 @@ class KVStoreConnector(KVConnectorBase_V1):
         self.worker.load(self._meta())
 
     def wait_for_layer_load(self, layer_name: str) -> None:
-        """Nothing to wait for: ``start_load_kv`` finished every layer before the forward."""
+        """The forward's stream waits for this layer's loads (enqueued by ``start_load_kv``)."""
+        self.worker.wait_layer(layer_name)
 
     def save_kv_layer(self, layer_name: str, kv_layer: torch.Tensor, attn_metadata,
                       **kwargs: Any) -> None:
@@ -125,6 +130,11 @@ class KVStoreConnector(KVConnectorBase_V1):
     def wait_for_save(self) -> None:
         if self.has_connector_metadata():
             self.worker.flush_saves(self._meta())
+
+    def shutdown(self) -> None:
+        if self.worker is not None:
+            self.worker.close()  # saves in flight reach the store
+        super().shutdown()
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:
         saved = self.worker.take_saved()  # finished requests' last saves (request_finished: True)

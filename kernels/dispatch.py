@@ -68,7 +68,14 @@ def _rows_of(payloads, count: int, nbytes: int, what: str) -> list[torch.Tensor]
 
 
 def pack(src: PagedSource, codec: str, out, backend: str | None) -> list[torch.Tensor]:
-    """Gather and encode ``src``'s store blocks; return one payload per block."""
+    """Gather and encode ``src``'s store blocks; return one payload per block.
+
+    ``out`` elsewhere than the cache's device (e.g. arena slots for a CUDA cache):
+    the kernels write one device buffer, then one copy per payload lands it
+    (one copy in all for a 2-D ``out``), asynchronous on the current stream
+    where the host memory is pinned or registered (synchronise before reading
+    it); nothing is staged on the host.
+    """
     S, nbytes, dev = src.num_store_blocks, payload_nbytes(src.layout, codec), src.device
     if out is None:
         buf = torch.empty((S, nbytes), dtype=torch.uint8, device=dev)
@@ -80,36 +87,54 @@ def pack(src: PagedSource, codec: str, out, backend: str | None) -> list[torch.T
         return rows
     which = choose(src, codec, backend)
     direct = all(r.device == dev and r.is_contiguous() for r in rows)
-    work = rows if direct else list(torch.empty((S, nbytes), dtype=torch.uint8,
-                                                device=dev).unbind(0))
+    work_buf = None if direct else torch.empty((S, nbytes), dtype=torch.uint8, device=dev)
+    work = rows if direct else list(work_buf.unbind(0))
     if which == CUDA:
         cuda_backend.run("pack", src, codec, work)
     else:
-        whole = buf if direct and buf is not None and buf.is_contiguous() else None
+        whole = buf if direct and buf is not None and buf.is_contiguous() else work_buf
         reference.pack(src, codec, work, whole)
-    for r, w in zip(rows, work):
-        if r.data_ptr() != w.data_ptr():
-            r.copy_(w, non_blocking=r.is_pinned() or w.is_pinned())
+    if not direct:
+        if buf is not None and buf.is_contiguous():
+            buf.copy_(work_buf, non_blocking=True)  # one copy of every payload
+        else:
+            for r, w in zip(rows, work):
+                r.copy_(w, non_blocking=True)
     return rows
 
 
 def unpack(src: PagedSource, codec: str, payloads, backend: str | None) -> None:
-    """Decode ``payloads`` and scatter them into ``src``'s engine slots only."""
+    """Decode ``payloads`` and scatter them into ``src``'s engine slots only.
+
+    Payloads elsewhere than the cache's device are copied once into one device
+    buffer (asynchronously where pinned); the call returns once those copies
+    landed (the caller may then release them), not waiting for the kernel.
+    """
     S, nbytes, dev = src.num_store_blocks, payload_nbytes(src.layout, codec), src.device
     rows = _rows_of(payloads, S, nbytes, "payloads")
     if S == 0:
         return
     which = choose(src, codec, backend)
+    copied = None  # the event after the copies of payloads from elsewhere
     if isinstance(payloads, torch.Tensor) and payloads.device == dev and payloads.is_contiguous():
         buf, rows = payloads, list(payloads.unbind(0))
     elif all(r.device == dev and r.is_contiguous() for r in rows):
         buf = None  # the slots as they are (e.g. an arena's, under a read lease)
-    else:
-        host = payloads if isinstance(payloads, torch.Tensor) else torch.stack(
-            [r.cpu() for r in rows])
-        buf = host.to(dev, non_blocking=host.is_pinned()).contiguous()
+    elif isinstance(payloads, torch.Tensor) and payloads.is_contiguous():
+        buf = torch.empty((S, nbytes), dtype=torch.uint8, device=dev)
+        buf.copy_(payloads, non_blocking=True)  # one copy of every payload
         rows = list(buf.unbind(0))
+    else:  # one copy per payload straight into one device buffer, no host staging
+        buf = torch.empty((S, nbytes), dtype=torch.uint8, device=dev)
+        for dst, r in zip(buf.unbind(0), rows):
+            dst.copy_(r, non_blocking=True)
+        rows = list(buf.unbind(0))
+    if buf is not None and buf is not payloads and dev.type == "cuda":
+        copied = torch.cuda.Event()
+        copied.record()
     if which == CUDA:
         cuda_backend.run("unpack", src, codec, rows)
     else:
         reference.unpack(src, codec, rows, buf)
+    if copied is not None:  # the caller may reuse pinned payloads on return (not the kernel)
+        copied.synchronize()

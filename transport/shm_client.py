@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kvstore.errors import InvalidArgument, NotFound, ProtocolError, Unavailable
+from kvstore.kernels import pinning
 from kvstore.store_api import Alloc, ArenaSlot, Lease, WriteLease
 from kvstore.tokens import as_tokens, full_blocks
 from kvstore.transport.channel import cast_bytes
@@ -57,6 +58,8 @@ class ArenaMapping:
         self.path = path
         self.size = size
         self.view = memoryview(self._mm)
+        # registered with CUDA (pinned) once a CUDA engine of this process asks
+        self._pin = pinning.track(np.frombuffer(self._mm, dtype=np.uint8).ctypes.data, size)
 
     def slot(self, offset: int, length: int) -> memoryview:
         if not (isinstance(offset, int) and isinstance(length, int)) or (
@@ -66,6 +69,7 @@ class ArenaMapping:
         return self.view[offset : offset + length]
 
     def close(self) -> None:
+        pinning.untrack(self._pin)
         self.view.release()
         try:
             self._mm.close()

@@ -150,7 +150,8 @@ class DataPath:
             for i, meta in enumerate(blocks):
                 st = meta.handle
                 if st.tier is not None and st.tier is not cpu:  # GPU: move down now
-                    if not tiers.to_cpu(nst, meta.key, st, st.tier.read(st.slot)):
+                    # one device-to-host copy of the slot's device view into the arena
+                    if not tiers.to_cpu(nst, meta.key, st, st.tier.view(st.slot)):
                         del blocks[i:]
                         break
                 elif st.slot is None:
@@ -179,6 +180,7 @@ class DataPath:
             self.ssd_hits += sum(1 for i, _, staged, _ in fetch if i < n and not staged)
             for meta in blocks[:n]:
                 cpu.policy.on_access(policy_key(nst.fp, meta.key))
+                cpu.settle(meta.handle.slot)  # a remote reader maps the arena directly
             rec = self._leases.open(nst, m.node, cpu, n * nst.spec.block_tokens,
                                     [meta.handle.slot for meta in blocks[:n]])
             if lost is not None:  # pinned by this lease: marked lost, removed on release

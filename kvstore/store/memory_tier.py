@@ -87,5 +87,20 @@ class MemoryTier:
     def read(self, slot: ArenaSlot) -> bytes:
         raise NotImplementedError
 
+    def copy_out(self, slot: ArenaSlot, dst):
+        """Copy the slot into ``dst`` (another tier's slot); returns None once done, or
+        an event the copy completes at (a device tier's asynchronous copy: the receiving
+        tier then ``expect``s it)."""
+        self.read_into(slot, dst)
+        return None
+
+    def expect(self, slot: ArenaSlot, event) -> None:
+        """A copy into ``slot`` completes at ``event``: nothing reads or reuses the slot
+        before (``settle``)."""
+        raise NotImplementedError
+
+    def settle(self, slot: ArenaSlot) -> None:
+        """Wait for a copy into ``slot`` still in flight (none by default)."""
+
     def close(self) -> None:
         pass

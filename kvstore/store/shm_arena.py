@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from kvstore.errors import InvalidArgument, StorageError
+from kvstore.kernels import pinning
 
 PREFIX = "kvstore-"
 _NAME = re.compile(r"^kvstore-(\d+)-[0-9a-f]+$")
 
 
-def _cleanup(mm: mmap.mmap, path: str) -> None:
+def _cleanup(mm: mmap.mmap, path: str, pin: int = 0) -> None:
+    pinning.untrack(pin)  # unregistered from CUDA before the pages go
     try:
         mm.close()
     except BufferError:  # views still exported: the mapping dies with them
@@ -63,7 +65,9 @@ class SharedArena:
         os.close(fd)
         self.array = np.frombuffer(self._mm, dtype=np.uint8)
         self.view = memoryview(self._mm)
-        self._finalizer = weakref.finalize(self, _cleanup, self._mm, self.path)
+        # pinned for DMA once a CUDA engine in this process asks (kvstore.kernels.pinning)
+        self._pin = pinning.track(self.array.ctypes.data, size)
+        self._finalizer = weakref.finalize(self, _cleanup, self._mm, self.path, self._pin)
 
     def close(self) -> None:
         """Unmap and remove the file (idempotent)."""
@@ -89,11 +93,13 @@ class AttachedArena:
         self.size = size
         self.array = np.frombuffer(self._mm, dtype=np.uint8)
         self.view = memoryview(self._mm)
+        self._pin = pinning.track(self.array.ctypes.data, size)
 
     def slot(self, offset: int, length: int) -> memoryview:
         return self.view[offset : offset + length]
 
     def close(self) -> None:
+        pinning.untrack(self._pin)
         self.array = None
         self.view.release()
         try:

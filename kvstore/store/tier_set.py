@@ -215,7 +215,11 @@ class TierSet:
         if below is not None:
             slot = self.alloc(below, meta.size)
             if slot is not None:
-                below.write(slot, tier.read(st.slot))
+                # one copy straight into the slot below, asynchronous from a GPU: the
+                # CPU tier settles it before the slot is read or reused
+                done = tier.copy_out(st.slot, below.view(slot))
+                if done is not None:
+                    below.expect(slot, done)
                 self.uninstall(st, pk)
                 self.install(below, nst, key, st, slot)
                 tier.stats.evictions += 1

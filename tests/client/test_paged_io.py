@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from kvstore.client import KVClient, paged_io
+from kvstore.client import KVClient, paged_io, transfer
 from kvstore.kernels import CODECS, EngineKind, EngineLayout
 from kvstore.layout import KVLayout
 from kvstore.store_api import Capabilities
@@ -93,9 +93,10 @@ def test_only_missing_blocks_are_packed(client, monkeypatch):
     assert paged_io.put_paged(ns, toks[:BT], src, blocks[:3], _engine(kind)) == BT
     packed = []
     real = paged_io.pack_paged
-    monkeypatch.setattr(paged_io, "pack_paged",
-                        lambda caches, ids, *a, **k: packed.append(list(ids)) or
-                        real(caches, ids, *a, **k))
+    for module in (paged_io, transfer):  # the carrier path and the lease path
+        monkeypatch.setattr(module, "pack_paged",
+                            lambda caches, ids, *a, **k: packed.append([int(i) for i in ids])
+                            or real(caches, ids, *a, **k))
     assert paged_io.put_paged(ns, toks, src, blocks, _engine(kind)) == 3 * BT
     assert packed == [blocks[3:]]  # one call, the two new store blocks only
     assert paged_io.put_paged(ns, toks, src, blocks, _engine(kind)) == 3 * BT
@@ -180,4 +181,61 @@ def test_an_unreachable_daemon_is_a_miss_unless_strict(carrier, tmp_path):
         soft.close()
         strict.close()
         srv.stop()
+        store.close()
+
+
+FLASH_KINDS = [EngineKind.VLLM_FLASH, "vllm_flash_hnd"]
+
+
+@pytest.mark.parametrize("device_memory", [False, True], ids=["host", "staged"])
+@pytest.mark.parametrize("codec", ["none", "fp8_e4m3"])
+@pytest.mark.parametrize("kind", FLASH_KINDS)
+@pytest.mark.parametrize("carrier", ["embedded", "shm", "tcp"])
+def test_flash_caches_over_every_carrier(carrier, kind, codec, device_memory, tmp_path):
+    """vLLM flash caches (NHD and HND strides) on the CPU through the embedded store, shm
+    and tcp, byte for byte; ``staged`` runs the device path (payloads staged in "device"
+    buffers, one counted copy per block each way) on CPU tensors."""
+    from kvstore.kernels.streams import HostTimeline
+    from kvstore.store.config import StoreConfig
+    from kvstore.store.tiered_store import TieredStore
+    from kvstore.transport.server import ServerThread
+    from tests.kernels.engine_caches import engine_of
+
+    store = TieredStore(StoreConfig(cpu_bytes="64MiB"))
+    srv = None
+    if carrier != "embedded":
+        url = f"shm://{tmp_path}/kv.sock" if carrier == "shm" else "tcp://127.0.0.1:0"
+        srv = ServerThread(store, [url]).start()
+    c = KVClient.connect(srv.urls[0], timeout=10) if srv else KVClient.connect("embedded")
+    if srv is None:
+        c.backend.close()
+        c.backend = store
+    tl = HostTimeline(separate_memory=True) if device_memory else None
+    try:
+        engine = engine_of(kind, BS)
+        ns = c.namespace(KVLayout("io", L, H, D, "bfloat16", BT), codec=codec)
+        src = _caches(kind, torch.bfloat16, seed=8)
+        toks = np.arange(2 * BT + 3, dtype=np.uint32)
+        ids = [3, 1, 4, 15, 9, 2, 6]
+        assert paged_io.put_paged(ns, toks, src, ids, engine, timeline=tl) == 2 * BT
+        n, kv = ns.get(toks)
+        if codec == "none":
+            assert torch.equal(kv, _canonical(kind, src, ids[:6]))
+        dst = _caches(kind, torch.bfloat16, seed=9)
+        before = [x.clone() for x in dst]
+        targets = [0, 5, 7, 8, 10, 11]
+        assert paged_io.get_paged(ns, toks, dst, targets, engine, skip=BS, timeline=tl) == n
+        assert torch.equal(_canonical(kind, dst, targets[1:]), kv[:, :, BS:])
+        rest = [b for b in range(NB) if b not in targets[1:]]
+        assert all(torch.equal(a[:, rest], b[:, rest]) for a, b in zip(dst, before))
+        if tl is not None:
+            copies = [op for op in tl.log if op.kind == "copy"]
+            if carrier == "tcp":  # the whole put in one copy; every payload received once
+                assert [op.label for op in copies] == ["d2h", "h2d", "h2d"]
+            else:  # one copy per block into its arena slot, one out of it
+                assert [op.label for op in copies] == ["d2h", "d2h", "h2d", "h2d"]
+    finally:
+        c.close()
+        if srv:
+            srv.stop()
         store.close()

@@ -281,3 +281,31 @@ def test_none_payload_slots_at_odd_byte_offsets(kind):
         k1, v1 = read_cache(kind, f)
         assert torch.equal(k1[[1, 2, 7, 4]], k0[[3, 5, 0, 6]])
         assert torch.equal(v1[[1, 2, 7, 4]], v0[[3, 5, 0, 6]])
+
+
+@pytest.mark.parametrize("codec", ["none", "int8"])
+def test_payloads_off_the_fast_path_take_one_copy_each_way(codec, monkeypatch):
+    """Strided payload rows (as rows on another device would be): the kernels write one
+    staging buffer, then one copy per row (one in all for a 2-D out); an unpack copies
+    each row once into one buffer. No stacking, no per-row host round trip."""
+    from kvstore.kernels import EngineLayout, pack_paged, payload_nbytes, unpack_paged
+
+    layout = KVLayout("m", 2, 2, 32, "float16", 32)
+    engine = EngineLayout.vllm_flash(16)
+    g = torch.Generator().manual_seed(0)
+    caches = [torch.randn((2, 8, 16, 2, 32), generator=g).half() for _ in range(2)]
+    n = payload_nbytes(layout, codec)
+    ref = pack_paged(caches, [3, 1, 4, 0], layout, codec, engine)
+    wide = torch.zeros((2, 2 * n), dtype=torch.uint8)
+    strided = [wide[i, ::2] for i in range(2)]  # 1-D, not contiguous
+    dst = [torch.zeros_like(c) for c in caches]
+    want = [torch.zeros_like(c) for c in caches]
+    unpack_paged(ref, want, [7, 6, 5, 2], layout, codec, engine)
+    stacked = []
+    monkeypatch.setattr(torch, "stack", lambda *a, **k: stacked.append(1) or torch.cat(
+        [t.unsqueeze(0) for t in a[0]]))
+    pack_paged(caches, [3, 1, 4, 0], layout, codec, engine, out=strided)
+    assert all(torch.equal(s, r) for s, r in zip(strided, ref))
+    unpack_paged(strided, dst, [7, 6, 5, 2], layout, codec, engine)
+    assert stacked == []
+    assert all(torch.equal(a, b) for a, b in zip(dst, want))

@@ -164,9 +164,10 @@ class StoreOps:
             "tenant": tenant,
             "limits": self.limits.to_dict(),
         }
-        if session.arena_access:
-            info = self.store.arena()
-            result["arena"] = {"path": info.path, "size": info.size}
+        if session.arena_access:  # the tenant's own arena, as a descriptor (SCM_RIGHTS)
+            arena = self.store.tenant_arena(tenant)
+            result["arena"] = {"fd": True, "size": arena.size, "base": arena.base}
+            session.pass_fds = [arena.fd]
         return Outcome(Reply(req.id, result=result))
 
     async def register(self, session: Session, req: Request, payload: Payload,

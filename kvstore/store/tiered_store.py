@@ -52,7 +52,9 @@ from kvstore.store.memory_tier import MemoryTier
 from kvstore.store.namespace_table import NamespaceTable
 from kvstore.store.operator_controls import OperatorControls
 from kvstore.store.promotion import Promoter
+from kvstore.store.quotas import Quotas
 from kvstore.store.rebuild import rebuild_from_ssd
+from kvstore.store.tenant_arenas import TenantArena
 from kvstore.store.tier_set import TierSet
 from kvstore.store.write_back import WriteBack, WriteBackEvents
 from kvstore.store_api import (
@@ -85,7 +87,10 @@ class TieredStore:
         self._cond = threading.Condition(self._lock)
         self._namespaces = NamespaceTable()
         self._ns = self._namespaces.by_fp  # what the tier set and the policies' views read
-        self._leases = LeaseTable()
+        self._leases = LeaseTable(config.write_lease_seconds)
+        self.quotas = Quotas(config.cpu_bytes, config.ssd_bytes if config.ssd_enabled else 0,
+                             config.tenant_cpu_bytes, config.tenant_ssd_bytes,
+                             config.tenant_quotas)
         self._closed = False
         self._writeback: WriteBack | None = None
         self._promoter: Promoter | None = None
@@ -94,7 +99,8 @@ class TieredStore:
             memory.append(GPUTier(config.gpu_bytes, 0, config.gpu_device))
         elif config.gpu_bytes:
             log.warning("gpu_bytes set but CUDA is not available: no GPU tier")
-        self._cpu = CPUTier(config.cpu_bytes, config.cpu_page_bytes, config.arena_dir)
+        self._cpu = CPUTier(config.cpu_bytes, config.cpu_page_bytes, config.arena_dir,
+                            self.quotas.cpu)
         memory.append(self._cpu)
         self._tiers = TierSet(memory, self._ns, self._cond, config.ssd_enabled)
         self._controls = OperatorControls(self, self._lock, self._namespaces, self._tiers, config)
@@ -281,7 +287,41 @@ class TieredStore:
 
     # -- leases (LeasingStore) --------------------------------------------------
     def arena(self) -> ArenaInfo:
-        return self._cpu.info()
+        """The default tenant's arena (``/proc/<pid>/fd/<n>``: a memory file of this process)."""
+        with self._lock:
+            return self._cpu.info()
+
+    def tenant_arena(self, tenant: str) -> TenantArena:
+        """Tenant ``tenant``'s own arena (its ``fd``, ``size`` and ``base``): what shm hands over."""
+        with self._lock:
+            self._check_open()
+            return self._cpu.arena_of(tenant)
+
+    # -- tenants --------------------------------------------------------------------
+    def set_quota(self, tenant: str, cpu_bytes=None, ssd_bytes=None) -> dict:
+        """Change a tenant's quota at run time (the admin API); returns its quotas now."""
+        self.quotas.set(tenant, cpu_bytes, ssd_bytes)
+        return self.tenant_usage()[tenant] if tenant in self.tenant_usage() else {
+            "cpu_quota": self.quotas.cpu(tenant), "cpu_used": 0,
+            "ssd_quota": self.quotas.ssd(tenant), "ssd_used": 0}
+
+    def tenant_usage(self) -> dict[str, dict[str, int]]:
+        """Per tenant: CPU bytes used (blocks and write leases) and quotas."""
+        with self._lock:
+            names = set(self._cpu.allocator.tenants()) | set(self.quotas.explicit())
+            ssd_used: dict[str, int] = {}
+            for nst in self._namespaces.by_fp.values():
+                on_ssd = sum(1 for meta in nst.tree.blocks() if meta.handle.ssd is not None)
+                t = nst.spec.tenant
+                ssd_used[t] = ssd_used.get(t, 0) + on_ssd * nst.spec.block_bytes
+                names.add(t)
+            return {t: {"cpu_used": self._cpu.allocator.used_by(t), "cpu_quota": self.quotas.cpu(t),
+                        "ssd_used": ssd_used.get(t, 0), "ssd_quota": self.quotas.ssd(t)}
+                    for t in sorted(names)}
+
+    @property
+    def expired_write_leases(self) -> int:
+        return self._leases.expired
 
     def read_slot(self, slot) -> memoryview:
         return self._cpu.view(slot)

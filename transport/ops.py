@@ -191,7 +191,9 @@ class StoreOps:
             and len(session.namespaces) >= MAX_NAMESPACES_PER_CONNECTION
         ):
             raise TooLarge("too many namespaces on one connection")
-        ns = self.store.register(spec)
+        # off the event loop: a new namespace waits for the manifest write (disk, fsync)
+        ns = await asyncio.get_running_loop().run_in_executor(self.executor, self.store.register,
+                                                              spec)
         session.namespaces[ns] = spec
         result = {"ns": ns, "block_bytes": spec.block_bytes, "block_tokens": spec.block_tokens}
         return Outcome(Reply(req.id, result=result))

@@ -48,6 +48,7 @@ from kvstore.store.cpu_tier import CPUTier
 from kvstore.store.data_path import DataPath
 from kvstore.store.gpu_tier import GPUTier, cuda_available
 from kvstore.store.lease_table import LeaseTable
+from kvstore.store.manifest_writer import ManifestWriter
 from kvstore.store.memory_tier import MemoryTier
 from kvstore.store.namespace_table import NamespaceTable
 from kvstore.store.operator_controls import OperatorControls
@@ -93,6 +94,7 @@ class TieredStore:
                              config.tenant_quotas)
         self._closed = False
         self._writeback: WriteBack | None = None
+        self._manifest: ManifestWriter | None = None
         self._promoter: Promoter | None = None
         memory: list[MemoryTier] = []
         if config.gpu_bytes and cuda_available():
@@ -130,6 +132,7 @@ class TieredStore:
             ssd, events, config.demotion_threads, config.demotion_buffer_bytes)
         with self._lock:
             rebuild_from_ssd(ssd, self._ns, self._writeback.remove)
+        self._manifest = ManifestWriter(self._manifest_snapshot, ssd.save_namespaces)
 
     def _locked(self, fn):
         """``fn`` run under the store lock (the write-back worker's callbacks)."""
@@ -140,17 +143,19 @@ class TieredStore:
 
     # -- namespaces -------------------------------------------------------------
     def register(self, spec: NamespaceSpec) -> bytes:
+        """Add a namespace; with an SSD tier, returns once the manifest names it
+        (written by ``ManifestWriter``, many registrations per write)."""
         with self._lock:
             self._check_open()
             if not self._namespaces.register(spec, self._tiers.tiers):
                 return spec.fingerprint
-            manifest = self._namespaces.manifest()
-        if self._writeback is not None:
-            try:
-                self._writeback.tier.save_namespaces(manifest)
-            except (StorageError, OSError) as exc:
-                log.error("cannot save the namespace manifest: %s", exc)
+        if self._manifest is not None:
+            self._manifest.save_now()
         return spec.fingerprint
+
+    def _manifest_snapshot(self) -> dict:
+        with self._lock:
+            return self._namespaces.manifest()
 
     def namespaces(self) -> list[NamespaceSpec]:
         with self._lock:
@@ -268,6 +273,8 @@ class TieredStore:
             self._closed = True
         if self._promoter is not None:
             self._promoter.close()
+        if self._manifest is not None:
+            self._manifest.close()
         if wb is not None:
             wb.stop()  # drains the queues: staged demotions reach the disk
             try:

@@ -62,8 +62,9 @@ class StoreConfig:
     tenant_ssd_bytes: int | str | None = None
     tenant_quotas: dict = field(default_factory=dict)  # {"alice": {"cpu": "1GiB", "ssd": ...}}
     write_lease_seconds: float = 60.0  # an uncommitted write lease is taken back after this
-    # every put reaches the SSD tier within about this lag (0: only on eviction/flush)
-    write_behind_seconds: float = 1.0
+    # every put reaches the SSD tier within about this lag (0, the embedded default: only on
+    # eviction/flush; the daemon's default is 1 s, kvstore.daemon.config)
+    write_behind_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         for name in _SIZE_FIELDS:

@@ -58,6 +58,7 @@ from kvstore.store.rebuild import rebuild_from_ssd
 from kvstore.store.tenant_arenas import TenantArena
 from kvstore.store.tier_set import TierSet
 from kvstore.store.write_back import WriteBack, WriteBackEvents
+from kvstore.store.write_behind import WriteBehind
 from kvstore.store_api import (
     Alloc,
     ArenaInfo,
@@ -95,6 +96,7 @@ class TieredStore:
         self._closed = False
         self._writeback: WriteBack | None = None
         self._manifest: ManifestWriter | None = None
+        self._behind: WriteBehind | None = None
         self._promoter: Promoter | None = None
         memory: list[MemoryTier] = []
         if config.gpu_bytes and cuda_available():
@@ -115,6 +117,9 @@ class TieredStore:
                 self._open_ssd()
             self._promoter = Promoter(self._path.promote)
             self._path.attach(self._writeback, self._promoter)
+            seconds = config.write_behind_seconds if self._writeback is not None else 0
+            self._behind = WriteBehind(seconds or min(5.0, config.write_lease_seconds),
+                                       self._write_behind_tick)
         except BaseException:
             self.close()
             raise
@@ -133,6 +138,16 @@ class TieredStore:
         with self._lock:
             rebuild_from_ssd(ssd, self._ns, self._writeback.remove)
         self._manifest = ManifestWriter(self._manifest_snapshot, ssd.save_namespaces)
+
+    def _write_behind_tick(self) -> None:
+        """Queue SSD writes of the dirty blocks (write-behind) and expire stalled write leases."""
+        with self._lock:
+            if self._closed:
+                return
+            self._path.expire_write_leases()
+            wb = self._writeback
+            if wb is not None and wb.usable and self.config.write_behind_seconds:
+                self._tiers.write_dirty()
 
     def _locked(self, fn):
         """``fn`` run under the store lock (the write-back worker's callbacks)."""
@@ -271,6 +286,8 @@ class TieredStore:
                 log.error("flush on close failed: %s", exc)
         with self._lock:
             self._closed = True
+        if self._behind is not None:
+            self._behind.close()
         if self._promoter is not None:
             self._promoter.close()
         if self._manifest is not None:

@@ -37,6 +37,7 @@ from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
 
 READ_AHEAD = 64 << 10
+SMALL_READ_AHEAD = 16 << 10  # until ``grow`` (the pre-hello header limit's default)
 # A bulk receive asks the kernel to report the socket readable only once this
 # much has arrived (SO_RCVLOWAT): one event-loop wake-up per chunk instead of
 # one per segment of data, which is most of the cost of a large receive in Python.
@@ -67,11 +68,14 @@ def tune_socket(sock: socket.socket) -> None:
 
 
 class SocketChannel:
-    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop | None = None,
+                 read_ahead: int = READ_AHEAD):
         tune_socket(sock)
         self.sock = sock
         self.loop = loop or asyncio.get_running_loop()
-        self._buf = bytearray(READ_AHEAD)
+        # the daemon starts a connection with a small buffer (pre-hello: thousands may be
+        # open at once); ``grow`` gives it the full read-ahead once it has said hello
+        self._buf = bytearray(read_ahead)
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
@@ -125,6 +129,16 @@ class SocketChannel:
             self._end += n
         return True
 
+    def grow(self, size: int = READ_AHEAD) -> None:
+        """Give the read-ahead buffer ``size`` bytes (kept: what is buffered now)."""
+        if len(self._buf) >= size:
+            return
+        have = self._end - self._start
+        buf = bytearray(size)
+        buf[:have] = self._view[self._start : self._end]
+        self._buf, self._view = buf, memoryview(buf)
+        self._start, self._end = 0, have
+
     def _take(self, n: int) -> memoryview:
         view = self._view[self._start : self._start + n]
         self._start += n
@@ -143,7 +157,7 @@ class SocketChannel:
             return None
         length = header_length(self._take(PREFIX_BYTES))
         limits.check_header_length(length)
-        if length <= READ_AHEAD:
+        if length <= len(self._buf):
             await self._fill(length, stall=stall)
             return self._take(length)
         raw = bytearray(length)

@@ -150,6 +150,9 @@ class Dispatcher:
             if not more:
                 return False
         self.pre_hello.leave(key)
+        grow = getattr(channel, "grow", None)  # stream channels: the full read-ahead now
+        if grow is not None:
+            grow()
         return True
 
     def _stalled(self, session: Session, phase: str, exc) -> None:

@@ -27,6 +27,7 @@ import socket
 import stat
 
 from kvstore.errors import InvalidArgument, Unauthorized
+from kvstore.transport.channel import SMALL_READ_AHEAD
 from kvstore.transport.fd_channel import FdSendingChannel
 from kvstore.transport.peer_credentials import UidAllowList, check_private_dir
 from kvstore.transport.tcp import StreamListener
@@ -90,7 +91,7 @@ class ShmListener(StreamListener):
         return True
 
     def _channel(self, conn: socket.socket, loop):
-        return FdSendingChannel(conn, loop)
+        return FdSendingChannel(conn, loop, SMALL_READ_AHEAD)  # grown after hello
 
     @property
     def url(self) -> str:

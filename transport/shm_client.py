@@ -63,6 +63,7 @@ class ArenaMapping:
         finally:
             os.close(fd)
         self.identity = (st.st_dev, st.st_ino)
+        self.path = f"memfd:{st.st_ino}"  # a name for logs: no file in the filesystem names it
         self.size = size
         self.base = base
         self.view = memoryview(self._mm)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 
-from kvstore.transport.channel import SocketChannel
+from kvstore.transport.channel import SMALL_READ_AHEAD, SocketChannel
 from kvstore.transport.session import Session
 from kvstore.transport.urls import CarrierURL
 
@@ -70,7 +70,7 @@ class StreamListener:
         return True
 
     def _channel(self, conn: socket.socket, loop) -> SocketChannel:
-        return SocketChannel(conn, loop)
+        return SocketChannel(conn, loop, SMALL_READ_AHEAD)  # grown after hello
 
     async def close(self) -> None:
         if self._task is not None:

@@ -137,6 +137,9 @@ class TieredStore:
             ssd, events, config.demotion_threads, config.demotion_buffer_bytes)
         with self._lock:
             rebuild_from_ssd(ssd, self._ns, self._writeback.remove)
+            blocks = sum(len(nst.tree) for nst in self._ns.values())
+        log.info("recovered %d blocks in %d namespaces from the SSD tier at %s",
+                 blocks, len(self._ns), config.ssd_dir)
         self._manifest = ManifestWriter(self._manifest_snapshot, ssd.save_namespaces)
 
     def _write_behind_tick(self) -> None:

@@ -46,6 +46,7 @@ log = logging.getLogger("kvstore.ssd")
 READ_ERRORS = (StorageError, OSError, NotFound)
 
 Key = tuple[bytes, bytes]  # (namespace, block key)
+_NOTHING = object()
 BATCH_JOBS = 64  # consecutive write jobs a worker hands to ``write_many`` at once
 
 
@@ -158,10 +159,10 @@ class WriteBack:
 
     # -- worker -----------------------------------------------------------------------
     def _worker(self, q: queue.SimpleQueue) -> None:
-        carry = None
+        carry = _NOTHING  # a job taken while batching that is not a write (or the stop)
         while True:
-            job = carry if carry is not None else q.get()
-            carry = None
+            job = carry if carry is not _NOTHING else q.get()
+            carry = _NOTHING
             if job is None:
                 return
             batch = [job]

@@ -334,3 +334,32 @@ def test_sigkill_leaves_the_cache_warm(sockdir):
     assert re.search(r"recovered \d+ blocks in \d+ namespaces", log)
     assert old and served >= 0.95 * len(old)
     assert corrupt == 0
+
+
+def test_quota_set_and_shown_through_the_admin_api(tenant_daemon):
+    """SetQuota changes a tenant's ceiling at run time; GetStats (``kvstore admin stats``) shows it."""
+    import json
+    import subprocess
+    import sys
+
+    from kvstore.admin.client import AdminClient
+
+    d = tenant_daemon
+    spec_a = spec_of(tenant="alice")
+    alice = client(d, "tcp", "alice", ALICE)
+    ns_a = alice.register(spec_a)
+    assert alice.put(ns_a, tokens_for(1, 64), alice_blocks(spec_a, 64)) == 64 * 16  # 256 KiB
+    with AdminClient(d.admin, token=ADMIN) as admin:
+        reply = admin.call("SetQuota", tenant="alice", cpu_bytes=128 << 10)
+        assert int(reply["tenant"]["cpu_quota_bytes"]) == 128 << 10
+    with pytest.raises(CapacityError, match="quota"):
+        alice.put(ns_a, tokens_for(2, 64), alice_blocks(spec_a, 64))
+    token_file = f"{os.path.dirname(d.url('shm')[len('shm://'):])}/admin"
+    out = subprocess.run([sys.executable, "-m", "kvstore", "admin", "stats", "--json", "--addr",
+                          d.admin, "--token-file", token_file], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    tenants = {t["tenant"]: t for t in json.loads(out.stdout)["tenants"]}
+    assert int(tenants["alice"]["cpu_quota_bytes"]) == 128 << 10
+    assert 0 < int(tenants["alice"]["cpu_used_bytes"]) <= 256 << 10
+    alice.close()

@@ -76,7 +76,7 @@ class LeaseTable:
     def peek(self, lease_id: int) -> LeaseRecord:
         rec = self._records.get(lease_id)
         if rec is None:
-            raise NotFound(f"no lease {lease_id}")
+            raise NotFound(f"no lease {lease_id} (released, or a write lease past its deadline)")
         return rec
 
     def discard(self, lease_id: int) -> LeaseRecord | None:

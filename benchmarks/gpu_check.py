@@ -241,13 +241,13 @@ def offload(check: Check) -> dict:
 
     from benchmarks.kernels import measure
     from kvstore.kernels import pinning
-    from kvstore.store.shm_arena import SharedArena
+    from kvstore.store.tenant_arenas import MemfdArena
 
     dev = check.device
     block = 2 << 20
     nblocks = 8 if check.args.quick and dev.type == "cpu" else 64
     total = block * nblocks
-    arena = SharedArena(total)
+    arena = MemfdArena(total)  # what the CPU tier maps for each tenant
     slots: list[torch.Tensor] = []
     try:
         registered = pinning.enable() if dev.type == "cuda" else 0

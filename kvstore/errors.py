@@ -93,3 +93,15 @@ def error_from_code(code: int, message: str) -> KVStoreError:
     """The exception a client raises for an error reply with ``code``."""
     cls = _BY_CODE.get(code, KVStoreError)
     return cls(message)
+
+
+class QuotaExceeded(CapacityError):
+    """A tenant's request can never fit its quota (a put larger than the quota)."""
+
+    code = ErrorCode.CAPACITY
+
+
+class Stalled(Unavailable):
+    """A peer sent part of a frame (or no hello) and then nothing within the deadline."""
+
+    code = ErrorCode.UNAVAILABLE

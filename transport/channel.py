@@ -31,12 +31,13 @@ import socket
 import struct
 from collections.abc import Sequence
 
-from kvstore.errors import Unavailable
+from kvstore.errors import Stalled, Unavailable
 from kvstore.transport import bulk
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
 
 READ_AHEAD = 64 << 10
+SMALL_READ_AHEAD = 16 << 10  # until ``grow`` (the pre-hello header limit's default)
 # A bulk receive asks the kernel to report the socket readable only once this
 # much has arrived (SO_RCVLOWAT): one event-loop wake-up per chunk instead of
 # one per segment of data, which is most of the cost of a large receive in Python.
@@ -67,11 +68,14 @@ def tune_socket(sock: socket.socket) -> None:
 
 
 class SocketChannel:
-    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop | None = None):
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop | None = None,
+                 read_ahead: int = READ_AHEAD):
         tune_socket(sock)
         self.sock = sock
         self.loop = loop or asyncio.get_running_loop()
-        self._buf = bytearray(READ_AHEAD)
+        # the daemon starts a connection with a small buffer (pre-hello: thousands may be
+        # open at once); ``grow`` gives it the full read-ahead once it has said hello
+        self._buf = bytearray(read_ahead)
         self._view = memoryview(self._buf)
         self._start = 0
         self._end = 0
@@ -84,8 +88,9 @@ class SocketChannel:
             self.peer = "?"
 
     # -- receiving ------------------------------------------------------------
-    async def _recv_into(self, view: memoryview, stall: bool = False) -> int:
-        """One receive; ``stall``: inside a frame, where a silent peer is an error."""
+    async def _recv_into(self, view: memoryview, stall: bool | float = False) -> int:
+        """One receive; ``stall``: inside a frame, where a silent peer is an error
+        (True: after ``STALL_SECONDS``; a number: after that many seconds)."""
         try:
             return self.sock.recv_into(view)
         except (BlockingIOError, InterruptedError):
@@ -94,17 +99,20 @@ class SocketChannel:
             raise Unavailable(f"receive failed: {exc}") from exc
         try:
             if stall:
-                return await asyncio.wait_for(
-                    self.loop.sock_recv_into(self.sock, view), STALL_SECONDS
-                )
+                limit = STALL_SECONDS if stall is True else float(stall)
+                return await asyncio.wait_for(self.loop.sock_recv_into(self.sock, view), limit)
             return await self.loop.sock_recv_into(self.sock, view)
         except asyncio.TimeoutError as exc:
-            raise Unavailable(f"peer sent nothing for {STALL_SECONDS:.0f}s mid-frame") from exc
+            raise Stalled(f"peer sent nothing for {limit:.0f}s mid-frame") from exc
         except OSError as exc:
             raise Unavailable(f"receive failed: {exc}") from exc
 
-    async def _fill(self, need: int, eof_ok: bool = False) -> bool:
-        """Buffer at least ``need`` (<= READ_AHEAD) bytes; False on a clean EOF."""
+    async def _fill(self, need: int, eof_ok: bool = False, stall: bool | float = False) -> bool:
+        """Buffer at least ``need`` (<= READ_AHEAD) bytes; False on a clean EOF.
+
+        ``stall``: the limit on silence once the first byte is there (the wait
+        for the first byte of a frame, ``eof_ok``, is not limited).
+        """
         if self._end - self._start >= need:
             return True
         if self._start:
@@ -112,7 +120,8 @@ class SocketChannel:
             self._view[:size] = self._view[self._start : self._end]
             self._start, self._end = 0, size
         while self._end - self._start < need:
-            n = await self._recv_into(self._view[self._end :])
+            waiting = eof_ok and self._end == self._start
+            n = await self._recv_into(self._view[self._end :], stall=False if waiting else stall)
             if n == 0:
                 if eof_ok and self._end == self._start:
                     return False
@@ -120,23 +129,36 @@ class SocketChannel:
             self._end += n
         return True
 
+    def grow(self, size: int = READ_AHEAD) -> None:
+        """Give the read-ahead buffer ``size`` bytes (kept: what is buffered now)."""
+        if len(self._buf) >= size:
+            return
+        have = self._end - self._start
+        buf = bytearray(size)
+        buf[:have] = self._view[self._start : self._end]
+        self._buf, self._view = buf, memoryview(buf)
+        self._start, self._end = 0, have
+
     def _take(self, n: int) -> memoryview:
         view = self._view[self._start : self._start + n]
         self._start += n
         return view
 
-    async def read_header(self, limits: Limits):
+    async def read_header(self, limits: Limits, deadline: float | None = None):
         """The raw header of the next frame, or None when the peer closed cleanly.
 
         The length is checked against ``limits`` before the header is
         allocated or read. The returned view is valid until the next read.
+        ``deadline``: once a frame's first byte is in, seconds of silence
+        after which the peer is dropped (``Stalled``) before the header is whole.
         """
-        if not await self._fill(PREFIX_BYTES, eof_ok=True):
+        stall = deadline if deadline else False
+        if not await self._fill(PREFIX_BYTES, eof_ok=True, stall=stall):
             return None
         length = header_length(self._take(PREFIX_BYTES))
         limits.check_header_length(length)
-        if length <= READ_AHEAD:
-            await self._fill(length)
+        if length <= len(self._buf):
+            await self._fill(length, stall=stall)
             return self._take(length)
         raw = bytearray(length)
         await self.read_into(memoryview(raw))

@@ -84,6 +84,10 @@ async def open_channel(url: CarrierURL, timeout: float):
     except (OSError, asyncio.TimeoutError) as exc:
         sock.close()
         raise Unavailable(f"cannot reach {url}: {exc or 'timed out'}") from exc
+    if url.scheme == "shm":  # the arena arrives as a descriptor (SCM_RIGHTS)
+        from kvstore.transport.fd_channel import FdReceivingChannel
+
+        return FdReceivingChannel(sock, loop)
     return SocketChannel(sock, loop)
 
 

@@ -41,6 +41,7 @@ from kvstore.errors import (
     KVStoreError,
     NotFound,
     ProtocolError,
+    Stalled,
     TooLarge,
     Unauthorized,
     Unavailable,
@@ -53,6 +54,7 @@ from kvstore.transport.framing import unpack_header
 from kvstore.transport.limits import Limits
 from kvstore.transport.messages import Op, Reply, Request
 from kvstore.transport.ops import Outcome, StoreOps
+from kvstore.transport.pre_hello import PreHello
 from kvstore.transport.session import Payload, Session
 from kvstore.transport.stats_wire import ServerStats
 
@@ -73,7 +75,10 @@ class Dispatcher:
         self.limits = limits or Limits()
         self.ops = StoreOps(store, self.limits, auth=auth, server_name=server_name,
                             executor=executor, server_stats=self.server_stats)
-        self.connections = 0
+        self.connections = 0  # open, with or without hello
+        self.authenticated = 0  # past a good hello (max_connections applies to these)
+        self.stalled = 0  # dropped: no hello in time, a stalled header, pushed out before hello
+        self.pre_hello = PreHello(self.limits.max_pre_hello_connections)
         self.inflight = 0
         self.draining = False
         self._idle = asyncio.Event()
@@ -86,41 +91,84 @@ class Dispatcher:
         return ServerStats(self.connections, self.requests, self.errors)
 
     # -- the connection loop --------------------------------------------------
+    async def _refuse_connection(self, channel, session: Session, why: KVStoreError) -> None:
+        try:
+            await channel.send(Reply.failure(0, why).to_header())
+        except Exception:  # the peer may be gone already
+            pass
+        channel.close()
+        if self.observer is not None:
+            self.observer.refused(session.carrier, why.code)
+
     async def serve(self, channel, session: Session) -> None:
-        if self.connections >= self.limits.max_connections or self.draining:
-            why = Draining("daemon is draining") if self.draining else Unavailable(
-                f"too many connections (limit {self.limits.max_connections})"
-            )
-            try:
-                await channel.send(Reply.failure(0, why).to_header())
-            except Exception:  # the peer may be gone already
-                pass
-            channel.close()
-            if self.observer is not None:
-                self.observer.refused(session.carrier, why.code)
+        if self.draining:
+            await self._refuse_connection(channel, session, Draining("daemon is draining"))
             return
         self.connections += 1
+        key = id(session)
+        self.pre_hello.enter(key, asyncio.current_task())
         log.debug("%s connection from %s", session.carrier, session.peer)
         abort = True  # a connection that ends in an exception is reset, not closed
         try:
-            while await self._one(channel, session):
-                pass
+            if await self._hello(channel, session, key):
+                while await self._one(channel, session):
+                    pass
             abort = False
+        except Stalled as exc:
+            self._stalled(session, "header", exc)
         except (KVStoreError, ConnectionError) as exc:  # lost, or a frame that ends it
             log.debug("%s connection %s ended: %s", session.carrier, session.peer, exc)
         except asyncio.CancelledError:
-            raise
+            if key in self.pre_hello.pushed and not self.draining:  # pushed out by newer connections
+                self._stalled(session, "pushed-out", None)
+            else:
+                raise
         except Exception:  # pragma: no cover - a bug: keep serving others
             log.exception("%s connection %s failed", session.carrier, session.peer)
         finally:
+            self.pre_hello.leave(key)
             self.connections -= 1
+            if session.hello:
+                self.authenticated -= 1
             self.ops.end_session(session)
             channel.close(abort=abort)
 
-    async def _one(self, channel, session: Session) -> bool:
+    async def _hello(self, channel, session: Session, key: int) -> bool:
+        """Serve the frames before a good hello, under the pre-hello limits and deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.hello_seconds
+        before = self.limits.before_hello()
+        while not session.hello:
+            left = deadline - loop.time()
+            try:
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                more = await asyncio.wait_for(self._one(channel, session, before), left)
+            except asyncio.TimeoutError:
+                self._stalled(session, "hello", None)
+                return False
+            if not more:
+                return False
+        self.pre_hello.leave(key)
+        grow = getattr(channel, "grow", None)  # stream channels: the full read-ahead now
+        if grow is not None:
+            grow()
+        return True
+
+    def _stalled(self, session: Session, phase: str, exc) -> None:
+        self.stalled += 1
+        log.info("dropped %s connection %s: %s", session.carrier, session.peer,
+                 {"hello": f"no hello within {self.limits.hello_seconds:g}s",
+                  "pushed-out": "pushed out by newer connections before its hello",
+                  }.get(phase, str(exc)))
+        if self.observer is not None:
+            self.observer.stalled(session.carrier, phase)
+
+    async def _one(self, channel, session: Session, limits: Limits | None = None) -> bool:
         """Serve one request; False when the connection must end."""
+        limits = limits or self.limits
         try:
-            raw = await channel.read_header(self.limits)
+            raw = await channel.read_header(limits, limits.header_seconds)
         except TooLarge as exc:
             await self._refuse(channel, 0, exc, session)
             return False
@@ -132,7 +180,7 @@ class Dispatcher:
             if isinstance(header, dict) and isinstance(header.get("id"), int):
                 request_id = header["id"] if 0 <= header["id"] <= m.MAX_ID else 0
             req = m.parse_request(header)
-            self.limits.check_sizes(req.sizes)
+            limits.check_sizes(req.sizes)
         except KVStoreError as exc:
             await self._refuse(channel, request_id, exc, session)
             return False
@@ -202,6 +250,13 @@ class Dispatcher:
             raise ProtocolError(f"unknown op {str(req.op)[:64]!r}")
         if not session.hello and req.op != Op.HELLO:
             raise Unauthorized("say hello first")
+        if req.op == Op.HELLO and not session.hello:  # max_connections counts the hello'd
+            if self.authenticated >= self.limits.max_connections:
+                raise Unavailable(f"too many connections (limit {self.limits.max_connections})")
+            outcome = await handler(session, req, payload, None)
+            if session.hello:
+                self.authenticated += 1
+            return outcome
         if req.sizes and req.op not in m.PAYLOAD_OPS:
             raise InvalidArgument(f"op {req.op.value} takes no payload")
         spec = None

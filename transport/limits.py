@@ -12,11 +12,18 @@ allocated or read:
    and a lease against ``max_leases_per_connection``.
 
 The defaults admit a 256K-token prompt and 4 GiB of blocks per request.
+
+Connections that have not said hello yet (``transport.pre_hello``) get their
+own, much smaller limits: at most ``max_pre_hello_connections`` of them (a
+new one pushes the oldest out), a header of at most
+``max_pre_hello_header_bytes``, no payload, and ``hello_seconds`` to say
+hello. After hello, a frame whose first bytes arrived must have its whole
+header within ``header_seconds`` (idle time between frames is not limited).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from kvstore.dataclass_dict import reject_unknown
 from kvstore.errors import InvalidArgument, TooLarge
@@ -31,10 +38,19 @@ class Limits:
     max_tokens: int = 1 << 18
     max_connections: int = 1024
     max_leases_per_connection: int = 1024
+    max_pre_hello_connections: int = 128
+    max_pre_hello_header_bytes: int = 16 << 10
+    hello_seconds: float = 5.0
+    header_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name.endswith("_seconds"):
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                    raise InvalidArgument(f"limit {f.name} must be a positive number of seconds")
+                object.__setattr__(self, f.name, float(value))
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InvalidArgument(f"limit {f.name} must be a non-negative int, got {value!r}")
         if self.max_header_bytes < 64:
@@ -66,4 +82,11 @@ class Limits:
     @classmethod
     def from_dict(cls, data: dict) -> Limits:
         reject_unknown(cls, data, "limits")
-        return cls(**{k: parse_size(v) for k, v in data.items()})
+        return cls(**{k: float(v) if k.endswith("_seconds") else parse_size(v)
+                      for k, v in data.items()})
+
+    def before_hello(self) -> Limits:
+        """The limits of a connection that has not said hello: small header, no payload."""
+        return replace(self, max_header_bytes=max(64, min(self.max_header_bytes,
+                                                          self.max_pre_hello_header_bytes)),
+                       max_payload_bytes=0, max_segments=0)

@@ -165,9 +165,10 @@ class StoreOps:
             "tenant": tenant,
             "limits": self.limits.to_dict(),
         }
-        if session.arena_access:
-            info = self.store.arena()
-            result["arena"] = {"path": info.path, "size": info.size}
+        if session.arena_access:  # the tenant's own arena, as a descriptor (SCM_RIGHTS)
+            arena = self.store.tenant_arena(tenant)
+            result["arena"] = {"fd": True, "size": arena.size, "base": arena.base}
+            session.pass_fds = [arena.fd]
         return Outcome(Reply(req.id, result=result))
 
     async def register(self, session: Session, req: Request, payload: Payload,
@@ -191,7 +192,9 @@ class StoreOps:
             and len(session.namespaces) >= MAX_NAMESPACES_PER_CONNECTION
         ):
             raise TooLarge("too many namespaces on one connection")
-        ns = self.store.register(spec)
+        # off the event loop: a new namespace waits for the manifest write (disk, fsync)
+        ns = await asyncio.get_running_loop().run_in_executor(self.executor, self.store.register,
+                                                              spec)
         session.namespaces[ns] = spec
         result = {"ns": ns, "block_bytes": spec.block_bytes, "block_tokens": spec.block_tokens}
         return Outcome(Reply(req.id, result=result))

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from kvstore.transport.auth import TokenAuth
 from kvstore.transport.dispatch import Dispatcher
 from kvstore.transport.limits import Limits
+from kvstore.transport.peer_credentials import UidAllowList
 from kvstore.transport.shm import ShmListener
 from kvstore.transport.tcp import TcpListener
 from kvstore.transport.ucx import UcxListener
@@ -41,8 +42,10 @@ class Server:
         auth: TokenAuth | None = None,
         threads: int = 4,
         name: str = "kvstore",
+        shm_allow_uids=None,
     ):
         self.store = store
+        self.shm_allow = UidAllowList.parse(shm_allow_uids)  # who may use the shm carrier
         self.listen = list(listen)
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kvstore-io")
         self.dispatcher = Dispatcher(store, limits, auth, server_name=name, executor=self.executor)

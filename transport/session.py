@@ -34,13 +34,14 @@ class Session:
 
     carrier: str
     peer: str = ""
-    arena_access: bool = False  # shm: leases and the arena's path are offered
+    arena_access: bool = False  # shm: leases and the tenant's arena (a descriptor) are offered
     hello: bool = False
     tenant: str = ""
     client: str = ""
     namespaces: dict[bytes, NamespaceSpec] = dataclasses.field(default_factory=dict)
     leases: dict[int, Lease] = dataclasses.field(default_factory=dict)  # held by this session
     written: dict[int, WrittenPrefix] = dataclasses.field(default_factory=dict)  # write lease id ->
+    pass_fds: list[int] = dataclasses.field(default_factory=list)  # shm: sent with the next reply
 
 
 class Payload:

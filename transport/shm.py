@@ -1,17 +1,21 @@
 """The shm carrier's listener: control messages over a Unix socket, data through the arena.
 
-A session on this carrier is offered the CPU arena (its path and size in the
-hello reply) and leases: the client maps the arena, asks for a write lease,
-copies its blocks into the slots and commits; or asks for a read lease,
-copies out and releases. No payload byte crosses the socket. When the
-socket closes (the client exits or is killed), the dispatcher releases every
-lease it held: an uncommitted write lease frees its slots.
+A session on this carrier is handed its tenant's arena with the hello reply:
+the descriptor of a memory file (``SCM_RIGHTS``), never a path, and only
+that tenant's. The client maps it, asks for a write lease, copies its blocks
+into the slots and commits; or asks for a read lease, copies out and
+releases. No payload byte crosses the socket. When the socket closes (the
+client exits or is killed), the dispatcher releases every lease it held: an
+uncommitted write lease frees its slots.
 
-The socket file is created with mode 0600 (the arena file is 0600 as well):
-shm is for the operator's own trusted engines. A missing folder is created
-with mode 0700 and removed again (when empty) on close. A stale socket file
-(no one listening) is replaced; a live one is an error (another daemon serves
-it). The file is removed when the listener closes.
+Who may connect: the kernel's record of the peer's uid (``SO_PEERCRED``)
+must be on the operator's allow-list (``shm_allow_uids``; default: the
+daemon's own uid); anyone else is closed at accept. The socket file is 0600
+and its folder must be the daemon's own: created 0700 when missing (and
+removed again, when empty, on close), refused when another user owns it or
+group/others may write it (``peer_credentials.check_private_dir``). A stale
+socket file (no one listening) is replaced; a live one is an error (another
+daemon serves it). The file is removed when the listener closes.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ import os
 import socket
 import stat
 
-from kvstore.errors import InvalidArgument
+from kvstore.errors import InvalidArgument, Unauthorized
+from kvstore.transport.channel import SMALL_READ_AHEAD
+from kvstore.transport.fd_channel import FdSendingChannel
+from kvstore.transport.peer_credentials import UidAllowList, check_private_dir
 from kvstore.transport.tcp import StreamListener
 from kvstore.transport.urls import CarrierURL
 
@@ -57,10 +64,7 @@ class ShmListener(StreamListener):
     def _bind(self) -> socket.socket:
         path = os.path.abspath(self.requested.path)
         parent = os.path.dirname(path)
-        self._made_dir = None
-        if not os.path.isdir(parent):
-            os.makedirs(parent, mode=0o700, exist_ok=True)
-            self._made_dir = parent
+        self._made_dir = parent if check_private_dir(parent) else None
         _remove_stale(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
@@ -73,6 +77,21 @@ class ShmListener(StreamListener):
             os.umask(old)
         self.path = self.bound_path = path
         return sock
+
+    def _admit(self, conn: socket.socket) -> bool:
+        allowed = getattr(self.server, "shm_allow", None) or UidAllowList()
+        try:
+            allowed.check(conn)
+        except (Unauthorized, OSError) as exc:
+            log.warning("shm connection refused: %s", exc)
+            observer = self.server.dispatcher.observer
+            if observer is not None:
+                observer.refused(self.carrier, Unauthorized.code)
+            return False
+        return True
+
+    def _channel(self, conn: socket.socket, loop):
+        return FdSendingChannel(conn, loop, SMALL_READ_AHEAD)  # grown after hello
 
     @property
     def url(self) -> str:

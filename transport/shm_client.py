@@ -1,7 +1,10 @@
 """ShmOps: the client's block operations on the shm carrier (leases + copies in the arena).
 
-The hello reply names the daemon's CPU arena (a file under /dev/shm); the
-client maps it. ``put`` asks for a write lease (slots for the blocks not
+The hello reply carries the client's tenant's arena as a file descriptor
+(``SCM_RIGHTS``, received by ``FdReceivingChannel``); the client maps that
+descriptor and nothing else: a hello reply that names a path, or arrives
+without exactly one descriptor, is refused (an arena it did not receive from
+its authenticated peer is never opened). ``put`` asks for a write lease (slots for the blocks not
 cached yet), copies its blocks into them and commits (``writing``);
 ``get_into`` asks for a read lease, copies the pinned blocks out and releases
 the lease without waiting for an answer (``reading``). Only control messages cross the socket.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -45,26 +49,33 @@ def copy(dst: memoryview, src: memoryview) -> None:
 
 
 class ArenaMapping:
-    """The client's read/write mapping of the daemon's arena file."""
+    """The client's read/write mapping of its tenant's arena (a descriptor the daemon sent).
 
-    def __init__(self, path: str, size: int):
-        fd = os.open(path, os.O_RDWR)
+    Slots carry the daemon's global offsets; this arena covers
+    ``[base, base + size)`` of them.
+    """
+
+    def __init__(self, fd: int, size: int, base: int = 0):
         try:
-            if os.fstat(fd).st_size < size:
-                raise ProtocolError(f"arena {path} is smaller than announced")
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size < size:
+                raise ProtocolError("the arena descriptor is not a memory file of the announced size")
             self._mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
         finally:
             os.close(fd)
-        self.path = path
+        self.identity = (st.st_dev, st.st_ino)
+        self.path = f"memfd:{st.st_ino}"  # a name for logs: no file in the filesystem names it
         self.size = size
+        self.base = base
         self.view = memoryview(self._mm)
         # registered with CUDA (pinned) once a CUDA engine of this process asks
         self._pin = pinning.track(np.frombuffer(self._mm, dtype=np.uint8).ctypes.data, size)
 
     def slot(self, offset: int, length: int) -> memoryview:
-        if not (isinstance(offset, int) and isinstance(length, int)) or (
-            offset < 0 or length < 0 or offset + length > self.size
-        ):
+        if not (isinstance(offset, int) and isinstance(length, int)):
+            raise ProtocolError("lease slot outside the arena")
+        offset -= self.base
+        if offset < 0 or length < 0 or offset + length > self.size:
             raise ProtocolError("lease slot outside the arena")
         return self.view[offset : offset + length]
 
@@ -85,19 +96,29 @@ class ShmOps(WireOps):
         conn.on_connect = self.on_connect
 
     async def on_connect(self, hello: dict) -> None:
-        info = hello.get("arena")
-        if not isinstance(info, dict):
-            raise ProtocolError("the daemon offered no arena on its shm carrier")
-        path, size = info.get("path"), info.get("size")
-        if not isinstance(path, str) or not isinstance(size, int):
-            raise ProtocolError("bad arena description")
-        if self.arena is not None and (self.arena.path, self.arena.size) == (path, size):
-            return
+        take = getattr(self.conn.channel, "take_fds", None)
+        fds = take() if take is not None else []
+        try:
+            info = hello.get("arena")
+            if not isinstance(info, dict):
+                raise ProtocolError("the daemon offered no arena on its shm carrier")
+            size, base = info.get("size"), info.get("base", 0)
+            if "path" in info or info.get("fd") is not True:
+                raise ProtocolError("the daemon named an arena by path: refused (only a "
+                                    "descriptor from the authenticated peer is mapped)")
+            if not isinstance(size, int) or not isinstance(base, int) or size <= 0 or base < 0:
+                raise ProtocolError("bad arena description")
+            if len(fds) != 1:
+                raise ProtocolError(f"expected one arena descriptor with the hello reply, got {len(fds)}")
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
         old, self.arena = self.arena, None
         try:
-            self.arena = ArenaMapping(path, size)
+            self.arena = ArenaMapping(fds[0], size, base)
         except OSError as exc:
-            raise Unavailable(f"cannot map the daemon's arena {path}: {exc}") from exc
+            raise Unavailable(f"cannot map the arena the daemon sent: {exc}") from exc
         if old is not None:
             old.close()
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 
-from kvstore.transport.channel import SocketChannel
+from kvstore.transport.channel import SMALL_READ_AHEAD, SocketChannel
 from kvstore.transport.session import Session
 from kvstore.transport.urls import CarrierURL
 
@@ -56,10 +56,21 @@ class StreamListener:
                 log.warning("%s accept failed: %s", self.carrier, exc)
                 await asyncio.sleep(0.1)
                 continue
-            channel = SocketChannel(conn, loop)
+            if not self._admit(conn):
+                conn.close()
+                continue
+            channel = self._channel(conn, loop)
             session = Session(self.carrier, peer=str(addr) or channel.peer,
                               arena_access=self.arena_access)
+            channel.session = session
             self.server.spawn(self.server.dispatcher.serve(channel, session))
+
+    def _admit(self, conn: socket.socket) -> bool:
+        """Whether to serve an accepted connection (the shm carrier checks the peer's uid)."""
+        return True
+
+    def _channel(self, conn: socket.socket, loop) -> SocketChannel:
+        return SocketChannel(conn, loop, SMALL_READ_AHEAD)  # grown after hello
 
     async def close(self) -> None:
         if self._task is not None:

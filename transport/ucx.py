@@ -20,8 +20,11 @@ silences UCX's unused-variable warning and sets ``UCX_TCP_CM_REUSEADDR=y`` (a
 restarted daemon rebinds its port) unless they are set already. On a machine without a GPU the
 default transports (tcp, shared memory, cma) work over loopback; set
 ``UCX_TLS`` to choose. ucxx's listener binds every interface (it takes a port,
-no address): configure ucx listeners only where that is acceptable, and use
-an auth token.
+no address), so it cannot honour ``ucx://HOST:PORT`` for a specific host:
+such a listener is refused at start unless the host is a wildcard
+(``ucx://0.0.0.0:PORT``, ``ucx://[::]:PORT``: every interface, said
+explicitly) or the operator accepts every interface with
+``KVSTORE_UCX_ANY_INTERFACE=1`` (logged as a warning). Use an auth token.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import os
 
 import numpy as np
 
-from kvstore.errors import ProtocolError, Unavailable
+from kvstore.errors import InvalidArgument, ProtocolError, Unavailable
 from kvstore.transport import channel as channel_mod
 from kvstore.transport.channel import cast_bytes
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
@@ -99,7 +102,8 @@ class UcxChannel:
             raise Unavailable(f"ucx send failed: {exc}") from exc
 
     # -- receiving ------------------------------------------------------------
-    async def read_header(self, limits: Limits):
+    async def read_header(self, limits: Limits, deadline: float | None = None):
+        # ``deadline``: unused; ucx delivers a header as one whole message (no half headers)
         try:
             await self._recv(self._first)
         except Unavailable:
@@ -189,6 +193,19 @@ async def open_ucx_channel(url: CarrierURL, timeout: float) -> UcxChannel:
     return UcxChannel(ep)
 
 
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def check_bind_host(host: str) -> None:
+    """Refuse a bind address ucxx cannot honour (it binds every interface)."""
+    if host in WILDCARDS or os.environ.get("KVSTORE_UCX_ANY_INTERFACE", "") in ("1", "true", "yes"):
+        return
+    raise InvalidArgument(
+        f"ucx://{host}: ucxx listens on every interface and cannot bind {host} only; "
+        "listen on ucx://0.0.0.0:PORT explicitly, or set KVSTORE_UCX_ANY_INTERFACE=1 "
+        "to accept every interface")
+
+
 class UcxListener:
     carrier = "ucx"
 
@@ -198,6 +215,7 @@ class UcxListener:
         self._listener = None
 
     async def start(self) -> None:
+        check_bind_host(self.requested.host)
         ucxx = import_ucxx()
         from ucxx.exceptions import UCXBusyError
 
@@ -210,7 +228,7 @@ class UcxListener:
                     raise
                 await asyncio.sleep(0.1)
         log.info("listening on %s", self.url)
-        if self.requested.host not in ("0.0.0.0", "::"):
+        if self.requested.host not in WILDCARDS:
             log.warning(
                 "ucx listener on port %d binds every interface (ucxx takes no bind "
                 "address); requested host %s", self._listener.port, self.requested.host,

@@ -135,16 +135,48 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("tiers", "namespaces", "pins", "server")
+    __slots__ = ("tiers", "namespaces", "pins", "server", "tenants")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     PINS_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     namespaces: _containers.RepeatedCompositeFieldContainer[NamespaceStats]
     pins: PinStats
     server: ServerStats
-    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStats, _Mapping]]] = ..., pins: _Optional[_Union[PinStats, _Mapping]] = ..., server: _Optional[_Union[ServerStats, _Mapping]] = ...) -> None: ...
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantStats]
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., namespaces: _Optional[_Iterable[_Union[NamespaceStats, _Mapping]]] = ..., pins: _Optional[_Union[PinStats, _Mapping]] = ..., server: _Optional[_Union[ServerStats, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[TenantStats, _Mapping]]] = ...) -> None: ...
+
+class TenantStats(_message.Message):
+    __slots__ = ("tenant", "cpu_used_bytes", "cpu_quota_bytes", "ssd_used_bytes", "ssd_quota_bytes")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    CPU_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CPU_QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SSD_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SSD_QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    cpu_used_bytes: int
+    cpu_quota_bytes: int
+    ssd_used_bytes: int
+    ssd_quota_bytes: int
+    def __init__(self, tenant: _Optional[str] = ..., cpu_used_bytes: _Optional[int] = ..., cpu_quota_bytes: _Optional[int] = ..., ssd_used_bytes: _Optional[int] = ..., ssd_quota_bytes: _Optional[int] = ...) -> None: ...
+
+class SetQuotaRequest(_message.Message):
+    __slots__ = ("tenant", "cpu_bytes", "ssd_bytes")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    CPU_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SSD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    cpu_bytes: int
+    ssd_bytes: int
+    def __init__(self, tenant: _Optional[str] = ..., cpu_bytes: _Optional[int] = ..., ssd_bytes: _Optional[int] = ...) -> None: ...
+
+class SetQuotaResponse(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: TenantStats
+    def __init__(self, tenant: _Optional[_Union[TenantStats, _Mapping]] = ...) -> None: ...
 
 class ListNamespacesRequest(_message.Message):
     __slots__ = ()

@@ -84,6 +84,11 @@ class AdminStub:
                 request_serializer=kvstore_dot_admin_dot_admin__pb2.GetClusterRequest.SerializeToString,
                 response_deserializer=kvstore_dot_admin_dot_admin__pb2.GetClusterResponse.FromString,
                 _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/kvstore.admin.v1.Admin/SetQuota',
+                request_serializer=kvstore_dot_admin_dot_admin__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=kvstore_dot_admin_dot_admin__pb2.SetQuotaResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -159,6 +164,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetQuota(self, request, context):
+        """A tenant's byte quotas (CPU, SSD) at run time; unset fields keep their value.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +223,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetCluster,
                     request_deserializer=kvstore_dot_admin_dot_admin__pb2.GetClusterRequest.FromString,
                     response_serializer=kvstore_dot_admin_dot_admin__pb2.GetClusterResponse.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=kvstore_dot_admin_dot_admin__pb2.SetQuotaRequest.FromString,
+                    response_serializer=kvstore_dot_admin_dot_admin__pb2.SetQuotaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,6 +500,33 @@ class Admin:
             '/kvstore.admin.v1.Admin/GetCluster',
             kvstore_dot_admin_dot_admin__pb2.GetClusterRequest.SerializeToString,
             kvstore_dot_admin_dot_admin__pb2.GetClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvstore.admin.v1.Admin/SetQuota',
+            kvstore_dot_admin_dot_admin__pb2.SetQuotaRequest.SerializeToString,
+            kvstore_dot_admin_dot_admin__pb2.SetQuotaResponse.FromString,
             options,
             channel_credentials,
             insecure,

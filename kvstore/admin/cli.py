@@ -3,6 +3,7 @@
     kvstore admin stats|namespaces|flush|config   [--addr HOST:PORT] [--token-file F] [--json]
     kvstore admin evict NAMESPACE [--tokens 1,2,3 | --tokens-file F] [--extra HEX]
     kvstore admin pin|unpin NAMESPACE (--tokens ... | --tokens-file F) [--extra HEX]
+    kvstore admin quota TENANT [--cpu SIZE] [--ssd SIZE]
     kvstore admin policy [TIER POLICY]             (no arguments: show the policies)
     kvstore admin drain [--resume | --shutdown]
 
@@ -20,6 +21,7 @@ import os
 import sys
 
 from kvstore.admin import format as fmt
+from kvstore.sizes import parse_size
 
 DEFAULT_ADDR = "127.0.0.1:7803"
 
@@ -54,6 +56,10 @@ def add_admin(sub) -> None:
     verbs.add_parser("flush", parents=[common], help="make acknowledged blocks durable on SSD")
     verbs.add_parser("pin", parents=[common, prefix], help="keep a cached prefix resident")
     verbs.add_parser("unpin", parents=[common, prefix], help="release a pin")
+    quo = verbs.add_parser("quota", parents=[common], help="set a tenant's byte quotas")
+    quo.add_argument("tenant", help="the tenant ('' for the default tenant)")
+    quo.add_argument("--cpu", metavar="SIZE", help="CPU quota (4GiB, ...)")
+    quo.add_argument("--ssd", metavar="SIZE", help="SSD quota")
     pol = verbs.add_parser("policy", parents=[common], help="show or set a tier's eviction policy")
     pol.add_argument("tier", nargs="?", help="cpu or gpu")
     pol.add_argument("policy", nargs="?", help="a registered policy name")
@@ -109,6 +115,16 @@ def execute(admin, args) -> tuple[dict, str]:
     if verb == "stats":
         doc = admin.call("GetStats")
         return doc, fmt.stats(doc)
+    if verb == "quota":
+        fields = {"tenant": args.tenant}
+        if args.cpu is not None:
+            fields["cpu_bytes"] = parse_size(args.cpu)
+        if args.ssd is not None:
+            fields["ssd_bytes"] = parse_size(args.ssd)
+        if len(fields) == 1:
+            raise UsageError("quota needs --cpu SIZE and/or --ssd SIZE")
+        doc = admin.call("SetQuota", **fields)
+        return doc, fmt.quota(doc)
     if verb == "namespaces":
         doc = admin.call("ListNamespaces")
         return doc, fmt.namespaces(doc)

@@ -26,6 +26,7 @@ REQUESTS = {
     "Drain": pb.DrainRequest,
     "GetConfig": pb.GetConfigRequest,
     "GetCluster": pb.GetClusterRequest,
+    "SetQuota": pb.SetQuotaRequest,
 }
 UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 

@@ -35,6 +35,9 @@ def stats(doc: dict) -> str:
     out = [table(["tier", "policy", "capacity", "used", "blocks", "hits", "misses", "evictions",
                   "demotions", "promotions", "in", "out", "health"], tiers), ""]
     out.append(namespaces(doc))
+    if doc.get("tenants"):
+        out.append("")
+        out.append(tenants(doc))
     pins, server = doc["pins"], doc["server"]
     out.append("")
     out.append(f"pins: {len(pins['pins'])} holding {_size(pins['pinned_bytes'])} "
@@ -43,6 +46,16 @@ def stats(doc: dict) -> str:
                f"{server['connections']} connections, {server['requests']} requests, "
                f"{server['errors']} errors, up {server['uptime_seconds']:.0f}s")
     return "\n".join(out)
+
+
+def tenants(doc: dict) -> str:
+    rows = [[t["tenant"] or "-", _size(t["cpu_used_bytes"]), _size(t["cpu_quota_bytes"]),
+             _size(t["ssd_used_bytes"]), _size(t["ssd_quota_bytes"])] for t in doc["tenants"]]
+    return table(["tenant", "cpu used", "cpu quota", "ssd used", "ssd quota"], rows)
+
+
+def quota(doc: dict) -> str:
+    return tenants({"tenants": [doc["tenant"]]}) if doc.get("tenant") else "quota set"
 
 
 def namespaces(doc: dict) -> str:

@@ -65,6 +65,14 @@ def rpc(method):
     return wrapper
 
 
+def tenant_messages(store) -> list:
+    """Per tenant: bytes used (blocks and write leases) and quotas."""
+    usage = store.tenant_usage()
+    return [pb.TenantStats(tenant=t, cpu_used_bytes=u["cpu_used"], cpu_quota_bytes=u["cpu_quota"],
+                           ssd_used_bytes=u["ssd_used"], ssd_quota_bytes=u["ssd_quota"])
+            for t, u in usage.items()]
+
+
 class AdminServicer(pb_grpc.AdminServicer):
     def __init__(self, daemon, service):
         self.daemon = daemon
@@ -94,6 +102,7 @@ class AdminServicer(pb_grpc.AdminServicer):
             pins=pb.PinStats(pinned_bytes=store.pinned_bytes, budget_bytes=store.pin_budget_bytes,
                              pins=[pin_message(p) for p in store.pins()]),
         )
+        out.tenants.extend(tenant_messages(store))
         server, d = out.server, self.daemon
         dispatcher = d.server.dispatcher
         server.connections, server.requests = dispatcher.connections, dispatcher.requests
@@ -154,6 +163,18 @@ class AdminServicer(pb_grpc.AdminServicer):
         log.info("admin: %s tier policy %s -> %s", request.tier, previous, request.policy)
         return pb.SetEvictionPolicyResponse(tier=request.tier, previous=previous,
                                             policy=store.policy_names()[request.tier])
+
+    @rpc
+    def SetQuota(self, request, context):
+        store = self._store()
+        cpu = request.cpu_bytes if request.HasField("cpu_bytes") else None
+        ssd = request.ssd_bytes if request.HasField("ssd_bytes") else None
+        if cpu is None and ssd is None:
+            raise InvalidArgument("give cpu_bytes and/or ssd_bytes")
+        store.set_quota(request.tenant, cpu, ssd)
+        log.info("admin: tenant %r quota cpu=%s ssd=%s", request.tenant, cpu, ssd)
+        mine = [t for t in tenant_messages(store) if t.tenant == request.tenant]
+        return pb.SetQuotaResponse(tenant=mine[0] if mine else None)
 
     @rpc
     def Drain(self, request, context):

@@ -31,6 +31,21 @@ def add_serve(sub) -> None:
     p.add_argument("--ssd-bytes", metavar="SIZE", help="SSD tier size (0 disables it)")
     p.add_argument("--auth-token-file", metavar="FILE",
                    help="token (or TENANT:TOKEN lines) a client must present in its hello")
+    t = p.add_argument_group("tenants and trust", "kvstore/OPERATIONS.md, Tenants and trust")
+    t.add_argument("--admin-insecure", action="store_true", default=None,
+                   help="with --auth-token-file, run the admin API without a token (warned)")
+    t.add_argument("--metrics-tenant-labels", action="store_true", default=None,
+                   help="label namespace metrics with tenant names (off: the label is empty)")
+    t.add_argument("--shm-allow-uid", metavar="UID", action="append",
+                   help="a uid that may use the shm socket (repeatable; default: the daemon's)")
+    t.add_argument("--tenant-quota", metavar="SPEC",
+                   help="per-tenant quotas: alice=cpu:1GiB,ssd:10GiB;bob=cpu:512MiB")
+    t.add_argument("--tenant-cpu-bytes", metavar="SIZE", help="default CPU quota of a tenant")
+    t.add_argument("--tenant-ssd-bytes", metavar="SIZE", help="default SSD quota of a tenant")
+    t.add_argument("--write-behind-seconds", type=float, metavar="S",
+                   help="puts reach the SSD tier within about this lag (0: on eviction only)")
+    t.add_argument("--write-lease-seconds", type=float, metavar="S",
+                   help="uncommitted write leases are taken back after this (default 60)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--drain-timeout", type=float, metavar="SECONDS",
@@ -63,6 +78,11 @@ def run_serve(args) -> int:
         "etcd": args.etcd, "cluster": args.cluster, "advertise": args.advertise,
         "node_id": args.node_id, "cluster_ttl": args.cluster_ttl, "replicas": args.replicas,
         "hot_threshold": args.hot_threshold,
+        "admin_insecure": args.admin_insecure, "metrics_tenant_labels": args.metrics_tenant_labels,
+        "shm_allow_uids": args.shm_allow_uid, "tenant_quota": args.tenant_quota,
+        "tenant_cpu_bytes": args.tenant_cpu_bytes, "tenant_ssd_bytes": args.tenant_ssd_bytes,
+        "write_behind_seconds": args.write_behind_seconds,
+        "write_lease_seconds": args.write_lease_seconds,
     }
     try:
         config = load_config(flags, args.config)

@@ -75,7 +75,10 @@ _SCALARS = (
     "admin", "admin_token_file", "pin_budget", "metrics", "cpu_bytes", "ssd_dir", "ssd_bytes",
     "auth_token_file", "log_level", "log_format", "drain_timeout", "arena_dir", "prefault",
     "etcd", "cluster", "node_id", "cluster_ttl", "replicas", "hot_threshold", "peer_fanout",
+    "admin_insecure", "metrics_tenant_labels", "shm_allow_uids", "tenant_quota",
+    "tenant_cpu_bytes", "tenant_ssd_bytes", "write_behind_seconds", "write_lease_seconds",
 )
+_BOOLS = ("prefault", "admin_insecure", "metrics_tenant_labels")
 
 
 def runtime_dir() -> Path:
@@ -148,6 +151,15 @@ class DaemonConfig:
     replicas: int = 2  # nodes that serve a hot prefix
     hot_threshold: int = 16  # read hits within a minute that make a prefix hot
     peer_fanout: int = 2  # owners asked for a prefix this node lacks
+    # tenants and trust (kvstore/OPERATIONS.md, "Tenants and trust")
+    admin_insecure: bool = False  # with auth on, run the admin API without a token (warned)
+    metrics_tenant_labels: bool = False  # tenant names in metric labels only when asked
+    shm_allow_uids: list[int] | str | None = None  # uids that may use shm; None: the daemon's
+    tenant_quota: str | dict = ""  # "alice=cpu:1GiB,ssd:10GiB;bob=cpu:512MiB" or a TOML table
+    tenant_cpu_bytes: int | str | None = None  # default CPU quota of a tenant (None: no ceiling)
+    tenant_ssd_bytes: int | str | None = None  # default SSD quota of a tenant
+    write_behind_seconds: float = 1.0  # puts reach the SSD within about this lag (0: off)
+    write_lease_seconds: float = 60.0  # uncommitted write leases are taken back after this
     source: dict = field(default_factory=dict)  # setting -> where it came from
 
     def __post_init__(self) -> None:
@@ -176,8 +188,22 @@ class DaemonConfig:
         if self.log_format not in ("text", "json"):
             raise InvalidArgument("log_format must be text or json")
         self.drain_timeout = float(self.drain_timeout)
-        if isinstance(self.prefault, str):
-            self.prefault = self.prefault.strip().lower() in ("1", "true", "yes", "on")
+        for name in _BOOLS:
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, getattr(self, name).strip().lower() in ("1", "true", "yes", "on"))
+        from kvstore.store.quotas import check_quota_entry, parse_quota_spec
+        from kvstore.transport.peer_credentials import UidAllowList
+
+        UidAllowList.parse(self.shm_allow_uids)  # checked now, used by the server
+        if isinstance(self.tenant_quota, str):
+            self.tenant_quota = parse_quota_spec(self.tenant_quota)
+        else:
+            self.tenant_quota = {str(t): check_quota_entry(e, t) for t, e in self.tenant_quota.items()}
+        for name in ("tenant_cpu_bytes", "tenant_ssd_bytes"):
+            value = getattr(self, name)
+            setattr(self, name, None if value in (None, "") else parse_size(value))
+        self.write_behind_seconds = float(self.write_behind_seconds)
+        self.write_lease_seconds = float(self.write_lease_seconds)
         if isinstance(self.limits, dict):
             self.limits = Limits.from_dict(self.limits)
         self._check_cluster()
@@ -213,6 +239,11 @@ class DaemonConfig:
 
         settings = dict(self.store)
         settings.update(cpu_bytes=self.cpu_bytes, arena_dir=self.arena_dir)
+        settings.setdefault("tenant_quotas", self.tenant_quota)
+        settings.setdefault("tenant_cpu_bytes", self.tenant_cpu_bytes)
+        settings.setdefault("tenant_ssd_bytes", self.tenant_ssd_bytes)
+        settings.setdefault("write_behind_seconds", self.write_behind_seconds)
+        settings.setdefault("write_lease_seconds", self.write_lease_seconds)
         if self.pin_budget is not None:
             settings.update(pin_budget_bytes=self.pin_budget)
         if self.ssd_enabled:

@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 from kvstore.daemon.config import DaemonConfig
 from kvstore.daemon.services import SERVICE_FACTORIES
-from kvstore.errors import KVStoreError, StorageError
+from kvstore.errors import InvalidArgument, KVStoreError, StorageError
 from kvstore.sizes import format_size
 from kvstore.store_api import ManagedStore
 from kvstore.transport.auth import TokenAuth
@@ -85,8 +85,11 @@ def build_store(config: DaemonConfig) -> ManagedStore:
     store_config = config.store_config()
     if store_config.ssd_enabled:
         os.makedirs(config.ssd_dir, mode=0o700, exist_ok=True)
+        if os.stat(config.ssd_dir).st_uid == os.getuid():
+            os.chmod(config.ssd_dir, 0o700)  # blocks hold prompts' KV: the daemon's user only
     store = TieredStore(store_config)
-    if config.prefault:
+    # the default tenant's arena; with auth on, tenants have arenas of their own (sparse)
+    if config.prefault and not config.auth_token_file:
         info = store.arena()
         t0 = time.monotonic()
         try:
@@ -98,6 +101,19 @@ def build_store(config: DaemonConfig) -> ManagedStore:
             ) from exc
         log.info("arena of %s allocated in %.2fs", format_size(info.size), time.monotonic() - t0)
     return store
+
+
+def check_admin_guard(config: DaemonConfig, auth: bool) -> None:
+    """With data-plane auth on, the admin API needs its own token (or ``admin_insecure``)."""
+    if not auth or not config.admin or config.admin_token_file:
+        return
+    if not config.admin_insecure:
+        raise InvalidArgument(
+            "data-plane auth is on but the admin API has no token: set --admin-token-file "
+            "(or turn the admin API off with --admin '', or accept an open admin API with "
+            "--admin-insecure)")
+    log.warning("admin API at %s runs WITHOUT a token although data-plane auth is on "
+                "(--admin-insecure): anyone who reaches it can evict, pin, drain", config.admin)
 
 
 def prefault_arena(path: str, size: int) -> None:
@@ -135,6 +151,7 @@ class Daemon:
         self._stop = asyncio.Event()
         config = self.config
         auth = TokenAuth.from_file(config.auth_token_file) if config.auth_token_file else None
+        check_admin_guard(config, auth is not None)
         self.state = "starting"
         try:
             await self._start_services()
@@ -142,7 +159,8 @@ class Daemon:
                 self.store = await self._loop.run_in_executor(None, build_store, config)
             if config.pin_budget is not None:  # a store given to the daemon follows its setting
                 self.store.pin_budget_bytes = config.pin_budget
-            self.server = Server(self.store, config.listen, limits=config.limits, auth=auth)
+            self.server = Server(self.store, config.listen, limits=config.limits, auth=auth,
+                                 shm_allow_uids=config.shm_allow_uids)
             await self.server.start()
         except BaseException:
             if self.server is not None:

@@ -41,6 +41,7 @@ class RequestMetrics:
         self._per_op: dict[tuple[str, str], list] = {}  # -> [sum of seconds, bucket counts...]
         self._per_carrier: dict[str, list[int]] = {}  # -> [bytes read, bytes written]
         self._errors: dict[int, int] = {}
+        self._stalled: dict[tuple[str, str], int] = {}  # (carrier, phase) -> connections
 
     # -- the observer protocol (event-loop thread) --------------------------------
     def request(self, carrier: str, req, outcome, seconds: float) -> None:
@@ -65,6 +66,11 @@ class RequestMetrics:
             io[1] += sum(reply.sizes)
         if reply.status:
             self._errors[reply.status] = self._errors.get(reply.status, 0) + 1
+
+    def stalled(self, carrier: str, phase: str) -> None:
+        """A connection dropped for silence (no hello in time, a stalled header, pushed out)."""
+        key = (carrier, phase)
+        self._stalled[key] = self._stalled.get(key, 0) + 1
 
     def refused(self, carrier: str, code: int) -> None:
         """A frame or a connection refused before any op ran."""
@@ -104,7 +110,13 @@ class RequestMetrics:
                                      labels=["code"])
         for code, count in sorted(self._errors.items()):
             errors.add_metric([code_name(code)], count)
-        return [requests, latency, read, written, errors]
+        stalled = CounterMetricFamily(
+            "kvstore_stalled_connections",
+            "Connections dropped for silence: no hello in time, a stalled header, or pushed "
+            "out by newer connections before their hello", labels=["carrier", "phase"])
+        for (carrier, phase), count in sorted(self._stalled.items()):
+            stalled.add_metric([carrier, phase], count)
+        return [requests, latency, read, written, errors, stalled]
 
 
 def _le(bound: float) -> str:

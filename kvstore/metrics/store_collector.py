@@ -84,6 +84,9 @@ class StoreCollector:
                 policy.add_metric([t.name, policies[t.name]], 1.0)
         yield from (capacity, used, blocks, degraded, policy, *counters.values())
 
+    def _tenant_labels(self) -> bool:
+        return bool(getattr(self.daemon.config, "metrics_tenant_labels", False))
+
     def _namespaces(self, stats: StoreStats):
         labels = ["namespace", "model", "tenant"]
         blocks = GaugeMetricFamily("kvstore_namespace_blocks", "Blocks cached, any tier", labels=labels)
@@ -91,7 +94,8 @@ class StoreCollector:
         misses = CounterMetricFamily("kvstore_namespace_misses", "Blocks asked for and missing",
                                      labels=labels)
         for ns in stats.namespaces:
-            key = [ns.fingerprint, ns.spec.layout.model_id, ns.spec.tenant]
+            tenant = ns.spec.tenant if self._tenant_labels() else ""  # opt-in: names are data
+            key = [ns.fingerprint, ns.spec.layout.model_id, tenant]
             blocks.add_metric(key, ns.blocks)
             hits.add_metric(key, ns.hits)
             misses.add_metric(key, ns.misses)

@@ -19,12 +19,12 @@ class SSDFileSystem:
     """Plain POSIX file operations on file descriptors."""
 
     def makedirs(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(path, mode=0o700, exist_ok=True)
 
     def listdir(self, path: str) -> list[str]:
         return os.listdir(path)
 
-    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
         return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
 
     def close(self, fd: int) -> None:
@@ -172,7 +172,7 @@ class FaultyFileSystem(SSDFileSystem):
         self._check("listdir", path)
         return super().listdir(path)
 
-    def open(self, path, flags, mode=0o644):
+    def open(self, path, flags, mode=0o600):
         self._check("open", path)
         return super().open(path, flags, mode)
 

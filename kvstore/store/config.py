@@ -16,7 +16,7 @@ the pin budget.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kvstore.dataclass_dict import reject_unknown
@@ -24,6 +24,7 @@ from kvstore.errors import InvalidArgument, KVStoreError
 from kvstore.eviction import EvictionPolicy
 from kvstore.eviction.registry import OFFLINE, get_policy
 from kvstore.sizes import parse_size
+from kvstore.store.quotas import parse_quota_spec
 
 _SIZE_FIELDS = (
     "cpu_bytes", "cpu_page_bytes", "gpu_bytes", "ssd_bytes", "segment_bytes",
@@ -56,6 +57,14 @@ class StoreConfig:
     pin_budget_bytes: int | str | None = None  # None: cpu_bytes // 4
     persist_on_close: bool = False  # write CPU-resident blocks to SSD on close (as flush)
     ssd_factory: Callable[..., Any] | None = None  # builds the SSD tier (tests inject faults)
+    # tenants (kvstore.store.quotas): per-tenant ceilings; None: the whole tier
+    tenant_cpu_bytes: int | str | None = None
+    tenant_ssd_bytes: int | str | None = None
+    tenant_quotas: dict = field(default_factory=dict)  # {"alice": {"cpu": "1GiB", "ssd": ...}}
+    write_lease_seconds: float = 60.0  # an uncommitted write lease is taken back after this
+    # every put reaches the SSD tier within about this lag (0, the embedded default: only on
+    # eviction/flush; the daemon's default is 1 s, kvstore.daemon.config)
+    write_behind_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         for name in _SIZE_FIELDS:
@@ -69,6 +78,17 @@ class StoreConfig:
             raise InvalidArgument("demotion_threads must be >= 1")
         if self.ssd_bytes and not self.ssd_dir:
             raise InvalidArgument("ssd_bytes needs ssd_dir")
+        for name in ("tenant_cpu_bytes", "tenant_ssd_bytes"):
+            if getattr(self, name) not in (None, ""):
+                setattr(self, name, parse_size(getattr(self, name)))
+            else:
+                setattr(self, name, None)
+        if isinstance(self.tenant_quotas, str):
+            self.tenant_quotas = parse_quota_spec(self.tenant_quotas)
+        self.write_lease_seconds = float(self.write_lease_seconds)
+        self.write_behind_seconds = float(self.write_behind_seconds)
+        if self.write_lease_seconds <= 0 or self.write_behind_seconds < 0:
+            raise InvalidArgument("write_lease_seconds must be > 0, write_behind_seconds >= 0")
         if self.policy_factory is None:
             self.policy_factory = default_policy_factory
 

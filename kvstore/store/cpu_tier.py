@@ -1,9 +1,11 @@
-"""CPUTier: blocks in one shared-memory arena (``SharedArena`` + ``SlabAllocator``).
+"""CPUTier: blocks in shared memory, one arena per tenant (``TenantArenas`` + ``SlabAllocator``s).
 
-The arena file is exactly ``capacity`` bytes, so the capacity is a hard limit
-by construction; the store evicts (through the tier's policy) when ``alloc``
-finds no room. A colocated client maps the file by ``info().path`` and reads
-or writes the ``ArenaSlot``s of its leases directly.
+The live bytes of all tenants together never exceed ``capacity`` (a hard
+limit); each tenant is also held to its quota. The store evicts (through the
+tier's policy) when ``alloc`` finds no room, and ``shortage`` tells it whose
+blocks may go (``kvstore.store.quotas``). A colocated client receives the
+descriptor of its own tenant's arena (``arena_of(tenant)``) and reads or
+writes the ``ArenaSlot``s of its leases directly, at ``offset - arena.base``.
 
 Copies are single ``memcpy``s: ``memoryview`` slice assignment between flat
 byte views, no per-byte Python work; a device tensor is copied into its
@@ -12,10 +14,12 @@ slot once (device-to-host, DMA when a CUDA engine pinned the arena).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from kvstore.prefix_index import Tier
 from kvstore.store.buffers import byte_view
 from kvstore.store.memory_tier import MemoryTier
-from kvstore.store.shm_arena import SharedArena
+from kvstore.store.tenant_arenas import TenantArena, TenantArenas
 from kvstore.store_api import ArenaInfo, ArenaSlot
 
 
@@ -23,15 +27,41 @@ class CPUTier(MemoryTier):
     name = "cpu"
     tier = Tier.CPU
 
-    def __init__(self, capacity: int, page_bytes: int = 0, directory: str = "/dev/shm"):
+    def __init__(self, capacity: int, page_bytes: int = 0, directory: str = "/dev/shm",
+                 quota_of: Callable[[str], int] | None = None):
         super().__init__(capacity, page_bytes)
-        self.arena = SharedArena(capacity, directory)
-        self._view = self.arena.view
+        self.allocator = TenantArenas(capacity, page_bytes, quota_of)
+        self.directory = directory  # unused: arenas are memory files (kept for settings)
         self._pending: dict[int, object] = {}  # offset -> event of a demotion copy in flight
 
-    def info(self) -> ArenaInfo:
-        return ArenaInfo(self.arena.path, self.arena.size)
+    # -- tenants ----------------------------------------------------------------
+    def arena_of(self, tenant: str = "") -> TenantArena:
+        return self.allocator.arena(tenant)
 
+    @property
+    def arena(self) -> TenantArena:
+        """The default tenant's arena (single-tenant daemons, tests)."""
+        return self.arena_of("")
+
+    def alloc(self, nbytes: int, tenant: str = "") -> ArenaSlot | None:
+        offset = self.allocator.alloc(nbytes, tenant)
+        if offset is None:
+            return None
+        self._owner[offset] = None
+        return ArenaSlot(offset, nbytes)
+
+    def can_alloc(self, nbytes: int, tenant: str = "") -> bool:
+        return self.allocator.can_alloc(nbytes, tenant)
+
+    @property
+    def shortage(self) -> str:
+        return self.allocator.shortage
+
+    def info(self, tenant: str = "") -> ArenaInfo:
+        a = self.arena_of(tenant)
+        return ArenaInfo(a.path, a.size)
+
+    # -- bytes --------------------------------------------------------------------
     def expect(self, slot: ArenaSlot, event) -> None:
         self._pending[slot.offset] = event
 
@@ -43,7 +73,8 @@ class CPUTier(MemoryTier):
 
     def view(self, slot: ArenaSlot) -> memoryview:
         self.settle(slot)  # a demoted GPU block lands before anyone reads its slot
-        return self._view[slot.offset : slot.offset + slot.length]
+        a, local = self.allocator.at(slot.offset)
+        return a.view[local : local + slot.length]
 
     def free(self, slot: ArenaSlot) -> None:
         self.settle(slot)  # no copy in flight writes a slot handed out again
@@ -61,21 +92,20 @@ class CPUTier(MemoryTier):
             return
         data = byte_view(src)
         self._check(slot, len(data))
-        self._view[slot.offset : slot.offset + slot.length] = data
+        self.view(slot)[:] = data
 
     def read_into(self, slot: ArenaSlot, dst) -> None:
         self.settle(slot)
         out = byte_view(dst)
         self._check(slot, len(out))
-        out[:] = self._view[slot.offset : slot.offset + slot.length]
+        out[:] = self.view(slot)
 
     def read(self, slot: ArenaSlot) -> bytes:
         self.settle(slot)
-        return bytes(self._view[slot.offset : slot.offset + slot.length])
+        return bytes(self.view(slot))
 
     def close(self) -> None:
         for event in self._pending.values():
             event.synchronize()
         self._pending.clear()
-        self._view = None
-        self.arena.close()
+        self.allocator.close()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from kvstore.errors import Draining, InvalidArgument
+from kvstore.errors import Draining, InvalidArgument, QuotaExceeded
 from kvstore.keys import ROOT_KEY, block_keys
 from kvstore.store.block_state import BlockState, NamespaceState, new_meta, policy_key
 from kvstore.store.config import StoreConfig
@@ -76,13 +76,15 @@ class DataPath:
         keys = block_keys(arr, bt, extra)  # hashing outside the lock
         with self._lock:
             self._check_open()
+            self.expire_write_leases()
             nst = self._namespaces.get(ns)
             m = self.match(nst, arr, extra, False)
+            self._check_quota(tier, nst, len(keys) - len(m.blocks))
             nst.tree.lock(m.node)
             slots = []
             try:
                 for _ in range(len(m.blocks), len(keys)):
-                    slot = self._tiers.alloc(tier, nst.spec.block_bytes)
+                    slot = self._tiers.alloc(tier, nst.spec.block_bytes, nst.spec.tenant)
                     if slot is None:
                         break
                     slots.append(slot)
@@ -94,6 +96,25 @@ class DataPath:
             first = len(m.blocks)
             return self._leases.open(nst, m.node, tier, (first + len(slots)) * bt, slots, first,
                                      True, arr, extra, keys)
+
+    def _check_quota(self, tier: MemoryTier, nst: NamespaceState, nblocks: int) -> None:
+        """A write that can never fit its tenant's CPU quota is refused (not half stored)."""
+        if tier is not self._cpu or nblocks <= 0:
+            return
+        tenant, need = nst.spec.tenant, nblocks * nst.spec.block_bytes
+        quota = self._cpu.allocator.quota_of(tenant)
+        if need > quota:
+            raise QuotaExceeded(
+                f"a write of {need} bytes ({nblocks} blocks) exceeds tenant {tenant!r}'s CPU "
+                f"quota of {quota} bytes")
+
+    def expire_write_leases(self) -> int:
+        """Take back the write leases past their deadline (a client that stalled); under the lock."""
+        expired = self._leases.expired_writes()
+        for lease_id in expired:
+            self.release(lease_id)
+            self._leases.expired += 1
+        return len(expired)
 
     def commit_lease(self, lease_id: int) -> int:
         with self._lock:

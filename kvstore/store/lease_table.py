@@ -10,6 +10,7 @@ Not thread-safe on its own: the store calls it under its lock.
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,12 +32,16 @@ class LeaseRecord:
     tokens: np.ndarray | None = None  # write leases: the whole-block tokens
     extra: bytes = b""
     keys: list[bytes] | None = None  # write leases: every block key of ``tokens``
+    deadline: float = 0.0  # write leases: taken back after this (time.monotonic)
 
 
 class LeaseTable:
-    def __init__(self) -> None:
+    def __init__(self, write_seconds: float = 0.0) -> None:
         self._records: dict[int, LeaseRecord] = {}
+        self._writes: dict[int, LeaseRecord] = {}  # write leases with a deadline, oldest first
         self._ids = itertools.count(1)
+        self.write_seconds = write_seconds  # 0: write leases never expire
+        self.expired = 0  # write leases taken back at their deadline
 
     def open(self, nst: NamespaceState, node, tier: MemoryTier, num_tokens: int,
              slots: list[ArenaSlot], first_block: int = 0, writable: bool = False,
@@ -45,23 +50,38 @@ class LeaseTable:
         lease = Lease(next(self._ids), nst.fp, num_tokens, slots, first_block, writable)
         rec = LeaseRecord(lease, nst, node, tier, tokens, extra, keys)
         self._records[lease.lease_id] = rec
+        if writable and self.write_seconds:
+            rec.deadline = time.monotonic() + self.write_seconds
+            self._writes[lease.lease_id] = rec
         return rec
+
+    def expired_writes(self, now: float | None = None) -> list[int]:
+        """Ids of the write leases past their deadline (oldest first)."""
+        now = time.monotonic() if now is None else now
+        out = []
+        for lease_id, rec in self._writes.items():  # insertion order = deadline order
+            if rec.deadline > now:
+                break
+            out.append(lease_id)
+        return out
 
     def take(self, lease_id: int) -> LeaseRecord:
         """Remove and return lease ``lease_id``; ``NotFound`` when there is none."""
         rec = self._records.pop(lease_id, None)
         if rec is None:
-            raise NotFound(f"no lease {lease_id}")
+            raise NotFound(f"no lease {lease_id} (released, or a write lease past its deadline)")
+        self._writes.pop(lease_id, None)
         return rec
 
     def peek(self, lease_id: int) -> LeaseRecord:
         rec = self._records.get(lease_id)
         if rec is None:
-            raise NotFound(f"no lease {lease_id}")
+            raise NotFound(f"no lease {lease_id} (released, or a write lease past its deadline)")
         return rec
 
     def discard(self, lease_id: int) -> LeaseRecord | None:
         """Remove and return lease ``lease_id``, or None (releasing twice is harmless)."""
+        self._writes.pop(lease_id, None)
         return self._records.pop(lease_id, None)
 
     def __len__(self) -> int:

@@ -31,7 +31,10 @@ class MemoryTier:
         self.stats = TierStats(self.name, capacity, 0, 0)
 
     # -- slots --------------------------------------------------------------
-    def alloc(self, nbytes: int) -> ArenaSlot | None:
+    shortage = "global"  # why the last alloc failed (a partitioned tier: "quota" too)
+
+    def alloc(self, nbytes: int, tenant: str = "") -> ArenaSlot | None:
+        """A free slot (``tenant``: whose; a tier shared by all tenants ignores it)."""
         offset = self.allocator.alloc(nbytes)
         if offset is None:
             return None
@@ -51,6 +54,9 @@ class MemoryTier:
     def slab_owners(self, slot: ArenaSlot) -> list[Any]:
         """Owners of every live slot in ``slot``'s slab (None for reserved slots)."""
         return [self._owner.get(o) for o in self.allocator.slab_offsets(slot.offset)]
+
+    def can_alloc(self, nbytes: int, tenant: str = "") -> bool:
+        return self.allocator.can_alloc(nbytes)
 
     def fits(self, nbytes: int) -> bool:
         """Whether a slot of ``nbytes`` could ever fit (the class can be formed)."""

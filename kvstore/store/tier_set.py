@@ -143,7 +143,7 @@ class TierSet:
     def to_cpu(self, nst: NamespaceState, key: bytes, st: BlockState, data) -> bool:
         """Make block ``key`` CPU-resident from ``data``; False when no slot could be freed."""
         cpu = self.cpu
-        slot = self.alloc(cpu, nst.spec.block_bytes)
+        slot = self.alloc(cpu, nst.spec.block_bytes, nst.spec.tenant)
         if slot is None:
             return False
         if st.slot is not None and st.tier is cpu:  # promoted meanwhile
@@ -157,15 +157,22 @@ class TierSet:
         return True
 
     # -- allocation -----------------------------------------------------------------
-    def alloc(self, tier: MemoryTier, nbytes: int) -> ArenaSlot | None:
-        """A free slot in ``tier``, evicting by its policy; None when nothing can go."""
+    def alloc(self, tier: MemoryTier, nbytes: int, tenant: str = "") -> ArenaSlot | None:
+        """A free slot in ``tier`` for ``tenant``, evicting by its policy; None when nothing can go.
+
+        On the CPU tier (one arena per tenant) the victims are the tenant's own
+        blocks when it is at its quota, else its own or those of tenants above
+        their fair share (``kvstore.store.quotas``): never another tenant's within it.
+        """
         skip: set[bytes] = set()
         while True:
-            slot = tier.alloc(nbytes)
+            slot = tier.alloc(nbytes, tenant)
             if slot is not None:
                 return slot
             self._budget_veto = False
-            found = tier.policy.victims(1, lambda pk: self._may_evict(tier, pk, skip))
+            fair = self._fairness(tier, tenant)
+            found = tier.policy.victims(
+                1, lambda pk, fair=fair: fair(pk) and self._may_evict(tier, pk, skip))
             if not found:
                 wb = self.writeback
                 if self._budget_veto and wb is not None and wb.staged_bytes:
@@ -177,16 +184,32 @@ class TierSet:
             if not self._evict(tier, pk):
                 skip.add(pk)
                 continue
-            if victim.length != nbytes and not tier.allocator.can_alloc(nbytes):
-                self._reclaim_slab(tier, victim, skip)
+            if victim.length != nbytes and not tier.can_alloc(nbytes, tenant) and (
+                    tier is not self.cpu or tier.allocator.same_arena(victim.offset, tenant)):
+                self._reclaim_slab(tier, victim, skip, fair)
 
-    def _reclaim_slab(self, tier: MemoryTier, victim: ArenaSlot, skip: set) -> None:
+    def _fairness(self, tier: MemoryTier, tenant: str):
+        """Which blocks a ``tenant``'s allocation in ``tier`` may evict (policy key -> bool)."""
+        if tier is not self.cpu:
+            return lambda pk: True
+        arenas, own_only = tier.allocator, tier.shortage == "quota"
+
+        def fair(pk: bytes) -> bool:
+            nst = self._ns.get(split_policy_key(pk)[0])
+            owner = nst.spec.tenant if nst is not None else ""
+            if owner == tenant:
+                return True
+            return not own_only and arenas.used_by(owner) > arenas.fair_share(owner)
+
+        return fair
+
+    def _reclaim_slab(self, tier: MemoryTier, victim: ArenaSlot, skip: set, fair) -> None:
         try:
             owners = tier.slab_owners(victim)
         except InvalidArgument:  # the slab emptied and went back to the free pages
             return
         for pk in owners:
-            if pk is not None and self._may_evict(tier, pk, skip):
+            if pk is not None and fair(pk) and self._may_evict(tier, pk, skip):
                 self._evict(tier, pk)
 
     def _demotable(self, st: BlockState, nbytes: int) -> bool:
@@ -213,7 +236,7 @@ class TierSet:
         st = meta.handle
         below = self.below(tier)
         if below is not None:
-            slot = self.alloc(below, meta.size)
+            slot = self.alloc(below, meta.size, nst.spec.tenant)
             if slot is not None:
                 # one copy straight into the slot below, asynchronous from a GPU: the
                 # CPU tier settles it before the slot is read or reused

@@ -53,13 +53,17 @@ from kvstore.store.cpu_tier import CPUTier
 from kvstore.store.data_path import DataPath
 from kvstore.store.gpu_tier import GPUTier, cuda_available
 from kvstore.store.lease_table import LeaseTable
+from kvstore.store.manifest_writer import ManifestWriter
 from kvstore.store.memory_tier import MemoryTier
 from kvstore.store.namespace_table import NamespaceTable
 from kvstore.store.operator_controls import OperatorControls
 from kvstore.store.promotion import Promoter
+from kvstore.store.quotas import Quotas
 from kvstore.store.rebuild import rebuild_from_ssd
+from kvstore.store.tenant_arenas import TenantArena
 from kvstore.store.tier_set import TierSet
 from kvstore.store.write_back import WriteBack, WriteBackEvents
+from kvstore.store.write_behind import WriteBehind
 from kvstore.store_api import (
     Alloc,
     ArenaInfo,
@@ -91,16 +95,22 @@ class TieredStore:
         self._cond = threading.Condition(self._lock)
         self._namespaces = NamespaceTable()
         self._ns = self._namespaces.by_fp  # what the tier set and the policies' views read
-        self._leases = LeaseTable()
+        self._leases = LeaseTable(config.write_lease_seconds)
+        self.quotas = Quotas(config.cpu_bytes, config.ssd_bytes if config.ssd_enabled else 0,
+                             config.tenant_cpu_bytes, config.tenant_ssd_bytes,
+                             config.tenant_quotas)
         self._closed = False
         self._writeback: WriteBack | None = None
+        self._manifest: ManifestWriter | None = None
+        self._behind: WriteBehind | None = None
         self._promoter: Promoter | None = None
         memory: list[MemoryTier] = []
         if config.gpu_bytes and cuda_available():
             memory.append(GPUTier(config.gpu_bytes, 0, config.gpu_device))
         elif config.gpu_bytes:
             log.warning("gpu_bytes set but CUDA is not available: no GPU tier")
-        self._cpu = CPUTier(config.cpu_bytes, config.cpu_page_bytes, config.arena_dir)
+        self._cpu = CPUTier(config.cpu_bytes, config.cpu_page_bytes, config.arena_dir,
+                            self.quotas.cpu)
         memory.append(self._cpu)
         self._tiers = TierSet(memory, self._ns, self._cond, config.ssd_enabled)
         self._controls = OperatorControls(self, self._lock, self._namespaces, self._tiers, config)
@@ -113,6 +123,9 @@ class TieredStore:
                 self._open_ssd()
             self._promoter = Promoter(self._path.promote)
             self._path.attach(self._writeback, self._promoter)
+            seconds = config.write_behind_seconds if self._writeback is not None else 0
+            self._behind = WriteBehind(seconds or min(5.0, config.write_lease_seconds),
+                                       self._write_behind_tick)
         except BaseException:
             self.close()
             raise
@@ -130,6 +143,20 @@ class TieredStore:
             ssd, events, config.demotion_threads, config.demotion_buffer_bytes)
         with self._lock:
             rebuild_from_ssd(ssd, self._ns, self._writeback.remove)
+            blocks = sum(len(nst.tree) for nst in self._ns.values())
+        log.info("recovered %d blocks in %d namespaces from the SSD tier at %s",
+                 blocks, len(self._ns), config.ssd_dir)
+        self._manifest = ManifestWriter(self._manifest_snapshot, ssd.save_namespaces)
+
+    def _write_behind_tick(self) -> None:
+        """Queue SSD writes of the dirty blocks (write-behind) and expire stalled write leases."""
+        with self._lock:
+            if self._closed:
+                return
+            self._path.expire_write_leases()
+            wb = self._writeback
+            if wb is not None and wb.usable and self.config.write_behind_seconds:
+                self._tiers.write_dirty()
 
     def _locked(self, fn):
         """``fn`` run under the store lock (the write-back worker's callbacks)."""
@@ -140,17 +167,19 @@ class TieredStore:
 
     # -- namespaces -------------------------------------------------------------
     def register(self, spec: NamespaceSpec) -> bytes:
+        """Add a namespace; with an SSD tier, returns once the manifest names it
+        (written by ``ManifestWriter``, many registrations per write)."""
         with self._lock:
             self._check_open()
             if not self._namespaces.register(spec, self._tiers.tiers):
                 return spec.fingerprint
-            manifest = self._namespaces.manifest()
-        if self._writeback is not None:
-            try:
-                self._writeback.tier.save_namespaces(manifest)
-            except (StorageError, OSError) as exc:
-                log.error("cannot save the namespace manifest: %s", exc)
+        if self._manifest is not None:
+            self._manifest.save_now()
         return spec.fingerprint
+
+    def _manifest_snapshot(self) -> dict:
+        with self._lock:
+            return self._namespaces.manifest()
 
     def namespaces(self) -> list[NamespaceSpec]:
         with self._lock:
@@ -287,8 +316,12 @@ class TieredStore:
                 log.error("flush on close failed: %s", exc)
         with self._lock:
             self._closed = True
+        if self._behind is not None:
+            self._behind.close()
         if self._promoter is not None:
             self._promoter.close()
+        if self._manifest is not None:
+            self._manifest.close()
         if wb is not None:
             wb.stop()  # drains the queues: staged demotions reach the disk
             try:
@@ -308,7 +341,41 @@ class TieredStore:
 
     # -- leases (LeasingStore) --------------------------------------------------
     def arena(self) -> ArenaInfo:
-        return self._cpu.info()
+        """The default tenant's arena (``/proc/<pid>/fd/<n>``: a memory file of this process)."""
+        with self._lock:
+            return self._cpu.info()
+
+    def tenant_arena(self, tenant: str) -> TenantArena:
+        """Tenant ``tenant``'s own arena (its ``fd``, ``size`` and ``base``): what shm hands over."""
+        with self._lock:
+            self._check_open()
+            return self._cpu.arena_of(tenant)
+
+    # -- tenants --------------------------------------------------------------------
+    def set_quota(self, tenant: str, cpu_bytes=None, ssd_bytes=None) -> dict:
+        """Change a tenant's quota at run time (the admin API); returns its quotas now."""
+        self.quotas.set(tenant, cpu_bytes, ssd_bytes)
+        return self.tenant_usage()[tenant] if tenant in self.tenant_usage() else {
+            "cpu_quota": self.quotas.cpu(tenant), "cpu_used": 0,
+            "ssd_quota": self.quotas.ssd(tenant), "ssd_used": 0}
+
+    def tenant_usage(self) -> dict[str, dict[str, int]]:
+        """Per tenant: CPU bytes used (blocks and write leases) and quotas."""
+        with self._lock:
+            names = set(self._cpu.allocator.tenants()) | set(self.quotas.explicit())
+            ssd_used: dict[str, int] = {}
+            for nst in self._namespaces.by_fp.values():
+                on_ssd = sum(1 for meta in nst.tree.blocks() if meta.handle.ssd is not None)
+                t = nst.spec.tenant
+                ssd_used[t] = ssd_used.get(t, 0) + on_ssd * nst.spec.block_bytes
+                names.add(t)
+            return {t: {"cpu_used": self._cpu.allocator.used_by(t), "cpu_quota": self.quotas.cpu(t),
+                        "ssd_used": ssd_used.get(t, 0), "ssd_quota": self.quotas.ssd(t)}
+                    for t in sorted(names)}
+
+    @property
+    def expired_write_leases(self) -> int:
+        return self._leases.expired
 
     def read_slot(self, slot) -> memoryview:
         return self._cpu.view(slot)

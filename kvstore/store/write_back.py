@@ -46,6 +46,8 @@ log = logging.getLogger("kvstore.ssd")
 READ_ERRORS = (StorageError, OSError, NotFound)
 
 Key = tuple[bytes, bytes]  # (namespace, block key)
+_NOTHING = object()
+BATCH_JOBS = 64  # consecutive write jobs a worker hands to ``write_many`` at once
 
 
 @dataclass
@@ -157,23 +159,74 @@ class WriteBack:
 
     # -- worker -----------------------------------------------------------------------
     def _worker(self, q: queue.SimpleQueue) -> None:
+        carry = _NOTHING  # a job taken while batching that is not a write (or the stop)
         while True:
-            job = q.get()
+            job = carry if carry is not _NOTHING else q.get()
+            carry = _NOTHING
             if job is None:
                 return
+            batch = [job]
+            if job.kind == "write":  # consecutive writes go out together (write_many)
+                while len(batch) < BATCH_JOBS:
+                    try:
+                        nxt = q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None or nxt.kind != "write":
+                        carry = nxt
+                        break
+                    batch.append(nxt)
             try:
                 if job.kind == "write":
-                    self._write(job)
+                    self._write_batch(batch)
                 else:
                     self._remove(job)
             except Exception:  # pragma: no cover - a worker must never die
                 log.exception("SSD job %s failed unexpectedly", job.kind)
             finally:
-                with self._lock:
-                    if job.staged is not None:
-                        self._staged_bytes -= len(job.staged)
-                    self._pending.discard(job.seq)
-                self._events.finished(job, self._take_evicted())
+                for done in batch:
+                    with self._lock:
+                        if done.staged is not None:
+                            self._staged_bytes -= len(done.staged)
+                        self._pending.discard(done.seq)
+                    self._events.finished(done, self._take_evicted())
+
+    def _write_batch(self, jobs: list[Job]) -> None:
+        """Write jobs through ``tier.write_many`` (one job: ``_write``)."""
+        if len(jobs) == 1:
+            self._write(jobs[0])
+            return
+        events = self._events
+        if self.degraded:
+            for job in jobs:
+                events.failed(job, True)
+            return
+        ready, items = [], []
+        for job in jobs:
+            payload = job.staged if job.staged is not None else events.payload(job)
+            if payload is None:  # block gone before its turn
+                events.failed(job, False)
+                continue
+            ready.append(job)
+            items.append((job.header, payload))
+        if not items:
+            return
+        try:
+            results = self.tier.write_many(items)
+        except Exception as exc:  # pragma: no cover - write_many reports per item
+            results = [exc] * len(items)
+        for job, result in zip(ready, results):
+            if isinstance(result, CapacityError):
+                log.error("SSD write refused: %s", result)
+                events.failed(job, True)
+            elif isinstance(result, Exception):
+                self.write_errors += 1
+                if not self._degraded:
+                    log.error("SSD tier degraded after a failed write: %s", result)
+                self._degraded = True
+                events.failed(job, True)
+            elif not events.written(job, result):  # deleted or replaced meanwhile
+                self._remove(job)
 
     def _write(self, job: Job) -> None:
         events = self._events

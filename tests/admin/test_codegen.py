@@ -38,6 +38,6 @@ def test_generated_code_imports_and_names_the_service():
     assert service.full_name == "kvstore.admin.v1.Admin"
     assert {m.name for m in service.methods} == {
         "GetStats", "ListNamespaces", "Evict", "Flush", "Pin", "Unpin",
-        "SetEvictionPolicy", "Drain", "GetConfig", "GetCluster",
+        "SetEvictionPolicy", "Drain", "GetConfig", "GetCluster", "SetQuota",
     }
     assert hasattr(admin_pb2_grpc, "AdminStub")

@@ -208,7 +208,11 @@ def test_cluster_with_auth_peers_use_the_shared_token(make_cluster, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("s3cret-cluster-token\n")
     token_file.chmod(0o600)
-    cluster = make_cluster(2, name="auth", extra=["--auth-token-file", str(token_file)])
+    admin_token = tmp_path / "admin-token"  # data-plane auth on: the admin API needs its own
+    admin_token.write_text("s3cret-admin-token\n")
+    admin_token.chmod(0o600)
+    cluster = make_cluster(2, name="auth", extra=["--auth-token-file", str(token_file),
+                                                  "--admin-token-file", str(admin_token)])
     with KVClient.connect(cluster.url, token="s3cret-cluster-token") as router:
         assert wait_members(router.backend, 2)
         toks = prompt(7000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import tempfile
 
@@ -63,6 +64,10 @@ def store():
     s = TieredStore(StoreConfig(cpu_bytes="64MiB"))
     yield s
     s.close()
+
+
+# ucxx binds every interface; the tests' ucx://127.0.0.1 listeners accept that (transport/ucx.py)
+os.environ.setdefault("KVSTORE_UCX_ANY_INTERFACE", "1")
 
 
 # ucx is integration: its worker costs ~0.7 s to start and stop per test (tests/conftest.py)

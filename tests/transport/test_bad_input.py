@@ -227,8 +227,8 @@ def test_connection_limit(store, sockdir):
     limits = Limits(max_connections=2)
     with ServerThread(store, [listen_url("tcp", sockdir)], limits=limits) as srv:
         a, b = raw(srv), raw(srv)
-        c = Raw(srv.urls[0])
-        refused(c.reply(), ErrorCode.UNAVAILABLE)
+        c = Raw(srv.urls[0])  # max_connections is checked at hello (pre-hello: its own cap)
+        refused(c.hello(token="good-token"), ErrorCode.UNAVAILABLE)
         assert c.closed()
         a.close()
         b.close()

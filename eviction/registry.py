@@ -26,6 +26,7 @@ from kvstore.eviction.lru import LRUPolicy
 from kvstore.eviction.opt import OPTPolicy
 from kvstore.eviction.prefix_aware import PrefixAwarePolicy
 from kvstore.eviction.s3fifo import S3FIFOPolicy
+from kvstore.eviction.session import SessionPolicy
 from kvstore.eviction.sieve import SIEVEPolicy
 
 ENTRY_POINT_GROUP = "kvstore.eviction"
@@ -42,6 +43,7 @@ BUILTIN: dict[str, type[EvictionPolicy]] = {
         PrefixAwarePolicy,
         OPTPolicy,
         ConversationPolicy,  # issue 14: compared with prefix in docs/hit_rate.md
+        SessionPolicy,  # issue 14: admission by turn and learned gap (docs/hit_rate.md)
     )
 }
 OFFLINE = frozenset({"opt"})  # need the future (a trace); not for a live store

@@ -22,6 +22,17 @@ cluster for the rest:
   ``replicas``) and its shared blocks are pushed to the replicas at once,
   so they survive the loss of this node.
 
+- failures: each peer request has a short deadline (``peer_timeout``); the
+  fan-out answers with what the peers that answered within it have; a peer
+  that timed out is skipped (``PeerPool.breaker``) until the background
+  probe hears from it again; a peer that leaves the membership has its
+  requests ended at once. A forwarded write whose owner cannot be reached
+  goes to the next reachable node of the ranking (where readers look next).
+- membership changes (``kvstore.cluster.rebalance``): on a join, the
+  prefixes the newcomer owns are pushed to it in the background, paced at
+  ``rebalance_rate``; on a loss, hot prefixes are pushed to the replica
+  that takes the lost one's place.
+
 A peer's own requests (hello as ``kvstore-peer/...``) are answered from the
 local store only: a miss is never bounced between nodes. Every failure to
 reach a peer or etcd degrades to a miss, logged, never an error to the client.
@@ -34,8 +45,9 @@ import logging
 import time
 
 from kvstore.cluster.hot_prefixes import HotTracker
-from kvstore.cluster.membership import MembershipView
+from kvstore.cluster.membership import Membership, MembershipView
 from kvstore.cluster.peers import PeerPool, is_peer_client
+from kvstore.cluster.rebalance import Pacer, PrefixJournal
 from kvstore.cluster.records import HotPrefix, NodeInfo
 from kvstore.cluster.registration import NodeRegistration
 from kvstore.cluster.routing import Route, Router
@@ -50,20 +62,49 @@ class ClusterNode:
     def __init__(self, node_id: str, store, view: MembershipView,
                  registration: NodeRegistration | None, *, replicas: int = 2,
                  hot_threshold: int = 16, hot_window: float = 60.0, peer_fanout: int = 2,
-                 route_blocks: int = 1, token: str | None = None):
+                 route_blocks: int = 1, token: str | None = None, peer_timeout: float = 0.3,
+                 rebalance_rate: float = 64e6, journal_limit: int = 50_000,
+                 probe_interval: float = 0.1):
         self.node_id = node_id
         self.store = store
         self.view = view
         self.registration = registration
         self.replicas = replicas
         self.peer_fanout = peer_fanout
+        self.peer_timeout = peer_timeout
         self.router = Router(route_blocks)
-        self.peers = PeerPool(node_id, token)
+        self.peers = PeerPool(node_id, token, timeout=peer_timeout)
         self.hot = HotTracker(hot_threshold, hot_window)
+        self.journal = PrefixJournal(journal_limit)
+        self.pacer = Pacer(rebalance_rate)
+        self.probe_interval = probe_interval
         self.counters = {"peer_lookups": 0, "peer_fetched_blocks": 0, "forwarded_puts": 0,
-                         "forward_errors": 0, "peer_errors": 0, "hot_marked": 0,
-                         "replicated_blocks": 0}
+                         "forward_errors": 0, "peer_errors": 0, "peer_timeouts": 0,
+                         "hot_marked": 0, "replicated_blocks": 0, "rebalanced_blocks": 0,
+                         "repaired_blocks": 0}
         self._tasks: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._members = set(view.snapshot().nodes)
+        self._moving: asyncio.Task | None = None
+        self._move_again = False
+        self._prober: asyncio.Task | None = None
+        chained = view.on_change
+
+        def on_change(membership: Membership) -> None:
+            if chained is not None:
+                chained(membership)
+            self._membership_changed(membership)
+
+        view.on_change = on_change
+        try:
+            self._bind(asyncio.get_running_loop())
+        except RuntimeError:  # made outside the loop: bound on the first hook call
+            pass
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is None:
+            self._loop = loop
+            self._prober = loop.create_task(self._probe_loop())
 
     # -- routing --------------------------------------------------------------
     def _route(self, spec: NamespaceSpec, ns: bytes, tokens, extra: bytes) -> Route:
@@ -77,6 +118,11 @@ class ClusterNode:
     def _owns(self, route: Route) -> bool:
         return any(n.node_id == self.node_id for n in route.owners())
 
+    def _peer_failed(self, peer: NodeInfo, what: str, exc: BaseException) -> None:
+        self.counters["peer_errors"] += 1
+        backoff = self.peers.breaker.failed(peer.node_id)
+        log.info("%s at %s failed (%s); skipping it for %.2fs", what, peer.node_id, exc, backoff)
+
     async def _peer_lookup(self, peer: NodeInfo, spec, tokens, extra) -> int:
         try:
             got = await self.peers.ready(peer, spec)
@@ -85,26 +131,45 @@ class ClusterNode:
             rs, peer_ns = got
             return int(await rs.alookup(peer_ns, tokens, extra))
         except KVStoreError as exc:
-            self.counters["peer_errors"] += 1
-            log.debug("lookup at %s failed: %s", peer.node_id, exc)
+            self._peer_failed(peer, "lookup", exc)
             return 0
+
+    async def _ask(self, others: list[NodeInfo], spec, tokens, extra) -> list[int]:
+        """How much each of ``others`` holds: 0 for a skipped peer or one silent past the deadline."""
+        tasks = {}
+        for i, peer in enumerate(others):
+            if self.peers.breaker.allows(peer.node_id):
+                tasks[i] = asyncio.ensure_future(self._peer_lookup(peer, spec, tokens, extra))
+        counts = [0] * len(others)
+        if not tasks:
+            return counts
+        self.counters["peer_lookups"] += 1
+        done, pending = await asyncio.wait(tasks.values(), timeout=self.peer_timeout * 1.5)
+        for i, task in tasks.items():
+            if task in done:
+                counts[i] = task.result()
+            else:
+                task.cancel()
+                self.counters["peer_timeouts"] += 1
+                self.peers.breaker.failed(others[i].node_id)
+        return counts
 
     # -- dispatcher hooks -------------------------------------------------------
     async def lookup(self, session, spec, ns, tokens, extra, local: int) -> int:
         """Leading tokens cached here or at the prefix's owners (``local``: here)."""
         whole = full_blocks(tokens, spec.block_tokens) * spec.block_tokens
+        self._bind(asyncio.get_running_loop())
         if is_peer_client(session.client) or local >= whole:
             return local
         route = self._route(spec, ns, tokens, extra)
         others = self._others(route)
         if not others:
             return local
-        self.counters["peer_lookups"] += 1
-        results = await asyncio.gather(*(self._peer_lookup(p, spec, tokens, extra) for p in others))
-        return max([local, *results])
+        return max([local, *await self._ask(others, spec, tokens, extra)])
 
     async def fill(self, session, spec, ns, tokens, extra) -> None:
         """Before a read: fetch from a peer the blocks of ``tokens`` this node lacks."""
+        self._bind(asyncio.get_running_loop())
         if is_peer_client(session.client):
             return
         bt = spec.block_tokens
@@ -116,8 +181,7 @@ class ClusterNode:
         others = self._others(route)
         if not others:
             return
-        self.counters["peer_lookups"] += 1
-        counts = await asyncio.gather(*(self._peer_lookup(p, spec, tokens, extra) for p in others))
+        counts = await self._ask(others, spec, tokens, extra)
         best = max(range(len(others)), key=lambda i: counts[i])
         if counts[best] <= local:
             return
@@ -132,32 +196,42 @@ class ClusterNode:
                 self.counters["peer_fetched_blocks"] += (stored - local) // bt
                 log.debug("fetched %d tokens of a prefix from %s", n - local, others[best].node_id)
         except KVStoreError as exc:
-            self.counters["peer_errors"] += 1
-            log.info("fetch from %s failed (%s); serving what is here", others[best].node_id, exc)
+            self._peer_failed(others[best], "fetch", exc)
 
     async def after_put(self, session, spec, ns, tokens, extra) -> None:
-        """After a write here: forward the prefix to its owner when that is another node."""
+        """After a write here: forward the prefix to the first reachable node of its ranking.
+
+        The owner when it answers; else the next node, where readers (who try
+        the same order) look next. When this node comes first among the
+        reachable ones, the local copy is where readers find it.
+        """
+        self._bind(asyncio.get_running_loop())
+        self.journal.add(spec, ns, tokens, extra)
         if is_peer_client(session.client):
             return
         route = self._route(spec, ns, tokens, extra)
         if not route.candidates or self._owns(route):
             return
-        owner = route.candidates[0]
-        try:
-            loop = asyncio.get_running_loop()
-            n, payloads = await loop.run_in_executor(None, self.store.get, ns, tokens, extra)
-            if n == 0:
+        loop = asyncio.get_running_loop()
+        n, payloads = await loop.run_in_executor(None, self.store.get, ns, tokens, extra)
+        if n == 0:
+            return
+        for node in route.candidates:
+            if node.node_id == self.node_id:
+                return  # readers reach this node before any later one
+            if not self.peers.breaker.allows(node.node_id):
+                continue
+            try:
+                got = await self.peers.ready(node, spec)
+                if got is None:
+                    continue
+                rs, peer_ns = got
+                await rs.aput(peer_ns, tokens[:n], payloads, extra)
+                self.counters["forwarded_puts"] += 1
                 return
-            got = await self.peers.ready(owner, spec)
-            if got is None:
-                return
-            rs, peer_ns = got
-            await rs.aput(peer_ns, tokens[:n], payloads, extra)
-            self.counters["forwarded_puts"] += 1
-        except KVStoreError as exc:
-            self.counters["forward_errors"] += 1
-            log.info("forwarding a put to its owner %s failed (%s); kept here only",
-                     owner.node_id, exc)
+            except KVStoreError as exc:
+                self.counters["forward_errors"] += 1
+                self._peer_failed(node, "forwarding a put", exc)
 
     def record_hit(self, session, spec, ns, tokens, extra, hit: int) -> None:
         """A read served ``hit`` tokens: count it; a prefix that turns hot is replicated."""
@@ -212,6 +286,104 @@ class ClusterNode:
             except KVStoreError as exc:
                 log.info("replicating a hot prefix to %s failed: %s", peer.node_id, exc)
 
+    # -- failure detection and membership changes -----------------------------------
+    async def _probe_loop(self) -> None:
+        """Ask the peers whose breaker is open and due whether they answer again."""
+        while True:
+            await asyncio.sleep(self.probe_interval)
+            nodes = self.view.snapshot().nodes
+            for node_id in self.peers.breaker.due():
+                peer = nodes.get(node_id)
+                rs = self.peers.store(peer, "") if peer is not None else None
+                if rs is None:
+                    self.peers.breaker.succeeded(node_id)
+                    continue
+                try:
+                    await rs.astats()
+                    ok = True
+                except KVStoreError:
+                    ok = False
+                self.peers.breaker.probed(node_id, ok)
+                if ok:
+                    log.info("peer %s answers again", node_id)
+
+    def _membership_changed(self, membership: Membership) -> None:
+        """From the membership thread: forget departed peers, move data to newcomers."""
+        members = set(membership.nodes)
+        joined, left = members - self._members, self._members - members
+        self._members = members
+        if left:
+            self.peers.forget(members)
+        loop = self._loop
+        if loop is None or not (joined or left):
+            return
+        loop.call_soon_threadsafe(self._start_moving, bool(joined), bool(left))
+
+    def _start_moving(self, joined: bool, left: bool) -> None:
+        if left:
+            self._spawn(self._repair_hot())
+        if joined:
+            if self._moving is not None and not self._moving.done():
+                self._move_again = True
+                return
+            self._moving = asyncio.get_running_loop().create_task(self._rebalance())
+            self._tasks.add(self._moving)
+            self._moving.add_done_callback(self._tasks.discard)
+
+    async def _push(self, peer: NodeInfo, entry, tokens, counter: str) -> None:
+        """Push ``tokens`` of a journal entry to ``peer`` unless it holds them already."""
+        got = await self.peers.ready(peer, entry.spec)
+        if got is None:
+            return
+        rs, peer_ns = got
+        there = int(await rs.alookup(peer_ns, tokens, entry.extra))
+        loop = asyncio.get_running_loop()
+        n, payloads = await loop.run_in_executor(None, self.store.get, entry.ns, tokens,
+                                                 entry.extra)
+        if n <= there or not payloads:
+            return
+        await self.pacer.spend(sum(memoryview(p).nbytes for p in payloads))
+        await rs.aput(peer_ns, tokens[:n], payloads, entry.extra)
+        self.counters[counter] += (n - there) // entry.spec.block_tokens
+
+    async def _rebalance(self) -> None:
+        """Push the journal's prefixes whose owner is now another node to that owner."""
+        while True:
+            self._move_again = False
+            moved = 0
+            for entry in reversed(self.journal.entries()):  # newest first
+                route = self._route(entry.spec, entry.ns, entry.tokens, entry.extra)
+                if not route.candidates or self._owns(route):
+                    continue
+                owner = route.candidates[0]
+                if not self.peers.breaker.allows(owner.node_id):
+                    continue
+                try:
+                    await self._push(owner, entry, entry.tokens, "rebalanced_blocks")
+                    moved += 1
+                except KVStoreError as exc:
+                    self._peer_failed(owner, "moving a prefix", exc)
+            log.info("rebalance after a join: %d prefixes checked or moved", moved)
+            if not self._move_again:
+                return
+
+    async def _repair_hot(self) -> None:
+        """After a loss: push hot prefixes held here to the replicas that now lack them."""
+        done: set[str] = set()
+        for entry in reversed(self.journal.entries()):
+            route = self._route(entry.spec, entry.ns, entry.tokens, entry.extra)
+            if route.hot is None or route.route_hex in done or not self._owns(route):
+                continue
+            done.add(route.route_hex)
+            prefix = entry.tokens[: route.hot.prefix_blocks * entry.spec.block_tokens]
+            for peer in route.owners():
+                if peer.node_id == self.node_id or not self.peers.breaker.allows(peer.node_id):
+                    continue
+                try:
+                    await self._push(peer, entry, prefix, "repaired_blocks")
+                except KVStoreError as exc:
+                    self._peer_failed(peer, "repairing a hot prefix", exc)
+
     # -- life -----------------------------------------------------------------------
     def status(self) -> dict:
         membership = self.view.snapshot()
@@ -222,9 +394,14 @@ class ClusterNode:
             "nodes": membership.nodes,
             "hot": membership.hot,
             "counters": dict(self.counters),
+            "open_peers": self.peers.breaker.open_peers(),
+            "journal": len(self.journal),
         }
 
     async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            await asyncio.gather(self._prober, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

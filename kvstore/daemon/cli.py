@@ -47,6 +47,10 @@ def add_serve(sub) -> None:
     c.add_argument("--replicas", type=int, metavar="N", help="nodes serving a hot prefix")
     c.add_argument("--hot-threshold", type=int, metavar="HITS",
                    help="read hits in a minute that make a prefix hot (default 16)")
+    c.add_argument("--peer-timeout", type=float, metavar="SECONDS",
+                   help="deadline of a request to a peer (default 0.3)")
+    c.add_argument("--rebalance-rate", metavar="BYTES",
+                   help="bytes/s pushed to a node that joins (default 64MiB)")
 
 
 def run_serve(args) -> int:
@@ -62,7 +66,8 @@ def run_serve(args) -> int:
         "log_format": args.log_format, "drain_timeout": args.drain_timeout,
         "etcd": args.etcd, "cluster": args.cluster, "advertise": args.advertise,
         "node_id": args.node_id, "cluster_ttl": args.cluster_ttl, "replicas": args.replicas,
-        "hot_threshold": args.hot_threshold,
+        "hot_threshold": args.hot_threshold, "peer_timeout": args.peer_timeout,
+        "rebalance_rate": args.rebalance_rate,
     }
     try:
         config = load_config(flags, args.config)

@@ -75,6 +75,7 @@ _SCALARS = (
     "admin", "admin_token_file", "pin_budget", "metrics", "cpu_bytes", "ssd_dir", "ssd_bytes",
     "auth_token_file", "log_level", "log_format", "drain_timeout", "arena_dir", "prefault",
     "etcd", "cluster", "node_id", "cluster_ttl", "replicas", "hot_threshold", "peer_fanout",
+    "peer_timeout", "rebalance_rate",
 )
 
 
@@ -148,6 +149,8 @@ class DaemonConfig:
     replicas: int = 2  # nodes that serve a hot prefix
     hot_threshold: int = 16  # read hits within a minute that make a prefix hot
     peer_fanout: int = 2  # owners asked for a prefix this node lacks
+    peer_timeout: float = 0.3  # deadline (s) of a request to a peer; a silent peer costs this
+    rebalance_rate: int | str = "64MiB"  # bytes/s a node pushes to a newcomer after a join
     source: dict = field(default_factory=dict)  # setting -> where it came from
 
     def __post_init__(self) -> None:
@@ -194,6 +197,13 @@ class DaemonConfig:
                 setattr(self, name, int(getattr(self, name)))
             except (TypeError, ValueError):
                 raise InvalidArgument(f"{name} must be an integer") from None
+        try:
+            self.peer_timeout = float(self.peer_timeout)
+            self.rebalance_rate = parse_size(self.rebalance_rate)
+        except (TypeError, ValueError):
+            raise InvalidArgument("peer_timeout must be seconds, rebalance_rate a size") from None
+        if not 0 < self.peer_timeout <= 60:
+            raise InvalidArgument("peer_timeout must be within (0, 60] seconds")
         if self.cluster_ttl < 2:
             raise InvalidArgument("cluster_ttl must be at least 2 seconds")
         if self.replicas < 1 or self.hot_threshold < 1 or self.peer_fanout < 1:

@@ -160,6 +160,8 @@ class RemoteStore:
         margin = self.timeout + self.conn.connect_timeout + 5
         try:
             return self.io.run(coro, margin)
+        except Timeout:  # the request's own deadline (a TimeoutError too): as it is
+            raise
         except TimeoutError as exc:  # concurrent.futures.TimeoutError on 3.10
             # A backstop only: the connection's own deadline (``timeout``) ends requests first.
             raise Timeout(f"{self.url}: the client's I/O thread returned nothing within "

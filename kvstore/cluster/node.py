@@ -199,11 +199,12 @@ class ClusterNode:
             self._peer_failed(others[best], "fetch", exc)
 
     async def after_put(self, session, spec, ns, tokens, extra) -> None:
-        """After a write here: forward the prefix to the first reachable node of its ranking.
+        """After a write here: forward the prefix to its owner, or around it when it is silent.
 
-        The owner when it answers; else the next node, where readers (who try
-        the same order) look next. When this node comes first among the
-        reachable ones, the local copy is where readers find it.
+        The owner when it answers. Else the first other reachable node of the
+        ranking too: readers (who try the same order) find it there or here,
+        and the owner's own fan-out reaches one of the two even when it cannot
+        reach this node (a partial partition).
         """
         self._bind(asyncio.get_running_loop())
         self.journal.add(spec, ns, tokens, extra)
@@ -217,9 +218,7 @@ class ClusterNode:
         if n == 0:
             return
         for node in route.candidates:
-            if node.node_id == self.node_id:
-                return  # readers reach this node before any later one
-            if not self.peers.breaker.allows(node.node_id):
+            if node.node_id == self.node_id or not self.peers.breaker.allows(node.node_id):
                 continue
             try:
                 got = await self.peers.ready(node, spec)
@@ -232,6 +231,8 @@ class ClusterNode:
             except KVStoreError as exc:
                 self.counters["forward_errors"] += 1
                 self._peer_failed(node, "forwarding a put", exc)
+        log.info("no peer took a put of a prefix owned by %s; kept here only",
+                 route.candidates[0].node_id)
 
     def record_hit(self, session, spec, ns, tokens, extra, hit: int) -> None:
         """A read served ``hit`` tokens: count it; a prefix that turns hot is replicated."""

@@ -64,7 +64,7 @@ class ClusterNode:
                  hot_threshold: int = 16, hot_window: float = 60.0, peer_fanout: int = 2,
                  route_blocks: int = 1, token: str | None = None, peer_timeout: float = 0.3,
                  rebalance_rate: float = 64e6, journal_limit: int = 50_000,
-                 probe_interval: float = 0.1):
+                 probe_interval: float = 0.1, hot_cool: float = 600.0):
         self.node_id = node_id
         self.store = store
         self.view = view
@@ -78,6 +78,9 @@ class ClusterNode:
         self.journal = PrefixJournal(journal_limit)
         self.pacer = Pacer(rebalance_rate)
         self.probe_interval = probe_interval
+        self.hot_cool = hot_cool  # a mark made here without a hit here for this long is removed
+        self._marked: dict[str, float] = {}  # route hex -> last hit here (marks made here)
+        self._cooled_at = time.monotonic()
         self.counters = {"peer_lookups": 0, "peer_fetched_blocks": 0, "forwarded_puts": 0,
                          "forward_errors": 0, "peer_errors": 0, "peer_timeouts": 0,
                          "hot_marked": 0, "replicated_blocks": 0, "rebalanced_blocks": 0,
@@ -243,6 +246,8 @@ class ClusterNode:
             return
         membership = self.view.snapshot()
         if route_key.hex() in membership.hot:
+            if route_key.hex() in self._marked:
+                self._marked[route_key.hex()] = time.monotonic()
             return
         cand = self.hot.record(route_key.hex(), tokens[:hit], spec.block_tokens)
         if cand is not None:
@@ -267,6 +272,7 @@ class ClusterNode:
                 self.hot.forget(cand.route_hex)  # try again on a later hit
                 return
         self.counters["hot_marked"] += 1
+        self._marked[cand.route_hex] = time.monotonic()
         log.info("prefix %s.. is hot (%d hits, %d blocks): replicating to %d nodes",
                  cand.route_hex[:12], cand.hits, entry.prefix_blocks, self.replicas)
         route = self._route(spec, ns, tokens, extra)
@@ -307,6 +313,23 @@ class ClusterNode:
                 self.peers.breaker.probed(node_id, ok)
                 if ok:
                     log.info("peer %s answers again", node_id)
+            if time.monotonic() - self._cooled_at >= min(10.0, self.hot_cool / 4):
+                self._cooled_at = time.monotonic()
+                await self._cool()
+
+    async def _cool(self) -> None:
+        """Remove the hot marks made here that had no hit here for ``hot_cool`` seconds."""
+        now = time.monotonic()
+        cold = [r for r, last in self._marked.items() if now - last >= self.hot_cool]
+        loop = asyncio.get_running_loop()
+        for route_hex in cold:
+            if self.registration is not None and not await loop.run_in_executor(
+                    None, self.registration.unmark_hot, route_hex):
+                continue
+            self._marked.pop(route_hex, None)
+            self.hot.forget(route_hex)
+            self.counters["hot_cooled"] = self.counters.get("hot_cooled", 0) + 1
+            log.info("prefix %s.. cooled down: hot mark removed", route_hex[:12])
 
     def _membership_changed(self, membership: Membership) -> None:
         """From the membership thread: forget departed peers, move data to newcomers."""

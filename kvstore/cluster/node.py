@@ -336,15 +336,18 @@ class ClusterNode:
         members = set(membership.nodes)
         joined, left = members - self._members, self._members - members
         self._members = members
+        if not (joined or left):
+            return
+        loop = self._loop
+        if loop is None:
+            if left:
+                self.peers.forget(members)
+            return
+        loop.call_soon_threadsafe(self._start_moving, members, bool(joined), bool(left))
+
+    def _start_moving(self, members: set, joined: bool, left: bool) -> None:
         if left:
             self.peers.forget(members)
-        loop = self._loop
-        if loop is None or not (joined or left):
-            return
-        loop.call_soon_threadsafe(self._start_moving, bool(joined), bool(left))
-
-    def _start_moving(self, joined: bool, left: bool) -> None:
-        if left:
             self._spawn(self._repair_hot())
         if joined:
             if self._moving is not None and not self._moving.done():

@@ -179,3 +179,21 @@ def test_delete_reaches_every_copy(make_cluster):
             local.close()
     finally:
         backend.close()
+
+
+def test_requests_to_a_node_that_leaves_are_abandoned_at_once(make_cluster):
+    cluster = make_cluster(3, name="leave")
+    patient = ClusterBackend(cluster.url, timeout=30.0)  # a deadline far past the lease TTL
+    try:
+        assert wait_members(patient, 3)
+        ns = patient.register(NamespaceSpec(LAYOUT))
+        victim = cluster.nodes[1]
+        toks = owned_by(patient, ns, prompts(40, seed=13), victim.node_id)[0]
+        assert fill(patient, ns, toks, 1) == len(toks)
+        with Stopped(victim):
+            t0 = time.monotonic()
+            assert patient.lookup(ns, toks) == 0  # ends when the node leaves, not after 30 s
+            waited = time.monotonic() - t0
+        assert waited <= TTL + 3.0, f"waited {waited:.1f}s for a node that left"
+    finally:
+        patient.close()

@@ -97,7 +97,8 @@ class ClusterBackend:
                  tenant: str = "", timeout: float = 1.0, connect_wait: float = 5.0,
                  suspect_seconds: float = 0.25, route_blocks: int = 1,
                  schemes: tuple[str, ...] = ("tcp", "ucx"), resync_interval: float = 1.0,
-                 admin_timeout: float = 30.0, probe_interval: float = 0.1):
+                 admin_timeout: float = 30.0, probe_interval: float = 0.1,
+                 conns_per_node: int = 8):
         self.url = EtcdURL.parse(url)
         self.availability = SoftFailures(strict, f"cluster {self.url.cluster}", log)
         self.token = token if token is not None else os.environ.get("KVSTORE_AUTH_TOKEN")
@@ -111,6 +112,9 @@ class ClusterBackend:
         self._specs: dict[bytes, NamespaceSpec] = {}
         self._stores: dict[str, RemoteStore] = {}
         self._admin: dict[str, RemoteStore] = {}
+        self._extra: dict[str, list[RemoteStore]] = {}  # more connections per node (_checkout)
+        self._inuse: dict[int, int] = {}  # id(RemoteStore) -> requests using it
+        self.conns_per_node = conns_per_node
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self.session = EtcdSession(self.url.endpoint)
@@ -136,36 +140,81 @@ class ClusterBackend:
     def nodes(self) -> dict[str, NodeInfo]:
         return dict(self.view.snapshot().nodes)
 
+    def _new_store(self, url: str, timeout: float) -> RemoteStore:
+        # retry_interval = the deadline: after a failed (re)connect or hello (a fresh
+        # connection's namespace registration) the request itself fails at once.
+        return RemoteStore(url, token=self.token, tenant=self.tenant, strict=True,
+                           timeout=timeout, connect_timeout=min(2.0, timeout),
+                           retry_interval=min(timeout, 2.0))
+
     def _store(self, node: NodeInfo, admin: bool = False) -> RemoteStore | None:
+        """The node's first connection (probes, deletes) or its admin one (flush, stats)."""
         url = node.url_for(self.schemes)
         if url is None:
             return None
         key = f"{node.node_id} {url}"
         stores = self._admin if admin else self._stores
-        timeout = self.admin_timeout if admin else self.timeout
         with self._lock:
             rs = stores.get(key)
-            if rs is None:
-                rs = stores[key] = RemoteStore(
-                    url, token=self.token, tenant=self.tenant, strict=True,
-                    timeout=timeout, connect_timeout=min(2.0, timeout), retry_interval=0.1,
-                )
-                for spec in self._specs.values():
-                    rs.register(spec)
+            fresh = rs is None
+            if fresh:
+                rs = stores[key] = self._new_store(url, self.admin_timeout if admin else self.timeout)
+        if fresh:  # outside the lock: a silent node must not hold up the other threads
+            for spec in list(self._specs.values()):
+                rs.register(spec)
         return rs
+
+    def _checkout(self, node: NodeInfo) -> RemoteStore | None:
+        """A connection to ``node`` that no other request of this client is using.
+
+        Requests run one at a time per connection, so each in-flight request
+        gets a connection of its own (up to ``conns_per_node``, then the least
+        busy is shared): a slow request never holds up another one.
+        """
+        first = self._store(node)
+        if first is None:
+            return None
+        url = node.url_for(self.schemes)
+        key = f"{node.node_id} {url}"
+        with self._lock:
+            pool = [first, *self._extra.get(key, [])]
+            for rs in pool:
+                if self._inuse.get(id(rs), 0) == 0:
+                    self._inuse[id(rs)] = 1
+                    return rs
+            if len(pool) >= self.conns_per_node:
+                rs = min(pool, key=lambda r: self._inuse.get(id(r), 0))
+                self._inuse[id(rs)] += 1
+                return rs
+            rs = self._new_store(url, self.timeout)
+            self._extra.setdefault(key, []).append(rs)
+            self._inuse[id(rs)] = 1
+        for spec in list(self._specs.values()):
+            rs.register(spec)
+        return rs
+
+    def _checkin(self, rs: RemoteStore) -> None:
+        with self._lock:
+            left = self._inuse.get(id(rs), 1) - 1
+            if left > 0:
+                self._inuse[id(rs)] = left
+            else:
+                self._inuse.pop(id(rs), None)
 
     def _on_membership(self, membership: Membership) -> None:
         """Nodes that left: abandon their requests in flight, forget their connections."""
         with self._lock:
-            gone = {k: rs for stores in (self._stores, self._admin) for k, rs in stores.items()
-                    if k.split(" ", 1)[0] not in membership.nodes}
-            for k in gone:
-                self._stores.pop(k, None)
-                self._admin.pop(k, None)
+            gone: dict[str, list[RemoteStore]] = {}
+            for stores in (self._stores, self._admin, self._extra):
+                for k in [k for k in stores if k.split(" ", 1)[0] not in membership.nodes]:
+                    rs = stores.pop(k)
+                    gone.setdefault(k, []).extend(rs if isinstance(rs, list) else [rs])
         self.breaker.forget(membership.nodes)
-        for key, rs in gone.items():
-            log.info("node %s left the cluster: abandoning its requests", key.split(" ", 1)[0])
-            rs.abort(f"node {key.split(' ', 1)[0]} left cluster {self.url.cluster}")
+        for key, stores in gone.items():
+            node_id = key.split(" ", 1)[0]
+            log.info("node %s left the cluster: abandoning its requests", node_id)
+            for rs in stores:
+                rs.abort(f"node {node_id} left cluster {self.url.cluster}")
 
     def _probe_loop(self, interval: float) -> None:
         """Ping the nodes whose breaker is open and due; an answer closes it."""
@@ -207,18 +256,23 @@ class ClusterBackend:
                 break  # the last one was slow to fail: a miss now beats a second wait
             if self.breaker.is_open(node.node_id):
                 continue
-            rs = self._store(node)
+            rs = self._checkout(node)
             if rs is None:
                 continue
             tried += 1
             try:
                 result = call(rs)
             except OFFLINE as exc:
+                self._checkin(rs)
                 backoff = self.breaker.failed(node.node_id)
                 log.info("node %s unreachable (%s); skipped for %.2fs, trying the next",
                          node.node_id, exc, backoff)
                 last = exc
                 continue
+            except BaseException:
+                self._checkin(rs)
+                raise
+            self._checkin(rs)
             self.requests_by_node[node.node_id] = self.requests_by_node.get(node.node_id, 0) + 1
             self.availability.answered()
             return result
@@ -231,7 +285,7 @@ class ClusterBackend:
         ns = spec.fingerprint
         self._specs[ns] = spec
         with self._lock:
-            stores = list(self._stores.values())
+            stores = [*self._stores.values(), *(r for p in self._extra.values() for r in p)]
         for rs in stores:
             rs.register(spec)
         return ns
@@ -311,8 +365,9 @@ class ClusterBackend:
         self._closing.set()
         self.view.close()
         with self._lock:
-            stores = list(self._stores.values()) + list(self._admin.values())
-            self._stores, self._admin = {}, {}
+            stores = [*self._stores.values(), *self._admin.values(),
+                      *(r for p in self._extra.values() for r in p)]
+            self._stores, self._admin, self._extra = {}, {}, {}
         for rs in stores:
             try:
                 rs.close()

@@ -49,7 +49,7 @@ class PeerPool:
         if rs is None:
             rs = self._stores[key] = RemoteStore(
                 url, token=self.token, tenant=tenant, strict=True, timeout=self.timeout,
-                connect_timeout=self.timeout, retry_interval=0.1,
+                connect_timeout=self.timeout, retry_interval=self.timeout,
                 client_name=PEER_CLIENT_PREFIX + self.node_id,
             )
         return rs

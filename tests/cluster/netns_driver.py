@@ -9,7 +9,8 @@ across the commands). One command a line, one JSON line back:
 - ``wait N``: until N nodes are members (``{"nodes": {id: url}}``)
 - ``fill COUNT SEED [BLOCKS]``: put COUNT prompts (``{"acked": k, "owners": {id: n}}``)
 - ``measure SECONDS [EXCLUDE_ID]``: lookups over the filled prompts in turn for SECONDS:
-  latency p50/p99/max of all and of those not owned by EXCLUDE_ID, hit rate
+  latency p50/p99/max of all and of those EXCLUDE_ID did not own when filled
+  (``healthy_*``), hit rate
 - ``fresh COUNT SEED OWNER_ID [VIA_URL]``: put COUNT new prompts owned by OWNER_ID
   (through ``etcd://``, or to the node at VIA_URL directly), then read each back
   through ``etcd://`` (``{"acked", "readable", "put_max"}``)
@@ -61,6 +62,7 @@ class Driver:
         self.backend = ClusterBackend(url, timeout=timeout)
         self.ns = self.backend.register(SPEC)
         self.filled: list[np.ndarray] = []
+        self.filled_owner: list[str] = []  # the owner when filled: "healthy" keys stay theirs
 
     def owner(self, toks) -> str:
         return self.backend.route(self.ns, toks).candidates[0].node_id
@@ -77,6 +79,7 @@ class Driver:
             if self.backend.put(self.ns, toks, payloads(toks, i)) == len(toks):
                 acked += 1
                 self.filled.append(toks)
+                self.filled_owner.append(self.owner(toks))
                 owners[self.owner(toks)] = owners.get(self.owner(toks), 0) + 1
         return {"acked": acked, "owners": owners}
 
@@ -86,8 +89,8 @@ class Driver:
         i = 0
         while time.monotonic() < end and self.filled:
             toks = self.filled[i % len(self.filled)]
+            mine = self.filled_owner[i % len(self.filled)] != exclude
             i += 1
-            mine = self.owner(toks) != exclude
             t0 = time.monotonic()
             n = self.backend.lookup(self.ns, toks)
             dt = time.monotonic() - t0

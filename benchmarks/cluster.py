@@ -25,7 +25,7 @@ prefix, put the whole prompt. Rows:
 On this 2-core machine the daemons, etcd and the client share two cores, so
 throughput cannot grow with N; see docs/cluster.md for the scaling model.
 
-    python -m benchmarks.cluster --netns [--rate 100mbit] [--prompts 600] [--json PATH]
+    python -m benchmarks.cluster --netns [--rate 30mbit] [--prompts 300] [--json PATH]
 
 ``--netns``: separate hosts instead (root; tests/cluster/netns.py): etcd,
 each daemon and the client on their own network namespace joined by a
@@ -304,8 +304,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--no-loss", action="store_true", help="skip the node-loss run")
     p.add_argument("--netns", action="store_true",
                    help="separate hosts (network namespaces, tbf per host); root only")
-    p.add_argument("--rate", default="100mbit", help="--netns: tbf rate per daemon host")
-    p.add_argument("--prompts", type=int, default=600, help="--netns: cached prompts read")
+    p.add_argument("--rate", default="30mbit", help="--netns: tbf rate per daemon host")
+    p.add_argument("--prompts", type=int, default=300, help="--netns: cached prompts read")
     p.add_argument("--cut-seconds", type=float, default=8.0, help="--netns: length of the cut")
     args = p.parse_args(argv)
     if args.netns:

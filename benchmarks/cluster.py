@@ -24,10 +24,22 @@ prefix, put the whole prompt. Rows:
 
 On this 2-core machine the daemons, etcd and the client share two cores, so
 throughput cannot grow with N; see docs/cluster.md for the scaling model.
+
+    python -m benchmarks.cluster --netns [--rate 30mbit] [--prompts 300] [--json PATH]
+
+``--netns``: separate hosts instead (root; tests/cluster/netns.py): etcd,
+each daemon and the client on their own network namespace joined by a
+bridge, each daemon host's link limited to ``--rate`` both ways (tbf), so
+the cluster is network-bound as a real one is. Rows: aggregate GET
+throughput and hit rate of ``--threads`` client threads over ``--prompts``
+cached prompts for 1, 2, 3 nodes, and for the largest N the cost of a cut
+node (its link down, no reset): lookup latency p50/p99/max and hit rate
+before, during and after the cut, and the healthy nodes' p99 during it.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import threading
@@ -224,6 +236,58 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, leave=False, mininterval=1.0)
 
 
+def _netns_config(n: int, args, cut: bool) -> list[dict]:
+    from tests.cluster.netns import NetCluster
+
+    with NetCluster(nodes=n, name=f"bench{n}", rate=args.rate, cpu_bytes="256MiB") as net:
+        net.ask(f"wait {n}")
+        filled = net.ask(f"fill {args.prompts} 1 4")
+        gets = net.ask(f"gets {args.seconds} {args.threads}")
+        rows = [{"scenario": "steady", "nodes": n, "rate": args.rate, "prompts": filled["acked"],
+                 "get_per_s": gets["gets_per_s"], "get_mbps": gets["gbps"] * 1000,
+                 "hit_rate": gets["hit_rate"], "balance": balance(gets["by_node"], n)}]
+        if not cut:
+            return rows
+        victim = net.node_id(net.node_names[-1])
+        phases = {"before": net.ask(f"measure 3 {victim}")}
+        net.hosts.link_down(net.node_names[-1])
+        phases["during"] = net.ask(f"measure {args.cut_seconds} {victim}")
+        net.hosts.heal()
+        time.sleep(1)
+        phases["after"] = net.ask(f"measure 5 {victim}")
+        for name, m in phases.items():
+            rows.append({"scenario": f"cut: {name}", "nodes": n, "hit_rate": m["hit_rate"],
+                         "lookups": m["count"], "p50_ms": m["p50"] * 1e3,
+                         "p99_ms": m["p99"] * 1e3, "max_ms": m["max"] * 1e3,
+                         "healthy_p99_ms": m["healthy_p99"] * 1e3})
+        return rows
+
+
+def main_netns(args) -> list[dict]:
+    from tests.cluster.netns import available
+
+    why = available()
+    if why is not None:
+        raise SystemExit(f"--netns: {why}")
+    sizes = [int(x) for x in args.nodes.split(",") if x.strip()]
+    rows = []
+    for n in sizes:
+        rows += _netns_config(n, args, cut=n == max(sizes) and n > 1 and not args.no_loss)
+    one = next((r["get_per_s"] for r in rows if r["nodes"] == 1), None)
+    for r in rows:
+        if one and r["scenario"] == "steady":
+            r["speedup"] = r["get_per_s"] / one
+    print_table(rows, ["scenario", "nodes", "get_per_s", "get_mbps", "speedup", "hit_rate",
+                       "balance", "lookups", "p50_ms", "p99_ms", "max_ms", "healthy_p99_ms"])
+    if args.json:
+        path = Path(args.json)
+        doc = json.loads(path.read_text()) if path.exists() else {"benchmark": "cluster"}
+        doc["netns"] = {"rate": args.rate, "prompts": args.prompts, "threads": args.threads,
+                        "rows": rows}
+        path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     p = base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--nodes", default="1,2,3", help="cluster sizes (comma-separated)")
@@ -238,7 +302,14 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--no-loss", action="store_true", help="skip the node-loss run")
+    p.add_argument("--netns", action="store_true",
+                   help="separate hosts (network namespaces, tbf per host); root only")
+    p.add_argument("--rate", default="30mbit", help="--netns: tbf rate per daemon host")
+    p.add_argument("--prompts", type=int, default=300, help="--netns: cached prompts read")
+    p.add_argument("--cut-seconds", type=float, default=8.0, help="--netns: length of the cut")
     args = p.parse_args(argv)
+    if args.netns:
+        return main_netns(args)
     sizes = [int(x) for x in args.nodes.split(",") if x.strip()]
     prompts = load_prompts(Path(args.trace), args.requests)
     layout = KVLayout(model_id="bench-cluster", num_layers=2, num_kv_heads=4, head_dim=64,

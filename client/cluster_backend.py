@@ -5,12 +5,26 @@ sends each request straight to the node that owns its prefix
 (``kvstore.cluster.routing.Router``: rendezvous hashing of the prefix's first
 block key; hot prefixes spread over their replicas): one hop per lookup.
 
-Failures: a node that cannot be reached is skipped for ``suspect_seconds``
-and the request goes to the next candidate (a hot prefix's other replica
-hits; another node misses, and the engine recomputes); it never raises
-unless ``strict``. etcd unreachable at connect: ``strict`` raises; otherwise
-the client starts empty (every lookup misses) and fills in when etcd
-answers. etcd lost later: the last known membership is used.
+Failures: every data request has a deadline (``timeout``, 1 s by default:
+a lookup is worth less than a recompute) that covers its wait behind other
+requests, the connect and the reply; payloads extend it by their size at a
+floor rate, so a large transfer that moves is not cut. A node that times
+out or cannot be reached opens its circuit breaker (``Breaker``): requests
+skip it and go to the next candidate of the rendezvous ranking (a hot
+prefix's other replica hits; another node misses, and the engine
+recomputes) until a background probe gets an answer, with a backoff that
+doubles from ``suspect_seconds``. A second candidate is tried only after a
+fast failure (within a quarter of the deadline), so no call waits much
+more than its deadline. Requests in flight to a node that leaves the
+membership end at once. It never raises unless ``strict``.
+
+Writes go to the first reachable node of the ranking, the order readers
+try, so a put acknowledged during a partition is found by the next read.
+Deletes go to every reachable node (replicas and stray copies).
+
+etcd unreachable at connect: ``strict`` raises; otherwise the client starts
+empty (every lookup misses) and fills in when etcd answers. etcd lost
+later: the last known membership is used.
 
 A ``BlockStore`` (no leases: payloads are copied, no zero-copy across
 nodes); ``stats`` is a ``ClusterStats``, the sum of the nodes that answered.
@@ -26,8 +40,9 @@ import time
 from dataclasses import dataclass, field
 
 from kvstore.availability import OFFLINE, SoftFailures
+from kvstore.cluster.breaker import Breaker
 from kvstore.cluster.etcd import EtcdSession
-from kvstore.cluster.membership import MembershipView
+from kvstore.cluster.membership import Membership, MembershipView
 from kvstore.cluster.records import EtcdURL, NodeInfo
 from kvstore.cluster.routing import Route, Router
 from kvstore.errors import Unavailable
@@ -86,19 +101,32 @@ class ClusterBackend:
     capabilities = Capabilities(leases=False)
 
     def __init__(self, url: str, *, strict: bool = False, token: str | None = None,
-                 tenant: str = "", timeout: float = 30.0, connect_wait: float = 5.0,
-                 suspect_seconds: float = 1.0, route_blocks: int = 1,
-                 schemes: tuple[str, ...] = ("tcp", "ucx"), resync_interval: float = 1.0):
+                 tenant: str = "", timeout: float = 1.0, connect_wait: float = 5.0,
+                 suspect_seconds: float = 0.25, route_blocks: int = 1,
+                 schemes: tuple[str, ...] = ("tcp", "ucx"), resync_interval: float = 1.0,
+                 admin_timeout: float = 30.0, probe_interval: float = 0.1,
+                 conns_per_node: int = 8):
         self.url = EtcdURL.parse(url)
         self.availability = SoftFailures(strict, f"cluster {self.url.cluster}", log)
         self.token = token if token is not None else os.environ.get("KVSTORE_AUTH_TOKEN")
         self.tenant = tenant
         self.timeout = timeout
+        self.admin_timeout = admin_timeout
         self.schemes = schemes
         self.suspect_seconds = suspect_seconds
+        self.breaker = Breaker(base=suspect_seconds)
         self.router = Router(route_blocks)
+        self._specs: dict[bytes, NamespaceSpec] = {}
+        self._stores: dict[str, RemoteStore] = {}
+        self._admin: dict[str, RemoteStore] = {}
+        self._extra: dict[str, list[RemoteStore]] = {}  # more connections per node (_checkout)
+        self._inuse: dict[int, int] = {}  # id(RemoteStore) -> requests using it
+        self.conns_per_node = conns_per_node
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
         self.session = EtcdSession(self.url.endpoint)
-        self.view = MembershipView(self.session, self.url.cluster, resync_interval)
+        self.view = MembershipView(self.session, self.url.cluster, resync_interval,
+                                   on_change=self._on_membership)
         self.view.start(wait=connect_wait)
         if not self.view.etcd_ok:
             if strict:
@@ -106,11 +134,10 @@ class ClusterBackend:
                 raise Unavailable(f"etcd at {self.url.endpoint} unreachable")
             log.warning("etcd at %s unreachable: every lookup misses until it answers",
                         self.url.endpoint)
-        self._specs: dict[bytes, NamespaceSpec] = {}
-        self._stores: dict[str, RemoteStore] = {}
-        self._suspect: dict[str, float] = {}
-        self._lock = threading.Lock()
         self.requests_by_node: dict[str, int] = {}
+        self._prober = threading.Thread(target=self._probe_loop, args=(probe_interval,),
+                                        name="kvstore-cluster-probe", daemon=True)
+        self._prober.start()
 
     @property
     def strict(self) -> bool:
@@ -120,21 +147,100 @@ class ClusterBackend:
     def nodes(self) -> dict[str, NodeInfo]:
         return dict(self.view.snapshot().nodes)
 
-    def _store(self, node: NodeInfo) -> RemoteStore | None:
+    def _new_store(self, url: str, timeout: float) -> RemoteStore:
+        # retry_interval = the deadline: after a failed (re)connect or hello (a fresh
+        # connection's namespace registration) the request itself fails at once.
+        return RemoteStore(url, token=self.token, tenant=self.tenant, strict=True,
+                           timeout=timeout, connect_timeout=min(2.0, timeout),
+                           retry_interval=min(timeout, 2.0))
+
+    def _store(self, node: NodeInfo, admin: bool = False) -> RemoteStore | None:
+        """The node's first connection (probes, deletes) or its admin one (flush, stats)."""
         url = node.url_for(self.schemes)
         if url is None:
             return None
         key = f"{node.node_id} {url}"
+        stores = self._admin if admin else self._stores
         with self._lock:
-            rs = self._stores.get(key)
-            if rs is None:
-                rs = self._stores[key] = RemoteStore(
-                    url, token=self.token, tenant=self.tenant, strict=True,
-                    timeout=self.timeout, connect_timeout=2.0, retry_interval=0.5,
-                )
-                for spec in self._specs.values():
-                    rs.register(spec)
+            rs = stores.get(key)
+            fresh = rs is None
+            if fresh:
+                rs = stores[key] = self._new_store(url, self.admin_timeout if admin else self.timeout)
+        if fresh:  # outside the lock: a silent node must not hold up the other threads
+            for spec in list(self._specs.values()):
+                rs.register(spec)
         return rs
+
+    def _checkout(self, node: NodeInfo) -> RemoteStore | None:
+        """A connection to ``node`` that no other request of this client is using.
+
+        Requests run one at a time per connection, so each in-flight request
+        gets a connection of its own (up to ``conns_per_node``, then the least
+        busy is shared): a slow request never holds up another one.
+        """
+        first = self._store(node)
+        if first is None:
+            return None
+        url = node.url_for(self.schemes)
+        key = f"{node.node_id} {url}"
+        with self._lock:
+            pool = [first, *self._extra.get(key, [])]
+            for rs in pool:
+                if self._inuse.get(id(rs), 0) == 0:
+                    self._inuse[id(rs)] = 1
+                    return rs
+            if len(pool) >= self.conns_per_node:
+                rs = min(pool, key=lambda r: self._inuse.get(id(r), 0))
+                self._inuse[id(rs)] += 1
+                return rs
+            rs = self._new_store(url, self.timeout)
+            self._extra.setdefault(key, []).append(rs)
+            self._inuse[id(rs)] = 1
+        for spec in list(self._specs.values()):
+            rs.register(spec)
+        return rs
+
+    def _checkin(self, rs: RemoteStore) -> None:
+        with self._lock:
+            left = self._inuse.get(id(rs), 1) - 1
+            if left > 0:
+                self._inuse[id(rs)] = left
+            else:
+                self._inuse.pop(id(rs), None)
+
+    def _on_membership(self, membership: Membership) -> None:
+        """Nodes that left: abandon their requests in flight, forget their connections."""
+        with self._lock:
+            gone: dict[str, list[RemoteStore]] = {}
+            for stores in (self._stores, self._admin, self._extra):
+                for k in [k for k in stores if k.split(" ", 1)[0] not in membership.nodes]:
+                    rs = stores.pop(k)
+                    gone.setdefault(k, []).extend(rs if isinstance(rs, list) else [rs])
+        self.breaker.forget(membership.nodes)
+        for key, stores in gone.items():
+            node_id = key.split(" ", 1)[0]
+            log.info("node %s left the cluster: abandoning its requests", node_id)
+            for rs in stores:
+                rs.abort(f"node {node_id} left cluster {self.url.cluster}")
+
+    def _probe_loop(self, interval: float) -> None:
+        """Ping the nodes whose breaker is open and due; an answer closes it."""
+        while not self._closing.wait(interval):
+            nodes = self.view.snapshot().nodes
+            for node_id in self.breaker.due():
+                node = nodes.get(node_id)
+                rs = self._store(node) if node is not None else None
+                if rs is None:
+                    self.breaker.succeeded(node_id)  # gone: nothing to skip
+                    continue
+                try:
+                    rs.ping()
+                    ok = True
+                except OFFLINE:
+                    ok = False
+                self.breaker.probed(node_id, ok)
+                if ok:
+                    log.info("node %s answers again", node_id)
 
     def route(self, ns: bytes, tokens, extra: bytes = b"") -> Route:
         spec = self._specs[ns]
@@ -147,25 +253,33 @@ class ClusterBackend:
         """
         route = self.route(ns, tokens, extra)
         attempts = attempts or max(2, route.replicas + 1)
-        now = time.monotonic()
+        start = time.monotonic()
         tried = 0
         last: BaseException | None = None
         for node in route.candidates:
             if tried >= attempts:
                 break
-            if self._suspect.get(node.node_id, 0.0) > now:
+            if tried and time.monotonic() - start > self.timeout / 4:
+                break  # the last one was slow to fail: a miss now beats a second wait
+            if self.breaker.is_open(node.node_id):
                 continue
-            rs = self._store(node)
+            rs = self._checkout(node)
             if rs is None:
                 continue
             tried += 1
             try:
                 result = call(rs)
             except OFFLINE as exc:
-                self._suspect[node.node_id] = time.monotonic() + self.suspect_seconds
-                log.info("node %s unreachable (%s); trying the next", node.node_id, exc)
+                self._checkin(rs)
+                backoff = self.breaker.failed(node.node_id)
+                log.info("node %s unreachable (%s); skipped for %.2fs, trying the next",
+                         node.node_id, exc, backoff)
                 last = exc
                 continue
+            except BaseException:
+                self._checkin(rs)
+                raise
+            self._checkin(rs)
             self.requests_by_node[node.node_id] = self.requests_by_node.get(node.node_id, 0) + 1
             self.availability.answered()
             return result
@@ -178,7 +292,7 @@ class ClusterBackend:
         ns = spec.fingerprint
         self._specs[ns] = spec
         with self._lock:
-            stores = list(self._stores.values())
+            stores = [*self._stores.values(), *(r for p in self._extra.values() for r in p)]
         for rs in stores:
             rs.register(spec)
         return ns
@@ -205,8 +319,27 @@ class ClusterBackend:
         return self._attempt(ns, toks, extra, lambda rs: rs.put(ns, toks, blocks, extra), 0, 2)
 
     def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
+        """Delete on every reachable node (the owner, replicas, stray copies); the most any had."""
         toks = as_tokens(tokens)
-        return self._attempt(ns, toks, extra, lambda rs: rs.delete(ns, toks, extra), 0, 1)
+        self.route(ns, toks, extra)  # an unknown namespace raises here
+        best, answered, last = 0, 0, None
+        for node_id, node in self.nodes().items():
+            if self.breaker.is_open(node_id):
+                continue
+            rs = self._store(node)
+            if rs is None:
+                continue
+            try:
+                best = max(best, int(rs.delete(ns, toks, extra)))
+                answered += 1
+            except OFFLINE as exc:
+                self.breaker.failed(node_id)
+                last = exc
+        if answered == 0:
+            why = f"no node of cluster {self.url.cluster} answered" + (f" ({last})" if last else "")
+            return self.availability.failed(Unavailable(why), 0)
+        self.availability.answered()
+        return best
 
     def hint(self, ns: bytes, tokens, hint: PrefixHint, extra: bytes = b"") -> int:
         """Send ``hint`` to every node that holds the prefix: its owner (a hot prefix's
@@ -218,18 +351,18 @@ class ClusterBackend:
         if route.route_key is None:  # shorter than the routing blocks: nothing is cached
             return 0
         targets, spares = list(route.owners()), list(route.candidates[route.replicas:])
-        now = time.monotonic()
         best, reached, last = 0, 0, None
         for node in targets:  # grows by a spare for each owner that is not reached
-            rs = self._store(node) if self._suspect.get(node.node_id, 0.0) <= now else None
+            rs = None if self.breaker.is_open(node.node_id) else self._store(node)
             try:
                 if rs is not None:
                     best = max(best, rs.hint(ns, toks, hint, extra))
                     reached += 1
                     continue
             except OFFLINE as exc:
-                self._suspect[node.node_id] = time.monotonic() + self.suspect_seconds
-                log.info("node %s unreachable (%s); hint dropped there", node.node_id, exc)
+                backoff = self.breaker.failed(node.node_id)
+                log.info("node %s unreachable (%s); hint dropped there, skipped for %.2fs",
+                         node.node_id, exc, backoff)
                 last = exc
             if spares:
                 targets.append(spares.pop(0))
@@ -241,7 +374,7 @@ class ClusterBackend:
 
     def flush(self) -> None:
         for node in self.nodes().values():
-            rs = self._store(node)
+            rs = self._store(node, admin=True)
             if rs is None:
                 continue
             try:
@@ -255,7 +388,9 @@ class ClusterBackend:
         """The nodes' stats summed (``nodes``: each one's); unreachable nodes are left out."""
         out: dict[str, StoreStats] = {}
         for node_id, node in self.nodes().items():
-            rs = self._store(node)
+            if self.breaker.is_open(node_id):
+                continue
+            rs = self._store(node, admin=True)
             if rs is None:
                 continue
             try:
@@ -265,9 +400,12 @@ class ClusterBackend:
         return ClusterStats.combine(self.url.cluster, out)
 
     def close(self) -> None:
+        self._closing.set()
         self.view.close()
         with self._lock:
-            stores, self._stores = list(self._stores.values()), {}
+            stores = [*self._stores.values(), *self._admin.values(),
+                      *(r for p in self._extra.values() for r in p)]
+            self._stores, self._admin, self._extra = {}, {}, {}
         for rs in stores:
             try:
                 rs.close()

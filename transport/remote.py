@@ -161,8 +161,12 @@ class RemoteStore:
         margin = self.timeout + self.conn.connect_timeout + 5
         try:
             return self.io.run(coro, margin)
+        except Timeout:  # the request's own deadline (a TimeoutError too): as it is
+            raise
         except TimeoutError as exc:  # concurrent.futures.TimeoutError on 3.10
-            raise Timeout(f"no answer from {self.url} within {margin:.0f}s") from exc
+            # A backstop only: the connection's own deadline (``timeout``) ends requests first.
+            raise Timeout(f"{self.url}: the client's I/O thread returned nothing within "
+                          f"{margin:.0f}s (request deadline {self.timeout:g}s)") from exc
 
     async def _await(self, coro):
         return await asyncio.wrap_future(self.io.submit(coro))
@@ -237,6 +241,11 @@ class RemoteStore:
     def ping(self) -> None:
         """Connect (if needed) and round-trip once; raises when the daemon is unreachable."""
         self._run(self.ops.ping())
+
+    def abort(self, reason: str) -> None:
+        """End the requests in flight now (``Unavailable(reason)``) and close; from any thread."""
+        self.closed = True
+        self.io.loop.call_soon_threadsafe(self.conn.abort, reason)
 
     def close(self) -> None:
         if not self.closed:

@@ -112,6 +112,15 @@ class NodeRegistration:
             log.debug("marking %s hot failed: %s", route_hex, exc)
             return False
 
+    def unmark_hot(self, route_hex: str) -> bool:
+        """Remove a hot mark (it cooled down); False when etcd did not answer."""
+        try:
+            self.session.delete(hot_prefix(self.cluster) + route_hex)
+            return True
+        except EtcdUnavailable as exc:
+            log.debug("unmarking %s failed: %s", route_hex, exc)
+            return False
+
     def close(self, revoke: bool = True) -> None:
         """Stop refreshing; with ``revoke`` the node leaves now (its hot marks stay)."""
         self._stop.set()

@@ -136,6 +136,7 @@ class ClusterService:
                 self.node_id, self.daemon.store, self.view, self.registration,
                 replicas=config.replicas, hot_threshold=config.hot_threshold,
                 peer_fanout=config.peer_fanout, token=peer_token(config),
+                peer_timeout=config.peer_timeout, rebalance_rate=config.rebalance_rate,
             )
             self.daemon.server.dispatcher.ops.cluster = self.node
         elif state == "draining" and self.registration is not None:

@@ -62,6 +62,10 @@ def add_serve(sub) -> None:
     c.add_argument("--replicas", type=int, metavar="N", help="nodes serving a hot prefix")
     c.add_argument("--hot-threshold", type=int, metavar="HITS",
                    help="read hits in a minute that make a prefix hot (default 16)")
+    c.add_argument("--peer-timeout", type=float, metavar="SECONDS",
+                   help="deadline of a request to a peer (default 0.3)")
+    c.add_argument("--rebalance-rate", metavar="BYTES",
+                   help="bytes/s pushed to a node that joins (default 64MiB)")
 
 
 def run_serve(args) -> int:
@@ -83,6 +87,7 @@ def run_serve(args) -> int:
         "tenant_cpu_bytes": args.tenant_cpu_bytes, "tenant_ssd_bytes": args.tenant_ssd_bytes,
         "write_behind_seconds": args.write_behind_seconds,
         "write_lease_seconds": args.write_lease_seconds,
+        "peer_timeout": args.peer_timeout, "rebalance_rate": args.rebalance_rate,
     }
     try:
         config = load_config(flags, args.config)

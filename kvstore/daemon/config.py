@@ -77,6 +77,7 @@ _SCALARS = (
     "etcd", "cluster", "node_id", "cluster_ttl", "replicas", "hot_threshold", "peer_fanout",
     "admin_insecure", "metrics_tenant_labels", "shm_allow_uids", "tenant_quota",
     "tenant_cpu_bytes", "tenant_ssd_bytes", "write_behind_seconds", "write_lease_seconds",
+    "peer_timeout", "rebalance_rate",
 )
 _BOOLS = ("prefault", "admin_insecure", "metrics_tenant_labels")
 
@@ -160,6 +161,8 @@ class DaemonConfig:
     tenant_ssd_bytes: int | str | None = None  # default SSD quota of a tenant
     write_behind_seconds: float = 1.0  # puts reach the SSD within about this lag (0: off)
     write_lease_seconds: float = 60.0  # uncommitted write leases are taken back after this
+    peer_timeout: float = 0.3  # deadline (s) of a request to a peer; a silent peer costs this
+    rebalance_rate: int | str = "64MiB"  # bytes/s a node pushes to a newcomer after a join
     source: dict = field(default_factory=dict)  # setting -> where it came from
 
     def __post_init__(self) -> None:
@@ -220,6 +223,13 @@ class DaemonConfig:
                 setattr(self, name, int(getattr(self, name)))
             except (TypeError, ValueError):
                 raise InvalidArgument(f"{name} must be an integer") from None
+        try:
+            self.peer_timeout = float(self.peer_timeout)
+            self.rebalance_rate = parse_size(self.rebalance_rate)
+        except (TypeError, ValueError):
+            raise InvalidArgument("peer_timeout must be seconds, rebalance_rate a size") from None
+        if not 0 < self.peer_timeout <= 60:
+            raise InvalidArgument("peer_timeout must be within (0, 60] seconds")
         if self.cluster_ttl < 2:
             raise InvalidArgument("cluster_ttl must be at least 2 seconds")
         if self.replicas < 1 or self.hot_threshold < 1 or self.peer_fanout < 1:

@@ -23,14 +23,16 @@ def free_port() -> int:
 class DaemonProc:
     """``python -m kvstore serve ...`` with its stderr collected; ``urls`` once ready."""
 
-    def __init__(self, args: list[str], env: dict | None = None, timeout: float = 60.0):
+    def __init__(self, args: list[str], env: dict | None = None, timeout: float = 60.0,
+                 wrap: list[str] | None = None):
+        """``wrap``: a command prefix, e.g. ``["ip", "netns", "exec", "h1"]`` (it execs)."""
         full_env = dict(os.environ, PYTHONUNBUFFERED="1")
         # admin API and metrics on free ports: daemons side by side must not clash on 7803/7804
         full_env.setdefault("KVSTORE_ADMIN", "127.0.0.1:0")
         full_env.setdefault("KVSTORE_METRICS", "127.0.0.1:0")
         full_env.update(env or {})
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kvstore", "serve", *args],
+            [*(wrap or []), sys.executable, "-m", "kvstore", "serve", *args],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=full_env, cwd=ROOT,
         )
         self.lines: list[str] = []

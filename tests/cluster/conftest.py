@@ -59,6 +59,10 @@ class Node:
         """A client that sees this node's own blocks only (a peer's hello: no fan-out)."""
         return RemoteStore(self.url, strict=True, client_name=PEER_CLIENT_PREFIX + "test")
 
+    def client(self, **kwargs) -> RemoteStore:
+        """A plain client of this node (its misses fan out to the peers)."""
+        return RemoteStore(self.url, strict=True, **kwargs)
+
     def kill(self) -> None:
         self.proc.kill()
 

@@ -197,7 +197,7 @@ class ClusterBackend:
             self._extra.setdefault(key, []).append(rs)
             self._inuse[id(rs)] = 1
         for spec in list(self._specs.values()):
-            rs.register(spec)
+            rs.adopt(spec)  # registered by its first request's connect: one deadline, not two
         return rs
 
     def _checkin(self, rs: RemoteStore) -> None:

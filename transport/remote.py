@@ -185,12 +185,21 @@ class RemoteStore:
         except OFFLINE:
             # Offline (strict or not): remember it; it is registered on the next
             # connect, and the data calls report the outage.
-            spec = dataclasses.replace(spec, tenant=self.conn.tenant)
-            ns = spec.fingerprint
-            self.conn.specs[ns] = spec.to_dict()
-            self.ops.geometry[ns] = (spec.block_bytes, spec.block_tokens)
-            self.ops.specs[ns] = spec
-            return ns
+            return self.adopt(spec)
+
+    def adopt(self, spec: NamespaceSpec) -> bytes:
+        """Register ``spec`` with the next connect, without a round trip now.
+
+        For a fresh connection to a daemon that already knows the namespace (a
+        pool's extra connection): its first request then connects, says hello
+        and registers within that one request's deadline.
+        """
+        spec = dataclasses.replace(spec, tenant=self.conn.tenant)
+        ns = spec.fingerprint
+        self.conn.specs[ns] = spec.to_dict()
+        self.ops.geometry[ns] = (spec.block_bytes, spec.block_tokens)
+        self.ops.specs[ns] = spec
+        return ns
 
     # -- the BlockStore API -----------------------------------------------------
     def register(self, spec: NamespaceSpec) -> bytes:

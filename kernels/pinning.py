@@ -1,7 +1,7 @@
 """Host memory registered with the CUDA driver (page-locked), so device copies are DMA.
 
-The CPU arena (``kvstore.store.shm_arena``: the daemon's file, the embedded
-store's, and a client's mapping of it, ``kvstore.transport.shm_client``) is
+The CPU arenas (``kvstore.store.tenant_arenas``: the daemon's memory files, the embedded
+store's, and a client's mapping of one, ``kvstore.transport.shm_client``) are
 plain shared memory: a device copy from it is staged by the driver through a
 bounce buffer and blocks the host. Registered with ``cudaHostRegister`` it is
 pinned: ``copy_(non_blocking=True)`` between it and a CUDA tensor is one DMA,

@@ -77,7 +77,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
 
 
 def build_store(config: DaemonConfig) -> ManagedStore:
-    from kvstore.store.shm_arena import sweep_stale
+    from kvstore.store.stale_arenas import sweep_stale
     from kvstore.store.tiered_store import TieredStore
 
     for path in sweep_stale(config.arena_dir):

@@ -6,7 +6,7 @@ settings, ``StoreConfig``. The parts it is built from, each owning its state:
 ``namespace_table``, ``lease_table``, ``pin_table``, ``operator_controls``,
 ``tier_set`` (memory tiers, policies, demotion), ``write_back`` (the SSD
 writer), ``promotion``; below them the memory tiers (``cpu_tier``,
-``gpu_tier``, ``slab``, ``shm_arena``) and ``rebuild`` (trees from the SSD
+``gpu_tier``, ``slab``, ``tenant_arenas``) and ``rebuild`` (trees from the SSD
 after a restart). The SSD tier itself is ``kvstore.ssd``.
 """
 

@@ -5,20 +5,22 @@ import sys
 import pytest
 
 from kvstore.store.cpu_tier import CPUTier
-from kvstore.store.shm_arena import SharedArena, sweep_stale
+from kvstore.store.stale_arenas import sweep_stale
+from kvstore.store.tenant_arenas import MemfdArena
 
 from .helpers import shm_files
 
 
-def test_arena_is_a_shared_file_of_exactly_capacity_bytes_and_removed_on_close():
+def test_arena_is_an_anonymous_memory_file_of_exactly_capacity_bytes_gone_on_close():
     before = shm_files()
-    arena = SharedArena(1 << 20)
-    assert os.path.getsize(arena.path) == 1 << 20
-    assert oct(os.stat(arena.path).st_mode & 0o777) == "0o600"
-    assert shm_files() - before == {os.path.basename(arena.path)}
+    arena = MemfdArena(1 << 20)
+    assert os.fstat(arena.fd).st_size == 1 << 20
+    assert shm_files() == before  # nothing in the filesystem names it
+    fd = arena.fd
     arena.close()
     arena.close()  # idempotent
-    assert shm_files() == before
+    with pytest.raises(OSError):
+        os.fstat(fd)
 
 
 @pytest.mark.integration
@@ -28,16 +30,17 @@ def test_subprocess_maps_the_arena_and_reads_a_slot():
         slot = tier.alloc(4096)
         data = bytes(range(256)) * 16
         tier.write(slot, data)
-        info = tier.info()
+        info = tier.info()  # /proc/<pid>/fd/N: openable by this uid only
         code = (
-            "import sys; from kvstore.store.shm_arena import attach;"
-            f"a = attach({info.path!r}, {info.size}, writable=True);"
-            f"v = a.slot({slot.offset}, {slot.length}); sys.stdout.write(bytes(v).hex());"
-            f"v[0] = 0xAB; v.release(); a.close()"
+            "import mmap, os, sys;"
+            f"fd = os.open({info.path!r}, os.O_RDWR);"
+            f"m = mmap.mmap(fd, {info.size}); os.close(fd);"
+            f"sys.stdout.write(m[{slot.offset}:{slot.offset + slot.length}].hex());"
+            f"m[{slot.offset}] = 0xAB; m.close()"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         assert bytes.fromhex(out.stdout) == data
-        assert tier.read(slot)[0] == 0xAB  # writes by the client land in the same pages
+        assert tier.read(slot)[0] == 0xAB  # writes by the other process land in the same pages
     finally:
         tier.close()
     assert not os.path.exists(info.path)
@@ -49,12 +52,10 @@ def test_sweep_stale_removes_files_of_dead_processes(tmp_path):
                           capture_output=True, text=True, check=True)
     stale = tmp_path / f"kvstore-{int(dead.stdout)}-deadbeef"
     stale.write_bytes(b"x")
-    live = SharedArena(4096, str(tmp_path))
-    try:
-        assert sweep_stale(str(tmp_path)) == [str(stale)]
-        assert os.path.exists(live.path)
-    finally:
-        live.close()
+    live = tmp_path / f"kvstore-{os.getpid()}-cafe"
+    live.write_bytes(b"x")
+    assert sweep_stale(str(tmp_path)) == [str(stale)]
+    assert live.exists()
 
 
 def test_write_rejects_wrong_sizes():

@@ -170,6 +170,10 @@ class SlabAllocator:
     def free_pages(self) -> int:
         return int(self._free_pages.sum())
 
+    def free_page_mask(self) -> np.ndarray:
+        """A copy of the per-page mask of pages no slab holds."""
+        return self._free_pages.copy()
+
     @property
     def used_pages(self) -> int:
         return self.num_pages - self.free_pages

@@ -11,7 +11,9 @@ To the rest of the store the arenas look like one address space: tenant
 ``i``'s arena covers global offsets ``[i * capacity, (i + 1) * capacity)``
 and has its own ``SlabAllocator``; slots carry global offsets. Every arena is
 ``capacity`` bytes of address space but only the pages of live slabs hold
-memory: a slab that empties is punched out (``MADV_REMOVE``). The tier's
+memory. A slab that empties keeps its pages warm for the next slab, and pages
+are punched out (``MADV_REMOVE``) only when the pages holding memory, over all
+tenants, would exceed the capacity (``kvstore.store.resident_pages``). The tier's
 capacity is a hard limit on the live bytes of all tenants together; each
 tenant is held to its quota (``kvstore.store.quotas``) on top.
 
@@ -32,6 +34,7 @@ import numpy as np
 
 from kvstore.errors import InvalidArgument, StorageError
 from kvstore.kernels import pinning
+from kvstore.store.resident_pages import ResidentPages
 from kvstore.store.slab import SlabAllocator, SlotClass, auto_page_bytes
 
 SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
@@ -101,6 +104,8 @@ class TenantArena:
         self.size = size
         self.memory = MemfdArena(size, f"kvstore-tenant-{index}")
         self.allocator = SlabAllocator(size, page_bytes)
+        self.resident = ResidentPages(self.allocator.num_pages, self.allocator.page_bytes,
+                                      self.memory.discard)
 
     @property
     def fd(self) -> int:
@@ -129,6 +134,7 @@ class TenantArenas:
         self._by_tenant: dict[str, TenantArena] = {}
         self._by_index: list[TenantArena] = []
         self.live_bytes = 0
+        self.resident_bytes = 0  # pages holding memory, live or warm (<= capacity, but for a slab)
         self.shortage = "global"
 
     # -- arenas ---------------------------------------------------------------
@@ -160,10 +166,15 @@ class TenantArenas:
     def tenants(self) -> list[str]:
         return [a.tenant for a in self._by_index]
 
-    def fair_share(self, tenant: str) -> int:
-        """What ``tenant`` keeps when others need room: min(quota, capacity / tenants holding bytes)."""
-        active = sum(1 for a in self._by_index if a.allocator.live_bytes) or 1
-        return min(self.quota_of(tenant), self.capacity // active)
+    def fair_share(self, tenant: str, asking: str | None = None) -> int:
+        """What ``tenant`` keeps when others need room: min(quota, capacity / active tenants).
+
+        Active: the tenants holding bytes, and ``asking``, the tenant that needs
+        room (one holding nothing yet must still get its share)."""
+        holders = {a.tenant for a in self._by_index if a.allocator.live_bytes}
+        if asking is not None:
+            holders.add(asking)
+        return min(self.quota_of(tenant), self.capacity // (len(holders) or 1))
 
     # -- the allocator face ---------------------------------------------------
     def alloc(self, slot_bytes: int, tenant: str = "") -> int | None:
@@ -179,16 +190,31 @@ class TenantArenas:
             self.shortage = "quota"  # its own arena has no run of pages left
             return None
         self.live_bytes += slot_bytes
+        slab = a.allocator.slab_at(local)
+        if slab.live == 1:  # a new slab: its pages may be cold
+            self.resident_bytes += a.resident.touch(slab.start_page, slab.npages)
+            self._trim(a)
         return a.base + local
 
     def free(self, offset: int) -> None:
         a, local = self.at(offset)
-        slab = a.allocator.slab_at(local)
         before = a.allocator.live_bytes
         a.allocator.free(local)
         self.live_bytes -= before - a.allocator.live_bytes
-        if slab.live == 0:  # the slab's pages went back: give their memory back too
-            a.memory.discard(slab.offset, slab.npages * self.page_bytes)
+        if self.resident_bytes > self.capacity:  # a slab that just emptied may pay it back
+            self._trim(None)
+
+    def _trim(self, taker: TenantArena | None) -> None:
+        """Give back warm pages while more than ``capacity`` is resident: the tenants'
+        other than ``taker`` (the one that just took a fresh slab) first.
+
+        Partial slabs hold pages too, so resident bytes may exceed the capacity
+        by up to a slab per tenant and class until one empties."""
+        for a in sorted(self._by_index, key=lambda x: x is taker):
+            if self.resident_bytes <= self.capacity:
+                return
+            excess = self.resident_bytes - self.capacity
+            self.resident_bytes -= a.resident.give_back(a.allocator.free_page_mask(), excess)
 
     def can_alloc(self, slot_bytes: int, tenant: str = "") -> bool:
         a = self.arena(tenant)

@@ -199,7 +199,7 @@ class TierSet:
             owner = nst.spec.tenant if nst is not None else ""
             if owner == tenant:
                 return True
-            return not own_only and arenas.used_by(owner) > arenas.fair_share(owner)
+            return not own_only and arenas.used_by(owner) > arenas.fair_share(owner, tenant)
 
         return fair
 

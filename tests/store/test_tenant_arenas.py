@@ -113,3 +113,57 @@ def test_a_put_larger_than_the_quota_is_refused(store_of):
 def test_quota_spec_parses():
     assert parse_quota_spec("alice=cpu:1GiB,ssd:10GiB; bob=cpu:512MiB") == {
         "alice": {"cpu": 1 << 30, "ssd": 10 << 30}, "bob": {"cpu": 512 << 20}}
+
+
+def test_a_tenant_holding_nothing_still_gets_its_fair_share(store_of):
+    s = store_of()
+    spec_a, spec_b = tenant_spec("alice"), tenant_spec("bob")
+    ns_a, ns_b = s.register(spec_a), s.register(spec_b)
+    for i in range(40):  # alice alone fills the whole tier (she is the only holder)
+        s.put(ns_a, prompt(i), payloads_for(ns_a, spec_a, prompt(i)))
+    assert s.tenant_usage()["alice"]["cpu_used"] == 64 << 10
+    assert s.put(ns_b, prompt(100), payloads_for(ns_b, spec_b, prompt(100))) == 16
+    assert s.lookup(ns_b, prompt(100)) == 16
+
+
+def _count_discards(store, monkeypatch) -> list:
+    calls = []
+    for arena in store._cpu.allocator.arenas():
+        original = arena.resident._discard
+        monkeypatch.setattr(arena.resident, "_discard",
+                            lambda off, n, original=original: (calls.append(n), original(off, n)))
+    return calls
+
+
+def test_one_tenant_at_steady_state_keeps_its_pages_warm(store_of, monkeypatch):
+    s = store_of()
+    spec = tenant_spec("alice")
+    ns = s.register(spec)
+    s.put(ns, prompt(0), payloads_for(ns, spec, prompt(0)))
+    calls = _count_discards(s, monkeypatch)
+    for i in range(1, 200):  # 200 x 2 KiB through a 64 KiB tier: evicting all along
+        s.put(ns, prompt(i), payloads_for(ns, spec, prompt(i)))
+        assert s._cpu.allocator.resident_bytes <= 64 << 10
+    assert calls == []  # pages that empty are reused warm, never punched and refaulted
+    assert s.lookup(ns, prompt(199)) == 16
+    s.check()
+
+
+def test_warm_pages_go_back_when_another_tenant_needs_the_memory(store_of, monkeypatch):
+    s = store_of()
+    spec_a, spec_b = tenant_spec("alice"), tenant_spec("bob")
+    ns_a, ns_b = s.register(spec_a), s.register(spec_b)
+    for i in range(40):  # alice fills the tier
+        s.put(ns_a, prompt(i), payloads_for(ns_a, spec_a, prompt(i)))
+    s.tenant_arena("bob")
+    calls = _count_discards(s, monkeypatch)
+    arenas = s._cpu.allocator
+    for i in range(100, 140):  # bob takes his share: alice's emptied slabs must give memory back
+        assert s.put(ns_b, prompt(i), payloads_for(ns_b, spec_b, prompt(i))) == 16
+        # partial slabs aside (one page per tenant here), never more than the capacity
+        assert arenas.resident_bytes <= arenas.capacity + 2 * arenas.page_bytes
+    assert sum(calls) > 0
+    assert s.tenant_usage()["bob"]["cpu_used"] == 32 << 10  # his fair share: half
+    assert arenas.resident_bytes == sum(a.resident.nbytes for a in arenas.arenas())
+    assert s.lookup(ns_b, prompt(139)) == 16
+    s.check()

@@ -162,7 +162,7 @@ class Measure:
     # -- kvstore ------------------------------------------------------------------
     def carriers(self, carriers: list[str], folder: str) -> None:
         layout = layout_for(self.block_bytes)
-        arena = max(parse_size("1GiB"), 8 * self.nbytes)
+        arena = max(parse_size("16MiB"), 8 * self.nbytes)
         args = ["--cpu-bytes", str(arena), "--ssd-bytes", "0", "--log-level", "warning"]
         for carrier in carriers:
             url = f"shm://{folder}/kv.sock" if carrier == "shm" else f"{carrier}://127.0.0.1:0"
@@ -189,10 +189,9 @@ class Measure:
         # each carrier its own tokens: a block another carrier stored would be skipped
         rng = np.random.default_rng(sum(carrier.encode()))
         toks = rng.integers(0, 1 << 30, tokens, dtype=np.uint32)
-        counter = iter(range(1, 1 << 30))
 
         def put():
-            fresh = toks + np.uint32(next(counter) << 20)  # new tokens: every block is stored
+            fresh = rng.integers(0, 1 << 30, tokens, dtype=np.uint32)  # new: every block is stored
             assert ns.put(fresh, kv) == tokens
 
         def get():

@@ -30,6 +30,7 @@ from kvstore.errors import InvalidArgument, NotFound, ProtocolError, Unavailable
 from kvstore.kernels import pinning
 from kvstore.store_api import Alloc, ArenaSlot, Lease, WriteLease
 from kvstore.tokens import as_tokens, full_blocks
+from kvstore.transport.arena_prefault import ArenaPrefault
 from kvstore.transport.channel import cast_bytes
 from kvstore.transport.connection import Connection
 from kvstore.transport.messages import Op
@@ -61,6 +62,9 @@ class ArenaMapping:
             if not stat.S_ISREG(st.st_mode) or st.st_size < size:
                 raise ProtocolError("the arena descriptor is not a memory file of the announced size")
             self._mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+            address = np.frombuffer(self._mm, dtype=np.uint8).ctypes.data
+            # this process's page tables for the blocks already there, in the background
+            self.prefault = ArenaPrefault(fd, address, size)
         finally:
             os.close(fd)
         self.identity = (st.st_dev, st.st_ino)
@@ -69,7 +73,7 @@ class ArenaMapping:
         self.base = base
         self.view = memoryview(self._mm)
         # registered with CUDA (pinned) once a CUDA engine of this process asks
-        self._pin = pinning.track(np.frombuffer(self._mm, dtype=np.uint8).ctypes.data, size)
+        self._pin = pinning.track(address, size)
 
     def slot(self, offset: int, length: int) -> memoryview:
         if not (isinstance(offset, int) and isinstance(length, int)):
@@ -80,6 +84,7 @@ class ArenaMapping:
         return self.view[offset : offset + length]
 
     def close(self) -> None:
+        self.prefault.stop()
         pinning.untrack(self._pin)
         self.view.release()
         try:

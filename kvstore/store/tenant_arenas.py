@@ -160,9 +160,11 @@ class TenantArenas:
     def tenants(self) -> list[str]:
         return [a.tenant for a in self._by_index]
 
-    def fair_share(self, tenant: str) -> int:
-        """What ``tenant`` keeps when others need room: min(quota, capacity / tenants holding bytes)."""
-        active = sum(1 for a in self._by_index if a.allocator.live_bytes) or 1
+    def fair_share(self, tenant: str, asking: str | None = None) -> int:
+        """What ``tenant`` keeps when others need room: min(quota, capacity / tenants holding
+        bytes), the ``asking`` tenant counted even before its first block (a newcomer gets in)."""
+        active = sum(1 for a in self._by_index
+                     if a.allocator.live_bytes or a.tenant == asking) or 1
         return min(self.quota_of(tenant), self.capacity // active)
 
     # -- the allocator face ---------------------------------------------------

@@ -314,16 +314,18 @@ class TierSet:
                 self.lose(nst, key)
 
     def forget_ssd_copies(self, pairs: list[Key]) -> None:
-        """The SSD tier freed these records (whole segments): forget those copies."""
+        """The SSD tier freed these records (whole segments): forget those copies.
+
+        A block still in memory is not queued again (its tenant's log is at its
+        quota: rewriting it would only push out its newer blocks, every tick);
+        it is written again when it is demoted."""
         for fp, key in pairs:
             nst = self._ns.get(fp)
             st = nst.state(key) if nst is not None else None
             if st is None or st.ssd is None:
                 continue
             st.ssd = None
-            if st.slot is not None:
-                self.dirty[policy_key(fp, key)] = None
-            elif st.staged is None:
+            if st.slot is None and st.staged is None:
                 self.lose(nst, key)
 
     # -- write-back ------------------------------------------------------------------

@@ -121,6 +121,8 @@ def kill_cycles(sockdir: str, cycles: int) -> None:
             flushed += before
             other += [pid for pid in load.tried if pid not in set(before)]
             base = load.next
+            if (cycle + 1) % 10 == 0:
+                print(f"{cycle + 1} cycles in {time.monotonic() - started:.0f} s", flush=True)
         finally:
             d.kill()
     seconds = time.monotonic() - started
@@ -135,6 +137,7 @@ def test_kill_cycles_quick(sockdir):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_hundred_kill_cycles(sockdir):
     """Issue 15: 100 kill -9 cycles, 0 corrupt blocks, 0 flushed blocks lost."""
     kill_cycles(sockdir, int(os.environ.get("KVSTORE_KILL_CYCLES", "100")))

@@ -28,7 +28,11 @@ Capacity, by the rules of ``kvstore.store.quotas``:
   (``check_ssd_quota``, ``QuotaExceeded``).
 
 Used bytes are disk bytes (segment files: headers, records, padding), what
-``kvstore admin stats`` shows per tenant.
+``kvstore admin stats`` shows per tenant. Appends of every tenant are
+serialised by one lock (the room check must see the others' bytes; it is one
+disk). A folder written by a daemon before per-tenant logs holds every
+tenant's records in ``<ssd_dir>``: they come back and are served from there,
+counted against the default tenant, until their segments are freed.
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ Used bytes are disk bytes (segment files: headers, records, padding), what
 serialised by one lock (the room check must see the others' bytes; it is one
 disk). A folder written by a daemon before per-tenant logs holds every
 tenant's records in ``<ssd_dir>``: they come back and are served from there,
-counted against the default tenant, until their segments are freed.
+counted against the default tenant, until their segments are freed (a
+removal looks there too, so a deleted block does not come back).
 """
 
 from __future__ import annotations
@@ -247,12 +248,14 @@ class TenantSSD:
         self.remove_many([(namespace, key)])
 
     def remove_many(self, pairs) -> int:
-        """Remove from the owner's log (a namespace not known: from every log)."""
+        """Remove from the owner's log (a namespace not known: from every log); from the
+        default log too, which may hold records of a folder from before per-tenant logs
+        (a tombstone is written only where the block is)."""
         removed = 0
         by_log: dict[str, list] = {}
         for ns, key in pairs:
             tenant = self._tenant_of(bytes(ns))
-            for t in ([tenant] if tenant is not None else list(self._logs)):
+            for t in ({tenant, ""} if tenant is not None else list(self._logs)):
                 by_log.setdefault(t, []).append((ns, key))
         for tenant, group in by_log.items():
             log = self._logs.get(tenant)

@@ -163,3 +163,33 @@ def test_each_tenant_log_comes_back_after_a_restart(store_factory, tmp_path):
 def test_record_bytes_bounds_a_record_on_disk():
     assert record_bytes(8192) >= 8192 + 128
     assert record_bytes(8192) % 4096 == 0
+
+
+def test_a_folder_from_before_per_tenant_logs_still_serves_and_deletes(tmp_path):
+    """An older daemon's shared log holds alice's record at the top of the folder."""
+    import numpy as np
+
+    from kvstore.keys import ROOT_KEY
+    from kvstore.ssd.record import SSDRecordHeader
+    from kvstore.ssd.tier import SSDTier
+    from kvstore.store.quotas import Quotas
+    from kvstore.store.tenant_ssd import TenantSSD
+
+    ns, key, payload = bytes([7]) * 16, bytes([8]) * 16, bytes(range(256)) * 32
+    old = SSDTier(tmp_path, 1 << 20, segment_bytes=64 * KiB)
+    old.write(SSDRecordHeader(ns, key, ROOT_KEY, np.arange(4), payload_len=len(payload)), payload)
+    old.close()
+
+    def open_tier():
+        return TenantSSD(str(tmp_path), 1 << 20, 64 * KiB, "auto",
+                         lambda d, c, s, comp: SSDTier(d, c, segment_bytes=s, compression=comp),
+                         Quotas(1 << 20, 1 << 20), {ns: "alice"}.get)
+
+    ssd = open_tier()
+    ((header, loc),) = ssd.recover()
+    assert (bytes(header.key), ssd.read(loc)) == (key, payload)
+    ssd.remove(ns, key)  # alice's namespace: her log has nothing, the default log has it
+    ssd.close()
+    ssd = open_tier()
+    assert ssd.recover() == []  # deleted for good
+    ssd.close()

@@ -26,12 +26,28 @@ which is also the CUDA kernels' oracle. Every call takes ``backend=None |
 "reference" | "cuda"``.
 """
 
-from kvstore.kernels.codec_api import decode, encode
-from kvstore.kernels.codecs import CODECS, PayloadSpec, payload_nbytes, payload_spec
-from kvstore.kernels.dispatch import BACKENDS
-from kvstore.kernels.layouts import EngineKind, EngineLayout
-from kvstore.kernels.paged import pack_hf, pack_paged, unpack_hf, unpack_paged
-from kvstore.kernels.source import SKIP_BLOCK
+from importlib import import_module
+
+# where each public name lives: imported on first use, so that a process that
+# only needs ``kvstore.kernels.pinning`` (the daemon, the shm client) does not
+# pay for torch at start
+_WHERE = {
+    "decode": "codec_api", "encode": "codec_api",
+    "CODECS": "codecs", "PayloadSpec": "codecs", "payload_nbytes": "codecs",
+    "payload_spec": "codecs", "BACKENDS": "dispatch", "EngineKind": "layouts",
+    "EngineLayout": "layouts", "pack_hf": "paged", "pack_paged": "paged",
+    "unpack_hf": "paged", "unpack_paged": "paged", "SKIP_BLOCK": "source",
+}
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kvstore.kernels' has no attribute {name!r}")
+    value = getattr(import_module(f"kvstore.kernels.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BACKENDS",

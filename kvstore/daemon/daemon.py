@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable
 
 from kvstore.daemon.config import DaemonConfig
+from kvstore.daemon.hardening import forbid_inspection
 from kvstore.daemon.services import SERVICE_FACTORIES
 from kvstore.errors import InvalidArgument, KVStoreError, StorageError
 from kvstore.sizes import format_size
@@ -244,6 +245,8 @@ def serve(config: DaemonConfig) -> int:
             sys.stderr.flush()
 
     try:
+        if forbid_inspection():  # before any arena or token exists in this process
+            log.info("same-uid processes cannot open this daemon's /proc files (undumpable)")
         return asyncio.run(Daemon(config).run(ready))
     except (KVStoreError, OSError) as exc:  # a port taken, a bad token file, ...
         log.error("kvstore serve: cannot start: %s", exc)

@@ -339,6 +339,20 @@ class SSDTier:
 
     # ------------------------------------------------------------------ state
 
+    def free_oldest(self, until_used: int) -> int:
+        """Free whole oldest segments (the active one too) until at most ``until_used``
+        bytes are used; their live keys go to the eviction callback. Returns bytes freed."""
+        with self._lock:
+            self._health.check_open()
+            self._ensure_recovered()
+            before = self._log.used
+            try:
+                while self._log.used > until_used and self._log.segments:
+                    self._log.free(self._log.oldest())
+            finally:
+                self._writer.notify()
+            return before - self._log.used
+
     def set_eviction_callback(self, fn: EvictionCallback | None) -> None:
         self._writer.callback = fn
 
@@ -365,6 +379,11 @@ class SSDTier:
     @property
     def capacity_bytes(self) -> int:
         return self._log.capacity
+
+    @capacity_bytes.setter
+    def capacity_bytes(self, capacity: int) -> None:
+        """A new cap: the next write frees oldest segments to fit it (``free_oldest``: now)."""
+        self._log.capacity = int(capacity)
 
     @property
     def degraded(self) -> bool:

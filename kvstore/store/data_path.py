@@ -28,6 +28,7 @@ from kvstore.store.lease_table import LeaseRecord, LeaseTable
 from kvstore.store.memory_tier import MemoryTier
 from kvstore.store.namespace_table import NamespaceTable
 from kvstore.store.promotion import Promoter, Promotion
+from kvstore.store.tenant_ssd import check_ssd_quota
 from kvstore.store.tier_set import TierSet
 from kvstore.store.write_back import READ_ERRORS, WriteBack
 from kvstore.store_api import Lease
@@ -80,6 +81,8 @@ class DataPath:
             nst = self._namespaces.get(ns)
             m = self.match(nst, arr, extra, False)
             self._check_quota(tier, nst, len(keys) - len(m.blocks))
+            wb = self._tiers.writeback
+            check_ssd_quota(wb and wb.tier, nst.spec.tenant, len(keys), nst.spec.block_bytes)
             nst.tree.lock(m.node)
             slots = []
             try:

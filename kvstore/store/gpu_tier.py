@@ -33,13 +33,16 @@ tensors and logs every copy and event.
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 from kvstore.errors import InvalidArgument
-from kvstore.kernels.streams import Event, Timeline, timeline_for
 from kvstore.prefix_index import Tier
 from kvstore.store.buffers import byte_view
 from kvstore.store.memory_tier import MemoryTier
 from kvstore.store_api import ArenaSlot
+
+if TYPE_CHECKING:  # torch is imported when a GPU tier is made, not with the store
+    from kvstore.kernels.streams import Event, Timeline
 
 STREAM = "gpu-tier"
 
@@ -60,6 +63,8 @@ class GPUTier(MemoryTier):
     def __init__(self, capacity: int, page_bytes: int = 0, device: str = "cuda",
                  timeline: Timeline | None = None):
         import torch
+
+        from kvstore.kernels.streams import timeline_for
 
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():

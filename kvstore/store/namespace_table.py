@@ -41,6 +41,11 @@ class NamespaceTable:
     def find(self, ns: bytes) -> NamespaceState | None:
         return self.by_fp.get(ns)
 
+    def tenant_of(self, ns: bytes) -> str | None:
+        """The tenant owning namespace ``ns`` (None: unknown); safe without the lock (one read)."""
+        nst = self.by_fp.get(ns)
+        return nst.spec.tenant if nst is not None else None
+
     def specs(self) -> list[NamespaceSpec]:
         return [n.spec for n in self.by_fp.values()]
 

@@ -13,6 +13,9 @@ under its quota whose allocation finds the whole tier full may evict blocks
 of tenants above their fair share (``min(quota, capacity / tenants)``) or its
 own; every other tenant's blocks stay. A request that can never fit (a put
 larger than the quota) is refused with ``QuotaExceeded``.
+
+The SSD tier follows the same rules with one segment log per tenant, capped
+at its SSD quota (``kvstore.store.tenant_ssd``).
 """
 
 from __future__ import annotations

@@ -212,11 +212,13 @@ class TierSet:
             if pk is not None and fair(pk) and self._may_evict(tier, pk, skip):
                 self._evict(tier, pk)
 
-    def _demotable(self, st: BlockState, nbytes: int) -> bool:
-        """Whether the SSD tier can take this CPU victim now (clean, staged, or room to stage)."""
+    def _demotable(self, st: BlockState, nbytes: int, tenant: str) -> bool:
+        """Whether the SSD tier can take this CPU victim now (clean, staged, or room to stage
+        within its tenant's SSD quota)."""
         wb = self.writeback
         return wb is not None and wb.usable and (
-            st.ssd is not None or st.staged is not None or wb.can_stage(nbytes))
+            st.ssd is not None or st.staged is not None or (
+                wb.can_stage(nbytes) and wb.tier.accepts(tenant, nbytes)))
 
     def _may_evict(self, tier: MemoryTier, pk: bytes, skip=()) -> bool:
         if pk in skip:
@@ -224,7 +226,8 @@ class TierSet:
         nst, key, meta = self.lookup(pk)
         if meta is None or meta.handle.tier is not tier or nst.tree.is_locked(key):
             return False
-        if self.below(tier) is not None or self._demotable(meta.handle, meta.size):
+        if self.below(tier) is not None or self._demotable(meta.handle, meta.size,
+                                                           nst.spec.tenant):
             return True
         if self.writeback is not None and self.writeback.usable:
             self._budget_veto = True  # staging full: wait for the writer, or drop a tail
@@ -249,7 +252,7 @@ class TierSet:
                 tier.stats.demotions += 1
                 below.stats.bytes_in += meta.size
                 return True
-        if self._demotable(st, meta.size):
+        if self._demotable(st, meta.size, nst.spec.tenant):
             if st.ssd is None and st.staged is None:
                 st.staged = tier.read(st.slot)
                 st.writing = True
@@ -311,16 +314,18 @@ class TierSet:
                 self.lose(nst, key)
 
     def forget_ssd_copies(self, pairs: list[Key]) -> None:
-        """The SSD tier freed these records (whole segments): forget those copies."""
+        """The SSD tier freed these records (whole segments): forget those copies.
+
+        A block still in memory is not queued again (its tenant's log is at its
+        quota: rewriting it would only push out its newer blocks, every tick);
+        it is written again when it is demoted."""
         for fp, key in pairs:
             nst = self._ns.get(fp)
             st = nst.state(key) if nst is not None else None
             if st is None or st.ssd is None:
                 continue
             st.ssd = None
-            if st.slot is not None:
-                self.dirty[policy_key(fp, key)] = None
-            elif st.staged is None:
+            if st.slot is None and st.staged is None:
                 self.lose(nst, key)
 
     # -- write-back ------------------------------------------------------------------
@@ -328,6 +333,8 @@ class TierSet:
         """Queue an SSD write of every dirty resident block (each pinned until written)."""
         for pk in list(self.dirty):
             nst, key, meta = self.lookup(pk)
+            if not self.writeback.tier.accepts(nst.spec.tenant, meta.size):
+                continue  # no SSD for this tenant (its quota): it stays in memory only
             st = meta.handle
             node = nst.tree.node_of(key)
             nst.tree.lock(node)

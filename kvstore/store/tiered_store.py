@@ -61,6 +61,7 @@ from kvstore.store.promotion import Promoter
 from kvstore.store.quotas import Quotas
 from kvstore.store.rebuild import rebuild_from_ssd
 from kvstore.store.tenant_arenas import TenantArena
+from kvstore.store.tenant_ssd import TenantSSD
 from kvstore.store.tier_set import TierSet
 from kvstore.store.write_back import WriteBack, WriteBackEvents
 from kvstore.store.write_behind import WriteBehind
@@ -132,8 +133,9 @@ class TieredStore:
 
     def _open_ssd(self) -> None:
         config = self.config
-        factory = config.ssd_factory or _default_ssd_factory
-        ssd = factory(config.ssd_dir, config.ssd_bytes, config.segment_bytes, config.ssd_compression)
+        ssd = TenantSSD(config.ssd_dir, config.ssd_bytes, config.segment_bytes,
+                        config.ssd_compression, config.ssd_factory or _default_ssd_factory,
+                        self.quotas, self._namespaces.tenant_of)
         tiers = self._tiers
         events = WriteBackEvents(
             payload=self._locked(tiers.job_payload), written=self._locked(tiers.job_written),
@@ -355,6 +357,8 @@ class TieredStore:
     def set_quota(self, tenant: str, cpu_bytes=None, ssd_bytes=None) -> dict:
         """Change a tenant's quota at run time (the admin API); returns its quotas now."""
         self.quotas.set(tenant, cpu_bytes, ssd_bytes)
+        if self._writeback is not None:  # over its new SSD quota: its own oldest segments go
+            self._writeback.tier.apply_quota(tenant)
         return self.tenant_usage()[tenant] if tenant in self.tenant_usage() else {
             "cpu_quota": self.quotas.cpu(tenant), "cpu_used": 0,
             "ssd_quota": self.quotas.ssd(tenant), "ssd_used": 0}
@@ -363,14 +367,10 @@ class TieredStore:
         """Per tenant: CPU bytes used (blocks and write leases) and quotas."""
         with self._lock:
             names = set(self._cpu.allocator.tenants()) | set(self.quotas.explicit())
-            ssd_used: dict[str, int] = {}
-            for nst in self._namespaces.by_fp.values():
-                on_ssd = sum(1 for meta in nst.tree.blocks() if meta.handle.ssd is not None)
-                t = nst.spec.tenant
-                ssd_used[t] = ssd_used.get(t, 0) + on_ssd * nst.spec.block_bytes
-                names.add(t)
+            names |= {nst.spec.tenant for nst in self._namespaces.by_fp.values()}
+            ssd = self._writeback.tier if self._writeback is not None else None
             return {t: {"cpu_used": self._cpu.allocator.used_by(t), "cpu_quota": self.quotas.cpu(t),
-                        "ssd_used": ssd_used.get(t, 0), "ssd_quota": self.quotas.ssd(t)}
+                        "ssd_used": ssd.used_by(t) if ssd else 0, "ssd_quota": self.quotas.ssd(t)}
                     for t in sorted(names)}
 
     @property

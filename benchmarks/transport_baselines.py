@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 
-from kvstore.demo.daemon_process import ROOT, free_port
+from kvstore.demo.daemon_process import ROOT
 
 REQ = 4096  # bytes of a small request (the latency probes)
 
@@ -124,9 +122,8 @@ class SocketClient:
 
 
 def serve_ucxx(block_bytes: int, count: int) -> None:
-    from kvstore.transport.ucx import import_ucxx
+    from kvstore.transport.ucx import post_recv, post_send, ucx_ready
 
-    ucxx = import_ucxx()
     blocks = blocks_of(block_bytes, count)
     sink = np.empty(block_bytes * count, dtype=np.uint8)
     done = asyncio.Event()
@@ -135,16 +132,16 @@ def serve_ucxx(block_bytes: int, count: int) -> None:
         cmd = np.empty(REQ, dtype=np.uint8)
         try:
             while True:
-                await ep.recv(cmd)
+                await post_recv(ep, cmd)
                 op = bytes(cmd[:1])
                 if op == b"G":
-                    await asyncio.gather(*(ep.send(b) for b in blocks))
+                    await asyncio.gather(*(post_send(ep, b) for b in blocks))
                 elif op == b"P":
-                    await asyncio.gather(*(ep.recv(sink[i * block_bytes : (i + 1) * block_bytes])
+                    await asyncio.gather(*(post_recv(ep, sink[i * block_bytes : (i + 1) * block_bytes])
                                            for i in range(count)))
-                    await ep.send(np.zeros(8, dtype=np.uint8))
+                    await post_send(ep, np.zeros(8, dtype=np.uint8))
                 elif op == b"L":
-                    await ep.send(np.zeros(8, dtype=np.uint8))
+                    await post_send(ep, np.zeros(8, dtype=np.uint8))
                 else:
                     break
         except Exception:
@@ -152,7 +149,7 @@ def serve_ucxx(block_bytes: int, count: int) -> None:
         done.set()
 
     async def main():
-        listener = ucxx.create_listener(handler, 0)
+        listener = ucx_ready().create_listener(handler, 0)
         print("ready", listener.port, flush=True)
         await done.wait()
         listener.close()
@@ -162,16 +159,24 @@ def serve_ucxx(block_bytes: int, count: int) -> None:
 
 
 class UcxxClient:
-    """Raw ucxx, driven from the benchmark's own loop thread (like the kvstore client)."""
+    """Raw ucxx, driven from the benchmark's own loop thread (like the kvstore client).
+
+    Both ends wait on their requests through the carrier's event-fd progress
+    (``transport/ucx_progress.py``), as the ucx carrier does.
+    """
 
     def __init__(self, block_bytes: int, count: int, io):
-        from kvstore.transport.ucx import import_ucxx
+        from kvstore.transport import ucx
 
-        self.ucxx = import_ucxx()
         self.io = io
         self.block_bytes, self.count = block_bytes, count
         self.proc, port = _child("ucxx", block_bytes, count)
-        self.ep = io.run(self.ucxx.create_endpoint("127.0.0.1", port))
+        self.send, self.recv = ucx.post_send, ucx.post_recv
+
+        async def connect():
+            return await ucx.ucx_ready().create_endpoint("127.0.0.1", port)
+
+        self.ep = io.run(connect())
         self.ack = np.empty(8, dtype=np.uint8)
 
     def _cmd(self, op: bytes, size: int = 1) -> np.ndarray:
@@ -181,22 +186,24 @@ class UcxxClient:
         bb = self.block_bytes
 
         async def run():
-            await self.ep.send(self._cmd(b"G"))
-            await asyncio.gather(*(self.ep.recv(dst[i * bb : (i + 1) * bb]) for i in range(self.count)))
+            await self.send(self.ep, self._cmd(b"G"))
+            await asyncio.gather(*(self.recv(self.ep, dst[i * bb : (i + 1) * bb])
+                                   for i in range(self.count)))
 
         self.io.run(run())
 
     def put(self, blocks: list[np.ndarray]) -> None:
         async def run():
-            await asyncio.gather(self.ep.send(self._cmd(b"P")), *(self.ep.send(b) for b in blocks))
-            await self.ep.recv(self.ack)
+            await asyncio.gather(self.send(self.ep, self._cmd(b"P")),
+                                 *(self.send(self.ep, b) for b in blocks))
+            await self.recv(self.ep, self.ack)
 
         self.io.run(run())
 
     def ping(self) -> None:
         async def run():
-            await self.ep.send(self._cmd(b"L", REQ))
-            await self.ep.recv(self.ack)
+            await self.send(self.ep, self._cmd(b"L", REQ))
+            await self.recv(self.ep, self.ack)
 
         self.io.run(run())
 
@@ -226,27 +233,10 @@ def _child(kind: str, block_bytes: int, count: int):
 # -- redis ------------------------------------------------------------------------
 class RedisClient:
     def __init__(self, block_bytes: int, count: int):
-        import redis
+        from benchmarks.redis_server import RedisServer
 
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (scripts/install_system.sh)")
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-             "no", "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self.r = redis.Redis(host="127.0.0.1", port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.r.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.server = RedisServer()
+        self.r = self.server.client()
         self.keys = [f"kv:{i}" for i in range(count)]
         self.probe = b"k" * REQ
         self.put(blocks_of(block_bytes, count))
@@ -269,8 +259,7 @@ class RedisClient:
 
     def close(self) -> None:
         self.r.close()
-        self.proc.terminate()
-        self.proc.wait(10)
+        self.server.close()
 
 
 def hiredis_in_use() -> bool:

@@ -42,6 +42,7 @@ from kvstore.transport.channel import cast_bytes
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
 from kvstore.transport.session import Session
+from kvstore.transport.ucx_progress import UcxProgress
 from kvstore.transport.urls import CarrierURL
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,48 @@ def import_ucxx():
     return ucxx
 
 
+def ucx_ready():
+    """ucxx, with the running loop progressing its worker from the event fd (ucx_progress).
+
+    Call it on the loop that will use ucx before any ucxx call there; it
+    initialises ucxx (blocking progress mode) on first use in the process.
+    """
+    ucxx = import_ucxx()
+    UcxProgress.get(ucxx)
+    return ucxx
+
+
+def post_recv(ep, buf: np.ndarray):
+    """Post a receive of the next message on ``ep``; the awaitable ends when it is in ``buf``.
+
+    The message tag is the one ucxx's handshake agreed for the endpoint
+    (what ``Endpoint.recv`` uses); the wait is ``UcxProgress.wait``, not
+    ucxx's ``request.wait()`` (a ``sleep(0)`` loop outside thread mode).
+    """
+    from ucxx._lib.arr import Array
+    from ucxx.types import Tag, TagMaskFull
+
+    ep._ep.raise_on_error()
+    if ep.closed:
+        raise Unavailable("ucx endpoint closed")
+    arr = Array(buf)
+    req = ep._ep.tag_recv(arr, Tag(ep._tags["msg_recv"]), TagMaskFull)
+    return UcxProgress.get(import_ucxx()).wait(req, (arr, buf))
+
+
+def post_send(ep, buf: np.ndarray):
+    """Post a send of ``buf`` as one message on ``ep`` (see ``post_recv``)."""
+    from ucxx._lib.arr import Array
+    from ucxx.types import Tag
+
+    ep._ep.raise_on_error()
+    if ep.closed:
+        raise Unavailable("ucx endpoint closed")
+    arr = Array(buf)
+    req = ep._ep.tag_send(arr, Tag(ep._tags["msg_send"]))
+    return UcxProgress.get(import_ucxx()).wait(req, (arr, buf))
+
+
 def _as_array(buf) -> np.ndarray:
     """ucxx takes numpy arrays (or anything with the buffer protocol)."""
     if isinstance(buf, np.ndarray):
@@ -85,7 +128,7 @@ class UcxChannel:
         from ucxx.exceptions import UCXMessageTruncatedError
 
         try:
-            await self.ep.recv(_as_array(buf))
+            await post_recv(self.ep, _as_array(buf))
         except UCXMessageTruncatedError as exc:
             raise ProtocolError("message longer than declared") from exc
         except Exception as exc:
@@ -95,7 +138,7 @@ class UcxChannel:
 
     async def _send(self, buf) -> None:
         try:
-            await self.ep.send(_as_array(buf))
+            await post_send(self.ep, _as_array(buf))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -181,7 +224,7 @@ async def _all(coros) -> None:
 
 
 async def open_ucx_channel(url: CarrierURL, timeout: float) -> UcxChannel:
-    ucxx = import_ucxx()
+    ucxx = ucx_ready()
     try:
         ep = await asyncio.wait_for(
             ucxx.create_endpoint(url.host, url.port, connect_timeout=timeout), timeout
@@ -216,7 +259,7 @@ class UcxListener:
 
     async def start(self) -> None:
         check_bind_host(self.requested.host)
-        ucxx = import_ucxx()
+        ucxx = ucx_ready()
         from ucxx.exceptions import UCXBusyError
 
         for attempt in range(BIND_RETRIES):  # a fixed port can linger after a restart

@@ -209,10 +209,10 @@ def test_fuzz_long(fuzz_daemon, good, store, carrier, caplog, fuzz_seed):
 async def fuzz_ucx(url: str, connections: int, seed: int, check) -> None:
     if not HAVE_UCX:
         pytest.skip("ucxx is not installed")
-    from kvstore.transport.ucx import import_ucxx
+    from kvstore.transport.ucx import ucx_ready
     from kvstore.transport.urls import parse_url
 
-    ucxx = import_ucxx()
+    ucxx = ucx_ready()
     u = parse_url(url)
     rng = np.random.default_rng(seed)
     spec = spec_of(tenant="fuzz")

@@ -25,14 +25,17 @@ of the process that uses ucx:
   (connection handshakes, endpoint closes) that notify nobody.
 
 An idle connection then costs nothing but that tick. If ucxx was already
-initialised by someone else (another progress mode), ``wait`` falls back to
-ucxx's own ``request.wait()``.
+initialised by someone else (another progress mode), or
+``KVSTORE_UCX_PROGRESS=ucxx`` asks for ucxx's own progress (its
+``UCXPY_PROGRESS_MODE``, "thread" by default: the behaviour before this
+module, kept for comparison), ``wait`` falls back to ``request.wait()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from dataclasses import dataclass
 
@@ -126,6 +129,10 @@ class UcxProgress:
         from ucxx import core
         from ucxx._lib_async import application_context as appctx
 
+        if os.environ.get("KVSTORE_UCX_PROGRESS", "event") == "ucxx":
+            log.info("KVSTORE_UCX_PROGRESS=ucxx: ucx waits use ucxx's own progress")
+            self.native = False
+            return
         if core._ctx is not None and self.worker is None:
             mode = core._ctx.progress_mode
             log.warning("ucxx was initialised elsewhere (progress mode %r): ucx waits use "

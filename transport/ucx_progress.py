@@ -159,8 +159,12 @@ class UcxProgress:
         loop.close = close
 
     def forget(self, loop: asyncio.AbstractEventLoop) -> None:
+        from ucxx._lib_async import application_context as appctx
+
         with self._lock:
             driver = self.drivers.pop(loop, None)
+            if appctx.ProgressTasks.get(loop) is driver:
+                appctx.ProgressTasks.pop(loop, None)
         if driver is not None:
             driver.detach()
 

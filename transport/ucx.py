@@ -15,6 +15,11 @@ The receiver posts a buffer of the size it expects: a longer message fails
 with a truncation error (the connection is closed) instead of growing
 anything, so the limits hold before any allocation here too.
 
+Progress: the worker is progressed from the event loop when its event fd
+fires (``ucx_progress.UcxProgress``): no progress thread and no polling, so
+an idle connection costs the daemon nothing. Every loop that uses ucx calls
+``ucx_ready()`` first; transfers go through ``post_send`` / ``post_recv``.
+
 Environment: ``ucxx`` reads ``UCX_*`` variables at import; ``ucx_env_defaults``
 silences UCX's unused-variable warning and sets ``UCX_TCP_CM_REUSEADDR=y`` (a
 restarted daemon rebinds its port) unless they are set already. On a machine without a GPU the

@@ -165,11 +165,15 @@ class Measure:
         arena = max(parse_size("16MiB"), 8 * self.nbytes)
         args = ["--cpu-bytes", str(arena), "--ssd-bytes", "0", "--log-level", "warning"]
         for carrier in carriers:
-            url = f"shm://{folder}/kv.sock" if carrier == "shm" else f"{carrier}://127.0.0.1:0"
+            if carrier == "shm":
+                url = f"shm://{folder}/kv.sock"
+            else:  # ucxx listens on every interface: say so (transport/ucx.py)
+                url = f"{carrier}://{'0.0.0.0' if carrier == 'ucx' else '127.0.0.1'}:0"
             args += ["--listen", url]
         daemon = DaemonProc(args)
         self.closers.append(daemon.terminate)
-        setups = [self.carrier(c, daemon.url(c), layout) for c in carriers]
+        setups = [self.carrier(c, daemon.url(c).replace("0.0.0.0", "127.0.0.1"), layout)
+                  for c in carriers]
         # steady state: fill the arena once, so timed puts reuse (evicted) arena
         # pages instead of faulting fresh shared memory in ...
         for i in range(arena // self.nbytes + 1):

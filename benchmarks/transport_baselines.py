@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 
-from kvstore.demo.daemon_process import ROOT, free_port
+from kvstore.demo.daemon_process import ROOT
 
 REQ = 4096  # bytes of a small request (the latency probes)
 
@@ -226,27 +224,10 @@ def _child(kind: str, block_bytes: int, count: int):
 # -- redis ------------------------------------------------------------------------
 class RedisClient:
     def __init__(self, block_bytes: int, count: int):
-        import redis
+        from benchmarks.redis_server import RedisServer
 
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (scripts/install_system.sh)")
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-             "no", "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        self.r = redis.Redis(host="127.0.0.1", port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.r.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.server = RedisServer()
+        self.r = self.server.client()
         self.keys = [f"kv:{i}" for i in range(count)]
         self.probe = b"k" * REQ
         self.put(blocks_of(block_bytes, count))
@@ -269,8 +250,7 @@ class RedisClient:
 
     def close(self) -> None:
         self.r.close()
-        self.proc.terminate()
-        self.proc.wait(10)
+        self.server.close()
 
 
 def hiredis_in_use() -> bool:

@@ -59,10 +59,13 @@ from kvstore.store.namespace_table import NamespaceTable
 from kvstore.store.operator_controls import OperatorControls
 from kvstore.store.promotion import Promoter
 from kvstore.store.quotas import Quotas
+from kvstore.store.read_path import BufferSink, BytesSink, ReadPath, match_prefix
 from kvstore.store.rebuild import rebuild_from_ssd
+from kvstore.store.store_lock import StoreLock
 from kvstore.store.tenant_arenas import TenantArena
 from kvstore.store.tier_set import TierSet
 from kvstore.store.write_back import WriteBack, WriteBackEvents
+from kvstore.store.write_back_reports import WriteBackReports
 from kvstore.store.write_behind import WriteBehind
 from kvstore.store_api import (
     Alloc,
@@ -91,7 +94,7 @@ class TieredStore:
 
     def __init__(self, config: StoreConfig | None = None, **settings):
         self.config = config = config if config is not None else StoreConfig(**settings)
-        self._lock = threading.RLock()
+        self._lock = StoreLock()  # one acquisition per hot call (``store_lock``)
         self._cond = threading.Condition(self._lock)
         self._namespaces = NamespaceTable()
         self._ns = self._namespaces.by_fp  # what the tier set and the policies' views read
@@ -113,16 +116,19 @@ class TieredStore:
                             self.quotas.cpu)
         memory.append(self._cpu)
         self._tiers = TierSet(memory, self._ns, self._cond, config.ssd_enabled)
+        self._reports = WriteBackReports(self._tiers)
         self._controls = OperatorControls(self, self._lock, self._namespaces, self._tiers, config)
         self._path = DataPath(self._lock, self._namespaces, self._tiers, self._leases, self._cpu,
                               config, lambda: self._closed, lambda: self._controls.read_only)
+        self._reads = ReadPath(self._lock, self._namespaces, self._tiers, self._leases, self._cpu,
+                               config, lambda: self._closed)
         try:
             for tier in memory:
                 self._tiers.set_policy(tier, config.make_policy(getattr(config, f"{tier.name}_policy")))
             if config.ssd_enabled:
                 self._open_ssd()
-            self._promoter = Promoter(self._path.promote)
-            self._path.attach(self._writeback, self._promoter)
+            self._promoter = Promoter(self._reads.promote_many)
+            self._reads.attach(self._writeback, self._promoter)
             seconds = config.write_behind_seconds if self._writeback is not None else 0
             self._behind = WriteBehind(seconds or min(5.0, config.write_lease_seconds),
                                        self._write_behind_tick)
@@ -134,13 +140,15 @@ class TieredStore:
         config = self.config
         factory = config.ssd_factory or _default_ssd_factory
         ssd = factory(config.ssd_dir, config.ssd_bytes, config.segment_bytes, config.ssd_compression)
-        tiers = self._tiers
+        reports = self._reports
         events = WriteBackEvents(
-            payload=self._locked(tiers.job_payload), written=self._locked(tiers.job_written),
-            failed=self._locked(tiers.job_failed), finished=self._locked(tiers.job_finished),
+            payload=self._locked(reports.job_payload), written=self._locked(reports.job_written),
+            failed=self._locked(reports.job_failed), finished=self._locked(reports.job_finished),
         )
-        self._writeback = tiers.writeback = WriteBack(
-            ssd, events, config.demotion_threads, config.demotion_buffer_bytes)
+        # jobs queued under the lock reach the workers together when it is let go
+        self._writeback = self._tiers.writeback = WriteBack(
+            ssd, events, config.demotion_threads, config.demotion_buffer_bytes, gather=True)
+        self._lock.on_release(self._writeback.dispatch)
         with self._lock:
             rebuild_from_ssd(ssd, self._ns, self._writeback.remove)
             blocks = sum(len(nst.tree) for nst in self._ns.values())
@@ -156,7 +164,7 @@ class TieredStore:
             self._path.expire_write_leases()
             wb = self._writeback
             if wb is not None and wb.usable and self.config.write_behind_seconds:
-                self._tiers.write_dirty()
+                self._reports.write_dirty()
 
     def _locked(self, fn):
         """``fn`` run under the store lock (the write-back worker's callbacks)."""
@@ -189,57 +197,60 @@ class TieredStore:
         if self._closed:
             raise InvalidArgument("store is closed")
 
-    # -- the BlockStore API -----------------------------------------------------
+    # -- the BlockStore API: one lock acquisition a call on the hot path ----------------
     def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         arr = as_tokens(tokens)
         with self._lock:
-            return self._path.match(self._namespaces.get(ns), arr, extra, False).num_tokens
+            return match_prefix(self._tiers, self._namespaces.get(ns), arr, extra, False).num_tokens
 
     def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:
+        """Lease (one lock acquisition), copy without the lock, commit at the lock's next holder."""
         arr = as_tokens(tokens)
-        with self._lock:
-            self._check_open()
-            bt = self._namespaces.get(ns).spec.block_tokens
+        self._check_open()
+        bt = self._namespaces.get(ns).spec.block_tokens  # a spec never changes: no lock
         nblocks = min(len(arr) // bt, len(payloads))
-        rec = self._path.write_lease(ns, arr[: nblocks * bt], extra, self._tiers.tiers[0])
+        rec = self._path.write_lease(ns, arr[: nblocks * bt], extra, self._tiers.tiers[0],
+                                     expires=False)
         try:
             for j, slot in enumerate(rec.lease.slots):
                 rec.tier.write(slot, payloads[rec.lease.first_block + j])
         except BaseException:
-            self.release(rec.lease.lease_id)
+            self._path.release(rec.lease.lease_id)
             raise
-        committed = self.commit_lease(rec.lease.lease_id)
+        committed = self._path.commit_later(rec)
         if nblocks == len(arr) // bt:
             return committed
         return self.lookup(ns, arr, extra)  # payloads for fewer blocks than tokens
 
     def get(self, ns: bytes, tokens, extra: bytes = b"") -> tuple[int, list[bytes]]:
-        out: list[bytes] = []
-        n = self._path.read_prefix(ns, tokens, extra, lambda nblocks: lambda i, data: out.append(bytes(data)))
-        return n, out
+        sinks: list[BytesSink] = []
+
+        def open_sink(nblocks: int) -> BytesSink:
+            sinks.append(BytesSink(nblocks))
+            return sinks[0]
+
+        n = self._reads.read_prefix(ns, tokens, extra, open_sink)
+        if not n:
+            return 0, []
+        return n, sinks[0].blocks[: n // self._namespaces.get(ns).spec.block_tokens]
 
     def get_into(self, ns: bytes, tokens, alloc: Alloc, extra: bytes = b""):
         """``(tokens, buffer)``: the cached prefix's blocks back to back in ``alloc(nbytes)``.
 
         ``alloc`` is called once, with the bytes of the whole cached prefix;
-        ``(0, None)`` on a miss. A block that fails to read from the SSD ends
-        the prefix there (fewer tokens than the buffer holds).
+        ``(0, None)`` on a miss. Blocks on SSD only are read straight into the
+        buffer. A block that fails to read from the SSD ends the prefix there
+        (fewer tokens than the buffer holds; the rest of the buffer is undefined).
         """
-        with self._lock:
-            bb = self._namespaces.get(ns).spec.block_bytes
+        self._check_open()
+        bb = self._namespaces.get(ns).spec.block_bytes  # a spec never changes: no lock
         got = []
 
-        def open_sink(nblocks: int):
-            buf = alloc(nblocks * bb)
-            dst = byte_view(buf)
-            got.append(buf)
+        def open_sink(nblocks: int) -> BufferSink:
+            got.append(alloc(nblocks * bb))
+            return BufferSink(byte_view(got[0]), bb)
 
-            def sink(i, data):
-                dst[i * bb : (i + 1) * bb] = data
-
-            return sink
-
-        n = self._path.read_prefix(ns, tokens, extra, open_sink)
+        n = self._reads.read_prefix(ns, tokens, extra, open_sink)
         return (n, got[0]) if n else (0, None)
 
     def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
@@ -262,7 +273,7 @@ class TieredStore:
         arr = as_tokens(tokens)
         with self._lock:
             nst = self._namespaces.get(ns)
-            m = self._path.match(nst, arr, extra, False)
+            m = match_prefix(self._tiers, nst, arr, extra, False)
             keys = [b.key for b in m.blocks]
             if hint.session_end:  # only the blocks no other cached sequence goes through
                 keys = private_tail(nst.tree, keys)
@@ -277,7 +288,7 @@ class TieredStore:
             return
         with self._lock:
             self._check_open()
-            self._tiers.write_dirty()
+            self._reports.write_dirty()
             self._wait_jobs(wb.last_seq)
         wb.flush()
 
@@ -296,7 +307,7 @@ class TieredStore:
             tiers = self._tiers.stats()
             if self._writeback is not None:
                 s = self._writeback.stats()
-                s.hits = max(s.hits, self._path.ssd_hits)
+                s.hits = max(s.hits, self._reads.ssd_hits)
                 tiers.append(s)
             return StoreStats(tiers, self._namespaces.stats())
 
@@ -388,8 +399,8 @@ class TieredStore:
 
     def lease_write(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
         arr = as_tokens(tokens)
-        with self._lock:
-            bt = self._namespaces.get(ns).spec.block_tokens
+        self._check_open()
+        bt = self._namespaces.get(ns).spec.block_tokens  # a spec never changes: no lock
         return self._path.write_lease(ns, arr[: len(arr) // bt * bt], extra, self._cpu).lease
 
     def commit_lease(self, lease_id: int) -> int:
@@ -399,8 +410,7 @@ class TieredStore:
         self._path.release(lease_id)
 
     def lease_read(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
-        return self._path.lease_read(ns, tokens, extra)
-
+        return self._reads.lease_read(ns, tokens, extra)
 
     # -- operator controls (ManagedStore) ----------------------------------------
     @property

@@ -34,6 +34,7 @@ class Promoter:
     def __init__(self, promote_many: Callable[[list[Promotion]], int]):
         self._promote_many = promote_many
         self._queue: queue.SimpleQueue[Promotion | None] = queue.SimpleQueue()
+        self.handled = 0  # promotions taken off the queue and tried (installed or not)
         self._thread = threading.Thread(target=self._loop, name="kvstore-promote", daemon=True)
         self._thread.start()
 
@@ -64,6 +65,7 @@ class Promoter:
                 self._promote_many(batch)
             except Exception:  # pragma: no cover - never let the thread die
                 log.exception("promotion failed")
+            self.handled += len(batch)
 
     def close(self) -> None:
         """Stop after the promotions already submitted (idempotent)."""

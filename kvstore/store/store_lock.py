@@ -21,8 +21,9 @@ consistent store).
 lock, and before a ``Condition.wait`` on it: the SSD write-back hands the jobs
 queued under the lock to its workers there, as one batch.
 
-``acquisitions`` counts every ``acquire`` (nested ones too): the unit tests
-hold the hot path to one per call with it. It is re-entrant, and works under
+``acquisitions()`` counts the calling thread's ``acquire`` calls (nested ones
+too): the unit tests hold the hot path to one per call with it, whatever the
+store's own threads (write-back, promotion, write-behind) take meanwhile. It is re-entrant, and works under
 ``threading.Condition``.
 """
 
@@ -42,13 +43,14 @@ class StoreLock:
         self._depth = 0  # changed by the owner only
         self._deferred: collections.deque[Callable[[], None]] = collections.deque()
         self._on_release: list[Callable[[], None]] = []
-        self.acquisitions = 0
+        self._counts = threading.local()
 
     # -- the lock -------------------------------------------------------------------
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         if not self._lock.acquire(blocking, timeout):
             return False
-        self.acquisitions += 1
+        counts = self._counts
+        counts.n = getattr(counts, "n", 0) + 1
         self._depth += 1
         if self._depth == 1 and self._deferred:
             self._drain()
@@ -64,6 +66,10 @@ class StoreLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+    def acquisitions(self) -> int:
+        """How many times the calling thread has acquired the lock."""
+        return getattr(self._counts, "n", 0)
 
     # -- deferred work ------------------------------------------------------------------
     def defer(self, step: Callable[[], None]) -> None:

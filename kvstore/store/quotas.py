@@ -92,3 +92,18 @@ class Quotas:
     def explicit(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return {t: dict(e) for t, e in self._tenants.items()}
+
+
+def tenant_usage(quotas: Quotas, allocator, namespaces) -> dict[str, dict[str, int]]:
+    """Per tenant: CPU bytes used (``allocator``), SSD bytes used (the blocks of
+    ``namespaces`` with an SSD copy) and both quotas; under the store lock."""
+    names = set(allocator.tenants()) | set(quotas.explicit())
+    ssd_used: dict[str, int] = {}
+    for nst in namespaces:
+        on_ssd = sum(1 for meta in nst.tree.blocks() if meta.handle.ssd is not None)
+        t = nst.spec.tenant
+        ssd_used[t] = ssd_used.get(t, 0) + on_ssd * nst.spec.block_bytes
+        names.add(t)
+    return {t: {"cpu_used": allocator.used_by(t), "cpu_quota": quotas.cpu(t),
+                "ssd_used": ssd_used.get(t, 0), "ssd_quota": quotas.ssd(t)}
+            for t in sorted(names)}

@@ -32,6 +32,7 @@ from typing import Protocol
 
 from kvstore.errors import InvalidArgument
 from kvstore.store.block_state import BlockState, NamespaceState, policy_key
+from kvstore.store.buffers import byte_view
 from kvstore.store.config import StoreConfig
 from kvstore.store.cpu_tier import CPUTier
 from kvstore.store.lease_table import LeaseTable
@@ -40,7 +41,7 @@ from kvstore.store.promotion import Promoter, Promotion
 from kvstore.store.store_lock import StoreLock
 from kvstore.store.tier_set import TierSet
 from kvstore.store.write_back import WriteBack
-from kvstore.store_api import ArenaSlot, Lease
+from kvstore.store_api import Alloc, ArenaSlot, Lease
 from kvstore.tokens import as_tokens
 
 
@@ -133,6 +134,37 @@ class ReadPath:
             raise InvalidArgument("store is closed")
 
     # -- copies out --------------------------------------------------------------------
+    def get(self, ns: bytes, tokens, extra: bytes = b"") -> tuple[int, list[bytes]]:
+        """``(tokens, [bytes per block])`` of the cached prefix."""
+        sinks: list[BytesSink] = []
+
+        def open_sink(nblocks: int) -> BytesSink:
+            sinks.append(BytesSink(nblocks))
+            return sinks[0]
+
+        n = self.read_prefix(ns, tokens, extra, open_sink)
+        if not n:
+            return 0, []
+        return n, sinks[0].blocks[: n // self._namespaces.get(ns).spec.block_tokens]
+
+    def get_into(self, ns: bytes, tokens, alloc: Alloc, extra: bytes = b""):
+        """``(tokens, buffer)``: the cached prefix's blocks back to back in ``alloc(nbytes)``.
+
+        ``alloc`` is called once, with the bytes of the whole cached prefix;
+        ``(0, None)`` on a miss. Blocks on SSD only are read straight into the
+        buffer. A block that fails to read from the SSD ends the prefix there
+        (fewer tokens than the buffer holds; the rest of the buffer is undefined).
+        """
+        bb = self._namespaces.get(ns).spec.block_bytes  # a spec never changes: no lock
+        got = []
+
+        def open_sink(nblocks: int) -> BufferSink:
+            got.append(alloc(nblocks * bb))
+            return BufferSink(byte_view(got[0]), bb)
+
+        n = self.read_prefix(ns, tokens, extra, open_sink)
+        return (n, got[0]) if n else (0, None)
+
     def read_prefix(self, ns: bytes, tokens, extra: bytes,
                     open_sink: Callable[[int], BlockSink]) -> int:
         """Copy the cached prefix out through ``open_sink(nblocks)``; returns tokens.

@@ -35,7 +35,7 @@ from kvstore.errors import (
     UnsupportedVersion,
 )
 from kvstore.namespace_spec import NamespaceSpec
-from kvstore.store_api import Lease, ManagedStore, write_lease
+from kvstore.store_api import Lease, ManagedStore
 from kvstore.tokens import full_blocks
 from kvstore.transport import messages as m
 from kvstore.transport.auth import TokenAuth
@@ -101,6 +101,22 @@ class StoreOps:
             return self.store.lease_read(ns, tokens, extra)
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(self.executor, self.store.lease_read, ns, tokens, extra)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:  # the connection is going: release what is granted
+            fut.add_done_callback(self._release_orphan)
+            raise
+
+    async def _lease_write(self, ns: bytes, tokens, extra: bytes) -> Lease:
+        """A write lease; off the event loop when the store may block for it.
+
+        With an SSD tier, making room may wait for the SSD writer (a full
+        staging buffer): that wait must not stall every other connection.
+        """
+        if not self.store.may_block:
+            return self.store.lease_write(ns, tokens, extra)
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.executor, self.store.lease_write, ns, tokens, extra)
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:  # the connection is going: release what is granted
@@ -220,8 +236,8 @@ class StoreOps:
         tokens = tokens[: nblocks * spec.block_tokens]
         if nblocks == 0:
             return Outcome(Reply(req.id, result={"tokens": 0}))
-        with write_lease(self.store, req.ns, tokens, extra) as held:
-            lease, targets = held.lease, []  # None: cached already (or no room), dropped
+        lease, targets = await self._lease_write(req.ns, tokens, extra), []
+        try:  # None: cached already (or no room), dropped
             for i in range(nblocks):
                 j = i - lease.first_block
                 view = self.store.read_slot(lease.slots[j]) if 0 <= j < len(lease.slots) else None
@@ -229,7 +245,10 @@ class StoreOps:
                     raise ProtocolError("the store's arena views are read-only")
                 targets.append(view)
             await payload.read_segments(targets)
-        n = held.stored
+        except BaseException:
+            self.store.release(lease.lease_id)
+            raise
+        n = self.store.commit_lease(lease.lease_id)
         if self.cluster is not None:
             await self.cluster.after_put(session, spec, req.ns, tokens, extra)
         return Outcome(Reply(req.id, result={"tokens": int(n)}))
@@ -262,7 +281,7 @@ class StoreOps:
         if mode == "read":
             lease = await self._cluster_read(session, spec, req.ns, tokens, extra)
         elif mode == "write":
-            lease = self.store.lease_write(req.ns, tokens, extra)
+            lease = await self._lease_write(req.ns, tokens, extra)
             if self.cluster is not None:
                 session.written[lease.lease_id] = WrittenPrefix(spec, req.ns, tokens, extra)
         else:

@@ -125,7 +125,9 @@ class FaultyFileSystem(SSDFileSystem):
     def __init__(self) -> None:
         self._faults: list[Fault] = []
         self._delays: dict[str, float] = {}
+        self._gates: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        self.waiting: dict[str, int] = {}  # calls parked at a gate now, by operation
         self.calls: dict[str, int] = {}
 
     def inject(self, op: str, err: int = errno.EIO, after: int = 0, times: int | None = 1,
@@ -144,16 +146,40 @@ class FaultyFileSystem(SSDFileSystem):
         with self._lock:
             self._delays[op] = seconds
 
+    def hold(self, op: str) -> threading.Event:
+        """Park every later call of ``op`` until the returned event is set (a stalled disk).
+
+        Deterministic where ``slow`` is timed: a test holds the writer, checks
+        what must keep working meanwhile (``waiting[op]`` counts parked calls),
+        then sets the event.
+        """
+        if op not in self.OPS:
+            raise ValueError(f"unknown operation {op!r}")
+        gate = threading.Event()
+        with self._lock:
+            self._gates[op] = gate
+        return gate
+
     def clear(self) -> None:
-        """Remove every injected fault and delay."""
+        """Remove every injected fault and delay, and open every gate."""
         with self._lock:
             self._faults.clear()
             self._delays.clear()
+            gates, self._gates = list(self._gates.values()), {}
+        for gate in gates:
+            gate.set()
 
     def _check(self, op: str, path: str | None = None) -> None:
         delay = self._delays.get(op)
         if delay:
             time.sleep(delay)
+        gate = self._gates.get(op)
+        if gate is not None and not gate.is_set():
+            with self._lock:
+                self.waiting[op] = self.waiting.get(op, 0) + 1
+            gate.wait()
+            with self._lock:
+                self.waiting[op] -= 1
         with self._lock:
             self.calls[op] = self.calls.get(op, 0) + 1
             for f in self._faults:

@@ -1,14 +1,14 @@
-"""DataPath: how blocks enter and leave the memory tiers, under the store lock.
+"""DataPath: how blocks enter the memory tiers, and how leases end; one lock acquisition a call.
 
-The store's data calls end here (``TieredStore`` keeps the API, the parts and
-their lifetimes)::
+The store's write calls end here (``TieredStore`` keeps the API, the parts
+and their lifetimes; reads are ``ReadPath``'s)::
 
-    write_lease ─> lock the matched path, allocate slots      [lock]
-    commit      ─> insert into the tree, install the slots    [lock]
-    read_lease  ─> pin the prefix in the CPU arena; GPU and SSD blocks move
-                   to the CPU first (SSD reads outside the lock)
-    read_prefix ─> plan under the lock, copy out without it, then unlock,
-                   record lost blocks and queue SSD hits for promotion
+    write_lease ─> [lock] check, lock the matched path, allocate slots
+                   (block keys are hashed before, without the lock)
+    commit      ─> [lock] insert into the tree, install the slots
+    commit_later─> the same, deferred to the lock's next holder (``put``: the
+                   caller copied its payloads in and needs only the count)
+    release     ─> deferred too (run at once when the caller holds the lock)
 
 Every path that copies locks the path in the tree first, so the blocks it
 touches are never evicted, demoted or overwritten meanwhile.
@@ -16,27 +16,24 @@ touches are never evicted, demoted or overwritten meanwhile.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 from kvstore.errors import Draining, InvalidArgument, QuotaExceeded
 from kvstore.keys import ROOT_KEY, block_keys
-from kvstore.store.block_state import BlockState, NamespaceState, new_meta, policy_key
+from kvstore.store.block_state import BlockState, NamespaceState, new_meta
 from kvstore.store.config import StoreConfig
 from kvstore.store.cpu_tier import CPUTier
 from kvstore.store.lease_table import LeaseRecord, LeaseTable
 from kvstore.store.memory_tier import MemoryTier
 from kvstore.store.namespace_table import NamespaceTable
-from kvstore.store.promotion import Promoter, Promotion
+from kvstore.store.read_path import match_prefix
+from kvstore.store.store_lock import StoreLock
 from kvstore.store.tenant_ssd import check_ssd_quota
 from kvstore.store.tier_set import TierSet
-from kvstore.store.write_back import READ_ERRORS, WriteBack
-from kvstore.store_api import Lease
-from kvstore.tokens import as_tokens
 
 
 class DataPath:
-    def __init__(self, lock: threading.RLock, namespaces: NamespaceTable, tiers: TierSet,
+    def __init__(self, lock: StoreLock, namespaces: NamespaceTable, tiers: TierSet,
                  leases: LeaseTable, cpu: CPUTier, config: StoreConfig,
                  is_closed: Callable[[], bool], read_only: Callable[[], bool]):
         self._lock = lock
@@ -47,39 +44,26 @@ class DataPath:
         self.config = config
         self._is_closed = is_closed
         self._read_only = read_only
-        self._writeback: WriteBack | None = None  # set once the SSD tier is open
-        self._promoter: Promoter | None = None
-        self.ssd_hits = 0  # blocks served from the SSD tier (reads and read leases)
-
-    def attach(self, writeback: WriteBack | None, promoter: Promoter | None) -> None:
-        self._writeback, self._promoter = writeback, promoter
 
     def _check_open(self) -> None:
         if self._is_closed():
             raise InvalidArgument("store is closed")
 
-    def match(self, nst: NamespaceState, tokens, extra: bytes, touch: bool):
-        """The cached prefix, cut before the first block whose bytes are lost."""
-        m = nst.tree.match(tokens, extra, touch=touch)
-        if self._tiers.lost:
-            for i, meta in enumerate(m.blocks):
-                if meta.handle.lost:
-                    del m.blocks[i:]
-                    m.num_tokens = i * nst.spec.block_tokens
-                    break
-        return m
+    def write_lease(self, ns: bytes, arr, extra: bytes, tier: MemoryTier,
+                    expires: bool = True) -> LeaseRecord:
+        """Lock the cached part of ``arr``'s path and allocate slots for the rest.
 
-    def write_lease(self, ns: bytes, arr, extra: bytes, tier: MemoryTier) -> LeaseRecord:
-        with self._lock:
-            if self._read_only():
-                raise Draining("the store is read-only: writes are refused, reads keep working")
-            bt = self._namespaces.get(ns).spec.block_tokens
+        ``expires=False``: no deadline (the store's own ``put``, which copies at once).
+        """
+        bt = self._namespaces.get(ns).spec.block_tokens  # a spec never changes: no lock
         keys = block_keys(arr, bt, extra)  # hashing outside the lock
         with self._lock:
             self._check_open()
+            if self._read_only():
+                raise Draining("the store is read-only: writes are refused, reads keep working")
             self.expire_write_leases()
             nst = self._namespaces.get(ns)
-            m = self.match(nst, arr, extra, False)
+            m = match_prefix(self._tiers, nst, arr, extra, False)
             self._check_quota(tier, nst, len(keys) - len(m.blocks))
             wb = self._tiers.writeback
             check_ssd_quota(wb and wb.tier, nst.spec.tenant, len(keys), nst.spec.block_bytes)
@@ -98,7 +82,7 @@ class DataPath:
                 raise
             first = len(m.blocks)
             return self._leases.open(nst, m.node, tier, (first + len(slots)) * bt, slots, first,
-                                     True, arr, extra, keys)
+                                     True, arr, extra, keys, expires)
 
     def _check_quota(self, tier: MemoryTier, nst: NamespaceState, nblocks: int) -> None:
         """A write that can never fit its tenant's CPU quota is refused (not half stored)."""
@@ -115,7 +99,7 @@ class DataPath:
         """Take back the write leases past their deadline (a client that stalled); under the lock."""
         expired = self._leases.expired_writes()
         for lease_id in expired:
-            self.release(lease_id)
+            self._release(lease_id)
             self._leases.expired += 1
         return len(expired)
 
@@ -123,164 +107,51 @@ class DataPath:
         with self._lock:
             if not self._leases.peek(lease_id).lease.writable:
                 raise InvalidArgument("commit of a read lease")
-            rec = self._leases.take(lease_id)
-            nst, lease, bt = rec.nst, rec.lease, rec.nst.spec.block_tokens
-            first, n = lease.first_block, lease.first_block + len(lease.slots)
-            metas = []
-            for i in range(n):
-                st = BlockState(rec.keys[i - 1] if i else ROOT_KEY, rec.extra)
-                metas.append(new_meta(rec.keys[i], nst.spec.block_bytes, st))
-            tokens = rec.tokens[: n * bt]
-            try:
-                added = {id(m) for m in nst.tree.insert(tokens, metas, rec.extra).added}
-            except BaseException:
-                for slot in lease.slots:
-                    rec.tier.free(slot)
-                raise
-            finally:
-                nst.tree.unlock(rec.node)
-            for j, slot in enumerate(lease.slots):
-                meta = metas[first + j]
-                if id(meta) in added:
-                    self._tiers.install(rec.tier, nst, meta.key, meta.handle, slot)
-                    rec.tier.stats.bytes_in += slot.length
-                else:
-                    rec.tier.free(slot)
-            if self._tiers.lost:
-                self._tiers.retry_lost()
-            return self.match(nst, tokens, rec.extra, False).num_tokens
+            return self._commit(self._leases.take(lease_id))
+
+    def commit_later(self, rec: LeaseRecord) -> int:
+        """Commit ``rec`` at the lock's next acquisition; returns the tokens it will cache."""
+        self._lock.soon(lambda: self._commit(self._leases.take(rec.lease.lease_id)))
+        return rec.lease.num_tokens
+
+    def _commit(self, rec: LeaseRecord) -> int:
+        nst, lease, bt = rec.nst, rec.lease, rec.nst.spec.block_tokens
+        first, n = lease.first_block, lease.first_block + len(lease.slots)
+        metas = []
+        for i in range(n):
+            st = BlockState(rec.keys[i - 1] if i else ROOT_KEY, rec.extra)
+            metas.append(new_meta(rec.keys[i], nst.spec.block_bytes, st))
+        tokens = rec.tokens[: n * bt]
+        try:
+            added = {id(m) for m in nst.tree.insert(tokens, metas, rec.extra).added}
+        except BaseException:
+            for slot in lease.slots:
+                rec.tier.free(slot)
+            raise
+        finally:
+            nst.tree.unlock(rec.node)
+        for j, slot in enumerate(lease.slots):
+            meta = metas[first + j]
+            if id(meta) in added:
+                self._tiers.install(rec.tier, nst, meta.key, meta.handle, slot)
+                rec.tier.stats.bytes_in += slot.length
+            else:
+                rec.tier.free(slot)
+        if self._tiers.lost:
+            self._tiers.retry_lost()
+        return match_prefix(self._tiers, nst, tokens, rec.extra, False).num_tokens
 
     def release(self, lease_id: int) -> None:
-        with self._lock:
-            rec = self._leases.discard(lease_id)
-            if rec is None:
-                return
-            if rec.lease.writable:
-                for slot in rec.lease.slots:
-                    rec.tier.free(slot)
-            rec.nst.tree.unlock(rec.node)
-            if self._tiers.lost:
-                self._tiers.retry_lost()
+        """End a lease (nothing published); at once under the lock, else at its next holder."""
+        self._lock.soon(lambda: self._release(lease_id))
 
-    def lease_read(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
-        arr = as_tokens(tokens)
-        cpu, tiers = self._cpu, self._tiers
-        with self._lock:
-            self._check_open()
-            nst = self._namespaces.get(ns)
-            m = self.match(nst, arr, extra, True)
-            nst.tree.lock(m.node)
-            blocks, fetch = m.blocks, []
-            for i, meta in enumerate(blocks):
-                st = meta.handle
-                if st.tier is not None and st.tier is not cpu:  # GPU: move down now
-                    # one device-to-host copy of the slot's device view into the arena
-                    if not tiers.to_cpu(nst, meta.key, st, st.tier.view(st.slot)):
-                        del blocks[i:]
-                        break
-                elif st.slot is None:
-                    staged = st.staged is not None
-                    fetch.append((i, meta, staged, st.staged if staged else st.ssd))
-        n, lost = len(blocks), None
-        data = {}
-        for i, meta, staged, src in fetch:  # SSD reads outside the lock (the path is locked)
-            if i >= n:
-                break
-            try:
-                data[i] = src if staged else self._writeback.read(src)
-            except READ_ERRORS:
-                n, lost = i, meta.key
-        with self._lock:
-            for i, meta, _, _ in fetch:
-                if i >= n:
-                    break
-                st = meta.handle
-                if st.slot is None and not tiers.to_cpu(nst, meta.key, st, data[i]):
-                    n = i
-                    break
-            self._count_read(nst, blocks[:n], len(arr) // nst.spec.block_tokens)
-            fetched = {i for i, *_ in fetch}  # tier hits: memory-resident vs read from SSD
-            cpu.stats.hits += sum(1 for i in range(n) if i not in fetched)
-            self.ssd_hits += sum(1 for i, _, staged, _ in fetch if i < n and not staged)
-            for meta in blocks[:n]:
-                cpu.policy.on_access(policy_key(nst.fp, meta.key))
-                cpu.settle(meta.handle.slot)  # a remote reader maps the arena directly
-            rec = self._leases.open(nst, m.node, cpu, n * nst.spec.block_tokens,
-                                    [meta.handle.slot for meta in blocks[:n]])
-            if lost is not None:  # pinned by this lease: marked lost, removed on release
-                tiers.lose(nst, lost)
-            return rec.lease
-
-    def read_prefix(self, ns: bytes, tokens, extra: bytes, open_sink) -> int:
-        """Copy the cached prefix out through ``open_sink(nblocks)(i, data)``; returns tokens.
-
-        ``open_sink`` is called once, outside the lock, when at least one block is cached.
-        """
-        arr = as_tokens(tokens)
-        with self._lock:
-            self._check_open()
-            nst = self._namespaces.get(ns)
-            m = self.match(nst, arr, extra, True)
-            blocks = m.blocks
-            nst.tree.lock(m.node)
-            plan = []
-            for meta in blocks:
-                st = meta.handle
-                if st.slot is not None:
-                    st.tier.policy.on_access(policy_key(nst.fp, meta.key))
-                    st.tier.stats.hits += 1
-                    st.tier.stats.bytes_out += meta.size
-                    if st.tier is self._cpu:
-                        plan.append(("slot", st.slot))
-                    else:  # GPU slots are only touched under the lock
-                        plan.append(("bytes", st.tier.read(st.slot)))
-                elif st.staged is not None:
-                    plan.append(("bytes", st.staged))
-                else:
-                    plan.append(("ssd", st.ssd))
-        n, lost, promote = 0, None, []
-        try:
-            sink = open_sink(len(plan)) if plan else None
-            for i, (kind, src) in enumerate(plan):
-                if kind == "bytes":
-                    sink(i, src)
-                elif kind == "slot":
-                    sink(i, self._cpu.view(src))
-                else:
-                    try:
-                        data = self._writeback.read(src)
-                    except READ_ERRORS:
-                        lost = blocks[i].key
-                        break
-                    sink(i, data)
-                    promote.append((blocks[i], data))
-                n += 1
-        finally:
-            with self._lock:
-                nst.tree.unlock(m.node)
-                if lost is not None:
-                    self._tiers.lose(nst, lost)
-                if self._tiers.lost:
-                    self._tiers.retry_lost()
-                self._count_read(nst, blocks[:n], len(arr) // nst.spec.block_tokens)
-                self.ssd_hits += len(promote)
-                if self.config.promote_on_get:
-                    for meta, data in promote:
-                        self._promoter.submit(Promotion(nst.fp, meta.key, meta.handle, data))
-        return n * nst.spec.block_tokens
-
-    @staticmethod
-    def _count_read(nst: NamespaceState, served, requested: int) -> None:
-        nst.hits += len(served)
-        nst.misses += max(0, requested - len(served))
-
-    def promote(self, item: Promotion) -> None:
-        with self._lock:
-            nst = self._namespaces.by_fp.get(item.fp)
-            st = item.state
-            if self._is_closed() or nst is None or nst.state(item.key) is not st:
-                return
-            if st.slot is not None or st.lost:
-                return
-            self._tiers.to_cpu(nst, item.key, st, item.data)
-
+    def _release(self, lease_id: int) -> None:
+        rec = self._leases.discard(lease_id)
+        if rec is None:
+            return
+        if rec.lease.writable:
+            for slot in rec.lease.slots:
+                rec.tier.free(slot)
+        rec.nst.tree.unlock(rec.node)
+        if self._tiers.lost:
+            self._tiers.retry_lost()

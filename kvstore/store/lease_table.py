@@ -45,12 +45,15 @@ class LeaseTable:
 
     def open(self, nst: NamespaceState, node, tier: MemoryTier, num_tokens: int,
              slots: list[ArenaSlot], first_block: int = 0, writable: bool = False,
-             tokens=None, extra: bytes = b"", keys=None) -> LeaseRecord:
-        """Record a new lease (its node already locked) and return it."""
+             tokens=None, extra: bytes = b"", keys=None, expires: bool = True) -> LeaseRecord:
+        """Record a new lease (its node already locked) and return it.
+
+        ``expires=False``: a write lease without a deadline (the store's own put).
+        """
         lease = Lease(next(self._ids), nst.fp, num_tokens, slots, first_block, writable)
         rec = LeaseRecord(lease, nst, node, tier, tokens, extra, keys)
         self._records[lease.lease_id] = rec
-        if writable and self.write_seconds:
+        if writable and expires and self.write_seconds:
             rec.deadline = time.monotonic() + self.write_seconds
             self._writes[lease.lease_id] = rec
         return rec

@@ -95,3 +95,14 @@ class Quotas:
     def explicit(self) -> dict[str, dict[str, int]]:
         with self._lock:
             return {t: dict(e) for t, e in self._tenants.items()}
+
+
+def tenant_usage(quotas: Quotas, allocator, namespaces, ssd=None) -> dict[str, dict[str, int]]:
+    """Per tenant: CPU bytes used (``allocator``), SSD bytes used (``ssd``'s per-tenant
+    logs, ``kvstore.store.tenant_ssd.TenantSSD``; 0 without an SSD tier) and both
+    quotas; under the store lock. Every tenant with a namespace, an arena or a quota."""
+    names = set(allocator.tenants()) | set(quotas.explicit())
+    names |= {nst.spec.tenant for nst in namespaces}
+    return {t: {"cpu_used": allocator.used_by(t), "cpu_quota": quotas.cpu(t),
+                "ssd_used": ssd.used_by(t) if ssd is not None else 0, "ssd_quota": quotas.ssd(t)}
+            for t in sorted(names)}

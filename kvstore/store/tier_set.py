@@ -23,7 +23,8 @@ classes a whole slab at a time, at the cost of one policy decision.
 
 Bookkeeping owned here: ``dirty`` (resident blocks with no SSD copy, in put
 order: what a flush writes) and ``lost`` (blocks whose bytes are gone but
-that a lease still pins: removed when it lets go).
+that a lease still pins: removed when it lets go). The write-back worker's
+reports are applied by ``WriteBackReports`` (``write_back_reports``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import threading
 from kvstore.errors import InvalidArgument
 from kvstore.eviction import EvictionPolicy, Hint
 from kvstore.prefix_index import Tier
-from kvstore.ssd.record import SSDLocation, SSDRecordHeader
+from kvstore.ssd.record import SSDRecordHeader
 from kvstore.store.block_state import (
     BlockState,
     NamespaceState,
@@ -45,7 +46,7 @@ from kvstore.store.block_state import (
 )
 from kvstore.store.cpu_tier import CPUTier
 from kvstore.store.memory_tier import MemoryTier
-from kvstore.store.write_back import Job, Key, WriteBack
+from kvstore.store.write_back import Key, WriteBack
 from kvstore.store_api import ArenaSlot, PrefixHint, TierStats
 
 
@@ -55,8 +56,8 @@ class TierSet:
         self.tiers = tiers  # top first; the CPU tier is the last
         self.cpu: CPUTier = tiers[-1]
         self.writeback: WriteBack | None = None  # attached once the SSD tier is open
-        self._ns = namespaces
-        self._cond = cond
+        self._ns = self.namespaces = namespaces
+        self._cond = self.cond = cond
         self._ssd_enabled = ssd_enabled
         self.dirty: dict[bytes, None] = {}  # policy keys, put order
         self.lost: set[bytes] = set()  # policy keys
@@ -142,19 +143,25 @@ class TierSet:
 
     def to_cpu(self, nst: NamespaceState, key: bytes, st: BlockState, data) -> bool:
         """Make block ``key`` CPU-resident from ``data``; False when no slot could be freed."""
-        cpu = self.cpu
-        slot = self.alloc(cpu, nst.spec.block_bytes, nst.spec.tenant)
+        slot = self.alloc(self.cpu, nst.spec.block_bytes, nst.spec.tenant)
         if slot is None:
             return False
+        if not (st.slot is not None and st.tier is self.cpu):  # else: promoted meanwhile
+            self.cpu.write(slot, data)
+        self.place(nst, key, st, slot)
+        return True
+
+    def place(self, nst: NamespaceState, key: bytes, st: BlockState, slot: ArenaSlot) -> None:
+        """Make block ``key`` CPU-resident in ``slot``, which already holds its bytes (a
+        promotion). A block already in the CPU tier keeps its slot: ``slot`` is freed."""
+        cpu = self.cpu
         if st.slot is not None and st.tier is cpu:  # promoted meanwhile
             cpu.free(slot)
-            return True
-        cpu.write(slot, data)
+            return
         if st.slot is not None:
             self.uninstall(st, policy_key(nst.fp, key))
         self.install(cpu, nst, key, st, slot)
         cpu.stats.promotions += 1
-        return True
 
     # -- allocation -----------------------------------------------------------------
     def alloc(self, tier: MemoryTier, nbytes: int, tenant: str = "") -> ArenaSlot | None:
@@ -327,72 +334,6 @@ class TierSet:
             st.ssd = None
             if st.slot is None and st.staged is None:
                 self.lose(nst, key)
-
-    # -- write-back ------------------------------------------------------------------
-    def write_dirty(self) -> None:
-        """Queue an SSD write of every dirty resident block (each pinned until written)."""
-        for pk in list(self.dirty):
-            nst, key, meta = self.lookup(pk)
-            if not self.writeback.tier.accepts(nst.spec.tenant, meta.size):
-                continue  # no SSD for this tenant (its quota): it stays in memory only
-            st = meta.handle
-            node = nst.tree.node_of(key)
-            nst.tree.lock(node)
-            st.writing = True
-            del self.dirty[pk]
-            self.writeback.write(nst.fp, key, st, self.header(nst, key, st), pin=node)
-
-    def _job_alive(self, job: Job) -> bool:
-        nst = self._ns.get(job.fp)
-        return nst is not None and nst.state(job.key) is job.state
-
-    def job_payload(self, job: Job):
-        """Bytes to write for a flush job: a view of the pinned arena slot (None: gone)."""
-        st = job.state
-        if not self._job_alive(job) or st.slot is None:
-            return None
-        if st.tier is self.cpu:
-            return self.cpu.view(st.slot)  # pinned by job.pin until _settle
-        return st.tier.read(st.slot)  # GPU slots are read under the lock
-
-    def _settle(self, job: Job) -> None:
-        """Release what a job held from the store (idempotent): staged bytes, write flag, pin."""
-        st = job.state
-        if st is not None:
-            if job.staged is not None and st.staged is job.staged:
-                st.staged = None
-            st.writing = False
-        if job.pin is not None:
-            self._ns[job.fp].tree.unlock(job.pin)
-            job.pin = None
-
-    def job_written(self, job: Job, loc: SSDLocation) -> bool:
-        alive = self._job_alive(job)
-        self._settle(job)
-        if alive:
-            job.state.ssd = loc
-            self.dirty.pop(policy_key(job.fp, job.key), None)
-        return alive
-
-    def job_failed(self, job: Job, lost: bool) -> None:
-        alive = self._job_alive(job)
-        self._settle(job)
-        st = job.state
-        if not alive or st.ssd is not None:
-            return
-        if st.slot is not None:
-            self.dirty[policy_key(job.fp, job.key)] = None  # still only in memory
-        elif lost:
-            self.lose(self._ns[job.fp], job.key)
-
-    def job_finished(self, job: Job, evicted: list[Key]) -> None:
-        if job.kind == "write":
-            self._settle(job)
-        if evicted:
-            self.forget_ssd_copies(evicted)
-        if self.lost:
-            self.retry_lost()
-        self._cond.notify_all()
 
     # -- self-check --------------------------------------------------------------------
     def check(self) -> None:

@@ -1,37 +1,29 @@
 """TieredStore: the ``ManagedStore`` over GPU (optional), CPU and SSD (optional) tiers.
 
 One ``RadixTree`` per namespace indexes every cached block, whichever tier
-holds it. One store lock guards all metadata; payload copies run outside it,
-on blocks whose path is locked in the tree (pinned: never evicted, demoted or
-overwritten while locked)::
+holds it. One store lock (``StoreLock``) guards all metadata, taken once per
+call on the hot path; payload copies run outside it, on blocks whose path is
+locked in the tree (never evicted, demoted or overwritten while locked)::
 
-    put ──> lease_write: lock path, allocate slots (evicting)   [lock]
-            copy payloads into the slots                        [no lock]
-            commit: insert into the tree, unlock                [lock]
-    get ──> match + lock path                                   [lock]
-            copy out: memory slot / staged bytes / SSD read     [no lock]
-            unlock, queue promotions of SSD hits                [lock]
+    put ──> [lock] lock path, allocate slots (evicting)
+            copy payloads into the slots                      (no lock)
+            commit: deferred to the lock's next holder
+    get ──> [lock] match + lock path
+            copy out: memory slot / staged bytes / SSD read   (no lock; SSD-only
+            blocks straight into the caller's buffer, one batch)
+            unlock: deferred; SSD hits promoted in the background
 
-The store is built from parts that each own their state, and orchestrates
-them under its lock:
+The parts, each owning its state: ``TierSet`` (memory tiers, policies,
+demotion), ``DataPath`` (writes, leases) and ``ReadPath`` (reads, promotion),
+``SSDSide`` (the SSD tier, ``WriteBack``'s writer threads, their reports, the
+manifest), ``Promoter``, ``LeaseTable``, ``OperatorControls`` (``PinTable``).
 
-* ``TierSet`` (``tier_set``): the memory tiers, their policies, and the rules
-  that move blocks down (demotion, staging for the SSD writer) and up;
-* ``WriteBack`` (``write_back``): the SSD writer threads, reporting through
-  ``WriteBackEvents``;
-* ``Promoter`` (``promotion``): copies SSD hits back into the CPU arena;
-* ``LeaseTable`` (``lease_table``) and ``PinTable`` (``pin_table``).
-
-Hints (``hint``, ``kvstore.store_api.PrefixHint``): an engine's word about a
-cached prefix (session over, keep it) goes to the policy of every memory
-tier that holds some of its blocks; it reorders later evictions only.
-
-Operator controls (``kvstore.store_api.ManagedStore``): ``set_read_only``
-refuses writes (``put``, ``lease_write`` raise ``Draining``; reads, lookups,
-deletes and flushes keep working); ``pin``/``unpin`` keep a prefix resident
-within ``pin_budget_bytes``; ``evict`` drops a namespace or a prefix from
-every tier (pinned and in-use blocks are skipped); ``set_policy`` replaces a
-memory tier's eviction policy at run time.
+Hints (``hint``): an engine's word about a cached prefix goes to the policy of
+every memory tier that holds some of its blocks; it reorders later evictions
+only. Operator controls (``ManagedStore``): ``set_read_only`` refuses writes
+(``Draining``); ``pin``/``unpin`` keep a prefix resident within
+``pin_budget_bytes``; ``evict`` drops a namespace or a prefix (pinned and
+in-use blocks are skipped); ``set_policy`` replaces a tier's policy at run time.
 """
 
 from __future__ import annotations
@@ -40,30 +32,25 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from kvstore.errors import (
-    InvalidArgument,
-    StorageError,
-)
+from kvstore.errors import InvalidArgument, StorageError
 from kvstore.namespace_spec import NamespaceSpec
-from kvstore.ssd.tier import SSDTier
 from kvstore.store.block_state import policy_key, private_tail
-from kvstore.store.buffers import byte_view
 from kvstore.store.config import StoreConfig
 from kvstore.store.cpu_tier import CPUTier
 from kvstore.store.data_path import DataPath
 from kvstore.store.gpu_tier import GPUTier, cuda_available
 from kvstore.store.lease_table import LeaseTable
-from kvstore.store.manifest_writer import ManifestWriter
 from kvstore.store.memory_tier import MemoryTier
 from kvstore.store.namespace_table import NamespaceTable
 from kvstore.store.operator_controls import OperatorControls
 from kvstore.store.promotion import Promoter
-from kvstore.store.quotas import Quotas
-from kvstore.store.rebuild import rebuild_from_ssd
+from kvstore.store.quotas import Quotas, tenant_usage
+from kvstore.store.read_path import ReadPath, match_prefix
+from kvstore.store.ssd_side import SSDSide
+from kvstore.store.store_lock import StoreLock
 from kvstore.store.tenant_arenas import TenantArena
-from kvstore.store.tenant_ssd import TenantSSD
 from kvstore.store.tier_set import TierSet
-from kvstore.store.write_back import WriteBack, WriteBackEvents
+from kvstore.store.write_back import WriteBack
 from kvstore.store.write_behind import WriteBehind
 from kvstore.store_api import (
     Alloc,
@@ -81,10 +68,6 @@ from kvstore.tokens import as_tokens
 log = logging.getLogger("kvstore.store")
 
 
-def _default_ssd_factory(directory, capacity_bytes, segment_bytes, compression) -> SSDTier:
-    return SSDTier(directory, capacity_bytes, segment_bytes=segment_bytes, compression=compression)
-
-
 class TieredStore:
     """The in-process store. ``TieredStore(StoreConfig(cpu_bytes="4GiB", ...))``."""
 
@@ -92,7 +75,7 @@ class TieredStore:
 
     def __init__(self, config: StoreConfig | None = None, **settings):
         self.config = config = config if config is not None else StoreConfig(**settings)
-        self._lock = threading.RLock()
+        self._lock = StoreLock()  # one acquisition per hot call (``store_lock``)
         self._cond = threading.Condition(self._lock)
         self._namespaces = NamespaceTable()
         self._ns = self._namespaces.by_fp  # what the tier set and the policies' views read
@@ -101,8 +84,8 @@ class TieredStore:
                              config.tenant_cpu_bytes, config.tenant_ssd_bytes,
                              config.tenant_quotas)
         self._closed = False
+        self._ssd: SSDSide | None = None  # the SSD tier's parts, with ``ssd_bytes``
         self._writeback: WriteBack | None = None
-        self._manifest: ManifestWriter | None = None
         self._behind: WriteBehind | None = None
         self._promoter: Promoter | None = None
         memory: list[MemoryTier] = []
@@ -117,38 +100,23 @@ class TieredStore:
         self._controls = OperatorControls(self, self._lock, self._namespaces, self._tiers, config)
         self._path = DataPath(self._lock, self._namespaces, self._tiers, self._leases, self._cpu,
                               config, lambda: self._closed, lambda: self._controls.read_only)
+        self._reads = ReadPath(self._lock, self._namespaces, self._tiers, self._leases, self._cpu,
+                               config, lambda: self._closed)
         try:
             for tier in memory:
                 self._tiers.set_policy(tier, config.make_policy(getattr(config, f"{tier.name}_policy")))
             if config.ssd_enabled:
-                self._open_ssd()
-            self._promoter = Promoter(self._path.promote)
-            self._path.attach(self._writeback, self._promoter)
+                self._ssd = SSDSide(config, self._lock, self._cond, self._tiers,
+                                    self._manifest_snapshot, self.quotas, self._namespaces.tenant_of)
+                self._writeback = self._ssd.writeback
+            self._promoter = Promoter(self._reads.promote_many)
+            self._reads.attach(self._writeback, self._promoter)
             seconds = config.write_behind_seconds if self._writeback is not None else 0
             self._behind = WriteBehind(seconds or min(5.0, config.write_lease_seconds),
                                        self._write_behind_tick)
         except BaseException:
             self.close()
             raise
-
-    def _open_ssd(self) -> None:
-        config = self.config
-        ssd = TenantSSD(config.ssd_dir, config.ssd_bytes, config.segment_bytes,
-                        config.ssd_compression, config.ssd_factory or _default_ssd_factory,
-                        self.quotas, self._namespaces.tenant_of)
-        tiers = self._tiers
-        events = WriteBackEvents(
-            payload=self._locked(tiers.job_payload), written=self._locked(tiers.job_written),
-            failed=self._locked(tiers.job_failed), finished=self._locked(tiers.job_finished),
-        )
-        self._writeback = tiers.writeback = WriteBack(
-            ssd, events, config.demotion_threads, config.demotion_buffer_bytes)
-        with self._lock:
-            rebuild_from_ssd(ssd, self._ns, self._writeback.remove)
-            blocks = sum(len(nst.tree) for nst in self._ns.values())
-        log.info("recovered %d blocks in %d namespaces from the SSD tier at %s",
-                 blocks, len(self._ns), config.ssd_dir)
-        self._manifest = ManifestWriter(self._manifest_snapshot, ssd.save_namespaces)
 
     def _write_behind_tick(self) -> None:
         """Queue SSD writes of the dirty blocks (write-behind) and expire stalled write leases."""
@@ -158,14 +126,7 @@ class TieredStore:
             self._path.expire_write_leases()
             wb = self._writeback
             if wb is not None and wb.usable and self.config.write_behind_seconds:
-                self._tiers.write_dirty()
-
-    def _locked(self, fn):
-        """``fn`` run under the store lock (the write-back worker's callbacks)."""
-        def call(*args):
-            with self._lock:
-                return fn(*args)
-        return call
+                self._ssd.reports.write_dirty()
 
     # -- namespaces -------------------------------------------------------------
     def register(self, spec: NamespaceSpec) -> bytes:
@@ -175,8 +136,8 @@ class TieredStore:
             self._check_open()
             if not self._namespaces.register(spec, self._tiers.tiers):
                 return spec.fingerprint
-        if self._manifest is not None:
-            self._manifest.save_now()
+        if self._ssd is not None:
+            self._ssd.manifest.save_now()
         return spec.fingerprint
 
     def _manifest_snapshot(self) -> dict:
@@ -191,58 +152,41 @@ class TieredStore:
         if self._closed:
             raise InvalidArgument("store is closed")
 
-    # -- the BlockStore API -----------------------------------------------------
+    # -- the BlockStore API: one lock acquisition a call on the hot path ----------------
     def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         arr = as_tokens(tokens)
         with self._lock:
-            return self._path.match(self._namespaces.get(ns), arr, extra, False).num_tokens
+            return match_prefix(self._tiers, self._namespaces.get(ns), arr, extra, False).num_tokens
 
     def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:
+        """Lease (one lock acquisition), copy without the lock, commit at the lock's next holder."""
         arr = as_tokens(tokens)
-        with self._lock:
-            self._check_open()
-            bt = self._namespaces.get(ns).spec.block_tokens
+        self._check_open()
+        bt = self._namespaces.get(ns).spec.block_tokens  # a spec never changes: no lock
         nblocks = min(len(arr) // bt, len(payloads))
-        rec = self._path.write_lease(ns, arr[: nblocks * bt], extra, self._tiers.tiers[0])
+        rec = self._path.write_lease(ns, arr[: nblocks * bt], extra, self._tiers.tiers[0],
+                                     expires=False)
         try:
             for j, slot in enumerate(rec.lease.slots):
                 rec.tier.write(slot, payloads[rec.lease.first_block + j])
         except BaseException:
-            self.release(rec.lease.lease_id)
+            self._path.release(rec.lease.lease_id)
             raise
-        committed = self.commit_lease(rec.lease.lease_id)
+        committed = self._path.commit_later(rec)
         if nblocks == len(arr) // bt:
             return committed
         return self.lookup(ns, arr, extra)  # payloads for fewer blocks than tokens
 
     def get(self, ns: bytes, tokens, extra: bytes = b"") -> tuple[int, list[bytes]]:
-        out: list[bytes] = []
-        n = self._path.read_prefix(ns, tokens, extra, lambda nblocks: lambda i, data: out.append(bytes(data)))
-        return n, out
+        self._check_open()
+        return self._reads.get(ns, tokens, extra)
 
     def get_into(self, ns: bytes, tokens, alloc: Alloc, extra: bytes = b""):
-        """``(tokens, buffer)``: the cached prefix's blocks back to back in ``alloc(nbytes)``.
-
-        ``alloc`` is called once, with the bytes of the whole cached prefix;
-        ``(0, None)`` on a miss. A block that fails to read from the SSD ends
-        the prefix there (fewer tokens than the buffer holds).
-        """
-        with self._lock:
-            bb = self._namespaces.get(ns).spec.block_bytes
-        got = []
-
-        def open_sink(nblocks: int):
-            buf = alloc(nblocks * bb)
-            dst = byte_view(buf)
-            got.append(buf)
-
-            def sink(i, data):
-                dst[i * bb : (i + 1) * bb] = data
-
-            return sink
-
-        n = self._path.read_prefix(ns, tokens, extra, open_sink)
-        return (n, got[0]) if n else (0, None)
+        """``(tokens, buffer)``: the cached prefix's blocks back to back in ``alloc(nbytes)``
+        (called once, with the whole prefix's bytes); ``(0, None)`` on a miss
+        (``ReadPath.get_into``)."""
+        self._check_open()
+        return self._reads.get_into(ns, tokens, alloc, extra)
 
     def delete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         arr = as_tokens(tokens)
@@ -264,7 +208,7 @@ class TieredStore:
         arr = as_tokens(tokens)
         with self._lock:
             nst = self._namespaces.get(ns)
-            m = self._path.match(nst, arr, extra, False)
+            m = match_prefix(self._tiers, nst, arr, extra, False)
             keys = [b.key for b in m.blocks]
             if hint.session_end:  # only the blocks no other cached sequence goes through
                 keys = private_tail(nst.tree, keys)
@@ -274,31 +218,20 @@ class TieredStore:
 
     def flush(self) -> None:
         """Make every block acknowledged before the call durable on SSD (no-op without SSD)."""
-        wb = self._writeback
-        if wb is None:
-            return
-        with self._lock:
-            self._check_open()
-            self._tiers.write_dirty()
-            self._wait_jobs(wb.last_seq)
-        wb.flush()
+        if self._ssd is not None:
+            self._ssd.flush(self._check_open)
 
     def wait_writes(self) -> None:
         """Return once every SSD write and removal queued before the call has finished."""
-        if self._writeback is not None:
-            with self._lock:
-                self._wait_jobs(self._writeback.last_seq)
-
-    def _wait_jobs(self, seq: int) -> None:
-        while not self._writeback.done_up_to(seq):
-            self._cond.wait()
+        if self._ssd is not None:
+            self._ssd.wait_writes()
 
     def stats(self) -> StoreStats:
         with self._lock:
             tiers = self._tiers.stats()
             if self._writeback is not None:
                 s = self._writeback.stats()
-                s.hits = max(s.hits, self._path.ssd_hits)
+                s.hits = max(s.hits, self._reads.ssd_hits)
                 tiers.append(s)
             return StoreStats(tiers, self._namespaces.stats())
 
@@ -322,16 +255,8 @@ class TieredStore:
             self._behind.close()
         if self._promoter is not None:
             self._promoter.close()
-        if self._manifest is not None:
-            self._manifest.close()
-        if wb is not None:
-            wb.stop()  # drains the queues: staged demotions reach the disk
-            try:
-                if wb.usable:
-                    wb.tier.flush()
-            except (StorageError, OSError) as exc:
-                log.error("SSD flush on close failed: %s", exc)
-            wb.tier.close()
+        if self._ssd is not None:
+            self._ssd.close()
         for tier in self._tiers.tiers:
             tier.close()
 
@@ -364,14 +289,10 @@ class TieredStore:
             "ssd_quota": self.quotas.ssd(tenant), "ssd_used": 0}
 
     def tenant_usage(self) -> dict[str, dict[str, int]]:
-        """Per tenant: CPU bytes used (blocks and write leases) and quotas."""
+        """Per tenant: CPU bytes used (blocks and write leases), SSD bytes used, and quotas."""
         with self._lock:
-            names = set(self._cpu.allocator.tenants()) | set(self.quotas.explicit())
-            names |= {nst.spec.tenant for nst in self._namespaces.by_fp.values()}
             ssd = self._writeback.tier if self._writeback is not None else None
-            return {t: {"cpu_used": self._cpu.allocator.used_by(t), "cpu_quota": self.quotas.cpu(t),
-                        "ssd_used": ssd.used_by(t) if ssd else 0, "ssd_quota": self.quotas.ssd(t)}
-                    for t in sorted(names)}
+            return tenant_usage(self.quotas, self._cpu.allocator, self._namespaces.by_fp.values(), ssd)
 
     @property
     def expired_write_leases(self) -> int:
@@ -388,8 +309,8 @@ class TieredStore:
 
     def lease_write(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
         arr = as_tokens(tokens)
-        with self._lock:
-            bt = self._namespaces.get(ns).spec.block_tokens
+        self._check_open()
+        bt = self._namespaces.get(ns).spec.block_tokens  # a spec never changes: no lock
         return self._path.write_lease(ns, arr[: len(arr) // bt * bt], extra, self._cpu).lease
 
     def commit_lease(self, lease_id: int) -> int:
@@ -399,8 +320,7 @@ class TieredStore:
         self._path.release(lease_id)
 
     def lease_read(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
-        return self._path.lease_read(ns, tokens, extra)
-
+        return self._reads.lease_read(ns, tokens, extra)
 
     # -- operator controls (ManagedStore) ----------------------------------------
     @property

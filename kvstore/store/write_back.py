@@ -4,8 +4,8 @@ The store never does SSD I/O under its lock. Writes and removals go through
 ``threads`` FIFO queues, partitioned by block key so the jobs of one key run
 in order (a removal queued before a re-put's write runs first)::
 
-    evict/flush ──(store lock)──> job(seq) ──> queue[key % n] ──> worker
-                                                          ssd.write / ssd.remove
+    evict/flush ──(store lock)──> job(seq) ──> outbox ──(lock let go: dispatch)──>
+                                 queue[key % n] ──> worker: ssd.write_many / ssd.remove
              WriteBackEvents.written / failed / finished  <──────────┘
 
 The worker reports through ``WriteBackEvents``, a typed set of callbacks the
@@ -28,6 +28,7 @@ store gives it; it never touches the store's state.
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -46,7 +47,6 @@ log = logging.getLogger("kvstore.ssd")
 READ_ERRORS = (StorageError, OSError, NotFound)
 
 Key = tuple[bytes, bytes]  # (namespace, block key)
-_NOTHING = object()
 BATCH_JOBS = 64  # consecutive write jobs a worker hands to ``write_many`` at once
 
 
@@ -74,7 +74,7 @@ class WriteBackEvents:
 
 class WriteBack:
     def __init__(self, tier: SSDTier, events: WriteBackEvents, threads: int = 1,
-                 buffer_bytes: int = 256 << 20):
+                 buffer_bytes: int = 256 << 20, gather: bool = False):
         self.tier = tier
         self.buffer_bytes = buffer_bytes
         self.write_errors = self.removes = 0
@@ -85,6 +85,8 @@ class WriteBack:
         self._pending: set[int] = set()
         self._degraded = False
         self._evicted: list[Key] = []
+        self._gather = gather  # jobs wait in ``_outbox`` for ``dispatch`` (the store's lock release)
+        self._outbox: list[Job] = []
         self._evicted_lock = threading.Lock()
         self._queues = [queue.SimpleQueue() for _ in range(threads)]
         self._threads = [
@@ -151,31 +153,65 @@ class WriteBack:
             if job.staged is not None:
                 self._staged_bytes += len(job.staged)
             self._pending.add(job.seq)
+            if self._gather:
+                self._outbox.append(job)
+                return job.seq
         self._queues[job.key[0] % len(self._queues)].put(job)
         return job.seq
+
+    def dispatch(self) -> None:
+        """Hand the jobs gathered since the last call to the workers, one batch per queue.
+
+        The store calls it when it lets go of its lock, so the demotions and
+        write-behind writes of one store call reach ``SSDTier.write_many``
+        together. Order per key is kept: batches go out under ``_lock``.
+        """
+        if not self._outbox:
+            return
+        with self._lock:
+            jobs, self._outbox = self._outbox, []
+            batches: dict[int, list[Job]] = {}
+            for job in jobs:
+                batches.setdefault(job.key[0] % len(self._queues), []).append(job)
+            for i, batch in batches.items():
+                self._queues[i].put(batch)
 
     def read(self, loc: SSDLocation) -> bytes:
         return self.tier.read(loc)
 
+    def read_many_into(self, locs: list[SSDLocation], outs: list) -> list[Exception | None]:
+        """Read several payloads straight into ``outs`` (``SSDTier.read_many_into``): per
+        location None or its error (an unexpected failure of the call fails every item)."""
+        if not locs:
+            return []
+        try:
+            return self.tier.read_many_into(locs, outs)
+        except Exception as exc:
+            return [exc] * len(locs)
+
     # -- worker -----------------------------------------------------------------------
     def _worker(self, q: queue.SimpleQueue) -> None:
-        carry = _NOTHING  # a job taken while batching that is not a write (or the stop)
+        pending: collections.deque[Job] = collections.deque()
+        stopping = False
         while True:
-            job = carry if carry is not _NOTHING else q.get()
-            carry = _NOTHING
-            if job is None:
+            if not pending and (stopping or not _take(q.get(), pending)):
                 return
+            job = pending.popleft()
             batch = [job]
-            if job.kind == "write":  # consecutive writes go out together (write_many)
-                while len(batch) < BATCH_JOBS:
+            while job.kind == "write" and len(batch) < BATCH_JOBS:  # writes go out together
+                if not pending:
+                    if stopping:
+                        break
                     try:
-                        nxt = q.get_nowait()
+                        item = q.get_nowait()
                     except queue.Empty:
                         break
-                    if nxt is None or nxt.kind != "write":
-                        carry = nxt
+                    if not _take(item, pending):
+                        stopping = True
                         break
-                    batch.append(nxt)
+                if pending[0].kind != "write":
+                    break
+                batch.append(pending.popleft())
             try:
                 if job.kind == "write":
                     self._write_batch(batch)
@@ -290,7 +326,19 @@ class WriteBack:
 
     def stop(self) -> None:
         """Finish every queued job, then stop the threads."""
+        self.dispatch()
         for q in self._queues:
             q.put(None)
         for t in self._threads:
             t.join()
+
+
+def _take(item, pending: collections.deque) -> bool:
+    """Queue ``item`` (a job, or a dispatched batch) in ``pending``; False for the stop mark."""
+    if item is None:
+        return False
+    if isinstance(item, list):
+        pending.extend(item)
+    else:
+        pending.append(item)
+    return True

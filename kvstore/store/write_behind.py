@@ -4,7 +4,7 @@ Without it, blocks reach the SSD only when evicted from memory or on a
 graceful stop: a SIGKILL loses the whole CPU tier. Every ``seconds`` (the
 store's ``write_behind_seconds``, on by default with an SSD tier) this
 thread asks the store to queue an SSD write of every dirty resident block
-(``TierSet.write_dirty``: each pinned until written, written in batches by
+(``WriteBackReports.write_dirty``: each pinned until written, in one batch to
 the write-back workers through ``SSDTier.write_many``). A block is then on
 disk about ``seconds`` plus the write time after its put; a SIGKILL loses
 at most that. The same tick takes back write leases past their deadline.

@@ -204,6 +204,7 @@ def test_private_tail():
         b = np.concatenate([toks(1, 2), toks(200, 1)])
         put(store, ns, spec, a)
         put(store, ns, spec, b)
+        store.check()  # takes the store lock: the puts' deferred commits are in the tree
         nst: NamespaceState = store._namespaces.get(ns)
         chain = [m.key for m in nst.tree.match(a).blocks]
         assert private_tail(nst.tree, chain) == chain[:1:-1]  # a's own two blocks

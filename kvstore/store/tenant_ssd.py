@@ -232,14 +232,18 @@ class TenantSSD:
         self._log_at(loc).read_into(_plain(loc), out)
 
     def read_many_into(self, locs: list[SSDLocation], outs: list) -> list[Exception | None]:
-        return [self._try_read_into(loc, out) for loc, out in zip(locs, outs)]
-
-    def _try_read_into(self, loc, out) -> Exception | None:
-        try:
-            self.read_into(loc, out)
-        except Exception as exc:  # per item, like SSDTier.read_many_into
-            return exc
-        return None
+        """Per item, like ``SSDTier.read_many_into``: each tenant's log reads its own
+        records in one batch."""
+        results: list[Exception | None] = [None] * len(locs)
+        by_log: dict[int, tuple[SSDTier, list[int]]] = {}
+        for i, loc in enumerate(locs):
+            log_ = self._log_at(loc)
+            by_log.setdefault(id(log_), (log_, []))[1].append(i)
+        for log_, idx in by_log.values():
+            errors = log_.read_many_into([_plain(locs[i]) for i in idx], [outs[i] for i in idx])
+            for i, err in zip(idx, errors):
+                results[i] = err
+        return results
 
     def _log_at(self, loc: SSDLocation) -> SSDTier:
         return self._logs[loc.tenant if isinstance(loc, TenantLocation) else ""]

@@ -47,6 +47,7 @@ class WireOps:
         if not isinstance(ns, bytes):
             raise ProtocolError("register reply without a namespace id")
         self.conn.specs[ns] = raw
+        self.conn.registered.add(ns)
         self.geometry[ns] = (int(reply.result["block_bytes"]), int(reply.result["block_tokens"]))
         self.specs[ns] = spec
         return ns

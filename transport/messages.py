@@ -45,11 +45,14 @@ class Op(str, Enum):
     STATS = "stats"
     PING = "ping"
     HINT = "hint"
+    LOOKUP_MANY = "lookup_many"
 
 
 OPS = {op.value: op for op in Op}
 # Ops that name a namespace (``ns`` is required).
-NS_OPS = frozenset({Op.LOOKUP, Op.PUT, Op.GET, Op.LEASE, Op.DELETE, Op.HINT})
+NS_OPS = frozenset({Op.LOOKUP, Op.PUT, Op.GET, Op.LEASE, Op.DELETE, Op.HINT, Op.LOOKUP_MANY})
+# The most token arrays one ``lookup_many`` carries (their tokens together: ``max_tokens``).
+MAX_LOOKUPS = 4096
 # The only op whose request carries payload segments.
 PAYLOAD_OPS = frozenset({Op.PUT})
 
@@ -197,6 +200,29 @@ def arg_uint(args: dict, name: str, default: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
         raise InvalidArgument(f"{name} must be an unsigned int")
     return value
+
+
+def encode_lookup_many(tokens_list, extras) -> dict:
+    """``lookup_many``'s args: ``tokens`` (one bin per request) and, if any is set, ``extra``."""
+    args: dict = {"tokens": [encode_tokens(t) for t in tokens_list]}
+    if any(extras):
+        args["extra"] = [bytes(e) for e in extras]
+    return args
+
+
+def decode_lookup_many(args: dict) -> list[tuple[np.ndarray, bytes]]:
+    """The ``(tokens, extra)`` of each request of a ``lookup_many`` (InvalidArgument when
+    malformed: not arrays, more than ``MAX_LOOKUPS``, ``extra`` of another length)."""
+    raw = args.get("tokens")
+    if not isinstance(raw, list) or len(raw) > MAX_LOOKUPS:
+        raise InvalidArgument(f"tokens must be an array of at most {MAX_LOOKUPS} token arrays")
+    extras = args.get("extra")
+    if extras is None:
+        extras = [b""] * len(raw)
+    if not isinstance(extras, list) or len(extras) != len(raw):
+        raise InvalidArgument("extra must be an array as long as tokens")
+    return [(decode_tokens({"tokens": t}), arg_bytes({"extra": e}, "extra"))
+            for t, e in zip(raw, extras)]
 
 
 def encode_hint(hint: PrefixHint) -> dict:

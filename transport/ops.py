@@ -87,6 +87,7 @@ class StoreOps:
             Op.STATS: self.stats,
             Op.PING: self.ping,
             Op.HINT: self.hint,
+            Op.LOOKUP_MANY: self.lookup_many,
         }
 
     # -- leases ---------------------------------------------------------------
@@ -206,6 +207,17 @@ class StoreOps:
         if self.cluster is not None:
             n = await self.cluster.lookup(session, spec, req.ns, tokens, extra, n)
         return Outcome(Reply(req.id, result={"tokens": int(n)}))
+
+    async def lookup_many(self, session: Session, req: Request, payload: Payload,
+                          spec: NamespaceSpec | None) -> Outcome:
+        """The cached prefix of each of many token arrays of one namespace, in one reply."""
+        batch = m.decode_lookup_many(req.args)
+        self.limits.check_tokens(sum(len(tokens) for tokens, _ in batch))
+        hits = self.store.lookup_many(req.ns, [t for t, _ in batch], [e for _, e in batch])
+        if self.cluster is not None:
+            hits = [await self.cluster.lookup(session, spec, req.ns, tokens, extra, n)
+                    for (tokens, extra), n in zip(batch, hits)]
+        return Outcome(Reply(req.id, result={"tokens": [int(n) for n in hits]}))
 
     async def put(self, session: Session, req: Request, payload: Payload,
                   spec: NamespaceSpec | None) -> Outcome:

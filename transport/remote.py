@@ -187,6 +187,11 @@ class RemoteStore:
     def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         return self._soft(self.ops.lookup(ns, tokens, extra), 0)
 
+    def lookup_many(self, ns: bytes, tokens_list, extras=None) -> list[int]:
+        """``lookup`` of each token array in one round trip (op ``lookup_many``); offline
+        and not strict: all misses."""
+        return self._soft(self.ops.lookup_many(ns, tokens_list, extras), [0] * len(tokens_list))
+
     def put(self, ns: bytes, tokens, payloads, extra: bytes = b"") -> int:
         return self._soft(self.ops.put(ns, tokens, payloads, extra), 0)
 
@@ -307,6 +312,10 @@ class RemoteStore:
 
     async def alookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         return await self._asoft(self.aops.lookup(ns, tokens, extra), 0)
+
+    async def alookup_many(self, ns: bytes, tokens_list, extras=None) -> list[int]:
+        return await self._asoft(self.aops.lookup_many(ns, tokens_list, extras),
+                                 [0] * len(tokens_list))
 
     async def aput(self, ns: bytes, tokens, payloads, extra: bytes = b"") -> int:
         return await self._asoft(self.aops.put(ns, tokens, payloads, extra), 0)

@@ -195,6 +195,18 @@ class TieredStore:
         with self._lock:
             return self._path.match(self._namespaces.get(ns), arr, extra, False).num_tokens
 
+    def lookup_many(self, ns: bytes, tokens_list: Sequence, extras: Sequence[bytes] | None = None,
+                    ) -> list[int]:
+        """``lookup`` of each token array, under one acquisition of the lock."""
+        extras = extras if extras is not None else [b""] * len(tokens_list)
+        if len(extras) != len(tokens_list):
+            raise InvalidArgument("lookup_many: one extra per token array")
+        arrs = [as_tokens(t) for t in tokens_list]
+        with self._lock:
+            table = self._namespaces.get(ns)
+            return [self._path.match(table, arr, bytes(e), False).num_tokens
+                    for arr, e in zip(arrs, extras)]
+
     def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:
         arr = as_tokens(tokens)
         with self._lock:

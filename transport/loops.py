@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def loop_factory(ucx: bool = False) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -22,3 +26,11 @@ def loop_factory(ucx: bool = False) -> Callable[[], asyncio.AbstractEventLoop]:
     except ImportError:
         return asyncio.new_event_loop
     return uvloop.new_event_loop
+
+
+def run(main: Coroutine[Any, Any, T], ucx: bool = False) -> T:
+    """``asyncio.run(main)`` on a loop from ``loop_factory(ucx)`` (the daemon's main)."""
+    if sys.version_info < (3, 11):  # pragma: no cover - no Runner: the standard loop
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=loop_factory(ucx)) as runner:
+        return runner.run(main)

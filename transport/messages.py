@@ -53,8 +53,8 @@ OPS = {op.value: op for op in Op}
 NS_OPS = frozenset({Op.LOOKUP, Op.PUT, Op.GET, Op.LEASE, Op.DELETE, Op.HINT, Op.LOOKUP_MANY})
 # The most token arrays one ``lookup_many`` carries (their tokens together: ``max_tokens``).
 MAX_LOOKUPS = 4096
-# The only op whose request carries payload segments.
-PAYLOAD_OPS = frozenset({Op.PUT})
+# The ops whose requests carry payload segments (blocks; lookup_many's token arrays).
+PAYLOAD_OPS = frozenset({Op.PUT, Op.LOOKUP_MANY})
 
 
 @dataclass
@@ -202,27 +202,28 @@ def arg_uint(args: dict, name: str, default: int | None = None) -> int:
     return value
 
 
-def encode_lookup_many(tokens_list, extras) -> dict:
-    """``lookup_many``'s args: ``tokens`` (one bin per request) and, if any is set, ``extra``."""
-    args: dict = {"tokens": [encode_tokens(t) for t in tokens_list]}
-    if any(extras):
-        args["extra"] = [bytes(e) for e in extras]
-    return args
+def lookup_many_args(tokens_list, extras) -> tuple[dict, list[np.ndarray]]:
+    """``lookup_many``'s args and payload: one segment per token array (little-endian
+    uint32, sent from the arrays as they are) and ``extra`` only if one is set."""
+    arrays = [np.ascontiguousarray(t, dtype=TOKEN_DTYPE) for t in tokens_list]
+    args = {"extra": [bytes(e) for e in extras]} if any(extras) else {}
+    return args, arrays
 
 
-def decode_lookup_many(args: dict) -> list[tuple[np.ndarray, bytes]]:
-    """The ``(tokens, extra)`` of each request of a ``lookup_many`` (InvalidArgument when
-    malformed: not arrays, more than ``MAX_LOOKUPS``, ``extra`` of another length)."""
-    raw = args.get("tokens")
-    if not isinstance(raw, list) or len(raw) > MAX_LOOKUPS:
-        raise InvalidArgument(f"tokens must be an array of at most {MAX_LOOKUPS} token arrays")
+def lookup_many_request(args: dict, sizes: list[int]) -> list[bytes]:
+    """Check a ``lookup_many`` request before its payload is read; the extra of each
+    token array (InvalidArgument: more than ``MAX_LOOKUPS`` arrays, a segment that is
+    not whole tokens, ``extra`` of another length)."""
+    if len(sizes) > MAX_LOOKUPS:
+        raise InvalidArgument(f"at most {MAX_LOOKUPS} token arrays in one lookup_many")
+    if any(size % TOKEN_DTYPE.itemsize for size in sizes):
+        raise InvalidArgument("each segment of lookup_many is a token array of uint32")
     extras = args.get("extra")
     if extras is None:
-        extras = [b""] * len(raw)
-    if not isinstance(extras, list) or len(extras) != len(raw):
-        raise InvalidArgument("extra must be an array as long as tokens")
-    return [(decode_tokens({"tokens": t}), arg_bytes({"extra": e}, "extra"))
-            for t, e in zip(raw, extras)]
+        return [b""] * len(sizes)
+    if not isinstance(extras, list) or len(extras) != len(sizes):
+        raise InvalidArgument("extra must be an array with one bin per token array")
+    return [arg_bytes({"extra": e}, "extra") for e in extras]
 
 
 def encode_hint(hint: PrefixHint) -> dict:

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+
+import numpy as np
 
 from kvstore.errors import (
     InvalidArgument,
@@ -210,13 +213,18 @@ class StoreOps:
 
     async def lookup_many(self, session: Session, req: Request, payload: Payload,
                           spec: NamespaceSpec | None) -> Outcome:
-        """The cached prefix of each of many token arrays of one namespace, in one reply."""
-        batch = m.decode_lookup_many(req.args)
-        self.limits.check_tokens(sum(len(tokens) for tokens, _ in batch))
-        hits = self.store.lookup_many(req.ns, [t for t, _ in batch], [e for _, e in batch])
+        """The cached prefix of each of many token arrays (the payload's segments) of one
+        namespace, in one reply."""
+        extras = m.lookup_many_request(req.args, req.sizes)
+        self.limits.check_tokens(sum(req.sizes) // 4)
+        tokens = np.empty(sum(req.sizes) // 4, dtype=np.uint32)
+        view, ends = memoryview(tokens).cast("B"), list(itertools.accumulate(req.sizes))
+        await payload.read_segments([view[end - size : end] for end, size in zip(ends, req.sizes)])
+        batch = [tokens[(end - size) // 4 : end // 4] for end, size in zip(ends, req.sizes)]
+        hits = self.store.lookup_many(req.ns, batch, extras)
         if self.cluster is not None:
-            hits = [await self.cluster.lookup(session, spec, req.ns, tokens, extra, n)
-                    for (tokens, extra), n in zip(batch, hits)]
+            hits = [await self.cluster.lookup(session, spec, req.ns, t, e, n)
+                    for t, e, n in zip(batch, extras, hits)]
         return Outcome(Reply(req.id, result={"tokens": [int(n) for n in hits]}))
 
     async def put(self, session: Session, req: Request, payload: Payload,

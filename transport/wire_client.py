@@ -25,8 +25,8 @@ from kvstore.transport.messages import (
     MAX_LOOKUPS,
     Op,
     encode_hint,
-    encode_lookup_many,
     encode_tokens,
+    lookup_many_args,
 )
 from kvstore.transport.stats_wire import RemoteStats, stats_from_wire
 
@@ -107,7 +107,8 @@ class WireOps:
     async def _lookup_chunk(self, ns: bytes, arrays: list, extras: list) -> list[int]:
         if time.monotonic() >= self._no_lookup_many_until:
             try:
-                reply = await self.conn.request(Op.LOOKUP_MANY, ns, encode_lookup_many(arrays, extras))
+                args, tokens = lookup_many_args(arrays, extras)
+                reply = await self.conn.request(Op.LOOKUP_MANY, ns, args, payloads=tokens)
             except ProtocolError as exc:
                 if "unknown op" not in str(exc):
                     raise

@@ -18,7 +18,7 @@ from kvstore.errors import ErrorCode, InvalidArgument
 from kvstore.store.config import StoreConfig
 from kvstore.store.tiered_store import TieredStore
 from kvstore.transport.limits import Limits
-from kvstore.transport.messages import Op, decode_lookup_many, encode_lookup_many
+from kvstore.transport.messages import Op, lookup_many_args, lookup_many_request
 from tests.transport.conftest import blocks_for, small_layout, spec_of, tokens_for
 from tests.transport.rawwire import Raw
 
@@ -51,18 +51,19 @@ def test_tiered_store_lookup_many():
     store.close()
 
 
-def test_messages_round_trip():
-    prompts = [tokens_for(1, 2), tokens_for(2, 1)]
-    args = encode_lookup_many(prompts, [b"", b""])
-    assert "extra" not in args  # all empty: left out
-    back = decode_lookup_many(args)
-    assert [list(t) for t, _ in back] == [list(p) for p in prompts]
-    back = decode_lookup_many(encode_lookup_many(prompts, [b"a", b""]))
-    assert [e for _, e in back] == [b"a", b""]
-    for bad in ({"tokens": b"x"}, {"tokens": [b"abc"]},
-                {"tokens": [b""], "extra": [b"", b""]}, {"tokens": [b""], "extra": "x"}):
+def test_messages():
+    prompts = [tokens_for(1, 2), tokens_for(2, 1).astype(np.int64)]
+    args, payloads = lookup_many_args(prompts, [b"", b""])
+    assert args == {}  # no extra set: left out
+    assert [p.dtype for p in payloads] == [np.uint32, np.uint32]
+    assert [list(p) for p in payloads] == [list(p) for p in prompts]
+    args, _ = lookup_many_args(prompts, [b"a", b""])
+    assert lookup_many_request(args, [128, 64]) == [b"a", b""]
+    assert lookup_many_request({}, [128, 64]) == [b"", b""]
+    for bad_args, sizes in (({}, [3]), ({"extra": [b""]}, [4, 4]), ({"extra": "x"}, [4]),
+                            ({}, [4] * 4097)):
         with pytest.raises(InvalidArgument):
-            decode_lookup_many(bad)
+            lookup_many_request(bad_args, sizes)
 
 
 def test_one_request_over_each_carrier(daemon, connect, store):
@@ -118,12 +119,15 @@ def test_malformed_on_the_raw_wire(daemon, carrier):
     reg = raw.request("register", None, {"spec": spec_of().to_dict()})
     ns = reg["result"]["ns"]
     toks = np.arange(32, dtype=np.uint32).tobytes()
-    bad = raw.request("lookup_many", ns, {"tokens": [toks], "extra": [b"", b""]})
+    bad = raw.request("lookup_many", ns, {"extra": [b"", b""]}, [toks])
     assert bad["status"] == ErrorCode.INVALID_ARGUMENT
-    ok = raw.request("lookup_many", ns, {"tokens": [toks, toks]})
+    ok = raw.request("lookup_many", ns, {}, [toks, toks])
     assert ok["status"] == 0 and ok["result"]["tokens"] == [0, 0]  # the connection is kept
-    too_many = raw.request("lookup_many", ns, {"tokens": [toks] * 4097})
+    odd = raw.request("lookup_many", ns, {}, [toks[:6]])  # not whole tokens
+    assert odd["status"] == ErrorCode.INVALID_ARGUMENT
+    too_many = raw.request("lookup_many", ns, {}, [b""] * 4097)
     assert too_many["status"] == ErrorCode.INVALID_ARGUMENT
-    unknown_ns = raw.request("lookup_many", b"\x01" * 16, {"tokens": [toks]})
+    unknown_ns = raw.request("lookup_many", b"\x01" * 16, {}, [toks])
     assert unknown_ns["status"] == ErrorCode.NOT_FOUND
+    assert raw.request("ping")["status"] == 0
     raw.close()

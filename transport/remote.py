@@ -40,6 +40,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import threading
 
 from kvstore.availability import OFFLINE, SoftFailures
 from kvstore.errors import InvalidArgument, Timeout, Unauthorized, Unavailable
@@ -87,6 +88,7 @@ class RemoteStore:
         self.ops: WireOps = self._ops_on(conn)
         self._aops: WireOps | None = None if self.blocking else self.ops
         self._io: IOThread | None = None
+        self._aops_lock = threading.Lock()
         self.closed = False
 
     def _ops_on(self, conn: Connection) -> WireOps:
@@ -106,13 +108,14 @@ class RemoteStore:
         It shares the client's namespaces with ``ops``: each connection
         registers one on its session before the first request that names it.
         """
-        if self._aops is None:
-            conn = Connection(self.url, **self._conn_args)
-            conn.specs = self.conn.specs
-            ops = self._ops_on(conn)
-            ops.geometry, ops.specs = self.ops.geometry, self.ops.specs
-            self._aops = ops
-        return self._aops
+        with self._aops_lock:
+            if self._aops is None:
+                conn = Connection(self.url, **self._conn_args)
+                conn.specs = self.conn.specs
+                ops = self._ops_on(conn)
+                ops.geometry, ops.specs = self.ops.geometry, self.ops.specs
+                self._aops = ops
+            return self._aops
 
     @classmethod
     def connect(cls, url: str, **kwargs) -> RemoteStore:

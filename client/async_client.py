@@ -42,6 +42,15 @@ class AsyncNamespace:
         lookup = cast(AsyncLookupStore, backend).alookup(self.id, as_tokens(tokens), extra)
         return await self.sync.availability.acall(lookup, 0)
 
+    async def lookup_many(self, tokens_list, extras=None) -> list[int]:
+        """The twin of ``Namespace.lookup_many``."""
+        backend = self.sync.backend
+        if not backend.capabilities.async_lookup:
+            return await asyncio.to_thread(self.sync.lookup_many, tokens_list, extras)
+        toks = [as_tokens(t) for t in tokens_list]
+        call = cast(AsyncLookupStore, backend).alookup_many(self.id, toks, extras)
+        return await self.sync.availability.acall(call, [0] * len(toks))
+
     async def hint(self, tokens, *, session_end: bool = False, keep_until: float | None = None,
                    priority: int = 0, extra: bytes = b"") -> int:
         """The twin of ``Namespace.hint`` (a coroutine of the backend's own I/O when it has one)."""

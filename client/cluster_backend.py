@@ -37,9 +37,9 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 
 from kvstore.availability import OFFLINE, SoftFailures
+from kvstore.client.cluster_stats import ClusterStats
 from kvstore.cluster.breaker import Breaker
 from kvstore.cluster.etcd import EtcdSession
 from kvstore.cluster.membership import Membership, MembershipView
@@ -47,52 +47,12 @@ from kvstore.cluster.records import EtcdURL, NodeInfo
 from kvstore.cluster.routing import Route, Router
 from kvstore.errors import Unavailable
 from kvstore.namespace_spec import NamespaceSpec
-from kvstore.store_api import (
-    Alloc,
-    Capabilities,
-    NamespaceStats,
-    PrefixHint,
-    StoreStats,
-    TierStats,
-)
+from kvstore.store_api import Alloc, Capabilities, PrefixHint, StoreStats
 from kvstore.tokens import as_tokens
 from kvstore.transport.remote import RemoteStore
 from kvstore.transport.wire_client import default_alloc
 
 log = logging.getLogger("kvstore.client.cluster")
-
-
-@dataclass
-class ClusterStats(StoreStats):
-    """The cluster's ``StoreStats``: tiers summed by name and namespaces by fingerprint
-    over the nodes that answered; ``nodes`` holds each one's own."""
-
-    cluster: str = ""
-    nodes: dict[str, StoreStats] = field(default_factory=dict)
-
-    @classmethod
-    def combine(cls, cluster: str, nodes: dict[str, StoreStats]) -> ClusterStats:
-        tiers: dict[str, TierStats] = {}
-        namespaces: dict[str, NamespaceStats] = {}
-        for stats in nodes.values():
-            for tier in stats.tiers:
-                tiers[tier.name] = _summed(tiers.get(tier.name), tier)
-            for ns in stats.namespaces:
-                namespaces[ns.fingerprint] = _summed(namespaces.get(ns.fingerprint), ns)
-        return cls(list(tiers.values()), list(namespaces.values()), cluster, dict(nodes))
-
-
-def _summed(total, part):
-    """``total`` (None: a copy of ``part``) plus ``part``: numbers add, flags or, the rest is kept."""
-    if total is None:
-        return dataclasses.replace(part)
-    for f in dataclasses.fields(part):
-        mine, theirs = getattr(total, f.name), getattr(part, f.name)
-        if isinstance(mine, bool):
-            setattr(total, f.name, mine or theirs)
-        elif isinstance(mine, int):
-            setattr(total, f.name, mine + theirs)
-    return total
 
 
 class ClusterBackend:
@@ -303,6 +263,29 @@ class ClusterBackend:
     def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         toks = as_tokens(tokens)
         return self._attempt(ns, toks, extra, lambda rs: rs.lookup(ns, toks, extra), 0)
+
+    def lookup_many(self, ns: bytes, tokens_list, extras=None) -> list[int]:
+        """``lookup`` of each token array: one ``lookup_many`` per owning node.
+
+        Requests whose routes rank the nodes alike go together (the same
+        owner, the same fallbacks), so each group fails over as its single
+        lookups would.
+        """
+        toks = [as_tokens(t) for t in tokens_list]
+        extras = list(extras) if extras is not None else [b""] * len(toks)
+        groups: dict[tuple, list[int]] = {}
+        for i, (t, e) in enumerate(zip(toks, extras)):
+            route = self.route(ns, t, e)
+            key = (tuple(n.node_id for n in route.candidates), route.replicas)
+            groups.setdefault(key, []).append(i)
+        hits = [0] * len(toks)
+        for idx in groups.values():
+            sub_t, sub_e = [toks[i] for i in idx], [extras[i] for i in idx]
+            got = self._attempt(ns, sub_t[0], sub_e[0],
+                                lambda rs, t=sub_t, e=sub_e: rs.lookup_many(ns, t, e), [0] * len(idx))
+            for i, n in zip(idx, got):
+                hits[i] = n
+        return hits
 
     def get(self, ns: bytes, tokens, extra: bytes = b""):
         toks = as_tokens(tokens)

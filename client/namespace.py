@@ -107,6 +107,13 @@ class Namespace:
         toks = as_tokens(tokens)
         return self._soft(lambda: self.backend.lookup(self.id, toks, extra), 0)
 
+    def lookup_many(self, tokens_list, extras=None) -> list[int]:
+        """``lookup`` of each token array (``extras[i]`` with each, default ``b""``), asked
+        together: one round trip to a daemon (a scheduler's waiting requests)."""
+        toks = [as_tokens(t) for t in tokens_list]
+        extras = list(extras) if extras is not None else None
+        return self._soft(lambda: self.backend.lookup_many(self.id, toks, extras), [0] * len(toks))
+
     def put(self, tokens, kv: torch.Tensor, extra: bytes = b"") -> int:
         """Store the whole blocks of ``tokens`` from ``kv``; returns the tokens stored."""
         toks = as_tokens(tokens)

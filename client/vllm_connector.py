@@ -99,7 +99,8 @@ class KVStoreConnector(KVConnectorBase_V1):
                      for r in range(tp_size)]  # a hint goes to every rank's shard
             self.scheduler = SchedulerSide(self.namespace, geometry.block_size,
                                            settings.block_tokens, settings.load, settings.save,
-                                           settings.strict, settings.save_decode, ranks)
+                                           settings.strict, settings.save_decode, ranks,
+                                           settings.batch_lookups)
         else:
             self.worker = WorkerSide(self.namespace, geometry, vllm_config, settings.strict)
 

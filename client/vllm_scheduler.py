@@ -5,7 +5,10 @@ Per request the scheduler sees, in order:
 1. ``lookup`` (from ``get_num_new_matched_tokens``): how many leading prompt
    tokens the store holds, in whole store blocks, counted on at most
    ``len(prompt) - 1`` tokens so vLLM keeps at least one token to compute
-   (it needs one to produce the next-token logits);
+   (it needs one to produce the next-token logits). With ``batch_lookups``
+   the step's waiting requests are asked together (``StepLookups``: the
+   first at once, the others get None, "ask again next step", and one
+   ``lookup_many`` at the step's end answers them);
 2. ``after_alloc`` (``update_state_after_alloc``): vLLM accepted
    ``num_external`` of those tokens and allocated blocks for them; the load
    is queued;
@@ -40,6 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kvstore.client.vllm_lookups import StepLookups
 from kvstore.client.vllm_meta import KVStoreConnectorMetadata, LoadSpec, SaveSpec
 from kvstore.errors import KVStoreError
 from kvstore.store_api import PrefixHint
@@ -135,9 +139,12 @@ class _Tracked:
 
 class SchedulerSide:
     def __init__(self, namespace, block_size: int, block_tokens: int, load: bool, save: bool,
-                 strict: bool = False, save_decode: bool = True, hint_namespaces=None):
+                 strict: bool = False, save_decode: bool = True, hint_namespaces=None,
+                 batch_lookups: bool = False):
         """``hint_namespaces``: the namespaces a request's hint goes to (one per
-        tensor-parallel rank: each worker stores its own shard); default ``[namespace]``."""
+        tensor-parallel rank: each worker stores its own shard); default ``[namespace]``.
+        ``batch_lookups``: one ``lookup_many`` per step (``StepLookups``); else a lookup
+        per call."""
         self.ns = namespace
         self.strict = strict
         self.block_size = block_size
@@ -149,10 +156,13 @@ class SchedulerSide:
         self._reqs: dict[str, _Tracked] = {}
         self._last_saves: list[SaveSpec] = []  # saves of finished requests, for the next step
         self._hint_after_save: dict[str, tuple] = {}  # req -> hint waiting for its last save
+        self.lookups = StepLookups(namespace, strict)
+        self.batch_lookups = batch_lookups
 
     # -- 1. lookup ------------------------------------------------------------
-    def lookup(self, request, num_computed_tokens: int) -> int:
-        """Tokens beyond ``num_computed_tokens`` that can be loaded (0 if none)."""
+    def lookup(self, request, num_computed_tokens: int) -> int | None:
+        """Tokens beyond ``num_computed_tokens`` that can be loaded (0 if none); None:
+        asked at the end of this step, call again next step (``batch_lookups``)."""
         prompt = request.prompt_token_ids
         if not prompt:
             return 0
@@ -161,21 +171,17 @@ class SchedulerSide:
         load, save = load and self.load_enabled, save and self.save_enabled
         hit = 0
         if limit > num_computed_tokens and (load or save):
-            hit = self._lookup(prompt[:limit], request_extra(request))
+            tokens, extra = as_tokens(prompt[:limit]), request_extra(request)
+            if not self.batch_lookups:
+                hit = self.lookups.lookup(tokens, extra)
+            else:
+                hit = self.lookups.hit(request.request_id, tokens, extra)
+                if hit is None:
+                    return None
         self._lookups[request.request_id] = (num_computed_tokens, hit)
         if not load or hit <= num_computed_tokens:
             return 0
         return hit - num_computed_tokens
-
-    def _lookup(self, tokens, extra: bytes) -> int:
-        """The store's answer, or 0 when it fails: a cache never fails a request."""
-        try:
-            return self.ns.lookup(tokens, extra)
-        except Exception:
-            if self.strict:
-                raise
-            log.warning("kvstore lookup failed; the request recomputes", exc_info=True)
-            return 0
 
     # -- 2. blocks allocated ------------------------------------------------
     def after_alloc(self, request, block_ids: list[int], num_external: int) -> None:
@@ -183,6 +189,7 @@ class SchedulerSide:
         if prompt is None:
             return
         local, hit = self._lookups.pop(request.request_id, (0, 0))
+        self.lookups.forget(request.request_id)
         tracked = self._reqs.get(request.request_id)
         if tracked is None:
             options = request_options(request)
@@ -198,6 +205,7 @@ class SchedulerSide:
 
     # -- 3. per-step metadata -------------------------------------------------
     def build_meta(self, scheduler_output) -> KVStoreConnectorMetadata:
+        self.lookups.end_step()  # the requests that got None this step: one lookup_many
         meta = KVStoreConnectorMetadata()
         meta.saves, self._last_saves = self._last_saves, []
         scheduled = scheduler_output.num_scheduled_tokens
@@ -246,6 +254,7 @@ class SchedulerSide:
         """
         req_id = request.request_id
         self._lookups.pop(req_id, None)
+        self.lookups.forget(req_id)
         tracked = self._reqs.pop(req_id, None)
         hint = request_options(request).hint
         delay = False

@@ -16,6 +16,7 @@ Everything comes from vLLM's ``KVTransferConfig``::
             "strict": False,                    # True: an unreachable store raises instead of missing
             "load": True, "save": True,         # switch one direction off (e.g. a recompute baseline)
             "save_decode": True,                # store the generated tokens' KV too (next chat turn hits)
+            "batch_lookups": True,              # the step's waiting requests in one lookup_many
             "store": {"cpu_bytes": "4GiB"},     # embedded only: StoreConfig keywords
         },
     )
@@ -56,6 +57,7 @@ class ConnectorSettings:
     load: bool = True  # look up and load cached prefixes
     save: bool = True  # store the whole blocks of computed prompts
     save_decode: bool = True  # ... and of the generated tokens (prompt + output)
+    batch_lookups: bool = True  # the step's waiting requests in one lookup_many (StepLookups)
     store: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -164,6 +164,12 @@ class BlockStore(Protocol):
     def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         """Leading tokens cached (a multiple of block_tokens), any tier."""
 
+    def lookup_many(self, ns: bytes, tokens_list: Sequence, extras: Sequence[bytes] | None = None,
+                    ) -> list[int]:
+        """``lookup`` of each token array of ``tokens_list`` (with ``extras[i]``, default
+        ``b""``), answered together: one round trip on a remote backend (a scheduler asks
+        for all its waiting requests at once)."""
+
     def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:
         """Store block i of ``tokens`` from ``payloads[i]`` (bytes-like of block_bytes).
 
@@ -206,6 +212,9 @@ class AsyncLookupStore(BlockStore, Protocol):
     (``capabilities.async_lookup``)."""
 
     async def alookup(self, ns: bytes, tokens, extra: bytes = b"") -> int: ...
+
+    async def alookup_many(self, ns: bytes, tokens_list: Sequence,
+                           extras: Sequence[bytes] | None = None) -> list[int]: ...
 
     async def ahint(self, ns: bytes, tokens, hint: PrefixHint, extra: bytes = b"") -> int: ...
 

@@ -132,6 +132,7 @@ class Connection:
         self.hello: dict = {}
         self.generation = 0
         self.specs: dict[bytes, dict] = {}  # ns id -> spec dict, re-registered on reconnect
+        self.registered: set[bytes] = set()  # the ns ids this connection's session registered
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
         self._retry_at = 0.0
@@ -153,7 +154,7 @@ class Connection:
         if budget is not None and self.url.scheme != "ucx":
             wait = min(wait, budget)
         try:
-            channel = await open_channel(self.url, wait)
+            channel = await self._open(wait)
         except Unavailable:
             self._retry_at = time.monotonic() + self.retry_interval
             raise
@@ -166,8 +167,10 @@ class Connection:
             self.hello = reply.result
             if self.on_connect is not None:
                 await self.on_connect(self.hello)
-            for spec in list(self.specs.values()):
+            self.registered = set()
+            for ns, spec in list(self.specs.items()):
                 await self._roundtrip(Request(Op.REGISTER, args={"spec": spec}), None, self.timeout)
+                self.registered.add(ns)
         except BaseException as exc:
             self._drop()
             if isinstance(exc, (Unavailable, Timeout)):
@@ -176,6 +179,19 @@ class Connection:
         self.generation += 1
         if self.generation > 1:
             log.info("reconnected to %s", self.url)
+
+    async def _open(self, wait: float):
+        return await open_channel(self.url, wait)
+
+    async def _register_known(self, ns: bytes | None, budget: float) -> None:
+        """Register ``ns`` on this session first if the client knows it but the session
+        does not (a namespace registered through the client's other connection)."""
+        if ns is None or ns in self.registered:
+            return
+        spec = self.specs.get(ns)
+        if spec is not None:
+            await self._roundtrip(Request(Op.REGISTER, args={"spec": spec}), None, budget)
+            self.registered.add(ns)
 
     def _drop(self) -> None:
         """Forget the connection after a failure (reset: its stream position is unknown)."""
@@ -215,11 +231,7 @@ class Connection:
         it), or one buffer for all of them back to back, after checking the
         sizes; or it raises (the connection is dropped).
         """
-        if self.closed:
-            raise Unavailable(f"connection to {self.url} closed"
-                              + (f": {self._abort_reason}" if self._abort_reason else ""))
-        sizes = [len(p) if isinstance(p, memoryview) else memoryview(p).nbytes for p in payloads]
-        req = Request(op, ns=ns, args=args or {}, sizes=sizes)
+        req = self._new_request(op, ns, args, payloads)
         budget = timeout or self.timeout
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -235,6 +247,7 @@ class Connection:
             try:
                 if self.channel is None:
                     await self._connect(max(0.01, budget - (loop.time() - start)))
+                await self._register_known(ns, max(0.01, budget - (loop.time() - start)))
                 left = max(0.01, budget - (loop.time() - start))
                 return await self._roundtrip(req, receive, left, payloads)
             finally:
@@ -247,6 +260,37 @@ class Connection:
             raise Unavailable(f"{op.value} to {self.url} abandoned: {self._abort_reason}") from None
         finally:
             self._inflight.discard(task)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise Unavailable(f"connection to {self.url} closed"
+                              + (f": {self._abort_reason}" if self._abort_reason else ""))
+
+    def _new_request(self, op: Op, ns: bytes | None, args: dict | None, payloads) -> Request:
+        self._check_open()
+        sizes = [len(p) if isinstance(p, memoryview) else memoryview(p).nbytes for p in payloads]
+        return Request(op, ns=ns, args=args or {}, sizes=sizes)
+
+    def _parse(self, req: Request, raw) -> Reply:
+        """The reply to ``req`` in the header ``raw`` (None: the daemon closed)."""
+        if raw is None:
+            raise Unavailable("daemon closed the connection")
+        reply = parse_reply(unpack_header(raw))
+        if reply.id not in (req.id, 0):
+            raise ProtocolError(f"reply {reply.id} to request {req.id}")
+        if reply.sizes:
+            self.limits.check_sizes(reply.sizes)
+            if not reply.ok:
+                raise ProtocolError("unexpected payload in reply")
+        return reply
+
+    def _checked(self, reply: Reply) -> Reply:
+        """``reply``, or its error raised (dropping the connection when the daemon closes it)."""
+        if not reply.ok:
+            if reply.id == 0 or reply.status in CLOSING_CODES:  # the daemon closes
+                self._drop()
+            raise error_from_code(reply.status, reply.error)
+        return reply
 
     async def send_only(self, op: Op, args: dict) -> None:
         """A request that gets no reply (``release`` with ``noreply``); best effort."""
@@ -272,14 +316,9 @@ class Connection:
             async with _timeout(waited):
                 await channel.send(req.to_header(), payloads)
                 raw = await channel.read_header(self.limits)
-            if raw is None:
-                raise Unavailable("daemon closed the connection")
-            reply = parse_reply(unpack_header(raw))
-            if reply.id not in (req.id, 0):
-                raise ProtocolError(f"reply {reply.id} to request {req.id}")
+            reply = self._parse(req, raw)
             if reply.sizes:
-                self.limits.check_sizes(reply.sizes)
-                if receive is None or not reply.ok:
+                if receive is None:
                     raise ProtocolError("unexpected payload in reply")
                 targets = receive(reply)
                 phase = f"payload of {sum(reply.sizes)} bytes stalled"
@@ -296,8 +335,4 @@ class Connection:
         except (KVStoreError, asyncio.CancelledError):
             self._drop()
             raise
-        if not reply.ok:
-            if reply.id == 0 or reply.status in CLOSING_CODES:  # the daemon closes
-                self._drop()
-            raise error_from_code(reply.status, reply.error)
-        return reply
+        return self._checked(reply)

@@ -45,13 +45,16 @@ class Op(str, Enum):
     STATS = "stats"
     PING = "ping"
     HINT = "hint"
+    LOOKUP_MANY = "lookup_many"
 
 
 OPS = {op.value: op for op in Op}
 # Ops that name a namespace (``ns`` is required).
-NS_OPS = frozenset({Op.LOOKUP, Op.PUT, Op.GET, Op.LEASE, Op.DELETE, Op.HINT})
-# The only op whose request carries payload segments.
-PAYLOAD_OPS = frozenset({Op.PUT})
+NS_OPS = frozenset({Op.LOOKUP, Op.PUT, Op.GET, Op.LEASE, Op.DELETE, Op.HINT, Op.LOOKUP_MANY})
+# The most token arrays one ``lookup_many`` carries (their tokens together: ``max_tokens``).
+MAX_LOOKUPS = 4096
+# The ops whose requests carry payload segments (blocks; lookup_many's token arrays).
+PAYLOAD_OPS = frozenset({Op.PUT, Op.LOOKUP_MANY})
 
 
 @dataclass
@@ -197,6 +200,30 @@ def arg_uint(args: dict, name: str, default: int | None = None) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ID:
         raise InvalidArgument(f"{name} must be an unsigned int")
     return value
+
+
+def lookup_many_args(tokens_list, extras) -> tuple[dict, list[np.ndarray]]:
+    """``lookup_many``'s args and payload: one segment per token array (little-endian
+    uint32, sent from the arrays as they are) and ``extra`` only if one is set."""
+    arrays = [np.ascontiguousarray(t, dtype=TOKEN_DTYPE) for t in tokens_list]
+    args = {"extra": [bytes(e) for e in extras]} if any(extras) else {}
+    return args, arrays
+
+
+def lookup_many_request(args: dict, sizes: list[int]) -> list[bytes]:
+    """Check a ``lookup_many`` request before its payload is read; the extra of each
+    token array (InvalidArgument: more than ``MAX_LOOKUPS`` arrays, a segment that is
+    not whole tokens, ``extra`` of another length)."""
+    if len(sizes) > MAX_LOOKUPS:
+        raise InvalidArgument(f"at most {MAX_LOOKUPS} token arrays in one lookup_many")
+    if any(size % TOKEN_DTYPE.itemsize for size in sizes):
+        raise InvalidArgument("each segment of lookup_many is a token array of uint32")
+    extras = args.get("extra")
+    if extras is None:
+        return [b""] * len(sizes)
+    if not isinstance(extras, list) or len(extras) != len(sizes):
+        raise InvalidArgument("extra must be an array with one bin per token array")
+    return [arg_bytes({"extra": e}, "extra") for e in extras]
 
 
 def encode_hint(hint: PrefixHint) -> dict:

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+
+import numpy as np
 
 from kvstore.errors import (
     InvalidArgument,
@@ -87,6 +90,7 @@ class StoreOps:
             Op.STATS: self.stats,
             Op.PING: self.ping,
             Op.HINT: self.hint,
+            Op.LOOKUP_MANY: self.lookup_many,
         }
 
     # -- leases ---------------------------------------------------------------
@@ -222,6 +226,22 @@ class StoreOps:
         if self.cluster is not None:
             n = await self.cluster.lookup(session, spec, req.ns, tokens, extra, n)
         return Outcome(Reply(req.id, result={"tokens": int(n)}))
+
+    async def lookup_many(self, session: Session, req: Request, payload: Payload,
+                          spec: NamespaceSpec | None) -> Outcome:
+        """The cached prefix of each of many token arrays (the payload's segments) of one
+        namespace, in one reply."""
+        extras = m.lookup_many_request(req.args, req.sizes)
+        self.limits.check_tokens(sum(req.sizes) // 4)
+        tokens = np.empty(sum(req.sizes) // 4, dtype=np.uint32)
+        view, ends = memoryview(tokens).cast("B"), list(itertools.accumulate(req.sizes))
+        await payload.read_segments([view[end - size : end] for end, size in zip(ends, req.sizes)])
+        batch = [tokens[(end - size) // 4 : end // 4] for end, size in zip(ends, req.sizes)]
+        hits = self.store.lookup_many(req.ns, batch, extras)
+        if self.cluster is not None:
+            hits = [await self.cluster.lookup(session, spec, req.ns, t, e, n)
+                    for t, e, n in zip(batch, extras, hits)]
+        return Outcome(Reply(req.id, result={"tokens": [int(n) for n in hits]}))
 
     async def put(self, session: Session, req: Request, payload: Payload,
                   spec: NamespaceSpec | None) -> Outcome:

@@ -5,12 +5,17 @@
 (register / lookup / put / get / hint / delete / flush / stats), plus ``get_into``
 that receives blocks straight into a caller's buffer.
 
-Threading: every connection lives on one background I/O thread per process
-that runs an asyncio loop. A sync call hands its coroutine to that loop and
-waits; the asyncio twins (``alookup``, ``ahint``, ``aput``, ``aget``, ``aget_into``,
-``aregister``, ``adelete``, ``aflush``, ``astats``) await the same coroutine
-from any event loop without blocking it. One client is safe to share between
-threads (its requests are sent one at a time).
+Threading: over tcp and shm a sync call talks to the socket on the caller's
+thread (``transport.sync_connection``: a blocking connection, as redis-py
+has; no thread hand-off). The asyncio twins (``alookup``, ``alookup_many``,
+``ahint``, ``aput``, ``aget``, ``aget_into``, ``aregister``, ``adelete``,
+``aflush``, ``astats``) run the same op coroutines on a second connection,
+opened on first use on the process's background I/O thread
+(``transport.io_thread``), and await them from any event loop without
+blocking it; the namespaces are the client's, registered on each
+connection's session as it needs them. ucx (ucxx is asyncio) runs every call
+on the I/O thread. One client is safe to share between threads (a
+connection sends its requests one at a time).
 
 On shm the client is a ``LeasingStore`` (``capabilities.leases``): the lease
 calls work (``lease_read`` / ``lease_write`` / ``commit_lease`` / ``release``
@@ -32,7 +37,6 @@ raise.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import dataclasses
 import logging
 import os
@@ -43,72 +47,14 @@ from kvstore.errors import InvalidArgument, Timeout, Unauthorized, Unavailable
 from kvstore.namespace_spec import NamespaceSpec
 from kvstore.store_api import Alloc, ArenaInfo, ArenaSlot, Capabilities, Lease, PrefixHint
 from kvstore.transport.connection import Connection
+from kvstore.transport.io_thread import IOThread
 from kvstore.transport.shm_client import RemoteSlot, ShmOps
 from kvstore.transport.stats_wire import RemoteStats
+from kvstore.transport.sync_connection import SyncConnection, drive
 from kvstore.transport.urls import parse_url
 from kvstore.transport.wire_client import WireOps, default_alloc
 
 log = logging.getLogger(__name__)
-
-
-class IOThread:
-    """The process's background asyncio loop for client connections."""
-
-    _instance: IOThread | None = None
-    _lock = threading.Lock()
-
-    def __init__(self):
-        self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name="kvstore-client-io", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    @classmethod
-    def get(cls) -> IOThread:
-        with cls._lock:
-            inst = cls._instance
-            if inst is None or inst.pid != os.getpid() or not inst.thread.is_alive():
-                inst = cls._instance = IOThread()
-            return inst
-
-    def submit(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def run(self, coro, timeout: float | None = None):
-        if threading.current_thread() is self.thread:
-            raise RuntimeError("sync kvstore client call from its own I/O thread; use the a* twins")
-        return self.submit(coro).result(timeout)
-
-    @classmethod
-    def shutdown(cls) -> None:
-        """At exit: cancel what is in flight (a bulk transfer then unblocks its worker)."""
-        inst = cls._instance
-        if inst is None or inst.pid != os.getpid() or not inst.thread.is_alive():
-            return
-
-        async def cancel_all():
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        try:
-            inst.submit(cancel_all()).result(5)
-        except Exception:  # pragma: no cover - exiting anyway
-            pass
-        inst.loop.call_soon_threadsafe(inst.loop.stop)
-
-
-# Before the thread pools join their workers at exit (threading's exit hooks
-# run before atexit's, the last registered first), so none waits on a socket.
-try:
-    threading._register_atexit(IOThread.shutdown)
-except (AttributeError, RuntimeError):  # pragma: no cover - another Python
-    atexit.register(IOThread.shutdown)
 
 
 class RemoteStore:
@@ -130,17 +76,46 @@ class RemoteStore:
         if token is None:
             token = os.environ.get("KVSTORE_AUTH_TOKEN")
         self.timeout = timeout
-        self.io = IOThread.get()
         self.availability = SoftFailures(strict, str(self.url), log)
         self.capabilities = Capabilities(leases=self.url.scheme == "shm", async_lookup=True)
-        conn = Connection(
-            self.url, token=token, tenant=tenant, timeout=timeout,
-            connect_timeout=connect_timeout, retry_interval=retry_interval,
-            client_name=client_name,
-        )
+        self._conn_args = dict(token=token, tenant=tenant, timeout=timeout,
+                               connect_timeout=connect_timeout, retry_interval=retry_interval,
+                               client_name=client_name)
+        # the sync calls' connection: blocking on the caller's thread (tcp, shm) or asyncio (ucx)
+        self.blocking = self.url.scheme in ("tcp", "shm")
+        conn = (SyncConnection if self.blocking else Connection)(self.url, **self._conn_args)
         self.conn = conn
-        self.ops: WireOps = ShmOps(conn) if self.capabilities.leases else WireOps(conn)
+        self.ops: WireOps = self._ops_on(conn)
+        self._aops: WireOps | None = None if self.blocking else self.ops
+        self._io: IOThread | None = None
+        self._aops_lock = threading.Lock()
         self.closed = False
+
+    def _ops_on(self, conn: Connection) -> WireOps:
+        return ShmOps(conn) if self.capabilities.leases else WireOps(conn)
+
+    @property
+    def io(self) -> IOThread:
+        """The process's I/O thread (started on first use: ucx, the asyncio twins)."""
+        if self._io is None or self._io.pid != os.getpid():
+            self._io = IOThread.get()
+        return self._io
+
+    @property
+    def aops(self) -> WireOps:
+        """The ops of the asyncio twins' connection (ucx: the only one), made on first use.
+
+        It shares the client's namespaces with ``ops``: each connection
+        registers one on its session before the first request that names it.
+        """
+        with self._aops_lock:
+            if self._aops is None:
+                conn = Connection(self.url, **self._conn_args)
+                conn.specs = self.conn.specs
+                ops = self._ops_on(conn)
+                ops.geometry, ops.specs = self.ops.geometry, self.ops.specs
+                self._aops = ops
+            return self._aops
 
     @classmethod
     def connect(cls, url: str, **kwargs) -> RemoteStore:
@@ -158,6 +133,10 @@ class RemoteStore:
 
     # -- plumbing -------------------------------------------------------------
     def _run(self, coro):
+        """Run an op coroutine of ``ops`` for a sync call: on this thread, or (ucx) on the
+        I/O thread."""
+        if self.blocking:
+            return drive(coro)
         margin = self.timeout + self.conn.connect_timeout + 5
         try:
             return self.io.run(coro, margin)
@@ -177,11 +156,11 @@ class RemoteStore:
     async def _asoft(self, coro, default):
         return await self.availability.acall(self._await(coro), default)
 
-    async def _register(self, spec: NamespaceSpec) -> bytes:
+    async def _register(self, ops: WireOps, spec: NamespaceSpec) -> bytes:
         if spec.tenant and spec.tenant != self.conn.tenant:
             raise Unauthorized(f"namespace tenant {spec.tenant!r} is not this client's tenant")
         try:
-            return await self.ops.register(spec)
+            return await ops.register(spec)
         except OFFLINE:
             # Offline (strict or not): remember it; it is registered on the next
             # connect, and the data calls report the outage.
@@ -203,13 +182,18 @@ class RemoteStore:
 
     # -- the BlockStore API -----------------------------------------------------
     def register(self, spec: NamespaceSpec) -> bytes:
-        return self._run(self._register(spec))
+        return self._run(self._register(self.ops, spec))
 
     def namespaces(self) -> list[NamespaceSpec]:
         return list(self.ops.specs.values())
 
     def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         return self._soft(self.ops.lookup(ns, tokens, extra), 0)
+
+    def lookup_many(self, ns: bytes, tokens_list, extras=None) -> list[int]:
+        """``lookup`` of each token array in one round trip (op ``lookup_many``); offline
+        and not strict: all misses."""
+        return self._soft(self.ops.lookup_many(ns, tokens_list, extras), [0] * len(tokens_list))
 
     def put(self, ns: bytes, tokens, payloads, extra: bytes = b"") -> int:
         return self._soft(self.ops.put(ns, tokens, payloads, extra), 0)
@@ -254,13 +238,18 @@ class RemoteStore:
     def abort(self, reason: str) -> None:
         """End the requests in flight now (``Unavailable(reason)``) and close; from any thread."""
         self.closed = True
-        self.io.loop.call_soon_threadsafe(self.conn.abort, reason)
+        if self.blocking:
+            self.conn.abort(reason)
+        if self._aops is not None:
+            self.io.loop.call_soon_threadsafe(self._aops.conn.abort, reason)
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             try:
                 self._run(self.ops.close())
+                if self._aops is not None and self._aops is not self.ops:
+                    self.io.run(self._aops.close(), self.timeout)
             except Exception:  # pragma: no cover - the loop is gone at exit
                 pass
 
@@ -322,29 +311,33 @@ class RemoteStore:
 
     # -- the asyncio twins ----------------------------------------------------
     async def aregister(self, spec: NamespaceSpec) -> bytes:
-        return await self._await(self._register(spec))
+        return await self._await(self._register(self.aops, spec))
 
     async def alookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
-        return await self._asoft(self.ops.lookup(ns, tokens, extra), 0)
+        return await self._asoft(self.aops.lookup(ns, tokens, extra), 0)
+
+    async def alookup_many(self, ns: bytes, tokens_list, extras=None) -> list[int]:
+        return await self._asoft(self.aops.lookup_many(ns, tokens_list, extras),
+                                 [0] * len(tokens_list))
 
     async def aput(self, ns: bytes, tokens, payloads, extra: bytes = b"") -> int:
-        return await self._asoft(self.ops.put(ns, tokens, payloads, extra), 0)
+        return await self._asoft(self.aops.put(ns, tokens, payloads, extra), 0)
 
     async def aget_into(self, ns: bytes, tokens, alloc: Alloc = default_alloc, extra: bytes = b""):
-        return await self._asoft(self.ops.get_into(ns, tokens, alloc, extra), (0, None))
+        return await self._asoft(self.aops.get_into(ns, tokens, alloc, extra), (0, None))
 
     async def aget(self, ns: bytes, tokens, extra: bytes = b""):
         n, buf = await self.aget_into(ns, tokens, extra=extra)
         return n, self._split(ns, buf)
 
     async def ahint(self, ns: bytes, tokens, hint: PrefixHint, extra: bytes = b"") -> int:
-        return await self._asoft(self.ops.hint(ns, tokens, hint, extra), 0)
+        return await self._asoft(self.aops.hint(ns, tokens, hint, extra), 0)
 
     async def adelete(self, ns: bytes, tokens, extra: bytes = b"") -> int:
-        return await self._await(self.ops.delete(ns, tokens, extra))
+        return await self._await(self.aops.delete(ns, tokens, extra))
 
     async def aflush(self) -> None:
-        await self._await(self.ops.flush())
+        await self._await(self.aops.flush())
 
     async def astats(self) -> RemoteStats:
-        return await self._await(self.ops.stats())
+        return await self._await(self.aops.stats())

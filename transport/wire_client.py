@@ -21,7 +21,13 @@ from kvstore.store_api import Alloc, PrefixHint
 from kvstore.tokens import as_tokens, full_blocks
 from kvstore.transport.channel import cast_bytes
 from kvstore.transport.connection import Connection
-from kvstore.transport.messages import Op, encode_hint, encode_tokens
+from kvstore.transport.messages import (
+    MAX_LOOKUPS,
+    Op,
+    encode_hint,
+    encode_tokens,
+    lookup_many_args,
+)
 from kvstore.transport.stats_wire import RemoteStats, stats_from_wire
 
 log = logging.getLogger(__name__)
@@ -38,6 +44,7 @@ class WireOps:
         self.geometry: dict[bytes, tuple[int, int]] = {}  # ns -> (block_bytes, block_tokens)
         self.specs: dict[bytes, NamespaceSpec] = {}
         self._no_hints_until = 0.0  # a daemon that predates ``hint`` said so
+        self._no_lookup_many_until = 0.0  # ... or ``lookup_many``
 
     # -- namespaces -----------------------------------------------------------
     async def register(self, spec: NamespaceSpec) -> bytes:
@@ -47,6 +54,7 @@ class WireOps:
         if not isinstance(ns, bytes):
             raise ProtocolError("register reply without a namespace id")
         self.conn.specs[ns] = raw
+        self.conn.registered.add(ns)
         self.geometry[ns] = (int(reply.result["block_bytes"]), int(reply.result["block_tokens"]))
         self.specs[ns] = spec
         return ns
@@ -68,6 +76,52 @@ class WireOps:
     async def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         reply = await self.conn.request(Op.LOOKUP, ns, self._args(as_tokens(tokens), extra))
         return int(reply.result["tokens"])
+
+    async def lookup_many(self, ns: bytes, tokens_list: Sequence,
+                          extras: Sequence[bytes] | None = None) -> list[int]:
+        """Op ``lookup_many``: one round trip per ``max_tokens`` tokens (and ``MAX_LOOKUPS``
+        arrays). A daemon older than the op answers "unknown op": single lookups then,
+        without asking again for ``HINTS_RETRY_S`` seconds."""
+        arrays = [as_tokens(t) for t in tokens_list]
+        extras = list(extras) if extras is not None else [b""] * len(arrays)
+        if len(extras) != len(arrays):
+            raise InvalidArgument("lookup_many: one extra per token array")
+        hits: list[int] = []
+        for lo, hi in self._chunks(arrays):
+            hits += await self._lookup_chunk(ns, arrays[lo:hi], extras[lo:hi])
+        return hits
+
+    def _chunks(self, arrays: list) -> list[tuple[int, int]]:
+        """Index ranges of at most ``max_tokens`` tokens and ``MAX_LOOKUPS`` arrays each."""
+        most = self.conn.limits.max_tokens
+        chunks, lo, total = [], 0, 0
+        for i, arr in enumerate(arrays):
+            if i > lo and (total + len(arr) > most or i - lo >= MAX_LOOKUPS):
+                chunks.append((lo, i))
+                lo, total = i, 0
+            total += len(arr)
+        if lo < len(arrays):
+            chunks.append((lo, len(arrays)))
+        return chunks
+
+    async def _lookup_chunk(self, ns: bytes, arrays: list, extras: list) -> list[int]:
+        if time.monotonic() >= self._no_lookup_many_until:
+            try:
+                args, tokens = lookup_many_args(arrays, extras)
+                reply = await self.conn.request(Op.LOOKUP_MANY, ns, args, payloads=tokens)
+            except ProtocolError as exc:
+                if "unknown op" not in str(exc):
+                    raise
+                self._no_lookup_many_until = time.monotonic() + HINTS_RETRY_S
+                log.info("the daemon at %s does not know lookup_many; single lookups",
+                         self.conn.url)
+            else:
+                hits = reply.result.get("tokens")
+                if not isinstance(hits, list) or len(hits) != len(arrays) or \
+                        not all(isinstance(n, int) for n in hits):
+                    raise ProtocolError("lookup_many reply does not match the request")
+                return hits
+        return [await self.lookup(ns, arr, extra) for arr, extra in zip(arrays, extras)]
 
     def _blocks(self, ns: bytes, tokens, payloads: Sequence) -> tuple[np.ndarray, list]:
         block_bytes, block_tokens = self._geometry(ns)

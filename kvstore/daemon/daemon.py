@@ -45,6 +45,7 @@ from kvstore.daemon.services import SERVICE_FACTORIES
 from kvstore.errors import InvalidArgument, KVStoreError, StorageError
 from kvstore.sizes import format_size
 from kvstore.store_api import ManagedStore
+from kvstore.transport import loops
 from kvstore.transport.auth import TokenAuth
 from kvstore.transport.server import Server
 
@@ -247,7 +248,8 @@ def serve(config: DaemonConfig) -> int:
     try:
         if forbid_inspection():  # before any arena or token exists in this process
             log.info("same-uid processes cannot open this daemon's /proc files (undumpable)")
-        return asyncio.run(Daemon(config).run(ready))
+        ucx = any(url.startswith("ucx://") for url in config.listen)
+        return loops.run(Daemon(config).run(ready), ucx=ucx)  # uvloop where installed
     except (KVStoreError, OSError) as exc:  # a port taken, a bad token file, ...
         log.error("kvstore serve: cannot start: %s", exc)
         return 1

@@ -158,6 +158,18 @@ class TieredStore:
         with self._lock:
             return match_prefix(self._tiers, self._namespaces.get(ns), arr, extra, False).num_tokens
 
+    def lookup_many(self, ns: bytes, tokens_list: Sequence, extras: Sequence[bytes] | None = None,
+                    ) -> list[int]:
+        """``lookup`` of each token array, under one acquisition of the lock."""
+        extras = extras if extras is not None else [b""] * len(tokens_list)
+        if len(extras) != len(tokens_list):
+            raise InvalidArgument("lookup_many: one extra per token array")
+        arrs = [as_tokens(t) for t in tokens_list]
+        with self._lock:
+            table = self._namespaces.get(ns)
+            return [self._path.match(table, arr, bytes(e), False).num_tokens
+                    for arr, e in zip(arrs, extras)]
+
     def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:
         """Lease (one lock acquisition), copy without the lock, commit at the lock's next holder."""
         arr = as_tokens(tokens)

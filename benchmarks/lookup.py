@@ -1,0 +1,188 @@
+"""Lookup latency through the public API, beside a raw loopback round trip (one run).
+
+``python -m benchmarks.lookup [--rounds 7] [--calls 200] [--json PATH]``
+
+* baseline: a blocking TCP echo between two Python processes on loopback (a
+  child process answers 8 bytes to each request), once with a tiny request
+  and once with a request as large as the lookup's tokens;
+* ``ns.lookup`` of a cached 4,096-token prefix (``kvstore.client``) over shm
+  and tcp against a ``kvstore serve`` child process, p50 and p99;
+* ``ns.lookup_many`` of 64 such requests (64 cached prompts) in one call.
+
+Rounds interleave the tasks (each round runs every task ``--calls`` times) so
+the machine's load swings hit all of them alike; p50/p99 are over every call.
+Ratios: lookup p50 / the raw round trip's p50 (target <= 8) and
+lookup_many(64) p50 / lookup p50 (target <= 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks.common import base_parser, print_table, write_json
+from kvstore.client import KVClient
+from kvstore.demo.daemon_process import ROOT, DaemonProc
+from kvstore.layout import KVLayout
+
+PROMPT_TOKENS = 4096
+BATCH = 64
+LAYOUT = KVLayout("bench-lookup", 1, 1, 8, "float16", 256)  # lookups do not depend on block size
+
+
+# -- the baseline: a blocking socket echo in a child process ----------------------------
+def _recv_exact(sock: socket.socket, view: memoryview) -> None:
+    pos = 0
+    while pos < len(view):
+        n = sock.recv_into(view[pos:])
+        if not n:
+            raise ConnectionError("peer closed")
+        pos += n
+
+
+def echo_server() -> None:
+    """Answer 8 bytes to each request (a 4-byte length, then that many bytes)."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    print("ready", lsock.getsockname()[1], flush=True)
+    conn, _ = lsock.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    head = memoryview(bytearray(4))
+    body = memoryview(bytearray(1 << 20))
+    try:
+        while True:
+            _recv_exact(conn, head)
+            _recv_exact(conn, body[: int.from_bytes(head, "big")])
+            conn.sendall(b"\x00" * 8)
+    except ConnectionError:
+        pass
+
+
+class EchoClient:
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.lookup", "--echo-server"],
+                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        line = self.proc.stdout.readline().split()
+        if len(line) != 2 or line[0] != "ready":
+            self.proc.kill()
+            raise RuntimeError("echo server did not start")
+        self.sock = socket.create_connection(("127.0.0.1", int(line[1])))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.ack = memoryview(bytearray(8))
+
+    def roundtrip(self, nbytes: int):
+        msg = nbytes.to_bytes(4, "big") + b"\x01" * nbytes
+
+        def call() -> None:
+            self.sock.sendall(msg)
+            _recv_exact(self.sock, self.ack)
+
+        return call
+
+    def close(self) -> None:
+        self.sock.close()
+        self.proc.wait(10)
+
+
+# -- kvstore through the public API ---------------------------------------------------
+def prompts(seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 1 << 30, PROMPT_TOKENS, dtype=np.uint32) for _ in range(BATCH)]
+
+
+def kvstore_tasks(url: str, carrier: str, closers: list) -> dict:
+    client = KVClient.connect(url, strict=True, timeout=60)
+    closers.append(client.close)
+    ns = client.namespace(LAYOUT)
+    reqs = prompts(sum(carrier.encode()))
+    block = np.zeros(ns.spec.block_bytes, dtype=np.uint8)
+    nblocks = PROMPT_TOKENS // LAYOUT.block_tokens
+    for toks in reqs:
+        assert ns.put_blocks(toks, [block] * nblocks) == PROMPT_TOKENS
+    probe = reqs[0]
+    assert ns.lookup(probe) == PROMPT_TOKENS
+    tasks = {f"{carrier} ns.lookup": lambda: ns.lookup(probe)}
+    if hasattr(ns, "lookup_many"):  # before the op existed: not measured
+        assert ns.lookup_many(reqs) == [PROMPT_TOKENS] * BATCH
+        tasks[f"{carrier} ns.lookup_many({BATCH})"] = lambda: ns.lookup_many(reqs)
+    return tasks
+
+
+def timed(tasks: dict, rounds: int, calls: int) -> dict[str, np.ndarray]:
+    samples: dict[str, list[float]] = {name: [] for name in tasks}
+    rng = np.random.default_rng(0)
+    names = list(tasks)
+    for _ in range(rounds):
+        for i in rng.permutation(len(names)):
+            fn, out = tasks[names[i]], samples[names[i]]
+            fn()  # warm
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                fn()
+                out.append(time.perf_counter() - t0)
+    return {name: np.array(v) for name, v in samples.items()}
+
+
+def main(argv=None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--carriers", default="shm,tcp")
+    parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.echo_server:
+        echo_server()
+        return 0
+    carriers = args.carriers.split(",")
+    closers: list = []
+    try:
+        echo = EchoClient()
+        closers.append(echo.close)
+        token_bytes = PROMPT_TOKENS * 4
+        tasks = {"raw round trip (8 B)": echo.roundtrip(8),
+                 f"raw round trip ({token_bytes} B)": echo.roundtrip(token_bytes)}
+        folder = tempfile.mkdtemp(prefix="kvstore-bench-lookup-")
+        daemon_args = ["--cpu-bytes", "256MiB", "--ssd-bytes", "0", "--log-level", "warning"]
+        for carrier in carriers:
+            daemon_args += ["--listen", f"shm://{folder}/kv.sock" if carrier == "shm"
+                            else f"{carrier}://127.0.0.1:0"]
+        daemon = DaemonProc(daemon_args)
+        closers.append(daemon.terminate)
+        for carrier in carriers:
+            tasks.update(kvstore_tasks(daemon.url(carrier), carrier, closers))
+        samples = timed(tasks, args.rounds, args.calls)
+    finally:
+        for close in reversed(closers):
+            close()
+    base = float(np.median(samples["raw round trip (8 B)"]))
+    rows = []
+    for name, values in samples.items():
+        p50 = float(np.median(values))
+        row = {"task": name, "p50_us": p50 * 1e6, "p99_us": float(np.percentile(values, 99)) * 1e6,
+               "x_raw_rtt": p50 / base}
+        carrier = name.split()[0]
+        single = samples.get(f"{carrier} ns.lookup")
+        if "lookup_many" in name and single is not None:
+            row["x_one_lookup"] = p50 / float(np.median(single))
+        rows.append(row)
+    load = os.getloadavg()
+    print_table(rows, ["task", "p50_us", "p99_us", "x_raw_rtt", "x_one_lookup"],
+                title=f"lookups of a cached {PROMPT_TOKENS}-token prefix "
+                      f"(load average {load[0]:.2f}; targets: lookup <= 8x raw, "
+                      f"lookup_many({BATCH}) <= 3x one lookup)")
+    if args.json:
+        write_json(args.json, "lookup", rows, load_average=load, rounds=args.rounds,
+                   calls=args.calls)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

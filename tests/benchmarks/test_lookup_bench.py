@@ -1,0 +1,20 @@
+"""``python -m benchmarks.lookup`` on a few calls, so that it cannot rot."""
+
+import json
+
+import pytest
+
+from benchmarks import lookup
+
+pytestmark = pytest.mark.integration
+
+
+def test_lookup_benchmark_smoke(tmp_path, capsys):
+    out = tmp_path / "lookup.json"
+    assert lookup.main(["--rounds", "1", "--calls", "5", "--json", str(out)]) == 0
+    rows = {r["task"]: r for r in json.loads(out.read_text())["rows"]}
+    for carrier in ("shm", "tcp"):
+        assert rows[f"{carrier} ns.lookup"]["p50_us"] > 0
+        assert rows[f"{carrier} ns.lookup_many(64)"]["x_one_lookup"] > 0
+    assert rows["raw round trip (8 B)"]["x_raw_rtt"] == 1
+    assert "lookup_many" in capsys.readouterr().out

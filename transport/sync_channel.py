@@ -1,0 +1,219 @@
+"""BlockingChannel: a tcp socket or shm control socket used from the caller's thread.
+
+The synchronous client's channel (``transport.sync_connection``): the same
+frames as ``SocketChannel`` (``framing``), sent and received with plain
+syscalls on the thread that makes the call, never through an event loop.
+The socket is non-blocking; a call that would block waits in ``poll`` for
+at most what is left of the request's ``deadline`` (``time.monotonic``), then
+raises ``ChannelTimeout``. No thread hand-off: a lookup costs one ``sendmsg``,
+one ``poll`` and one ``recv``.
+
+On shm every receive is a ``recvmsg`` and the descriptors that arrive are
+kept (``take_fds``), as ``FdReceivingChannel`` does: the tenant's arena comes
+with the hello reply.
+
+Only one thread may use a channel at a time (the connection holds a lock).
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import select
+import socket
+import struct
+import time
+
+from kvstore.errors import Unavailable
+from kvstore.transport.bulk import IOV_MAX, advance
+from kvstore.transport.channel import READ_AHEAD, cast_bytes
+from kvstore.transport.fd_channel import _FD_SPACE
+from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
+from kvstore.transport.limits import Limits
+
+
+class ChannelTimeout(TimeoutError):
+    """The request's deadline passed while the channel waited for the peer."""
+
+
+class BlockingChannel:
+    def __init__(self, sock: socket.socket, receive_fds: bool = False):
+        sock.setblocking(False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        self.receive_fds = receive_fds
+        self.received_fds: list[int] = []
+        self.deadline = float("inf")  # set by the connection before each request
+        self._buf = bytearray(READ_AHEAD)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+        self.closed = False
+        self._poll_in = select.poll()
+        self._poll_in.register(sock.fileno(), select.POLLIN)
+        self._poll_out = select.poll()
+        self._poll_out.register(sock.fileno(), select.POLLOUT)
+
+    # -- waiting --------------------------------------------------------------
+    def _wait(self, poller) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise ChannelTimeout("deadline passed")
+        if not poller.poll(min(left, 86400.0) * 1000.0 + 1):
+            raise ChannelTimeout("deadline passed")
+
+    # -- receiving ------------------------------------------------------------
+    def _recv_once(self, view: memoryview) -> int:
+        if not self.receive_fds:
+            return self.sock.recv_into(view)
+        n, anc, _flags, _addr = self.sock.recvmsg_into([view], _FD_SPACE)
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                self.received_fds.extend(fds)
+        return n
+
+    def _recv(self, view: memoryview) -> int:
+        while True:
+            try:
+                n = self._recv_once(view)
+            except (BlockingIOError, InterruptedError):
+                self._wait(self._poll_in)
+                continue
+            except OSError as exc:
+                raise Unavailable(f"receive failed: {exc}") from exc
+            return n
+
+    def _fill(self, need: int, eof_ok: bool = False) -> bool:
+        if self._end - self._start >= need:
+            return True
+        if self._start:
+            size = self._end - self._start
+            self._view[:size] = self._view[self._start : self._end]
+            self._start, self._end = 0, size
+        while self._end - self._start < need:
+            n = self._recv(self._view[self._end :])
+            if n == 0:
+                if eof_ok and self._end == self._start:
+                    return False
+                raise Unavailable("connection closed in the middle of a frame")
+            self._end += n
+        return True
+
+    def _take(self, n: int) -> memoryview:
+        view = self._view[self._start : self._start + n]
+        self._start += n
+        return view
+
+    def read_header(self, limits: Limits):
+        """The raw header of the next frame (valid until the next read); None on a clean EOF."""
+        if not self._fill(PREFIX_BYTES, eof_ok=True):
+            return None
+        length = header_length(self._take(PREFIX_BYTES))
+        limits.check_header_length(length)
+        if length <= len(self._buf):
+            self._fill(length)
+            return self._take(length)
+        raw = bytearray(length)
+        self.read_into(memoryview(raw))
+        return raw
+
+    def read_into(self, view: memoryview) -> None:
+        """Fill ``view`` exactly: read-ahead bytes first, then ``recv_into`` it directly."""
+        view = cast_bytes(view)
+        pos = min(self._end - self._start, len(view))
+        if pos:
+            view[:pos] = self._take(pos)
+        while pos < len(view):
+            n = self._recv(view[pos:])
+            if n == 0:
+                raise Unavailable("connection closed in the middle of a payload")
+            pos += n
+
+    def read_segments(self, targets, sizes: list[int]) -> None:
+        """Consecutive segments into ``targets`` (one buffer each, None: dropped) or one buffer."""
+        if not isinstance(targets, list):
+            self.read_into(cast_bytes(targets)[: sum(sizes)])
+            return
+        scratch = None
+        for target, size in zip(targets, sizes):
+            if target is not None:
+                self.read_into(target)
+                continue
+            if scratch is None:
+                scratch = memoryview(bytearray(min(max(sizes), 1 << 20)))
+            while size:
+                step = min(size, len(scratch))
+                self.read_into(scratch[:step])
+                size -= step
+
+    def take_fds(self) -> list[int]:
+        fds, self.received_fds = self.received_fds, []
+        return fds
+
+    # -- sending --------------------------------------------------------------
+    def send(self, header: dict, payloads=()) -> None:
+        """One frame: ``sendmsg`` of the header and the payload views (no payload copy)."""
+        bufs = [memoryview(pack_header(header))]
+        bufs.extend(cast_bytes(p) for p in payloads)
+        i, count = 0, len(bufs)
+        while i < count:
+            try:
+                sent = self.sock.send(bufs[i]) if count - i == 1 else \
+                    self.sock.sendmsg(bufs[i : i + IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                self._wait(self._poll_out)
+                continue
+            except OSError as exc:
+                raise Unavailable(f"send failed: {exc}") from exc
+            i = advance(bufs, i, sent)
+
+    # -- the end ----------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Wake a thread blocked on this channel (from another thread); it then fails."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self, abort: bool = False) -> None:
+        """Close; ``abort`` resets the connection (RST), as ``SocketChannel.close`` does."""
+        if self.closed:
+            return
+        self.closed = True
+        for fd in self.take_fds():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if abort:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+
+
+def open_blocking(url, timeout: float) -> BlockingChannel:
+    """Connect to a tcp or shm ``CarrierURL`` within ``timeout`` seconds (``Unavailable``)."""
+    try:
+        if url.scheme == "shm":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(url.path)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            sock = socket.create_connection((url.host, url.port), timeout=timeout)
+    except OSError as exc:
+        why = str(exc) or (f"no answer to connect within {timeout:g}s"
+                           if isinstance(exc, TimeoutError) else type(exc).__name__)
+        raise Unavailable(f"cannot reach {url}: {why}") from exc
+    return BlockingChannel(sock, receive_fds=url.scheme == "shm")

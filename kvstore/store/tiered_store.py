@@ -167,7 +167,7 @@ class TieredStore:
         arrs = [as_tokens(t) for t in tokens_list]
         with self._lock:
             table = self._namespaces.get(ns)
-            return [self._path.match(table, arr, bytes(e), False).num_tokens
+            return [match_prefix(self._tiers, table, arr, bytes(e), False).num_tokens
                     for arr, e in zip(arrs, extras)]
 
     def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:

@@ -28,6 +28,7 @@ from kvstore.store.lease_table import LeaseRecord, LeaseTable
 from kvstore.store.memory_tier import MemoryTier
 from kvstore.store.namespace_table import NamespaceTable
 from kvstore.store.promotion import Promoter, Promotion
+from kvstore.store.read_counters import ReadCounters
 from kvstore.store.tier_set import TierSet
 from kvstore.store.write_back import READ_ERRORS, WriteBack
 from kvstore.store_api import Lease
@@ -48,7 +49,7 @@ class DataPath:
         self._read_only = read_only
         self._writeback: WriteBack | None = None  # set once the SSD tier is open
         self._promoter: Promoter | None = None
-        self.ssd_hits = 0  # blocks served from the SSD tier (reads and read leases)
+        self.counts = ReadCounters(tiers.tiers, config.ssd_enabled)  # hits, misses, bytes served
 
     def attach(self, writeback: WriteBack | None, promoter: Promoter | None) -> None:
         self._writeback, self._promoter = writeback, promoter
@@ -167,9 +168,10 @@ class DataPath:
             nst = self._namespaces.get(ns)
             m = self.match(nst, arr, extra, True)
             nst.tree.lock(m.node)
-            blocks, fetch = m.blocks, []
+            blocks, fetch, sources = m.blocks, [], []
             for i, meta in enumerate(blocks):
                 st = meta.handle
+                sources.append(st.tier)  # where it was found (None: the SSD or its queue)
                 if st.tier is not None and st.tier is not cpu:  # GPU: move down now
                     # one device-to-host copy of the slot's device view into the arena
                     if not tiers.to_cpu(nst, meta.key, st, st.tier.view(st.slot)):
@@ -195,10 +197,7 @@ class DataPath:
                 if st.slot is None and not tiers.to_cpu(nst, meta.key, st, data[i]):
                     n = i
                     break
-            self._count_read(nst, blocks[:n], len(arr) // nst.spec.block_tokens)
-            fetched = {i for i, *_ in fetch}  # tier hits: memory-resident vs read from SSD
-            cpu.stats.hits += sum(1 for i in range(n) if i not in fetched)
-            self.ssd_hits += sum(1 for i, _, staged, _ in fetch if i < n and not staged)
+            self.counts.read(nst, sources[:n], len(arr) // nst.spec.block_tokens)
             for meta in blocks[:n]:
                 cpu.policy.on_access(policy_key(nst.fp, meta.key))
                 cpu.settle(meta.handle.slot)  # a remote reader maps the arena directly
@@ -220,13 +219,12 @@ class DataPath:
             m = self.match(nst, arr, extra, True)
             blocks = m.blocks
             nst.tree.lock(m.node)
-            plan = []
+            plan, sources = [], []
             for meta in blocks:
                 st = meta.handle
+                sources.append(st.tier if st.slot is not None else None)
                 if st.slot is not None:
                     st.tier.policy.on_access(policy_key(nst.fp, meta.key))
-                    st.tier.stats.hits += 1
-                    st.tier.stats.bytes_out += meta.size
                     if st.tier is self._cpu:
                         plan.append(("slot", st.slot))
                     else:  # GPU slots are only touched under the lock
@@ -259,17 +257,11 @@ class DataPath:
                     self._tiers.lose(nst, lost)
                 if self._tiers.lost:
                     self._tiers.retry_lost()
-                self._count_read(nst, blocks[:n], len(arr) // nst.spec.block_tokens)
-                self.ssd_hits += len(promote)
+                self.counts.read(nst, sources[:n], len(arr) // nst.spec.block_tokens)
                 if self.config.promote_on_get:
                     for meta, data in promote:
                         self._promoter.submit(Promotion(nst.fp, meta.key, meta.handle, data))
         return n * nst.spec.block_tokens
-
-    @staticmethod
-    def _count_read(nst: NamespaceState, served, requested: int) -> None:
-        nst.hits += len(served)
-        nst.misses += max(0, requested - len(served))
 
     def promote(self, item: Promotion) -> None:
         with self._lock:

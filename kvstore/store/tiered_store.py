@@ -193,7 +193,11 @@ class TieredStore:
     def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         arr = as_tokens(tokens)
         with self._lock:
-            return self._path.match(self._namespaces.get(ns), arr, extra, False).num_tokens
+            nst = self._namespaces.get(ns)
+            found = self._path.match(nst, arr, extra, False).num_tokens
+            bt = nst.spec.block_tokens
+            self._path.counts.lookup(nst, found // bt, len(arr) // bt)
+            return found
 
     def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:
         arr = as_tokens(tokens)
@@ -296,7 +300,7 @@ class TieredStore:
             tiers = self._tiers.stats()
             if self._writeback is not None:
                 s = self._writeback.stats()
-                s.hits = max(s.hits, self._path.ssd_hits)
+                s.hits, s.misses = self._path.counts.ssd_hits, self._path.counts.ssd_misses
                 tiers.append(s)
             return StoreStats(tiers, self._namespaces.stats())
 

@@ -9,7 +9,10 @@ errors (a wrong layout, bad arguments) always raise.
 Every client call that talks to a daemon goes through one ``SoftFailures``
 (``RemoteStore``, ``ClusterBackend``, ``Namespace`` and its async twin): the
 first failure of an outage is logged as a warning, the recovery once as info,
-so a long outage does not flood the log.
+so a long outage does not flood the log. A client whose daemon has never
+answered since it connected (a wrong URL, a daemon never started) says so in
+one louder warning: the URL it tried, that every put is dropped and every get
+misses, and where a plain ``kvstore serve`` listens.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from kvstore.default_listen import default_listen
 from kvstore.errors import Draining, Timeout, Unavailable
 
 OFFLINE = (Unavailable, Timeout, Draining)
@@ -26,6 +30,16 @@ OFFLINE = (Unavailable, Timeout, Draining)
 
 T = TypeVar("T")
 log = logging.getLogger("kvstore.client")
+_never_reached: set[str] = set()  # daemons already named in the loud warning, this process
+_never_reached_lock = threading.Lock()
+
+
+def _first_to_report(what: str) -> bool:
+    """True once per ``what`` and process: a client and the store under it warn once."""
+    with _never_reached_lock:
+        first = what not in _never_reached
+        _never_reached.add(what)
+    return first
 
 
 class SoftFailures:
@@ -37,6 +51,7 @@ class SoftFailures:
         self.log = logger
         self._lock = threading.Lock()
         self._down = False
+        self._answered_once = False  # the daemon answered at least once since this was made
 
     def call(self, fn: Callable[[], T], default: T) -> T:
         """``fn()``; ``default`` when it fails with an ``OFFLINE`` error and this is not strict."""
@@ -62,13 +77,22 @@ class SoftFailures:
             raise exc
         with self._lock:
             first, self._down = not self._down, True
-        if first:
+        if first and not self._answered_once:
+            if not _first_to_report(self.what):
+                return default
+            self.log.warning(
+                "kvstore: no daemon has answered at %s since this client connected (%s): every "
+                "put is dropped and every get misses until one does. Start one with `kvstore "
+                "serve` (it logs the URLs it listens on; with no settings: %s) or connect to "
+                "the URL it prints", self.what, exc, " and ".join(default_listen()))
+        elif first:
             self.log.warning("kvstore daemon at %s unavailable (%s); treating as a miss",
                              self.what, exc)
         return default
 
     def answered(self) -> None:
         """The daemon answered: log the recovery if an outage was logged."""
+        self._answered_once = True
         if self._down:
             with self._lock:
                 recovered, self._down = self._down, False

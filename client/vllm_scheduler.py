@@ -171,10 +171,10 @@ class SchedulerSide:
         """The store's answer, or 0 when it fails: a cache never fails a request."""
         try:
             return self.ns.lookup(tokens, extra)
-        except Exception:
+        except Exception as exc:
             if self.strict:
                 raise
-            log.warning("kvstore lookup failed; the request recomputes", exc_info=True)
+            self.ns.availability.report(exc, "lookup failed; the request recomputes", log)
             return 0
 
     # -- 2. blocks allocated ------------------------------------------------
@@ -282,7 +282,7 @@ class SchedulerSide:
             try:
                 ns.hint(tokens, session_end=hint.session_end, keep_until=hint.keep_until,
                         priority=hint.priority, extra=extra)
-            except Exception:
+            except Exception as exc:
                 if self.strict:
                     raise
-                log.warning("kvstore hint failed", exc_info=True)
+                ns.availability.report(exc, "hint failed", log)

@@ -9,7 +9,11 @@ errors (a wrong layout, bad arguments) always raise.
 Every client call that talks to a daemon goes through one ``SoftFailures``
 (``RemoteStore``, ``ClusterBackend``, ``Namespace`` and its async twin): the
 first failure of an outage is logged as a warning, the recovery once as info,
-so a long outage does not flood the log. A client whose daemon has never
+so a long outage does not flood the log. Layers nest (a ``Namespace`` over a
+``RemoteStore``, each with its own ``SoftFailures``): a failure an inner layer
+absorbed (and logged) is not a success of the outer one, nor logged again by
+it (``_Call``, a context variable, carries that through one call), so an
+outage is one warning and its end one info line. A client whose daemon has never
 answered since it connected (a wrong URL, a daemon never started) says so in
 one louder warning: the URL it tried, that every put is dropped and every get
 misses, and where a plain ``kvstore serve`` listens.
@@ -17,6 +21,7 @@ misses, and where a plain ``kvstore serve`` listens.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -42,6 +47,32 @@ def _first_to_report(what: str) -> bool:
     return first
 
 
+class _Call:
+    """One ``SoftFailures.call`` in progress: did a failure get absorbed or reported in it?"""
+
+    __slots__ = ("failed",)
+
+    def __init__(self) -> None:
+        self.failed = False
+
+
+_current: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
+    "kvstore_soft_call", default=None)
+
+
+def _enter() -> tuple[_Call, contextvars.Token]:
+    return (call := _Call()), _current.set(call)
+
+
+def _leave(call: _Call, token: contextvars.Token) -> bool:
+    """End ``call``; True when a failure happened inside it (the enclosing call learns too)."""
+    _current.reset(token)
+    outer = _current.get()
+    if call.failed and outer is not None:
+        outer.failed = True
+    return call.failed
+
+
 class SoftFailures:
     """Applies the soft-failure rule to calls against one daemon (or cluster), ``what``."""
 
@@ -55,26 +86,40 @@ class SoftFailures:
 
     def call(self, fn: Callable[[], T], default: T) -> T:
         """``fn()``; ``default`` when it fails with an ``OFFLINE`` error and this is not strict."""
+        call, token = _enter()
         try:
             result = fn()
         except OFFLINE as exc:
             return self.failed(exc, default)
-        self.answered()
+        finally:
+            inner_failed = _leave(call, token)
+        if not inner_failed:  # a default an inner layer returned is not an answer
+            self.answered()
         return result
 
     async def acall(self, awaitable: Awaitable[T], default: T) -> T:
         """The asyncio twin of ``call``."""
+        call, token = _enter()
         try:
             result = await awaitable
         except OFFLINE as exc:
             return self.failed(exc, default)
-        self.answered()
+        finally:
+            inner_failed = _leave(call, token)
+        if not inner_failed:
+            self.answered()
         return result
 
     def failed(self, exc: BaseException, default: T) -> T:
         """Raise ``exc`` when strict; otherwise log the outage once and return ``default``."""
+        call = _current.get()
+        reported = call is not None and call.failed  # an inner layer logged this outage
+        if call is not None:
+            call.failed = True
         if self.strict:
             raise exc
+        if reported:
+            return default
         with self._lock:
             first, self._down = not self._down, True
         if first and not self._answered_once:
@@ -89,6 +134,20 @@ class SoftFailures:
             self.log.warning("kvstore daemon at %s unavailable (%s); treating as a miss",
                              self.what, exc)
         return default
+
+    def report(self, exc: BaseException, action: str, logger: logging.Logger | None = None) -> None:
+        """A failure the caller absorbs (a save dropped, a lookup answered 0), in one line.
+
+        ``OFFLINE`` errors follow the outage rule above (one warning per outage,
+        raised when strict); any other error is one warning line each time,
+        ``kvstore: ACTION (Type: message)``, with the traceback only at DEBUG.
+        """
+        if isinstance(exc, OFFLINE):
+            self.failed(exc, None)
+            return
+        out = logger or self.log
+        out.warning("kvstore: %s (%s: %s)", action, type(exc).__name__, exc,
+                    exc_info=exc if out.isEnabledFor(logging.DEBUG) else None)
 
     def answered(self) -> None:
         """The daemon answered: log the recovery if an outage was logged."""

@@ -8,6 +8,7 @@ back through the admin API and the CLI's table, as a user would.
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 
 import grpc
@@ -114,3 +115,18 @@ def test_ssd_hits_are_cpu_misses(tmp_path):
     cpu, disk = by_name["cpu"], by_name["ssd"]
     assert (cpu.hits, cpu.misses) == (0, 3)
     assert (disk.hits, disk.misses) == (2, 1)
+
+
+def test_a_restart_on_an_ssd_folder_logs_what_it_recovered(tmp_path, caplog):
+    cfg = StoreConfig(cpu_bytes=1 << 20, ssd_dir=str(tmp_path), ssd_bytes=8 << 20)
+    with TieredStore(cfg) as store:
+        for model, nblocks in (("a", 3), ("b", 2)):
+            spec = small_spec(model)
+            tokens = tokens_for(nblocks, nblocks)
+            store.put(store.register(spec), tokens, payloads(spec, tokens))
+        store.flush()
+    with caplog.at_level(logging.INFO, logger="kvstore.store"):
+        TieredStore(cfg).close()
+    (record,) = [r for r in caplog.records if "recovered" in r.getMessage()]
+    assert record.getMessage().startswith("recovered 5 blocks in 2 namespaces from the SSD tier")
+    assert record.levelno == logging.INFO

@@ -285,4 +285,4 @@ class SchedulerSide:
             except Exception as exc:
                 if self.strict:
                     raise
-                ns.availability.report(exc, "hint failed", log)
+                self.ns.availability.report(exc, "hint failed", log)

@@ -6,7 +6,8 @@
 The trained model (SmolLM2-135M-Instruct, ``kvstore.demo.trained_model``) is
 asked ``--prompts`` different questions about the demo's document (CPython's
 LICENSE.txt, cut to its first ``--doc-tokens`` tokens; ``kvstore.demo``)
-through vLLM (CPU build), greedy, ``--max-tokens`` tokens each, per dtype:
+through vLLM (CPU build), greedy, ``--max-tokens`` tokens each, all
+questions in one batch (as a server would have them), per dtype:
 
 * **recompute**: every prompt prefilled whole, no cache of any kind: the reference;
 * **kvstore**: one warm-up request stores the document's blocks through the
@@ -106,22 +107,21 @@ def child(args) -> dict:
         llm = LLM(enable_prefix_caching=False, kv_transfer_config=transfer, **common)
     load = args.mode == "kvstore"
 
-    def ask(ids, store: bool = False):
+    def ask(batch: list[list[int]], store: bool = False):
+        """One ``generate`` over ``batch`` (served together, as a server would)."""
         extra = {"kv_transfer_params": {"kvstore": {"load": load, "save": store}}}
         params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0, ignore_eos=True,
                                 extra_args=extra)
-        out = llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
-        return list(out.outputs[0].token_ids), int(out.num_cached_tokens or 0)
+        outs = llm.generate([{"prompt_token_ids": ids} for ids in batch], params, use_tqdm=False)
+        return ([list(o.outputs[0].token_ids) for o in outs],
+                [int(o.num_cached_tokens or 0) for o in outs])
 
     if args.mode != "recompute":
-        ask(warm, store=True)  # kvstore: stores the document; vLLM: fills its prefix cache
-    answers, reused, t0 = [], [], time.perf_counter()
-    for ids in questions:
-        tokens, cached = ask(ids)
-        answers.append(tokens)
-        reused.append(cached)
-        print(f"[{args.dtype} {args.mode}] {len(answers)}/{len(questions)} reused {cached}",
-              file=sys.stderr, flush=True)
+        ask([warm], store=True)  # kvstore: stores the document; vLLM: fills its prefix cache
+    t0 = time.perf_counter()
+    answers, reused = ask(questions)
+    print(f"[{args.dtype} {args.mode}] {len(answers)} answers in {time.perf_counter() - t0:.1f}s,"
+          f" tokens reused {min(reused)}-{max(reused)}", file=sys.stderr, flush=True)
     return {"answers": answers, "reused": reused, "seconds": time.perf_counter() - t0,
             "prompt_tokens": [len(q) for q in questions]}
 

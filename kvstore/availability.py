@@ -112,12 +112,12 @@ class SoftFailures:
 
     def failed(self, exc: BaseException, default: T) -> T:
         """Raise ``exc`` when strict; otherwise log the outage once and return ``default``."""
+        if self.strict:
+            raise exc  # not absorbed here: whoever catches it reports it
         call = _current.get()
-        reported = call is not None and call.failed  # an inner layer logged this outage
+        reported = call is not None and call.failed  # an inner layer absorbed and logged it
         if call is not None:
             call.failed = True
-        if self.strict:
-            raise exc
         if reported:
             return default
         with self._lock:

@@ -98,3 +98,35 @@ def test_a_real_client_of_a_socket_nobody_serves_says_so(caplog, tmp_path):
             assert ns.lookup(tokens) == 0
     loud = [r for r in caplog.records if "no daemon has answered" in r.getMessage()]
     assert len(loud) == 1 and url in loud[0].getMessage()
+
+
+def test_nested_layers_report_an_outage_once_and_no_false_recovery(caplog):
+    inner = SoftFailures(False, "tcp://x:1", LOGGER)
+    outer = SoftFailures(False, "tcp://x:1", LOGGER)
+    assert outer.call(lambda: inner.call(lambda: 1, 0), 0) == 1  # both answered once
+    with caplog.at_level(logging.INFO, logger=LOGGER.name):
+        for _ in range(3):  # the inner layer absorbs the outage: the outer saw no answer
+            assert outer.call(lambda: inner.call(fail(Unavailable("down")), 0), 0) == 0
+
+        def leased():  # an inner failure logged, then raised to the outer (a write lease)
+            inner.failed(Unavailable("down"), None)
+            raise Unavailable("down")
+
+        assert outer.call(leased, 0) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "unavailable" in messages[0], messages
+
+
+def test_a_strict_inner_failure_is_reported_by_the_layer_that_absorbs_it(caplog):
+    inner = SoftFailures(True, "node", LOGGER)  # a cluster's per-node store: strict
+    outer = SoftFailures(False, "cluster c", LOGGER)
+
+    def route():
+        try:
+            return inner.call(fail(Unavailable("node down")), 0)
+        except Unavailable as exc:
+            return outer.failed(exc, 0)
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER.name):
+        assert SoftFailures(False, "client", LOGGER).call(route, 0) == 0
+    assert any("cluster c" in r.getMessage() for r in caplog.records)

@@ -1,7 +1,7 @@
 """Time to first token of long prompts: recompute vs a prefix loaded from ``kvstore serve``.
 
     python -m benchmarks.ttft [--model local|smollm2] [--engine hf,vllm] [--tokens 1024,4096,8192]
-        [--codecs none,fp8_e4m3,int8,int4] [--carriers shm,tcp]
+        [--codecs none,fp8_e4m3,int8,int4] [--carriers shm,tcp] [--block-tokens 32,64,256]
         [--json PATH] [--plot PATH] [--markdown PATH]
 
 ``--model local`` (the default): the local model (``kvstore.demo.local_model``:
@@ -23,6 +23,15 @@ is a CPU-tier hit). Per engine and N:
   token, top-1 agreement, and (transformers) the logit error over
   ``--quality-positions`` next-token positions (``benchmarks.ttft_hf``).
 
+``--block-tokens`` (the connector's ``block_tokens`` setting: tokens per
+store block; a list runs each engine once per value, rows tagged
+``block_tokens``): a prompt is reused in whole store blocks, so a prompt of
+N tokens leaves ``N mod block_tokens`` tail tokens (at least one) to compute
+on a hit; smaller blocks cut that tail but cost more blocks per transfer.
+vLLM's own block (``VLLM_BLOCK``, 32: the CPU build's attention needs a
+multiple of 32) must divide ``block_tokens``, and so must the prompt lengths
+for vLLM; transformers needs lengths that are multiples of ``block_tokens``.
+
 How each engine is driven: ``benchmarks/ttft_hf.py``, ``benchmarks/ttft_vllm.py``.
 vLLM runs in a child process: its CPU worker binds OpenMP threads to cores
 and replaces ``torch.set_num_threads`` for the rest of the process, and a
@@ -37,9 +46,10 @@ import sys
 from benchmarks.common import base_parser, machine_info, print_table, write_json
 from benchmarks.ttft_rows import Progress, build_prompts
 
-COLUMNS = ["engine", "prompt_tokens", "carrier", "codec", "ttft_miss_s", "ttft_hit_s", "speedup",
+COLUMNS = ["engine", "block_tokens", "prompt_tokens", "carrier", "codec", "ttft_miss_s", "ttft_hit_s", "speedup",
            "top1_agree", "max_logprob_diff", "max_logit_err", "tokens_reused"]
 ENGINES = ("hf", "vllm")
+VLLM_BLOCK = 32  # vLLM's block on the CPU build (its attention needs a multiple of 32)
 MODELS = {"local": ("local model", "1024,4096,8192"),
           "smollm2": ("SmolLM2-135M-Instruct", "1024,4096,7936")}
 
@@ -64,7 +74,9 @@ def parse_args(argv):
                         help="next-token positions compared for the codec quality (hf)")
     parser.add_argument("--miss-repeat", type=int, default=2)
     parser.add_argument("--hit-repeat", type=int, default=3)
-    parser.add_argument("--block-tokens", type=int, default=256)
+    parser.add_argument("--block-tokens", default="256",
+                        help="store block sizes in tokens, comma separated (each a multiple of "
+                        f"vLLM's block {VLLM_BLOCK} for vllm)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all CPUs)")
     parser.add_argument("--model-dir", help="the model's folder (default: built or converted"
                         " under ~/.cache/kvstore on first use)")
@@ -77,12 +89,29 @@ def parse_args(argv):
         parser.error(f"--engine takes {', '.join(ENGINES)}")
     args.engines = [e for e in ENGINES if e in engines]
     args.sizes = [int(t) for t in _csv(args.tokens or MODELS[args.model][1])]
-    if any(n <= 0 or n % args.block_tokens for n in args.sizes):
-        parser.error(f"--tokens must be positive multiples of --block-tokens {args.block_tokens}")
+    args.block_list = [int(b) for b in _csv(args.block_tokens)]
+    if not args.block_list or any(b <= 0 for b in args.block_list):
+        parser.error("--block-tokens takes positive integers")
+    if "vllm" in args.engines and any(b % VLLM_BLOCK for b in args.block_list):
+        parser.error(f"--block-tokens must be multiples of vLLM's block {VLLM_BLOCK} for vllm "
+                     "(the CPU build's attention needs a multiple of 32)")
+    if any(n <= 0 for n in args.sizes):
+        parser.error("--tokens must be positive")
+    if "hf" in args.engines and any(n % b for n in args.sizes for b in args.block_list):
+        parser.error("--tokens must be multiples of every --block-tokens for hf")
+    if "vllm" in args.engines and any(n % VLLM_BLOCK for n in args.sizes):
+        parser.error(f"--tokens must be multiples of vLLM's block {VLLM_BLOCK} for vllm")
     if args.suffix_tokens < 1 or args.quality_positions < 1:
         parser.error("--suffix-tokens and --quality-positions must be at least 1")
     args.codec_list, args.carrier_list = _csv(args.codecs), _csv(args.carriers)
     return args
+
+
+def tagged(rows, block_tokens: int) -> list:
+    """``rows`` with their store block size recorded."""
+    import dataclasses
+
+    return [dataclasses.replace(r, block_tokens=block_tokens) for r in rows]
 
 
 def main(argv=None) -> list[dict]:
@@ -113,17 +142,19 @@ def main(argv=None) -> list[dict]:
             from benchmarks.ttft_hf import HFRunConfig, hf_rows, load_model
 
             torch.set_num_threads(args.threads or os.cpu_count() or 1)
-            config = HFRunConfig(args.miss_repeat, args.hit_repeat, args.block_tokens,
-                                 f"{model_id}-hf")
-            rows += hf_rows(load_model(model_dir), daemon.urls, prompts, args.codec_list, config,
-                            progress)
+            model = load_model(model_dir)
+            for bt in args.block_list:
+                config = HFRunConfig(args.miss_repeat, args.hit_repeat, bt, f"{model_id}-hf")
+                rows += tagged(hf_rows(model, daemon.urls, prompts, args.codec_list, config,
+                                       progress), bt)
         if "vllm" in args.engines:
             from benchmarks.ttft_vllm import VLLMRunConfig, run_child
 
-            config = VLLMRunConfig(args.miss_repeat, args.hit_repeat, args.block_tokens,
-                                   model_id=f"{model_id}-vllm")
-            rows += run_child(model_dir, daemon.urls, args.sizes, args.suffix_tokens,
-                              args.codec_list, config, progress)
+            for bt in args.block_list:
+                config = VLLMRunConfig(args.miss_repeat, args.hit_repeat, bt, VLLM_BLOCK,
+                                       model_id=f"{model_id}-vllm")
+                rows += tagged(run_child(model_dir, daemon.urls, args.sizes, args.suffix_tokens,
+                                         args.codec_list, config, progress), bt)
     info = machine_info()
     title = (f"ttft: {MODELS[args.model][0]}, {'+'.join(args.engines)}, suffix {args.suffix_tokens} token(s), "
              f"{info['cpus']} CPUs")

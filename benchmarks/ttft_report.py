@@ -93,11 +93,12 @@ def _fmt(value, digits: int = 3) -> str:
 
 def markdown(rows: Sequence[TTFTRow]) -> str:
     """Two tables: TTFT per engine/prompt/carrier/codec, and the codec quality (hf)."""
-    out = ["| engine | prompt tokens | carrier | codec | TTFT recompute (s) | TTFT hit (s) "
-           "| speedup | top-1 agree | max logprob diff |",
-           "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    out = ["| engine | store block | prompt tokens | tokens reused | carrier | codec "
+           "| TTFT recompute (s) | TTFT hit (s) | speedup | top-1 agree | max logprob diff |",
+           "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {ENGINES.get(r.engine, r.engine)} | {r.prompt_tokens} | {r.carrier} "
+        out.append(f"| {ENGINES.get(r.engine, r.engine)} | {r.block_tokens} | {r.prompt_tokens} "
+                   f"| {r.tokens_reused} | {r.carrier} "
                    f"| {r.codec} | {r.ttft_miss_s:.2f} | {r.ttft_hit_s:.3f} "
                    f"| {r.speedup:.1f}x | {r.top1_agree:.3f} | {_fmt(r.max_logprob_diff, 2)} |")
     quality = {}
@@ -116,7 +117,7 @@ def markdown(rows: Sequence[TTFTRow]) -> str:
 
 def merge(runs: Sequence[Sequence[TTFTRow]]) -> list[TTFTRow]:
     """Row by row over ``runs``: fastest recompute, fastest hit, their ratio."""
-    key = lambda r: (r.engine, r.prompt_tokens, r.carrier, r.codec)  # noqa: E731
+    key = lambda r: (r.engine, r.block_tokens, r.prompt_tokens, r.carrier, r.codec)  # noqa: E731
     merged: dict[tuple, TTFTRow] = {}
     for rows in runs:
         for r in rows:

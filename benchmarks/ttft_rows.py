@@ -66,6 +66,7 @@ class TTFTRow:
     max_logit_err: float | None = None  # hf: max |logit_hit - logit_miss| over the positions
     rel_logit_err: float | None = None  # hf: max_logit_err / max |logit_miss|
     quality_positions: int = 1  # next tokens compared for top1_agree / logit errors
+    block_tokens: int = 256  # the connector's store block (tokens)
 
     def to_dict(self) -> dict:
         return asdict(self)

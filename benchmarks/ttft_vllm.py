@@ -65,8 +65,9 @@ def _copy_codecs(url: str, layout, prompts: list[Prompt], codecs: list[str]) -> 
         for prompt in prompts:
             extra = request_extra(SimpleNamespace(cache_salt=_salt(prompt)))
             n, kv = plain.get(prompt.prefix, extra)
-            if n != len(prompt.prefix):
-                raise RuntimeError(f"vLLM stored {n} of {len(prompt.prefix)} prefix tokens")
+            whole = len(prompt.prefix) // layout.block_tokens * layout.block_tokens
+            if n != whole:
+                raise RuntimeError(f"vLLM stored {n} of the prefix's {whole} whole-block tokens")
             for codec in codecs:
                 if codec != "none":
                     client.namespace(layout, codec=codec).put(prompt.prefix, kv, extra)

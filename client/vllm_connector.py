@@ -63,6 +63,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+def log_like_vllm() -> None:
+    """kvstore's log lines in vLLM's format (time, level, file:line), where nothing else
+    configured them: vLLM sets up its own ``vllm`` logger only, so without this the
+    connector's warnings reach Python's last-resort handler, bare and without a time."""
+    ours, theirs = logging.getLogger("kvstore"), logging.getLogger("vllm")
+    if ours.handlers or logging.getLogger().handlers or not theirs.handlers:
+        return  # the application configured logging (or vLLM did not): leave it alone
+    for handler in theirs.handlers:
+        ours.addHandler(handler)
+    if ours.level == logging.NOTSET:
+        ours.setLevel(logging.INFO)
+
 def _tp(vllm_config, role: KVConnectorRole) -> tuple[int, int]:
     """(rank, size) of this process in tensor parallelism; the scheduler looks up rank 0."""
     size = vllm_config.parallel_config.tensor_parallel_size
@@ -79,6 +92,7 @@ class KVStoreConnector(KVConnectorBase_V1):
     def __init__(self, vllm_config: VllmConfig, role: KVConnectorRole,
                  kv_cache_config: KVCacheConfig):
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        log_like_vllm()
         self.settings = settings = ConnectorSettings.from_vllm(vllm_config)
         self.geometry = geometry = EngineGeometry.from_kv_cache_config(kv_cache_config)
         self.layout = geometry.layout(settings, *_tp(vllm_config, role))

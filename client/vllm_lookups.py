@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from kvstore.tokens import as_tokens
+
 log = logging.getLogger(__name__)
 MAX_AGE_S = 1.0
 
@@ -74,19 +76,34 @@ class StepLookups:
     def lookup(self, tokens, extra: bytes) -> int:
         """The store's answer, or 0 when it fails: a cache never fails a request."""
         try:
-            return self.ns.lookup(tokens, extra)
-        except Exception:
+            return self.ns.lookup(as_tokens(tokens), extra)
+        except Exception as exc:
             if self.strict:
                 raise
-            log.warning("kvstore lookup failed; the request recomputes", exc_info=True)
+            self.ns.availability.report(exc, "lookup failed; the request recomputes", log)
             return 0
 
     def lookup_many(self, tokens_list: list, extras: list) -> list[int]:
+        good: list[int] = []  # a request whose ids are not token ids is answered 0 alone
+        for i, tokens in enumerate(tokens_list):
+            try:
+                tokens_list[i] = as_tokens(tokens)
+                good.append(i)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                self.ns.availability.report(exc, "lookup failed; the request recomputes", log)
+        hits = [0] * len(tokens_list)
+        if not good:
+            return hits
         try:
-            return self.ns.lookup_many(tokens_list, extras)
-        except Exception:
+            found = self.ns.lookup_many([tokens_list[i] for i in good], [extras[i] for i in good])
+        except Exception as exc:
             if self.strict:
                 raise
-            log.warning("kvstore lookup_many failed; %d requests recompute", len(tokens_list),
-                        exc_info=True)
-            return [0] * len(tokens_list)
+            self.ns.availability.report(
+                exc, f"lookup_many failed; {len(good)} requests recompute", log)
+            return hits
+        for i, n in zip(good, found):
+            hits[i] = n
+        return hits

@@ -171,7 +171,7 @@ class SchedulerSide:
         load, save = load and self.load_enabled, save and self.save_enabled
         hit = 0
         if limit > num_computed_tokens and (load or save):
-            tokens, extra = as_tokens(prompt[:limit]), request_extra(request)
+            tokens, extra = prompt[:limit], request_extra(request)  # checked by the lookup
             if not self.batch_lookups:
                 hit = self.lookups.lookup(tokens, extra)
             else:
@@ -291,7 +291,7 @@ class SchedulerSide:
             try:
                 ns.hint(tokens, session_end=hint.session_end, keep_until=hint.keep_until,
                         priority=hint.priority, extra=extra)
-            except Exception:
+            except Exception as exc:
                 if self.strict:
                     raise
-                log.warning("kvstore hint failed", exc_info=True)
+                self.ns.availability.report(exc, "hint failed", log)

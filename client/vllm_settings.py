@@ -11,6 +11,7 @@ Everything comes from vLLM's ``KVTransferConfig``::
             "url": "embedded",                  # or "tcp://127.0.0.1:7801", "shm:///run/kvstore.sock"
             "codec": "none",                    # or fp8_e4m3 / int8 / int4 (kvstore.kernels)
             "block_tokens": 256,                # tokens per store block: a multiple of vLLM's block_size
+                                                # (below)
             "model_id": "my-model",             # default: vLLM's served model name
             "tenant": "",                       # namespace salt (tenants never share blocks)
             "strict": False,                    # True: an unreachable store raises instead of missing
@@ -20,6 +21,17 @@ Everything comes from vLLM's ``KVTransferConfig``::
             "store": {"cpu_bytes": "4GiB"},     # embedded only: StoreConfig keywords
         },
     )
+
+``block_tokens`` is the unit of reuse: the store keeps and serves whole
+blocks of this many tokens, so a hit leaves the prompt's tail after its last
+whole block (up to ``block_tokens - 1`` tokens, at least one) to compute,
+where vLLM's own prefix cache leaves up to ``block_size - 1``. Smaller blocks
+reuse more of each prompt and let prompts that share less than a block
+share something; larger ones mean fewer blocks to look up, lease and copy
+per prompt. It must be a positive multiple of vLLM's ``block_size`` (the
+engine's ``--block-size``; 32 or more on vLLM's CPU build, whose attention
+needs a multiple of 32), checked when the engine starts. Measured TTFT by
+block size: ``docs/ttft.md``.
 
 One request may switch either direction off for itself (a recompute
 baseline, a prompt that must not be stored) with
@@ -72,11 +84,26 @@ class ConnectorSettings:
         if not extra.get("model_id"):
             names = getattr(model, "served_model_name", None) or model.model
             extra["model_id"] = names[0] if isinstance(names, (list, tuple)) else str(names)
-        extra["block_tokens"] = int(extra.get("block_tokens", cls.block_tokens))
+        extra["block_tokens"] = _block_tokens(extra.get("block_tokens", cls.block_tokens))
         # the role decides the direction; "load"/"save" may only switch one off
         extra["load"] = bool(transfer.is_kv_consumer) and bool(extra.get("load", True))
         extra["save"] = bool(transfer.is_kv_producer) and bool(extra.get("save", True))
         return cls(**extra)
+
+
+def _block_tokens(value) -> int:
+    """``block_tokens`` as a positive int; a clear error for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise InvalidArgument(f"kv_connector_extra_config block_tokens must be a positive "
+                              f"integer, got {value!r}")
+    try:
+        n = int(value)
+    except ValueError:
+        raise InvalidArgument(f"kv_connector_extra_config block_tokens must be a positive "
+                              f"integer, got {value!r}") from None
+    if n <= 0:
+        raise InvalidArgument(f"kv_connector_extra_config block_tokens must be positive, got {n}")
+    return n
 
 
 @dataclass(frozen=True)
@@ -102,8 +129,12 @@ class EngineGeometry:
 
     def layout(self, settings: ConnectorSettings, tp_rank: int = 0, tp_size: int = 1) -> KVLayout:
         if settings.block_tokens % self.block_size:
-            raise InvalidArgument(f"block_tokens {settings.block_tokens} is not a multiple of"
-                                  f" vLLM's block_size {self.block_size}")
+            bt, bs = settings.block_tokens, self.block_size
+            near = max(bs, round(bt / bs) * bs)
+            raise InvalidArgument(
+                f"kv_connector_extra_config block_tokens {bt} is not a multiple of vLLM's "
+                f"block_size {bs}: the store keeps whole vLLM blocks; use a multiple of {bs} "
+                f"(e.g. {near}) or change vLLM's --block-size")
         return KVLayout(model_id=settings.model_id, num_layers=len(self.layer_names),
                         num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
                         dtype=str(self.dtype).removeprefix("torch."),

@@ -174,10 +174,10 @@ class WorkerSide:
         try:
             n = ns.availability.call(
                 lambda: self.moves.load(spec.tokens, spec.block_ids, spec.extra, spec.skip), 0)
-        except Exception:
+        except Exception as exc:
             if self.strict:
                 raise
-            log.warning("kvstore get failed for %s", spec.req_id, exc_info=True)
+            ns.availability.report(exc, f"load of {spec.req_id} failed; it recomputes", log)
             return 0
         return min(n, len(spec.tokens))
 
@@ -205,10 +205,10 @@ class WorkerSide:
                 self.ns.availability.call(lambda: moves.open_saves(
                     [(spec.req_id, spec.tokens, spec.block_ids, spec.extra)
                      for spec in meta.saves]), None)
-            except Exception:
+            except Exception as exc:
                 if self.strict:
                     raise
-                log.warning("kvstore: saves of this step dropped", exc_info=True)
+                self.ns.availability.report(exc, "saves of this step dropped", log)
                 return False
         return moves.saving is not None
 
@@ -220,22 +220,22 @@ class WorkerSide:
         if layer is None or not self._open_saves(meta):
             return
         try:
-            self.moves.save_layer(layer)
-        except Exception:
+            self.ns.availability.call(lambda: self.moves.save_layer(layer), None)
+        except Exception as exc:
             if self.strict:
                 raise
-            log.warning("kvstore: packing layer %s failed", layer_name, exc_info=True)
+            self.ns.availability.report(exc, f"packing layer {layer_name} failed", log)
 
     def flush_saves(self, meta: KVStoreConnectorMetadata) -> None:
         """``wait_for_save``: enqueue the rest; each save is committed on the host once
         its copy completed, without the engine waiting for it."""
         try:
             if self._open_saves(meta):
-                self.moves.flush_saves()
-        except Exception:
+                self.ns.availability.call(self.moves.flush_saves, None)
+        except Exception as exc:
             if self.strict:
                 raise
-            log.warning("kvstore: saves of this step failed", exc_info=True)
+            self.ns.availability.report(exc, "saves of this step failed", log)
         finally:
             # a finished request's last save (``SaveSpec.last``, save_decode): its
             # blocks may go once packed (the next forward waits for the pack), failed or not

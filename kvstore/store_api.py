@@ -89,8 +89,10 @@ class NamespaceStats:
     spec: NamespaceSpec
     blocks: int
     bytes: int
-    hits: int = 0
-    misses: int = 0
+    hits: int = 0  # blocks served by reads (get, get_into, read leases)
+    misses: int = 0  # blocks asked for by reads and not served
+    lookup_hits: int = 0  # blocks found by lookups
+    lookup_misses: int = 0  # blocks looked up and not found
 
 
 @dataclass

@@ -77,20 +77,24 @@ class Namespace(_message.Message):
     def __init__(self, id: _Optional[str] = ..., model_id: _Optional[str] = ..., tenant: _Optional[str] = ..., codec: _Optional[str] = ..., block_tokens: _Optional[int] = ..., block_bytes: _Optional[int] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., dtype: _Optional[str] = ..., tp_rank: _Optional[int] = ..., tp_size: _Optional[int] = ...) -> None: ...
 
 class NamespaceStats(_message.Message):
-    __slots__ = ("namespace", "blocks", "bytes", "hits", "misses", "pinned_bytes")
+    __slots__ = ("namespace", "blocks", "bytes", "hits", "misses", "pinned_bytes", "lookup_hits", "lookup_misses")
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     PINNED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_HITS_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_MISSES_FIELD_NUMBER: _ClassVar[int]
     namespace: Namespace
     blocks: int
     bytes: int
     hits: int
     misses: int
     pinned_bytes: int
-    def __init__(self, namespace: _Optional[_Union[Namespace, _Mapping]] = ..., blocks: _Optional[int] = ..., bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., pinned_bytes: _Optional[int] = ...) -> None: ...
+    lookup_hits: int
+    lookup_misses: int
+    def __init__(self, namespace: _Optional[_Union[Namespace, _Mapping]] = ..., blocks: _Optional[int] = ..., bytes: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., pinned_bytes: _Optional[int] = ..., lookup_hits: _Optional[int] = ..., lookup_misses: _Optional[int] = ...) -> None: ...
 
 class PinInfo(_message.Message):
     __slots__ = ("namespace", "tokens", "bytes")

@@ -66,7 +66,8 @@ def namespace_message(n: NamespaceStats, pinned_bytes: int = 0) -> pb.NamespaceS
         tp_size=layout.tp_size,
     )
     return pb.NamespaceStats(namespace=ns, blocks=n.blocks, bytes=n.bytes, hits=n.hits,
-                             misses=n.misses, pinned_bytes=pinned_bytes)
+                             misses=n.misses, pinned_bytes=pinned_bytes,
+                             lookup_hits=n.lookup_hits, lookup_misses=n.lookup_misses)
 
 
 def pin_message(info) -> pb.PinInfo:

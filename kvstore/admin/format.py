@@ -64,9 +64,28 @@ def namespaces(doc: dict) -> str:
         ns = n["namespace"]
         rows.append([ns["id"], ns["model_id"], ns["tenant"] or "-", ns["dtype"],
                      ns["block_tokens"], _size(ns["block_bytes"]), n["blocks"], _size(n["bytes"]),
-                     n["hits"], n["misses"], _size(n["pinned_bytes"])])
-    return table(["namespace", "model", "tenant", "dtype", "block_tokens", "block", "blocks",
-                  "bytes", "hits", "misses", "pinned"], rows)
+                     n["hits"], n["misses"], n.get("lookup_hits", 0), n.get("lookup_misses", 0),
+                     _size(n["pinned_bytes"])])
+    out = table(["namespace", "model", "tenant", "dtype", "block_tokens", "block", "blocks",
+                 "bytes", "hits", "misses", "lookup hits", "lookup misses", "pinned"], rows)
+    return "\n".join([out, *_hit_rates(doc["namespaces"])])
+
+
+def _hit_rates(rows: list[dict]) -> list[str]:
+    """One line per kind of request that happened: blocks found / asked for, all namespaces.
+
+    Reads (get, get_into, read leases) count hits and misses; lookups count
+    theirs apart, since an engine such as vLLM looks a prompt up and then reads
+    only the blocks found (its misses show in the lookups).
+    """
+    lines = []
+    for what, hit, miss in (("lookups", "lookup_hits", "lookup_misses"),
+                            ("reads", "hits", "misses")):
+        found = sum(int(n.get(hit, 0)) for n in rows)
+        asked = found + sum(int(n.get(miss, 0)) for n in rows)
+        if asked:
+            lines.append(f"{what}: {found} of {asked} blocks found ({100.0 * found / asked:.1f} %)")
+    return lines
 
 
 def evict(doc: dict) -> str:

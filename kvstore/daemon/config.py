@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvstore.dataclass_dict import reject_unknown
+from kvstore.default_listen import default_listen
 from kvstore.errors import InvalidArgument
 from kvstore.sizes import parse_size
 from kvstore.transport.limits import Limits
@@ -80,13 +81,6 @@ _SCALARS = (
     "peer_timeout", "rebalance_rate",
 )
 _BOOLS = ("prefault", "admin_insecure", "metrics_tenant_labels")
-
-
-def runtime_dir() -> Path:
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if base and os.path.isdir(base):
-        return Path(base) / "kvstore"
-    return Path(f"/tmp/kvstore-{os.getuid()}")
 
 
 def cache_dir() -> Path:
@@ -167,7 +161,7 @@ class DaemonConfig:
 
     def __post_init__(self) -> None:
         if not self.listen:
-            self.listen = [f"shm://{runtime_dir() / 'kvstore.sock'}", "tcp://127.0.0.1:7801"]
+            self.listen = default_listen()
         for url in self.listen:
             parse_url(url)
         for name in ("admin", "metrics"):

@@ -91,12 +91,18 @@ class StoreCollector:
         labels = ["namespace", "model", "tenant"]
         blocks = GaugeMetricFamily("kvstore_namespace_blocks", "Blocks cached, any tier", labels=labels)
         hits = CounterMetricFamily("kvstore_namespace_hits", "Blocks served", labels=labels)
-        misses = CounterMetricFamily("kvstore_namespace_misses", "Blocks asked for and missing",
+        misses = CounterMetricFamily("kvstore_namespace_misses", "Blocks read for and missing",
                                      labels=labels)
+        lookup_hits = CounterMetricFamily("kvstore_namespace_lookup_hits",
+                                          "Blocks found by lookups", labels=labels)
+        lookup_misses = CounterMetricFamily("kvstore_namespace_lookup_misses",
+                                            "Blocks looked up and not found", labels=labels)
         for ns in stats.namespaces:
             tenant = ns.spec.tenant if self._tenant_labels() else ""  # opt-in: names are data
             key = [ns.fingerprint, ns.spec.layout.model_id, tenant]
             blocks.add_metric(key, ns.blocks)
             hits.add_metric(key, ns.hits)
             misses.add_metric(key, ns.misses)
-        yield from (blocks, hits, misses)
+            lookup_hits.add_metric(key, ns.lookup_hits)
+            lookup_misses.add_metric(key, ns.lookup_misses)
+        yield from (blocks, hits, misses, lookup_hits, lookup_misses)

@@ -46,8 +46,10 @@ class NamespaceState:
     spec: NamespaceSpec
     fp: bytes
     tree: RadixTree
-    hits: int = 0
-    misses: int = 0
+    hits: int = 0  # blocks served by reads (``ReadCounters``)
+    misses: int = 0  # blocks asked for by reads and not served
+    lookup_hits: int = 0  # blocks found by lookups
+    lookup_misses: int = 0  # blocks looked up and not found
 
     @classmethod
     def create(cls, spec: NamespaceSpec) -> NamespaceState:

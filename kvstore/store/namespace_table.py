@@ -56,6 +56,7 @@ class NamespaceTable:
     def stats(self) -> list[NamespaceStats]:
         return [
             NamespaceStats(fingerprint=fp.hex(), spec=n.spec, blocks=len(n.tree),
-                           bytes=len(n.tree) * n.spec.block_bytes, hits=n.hits, misses=n.misses)
+                           bytes=len(n.tree) * n.spec.block_bytes, hits=n.hits, misses=n.misses,
+                           lookup_hits=n.lookup_hits, lookup_misses=n.lookup_misses)
             for fp, n in self.by_fp.items()
         ]

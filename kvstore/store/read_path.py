@@ -38,6 +38,7 @@ from kvstore.store.cpu_tier import CPUTier
 from kvstore.store.lease_table import LeaseTable
 from kvstore.store.namespace_table import NamespaceTable
 from kvstore.store.promotion import Promoter, Promotion
+from kvstore.store.read_counters import ReadCounters
 from kvstore.store.store_lock import StoreLock
 from kvstore.store.tier_set import TierSet
 from kvstore.store.write_back import WriteBack
@@ -106,11 +107,6 @@ def match_prefix(tiers: TierSet, nst: NamespaceState, tokens, extra: bytes, touc
     return m
 
 
-def count_read(nst: NamespaceState, served: int, requested: int) -> None:
-    nst.hits += served
-    nst.misses += max(0, requested - served)
-
-
 class ReadPath:
     def __init__(self, lock: StoreLock, namespaces: NamespaceTable, tiers: TierSet,
                  leases: LeaseTable, cpu: CPUTier, config: StoreConfig,
@@ -124,7 +120,7 @@ class ReadPath:
         self._is_closed = is_closed
         self._writeback: WriteBack | None = None  # set once the SSD tier is open
         self._promoter: Promoter | None = None
-        self.ssd_hits = 0  # blocks served from the SSD tier (reads and read leases)
+        self.counts = ReadCounters(tiers.tiers, config.ssd_enabled)  # hits, misses, bytes served
 
     def attach(self, writeback: WriteBack | None, promoter: Promoter | None) -> None:
         self._writeback, self._promoter = writeback, promoter
@@ -178,13 +174,12 @@ class ReadPath:
             m = match_prefix(self._tiers, nst, arr, extra, True)
             blocks = m.blocks
             nst.tree.lock(m.node)
-            plan = []
+            plan, sources = [], []  # sources[i]: the tier block i is served from (None: SSD)
             for meta in blocks:
                 st = meta.handle
+                sources.append(st.tier if st.slot is not None else None)
                 if st.slot is not None:
                     st.tier.policy.on_access(policy_key(nst.fp, meta.key))
-                    st.tier.stats.hits += 1
-                    st.tier.stats.bytes_out += meta.size
                     if st.tier is self._cpu:
                         plan.append(("slot", st.slot))
                     else:  # GPU slots are only touched under the lock
@@ -217,21 +212,20 @@ class ReadPath:
                     sink.write(i, own)
                 promote.append(Promotion(nst.fp, blocks[i].key, blocks[i].handle, own))
         finally:
-            self._lock.defer(partial(self._finish_read, nst, m.node, n, lost, len(promote),
+            self._lock.defer(partial(self._finish_read, nst, m.node, lost, sources[:n],
                                      len(arr) // nst.spec.block_tokens))
         if promote and self.config.promote_on_get:
             self._promoter.submit_many(promote)
         return n * nst.spec.block_tokens
 
-    def _finish_read(self, nst: NamespaceState, node, n: int, lost: bytes | None,
-                     from_ssd: int, requested: int) -> None:
+    def _finish_read(self, nst: NamespaceState, node, lost: bytes | None,
+                     sources: list, requested: int) -> None:
         nst.tree.unlock(node)
         if lost is not None:
             self._tiers.lose(nst, lost)
         if self._tiers.lost:
             self._tiers.retry_lost()
-        count_read(nst, n, requested)
-        self.ssd_hits += from_ssd
+        self.counts.read(nst, sources, requested)
 
     # -- read leases --------------------------------------------------------------------
     def lease_read(self, ns: bytes, tokens, extra: bytes = b"") -> Lease:
@@ -242,7 +236,9 @@ class ReadPath:
             nst = self._namespaces.get(ns)
             m = match_prefix(tiers, nst, arr, extra, True)
             nst.tree.lock(m.node)
-            blocks, fetch, staged = m.blocks, [], 0
+            blocks, fetch = m.blocks, []
+            sources = [meta.handle.tier if meta.handle.slot is not None else None
+                       for meta in blocks]  # where each was found (None: staged or SSD)
             for i, meta in enumerate(blocks):
                 st = meta.handle
                 if st.slot is not None and st.tier is cpu:
@@ -251,7 +247,6 @@ class ReadPath:
                     ok = tiers.to_cpu(nst, meta.key, st, st.tier.view(st.slot))
                 elif st.staged is not None:  # from the staging buffer
                     ok = tiers.to_cpu(nst, meta.key, st, st.staged)
-                    staged += ok
                 else:  # SSD only: a slot to read it into, outside the lock
                     slot = tiers.alloc(cpu, nst.spec.block_bytes, nst.spec.tenant)
                     ok = slot is not None
@@ -261,7 +256,7 @@ class ReadPath:
                     del blocks[i:]
                     break
             if not fetch:
-                return self._open_read(nst, m.node, blocks, len(arr), staged, None)
+                return self._open_read(nst, m.node, blocks, len(arr), sources, None)
         errors = self._writeback.read_many_into([f[3] for f in fetch],
                                                 [cpu.view(f[2]) for f in fetch])
         with self._lock:
@@ -274,16 +269,13 @@ class ReadPath:
                 cpu.free(slot)
                 if i < n:
                     n, lost = i, (meta.key if err is not None else None)
-            self.ssd_hits += sum(1 for f in fetch if f[0] < n)
-            return self._open_read(nst, m.node, blocks[:n], len(arr),
-                                   staged + sum(1 for f in fetch if f[0] < n), lost)
+            return self._open_read(nst, m.node, blocks[:n], len(arr), sources, lost)
 
-    def _open_read(self, nst: NamespaceState, node, blocks, ntokens: int, moved: int,
+    def _open_read(self, nst: NamespaceState, node, blocks, ntokens: int, sources: list,
                    lost: bytes | None) -> Lease:
         """Open the read lease of ``blocks`` (CPU-resident now; under the lock)."""
         cpu = self._cpu
-        count_read(nst, len(blocks), ntokens // nst.spec.block_tokens)
-        cpu.stats.hits += len(blocks) - moved  # served from memory, not staged or read
+        self.counts.read(nst, sources[: len(blocks)], ntokens // nst.spec.block_tokens)
         for meta in blocks:
             cpu.policy.on_access(policy_key(nst.fp, meta.key))
             cpu.settle(meta.handle.slot)  # a remote reader maps the arena directly

@@ -156,7 +156,11 @@ class TieredStore:
     def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         arr = as_tokens(tokens)
         with self._lock:
-            return match_prefix(self._tiers, self._namespaces.get(ns), arr, extra, False).num_tokens
+            nst = self._namespaces.get(ns)
+            found = match_prefix(self._tiers, nst, arr, extra, False).num_tokens
+            bt = nst.spec.block_tokens
+            self._reads.counts.lookup(nst, found // bt, len(arr) // bt)
+            return found
 
     def lookup_many(self, ns: bytes, tokens_list: Sequence, extras: Sequence[bytes] | None = None,
                     ) -> list[int]:
@@ -166,9 +170,13 @@ class TieredStore:
             raise InvalidArgument("lookup_many: one extra per token array")
         arrs = [as_tokens(t) for t in tokens_list]
         with self._lock:
-            table = self._namespaces.get(ns)
-            return [match_prefix(self._tiers, table, arr, bytes(e), False).num_tokens
-                    for arr, e in zip(arrs, extras)]
+            nst = self._namespaces.get(ns)
+            bt = nst.spec.block_tokens
+            found = [match_prefix(self._tiers, nst, arr, bytes(e), False).num_tokens
+                     for arr, e in zip(arrs, extras)]
+            for arr, n in zip(arrs, found):
+                self._reads.counts.lookup(nst, n // bt, len(arr) // bt)
+            return found
 
     def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:
         """Lease (one lock acquisition), copy without the lock, commit at the lock's next holder."""
@@ -243,7 +251,7 @@ class TieredStore:
             tiers = self._tiers.stats()
             if self._writeback is not None:
                 s = self._writeback.stats()
-                s.hits = max(s.hits, self._reads.ssd_hits)
+                s.hits, s.misses = self._reads.counts.ssd_hits, self._reads.counts.ssd_misses
                 tiers.append(s)
             return StoreStats(tiers, self._namespaces.stats())
 

@@ -13,6 +13,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from kvstore.availability import SoftFailures
+
 if importlib.util.find_spec("vllm") is None:
     pytest.skip("vllm is not installed", allow_module_level=True)
 
@@ -94,6 +96,8 @@ def test_answers_are_spent_when_scheduled_and_expire(served):
 
 def test_a_failed_batch_is_misses_unless_strict():
     class Broken:
+        availability = SoftFailures(False, "broken")
+
         def lookup(self, tokens, extra):
             raise ConnectionError("down")
 

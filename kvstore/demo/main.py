@@ -19,9 +19,11 @@ document (CPython's LICENSE.txt, about 3,900 tokens with the chat template;
    flushes).
 
 ``--model local`` runs the same on the small random-weight model (fast,
-answers are noise). ``--engine vllm`` runs the TTFT table of two requests
-sharing a prefix through vLLM with ``KVStoreConnector`` (``kvstore.demo.runs``)
-on the local model.
+answers are noise). ``--engine vllm`` asks the same question through
+``vllm serve`` with ``KVStoreConnector`` (``kvstore.demo.vllm_chat``: a
+recompute, then the prefix loaded from the daemon); ``--engine vllm --model
+local`` runs the TTFT table of two requests sharing a prefix through an
+in-process vLLM engine (``kvstore.demo.runs``) on the local model.
 
     python -m kvstore.demo [--engine hf|vllm] [--model smollm2|local] [--carriers shm,tcp]
                            [--codec none] [--doc-tokens N] [--max-new-tokens 64] [--threads N]
@@ -160,7 +162,7 @@ def print_summary(answers) -> None:
 
 
 def run_vllm_table(args, say) -> int:
-    """The ``--engine vllm`` demo: TTFT of two requests sharing a prefix (local model)."""
+    """``--engine vllm --model local``: TTFT of two requests sharing a prefix (in-process vLLM)."""
     from transformers import AutoTokenizer
 
     from kvstore.demo.local_setup import LocalDaemon, corpus_tokens, local_model_dir
@@ -202,12 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (default: all CPUs; 1 is faster on a busy machine)")
     parser.add_argument("--tokens", type=int, default=4096,
-                        help="--engine vllm: shared prefix length")
+                        help="--engine vllm --model local: shared prefix length")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)  # vLLM's, on import
     say = Clock()
-    if args.engine == "vllm":
+    if args.engine == "vllm" and args.model == "local":
         return run_vllm_table(args, say)
     try:
         from transformers.utils import logging as hf_logging
@@ -219,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     from kvstore.demo.trained_model import ModelNotInstalled
 
     try:
+        if args.engine == "vllm":
+            from kvstore.demo.vllm_chat import run_vllm_chat
+
+            return run_vllm_chat(args, say, print_stats)
         return run_chat(args, say)
     except ModelNotInstalled as e:
         print(f"error: {e}", file=sys.stderr)

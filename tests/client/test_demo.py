@@ -72,7 +72,8 @@ def test_demo_on_the_trained_model(capsys):
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
 def test_demo_through_vllm(local_model_dir, monkeypatch, capsys):
     monkeypatch.setattr(demo_setup, "local_model_dir", lambda: local_model_dir)
-    assert demo.main(["--engine", "vllm", "--tokens", "512", "--carriers", "shm,tcp"]) == 0
+    assert demo.main(["--engine", "vllm", "--model", "local", "--tokens", "512",
+                      "--carriers", "shm,tcp"]) == 0
     out = capsys.readouterr().out
     assert "TTFT through vLLM" in out
     rows = [line.split() for line in out.splitlines() if line.startswith(("shm ", "tcp "))]
@@ -80,6 +81,20 @@ def test_demo_through_vllm(local_model_dir, monkeypatch, capsys):
     for r in rows:  # carrier codec prompt miss hit speedup reused stored diff same
         assert r[6] == "512" and r[7] == "512" and r[9] == "True"  # A stored, B reused it
     assert "daemon stopped (exit code 0)" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # vllm serve starts in minutes on a busy 2-core machine
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None or not _trained_model_installed(),
+                    reason="needs vllm (make venv-vllm) and the trained model")
+def test_demo_through_vllm_serve_on_the_trained_model(capsys):
+    rc = demo.main(["--engine", "vllm", "--doc-tokens", "700", "--max-new-tokens", "8"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert re.search(r"^run 1 \(shm, .*tokens reused 0 of", out, re.MULTILINE)
+    assert re.search(r"^run 2 \(shm, .*tokens reused 512 of", out, re.MULTILINE)
+    assert "identical answers: yes" in out
+    assert "vllm serve and the daemon stopped (daemon exit code 0)" in out
 
 
 def test_a_missing_model_names_the_extra(monkeypatch, capsys):

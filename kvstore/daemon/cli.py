@@ -45,7 +45,7 @@ def add_serve(sub) -> None:
     t.add_argument("--write-behind-seconds", type=float, metavar="S",
                    help="puts reach the SSD tier within about this lag (0: on eviction only)")
     t.add_argument("--write-lease-seconds", type=float, metavar="S",
-                   help="uncommitted write leases are taken back after this (default 60)")
+                   help="uncommitted write leases are taken back after this (default 600)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--drain-timeout", type=float, metavar="SECONDS",

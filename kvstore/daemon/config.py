@@ -154,7 +154,7 @@ class DaemonConfig:
     tenant_cpu_bytes: int | str | None = None  # default CPU quota of a tenant (None: no ceiling)
     tenant_ssd_bytes: int | str | None = None  # default SSD quota of a tenant
     write_behind_seconds: float = 1.0  # puts reach the SSD within about this lag (0: off)
-    write_lease_seconds: float = 60.0  # uncommitted write leases are taken back after this
+    write_lease_seconds: float = 600.0  # uncommitted write leases are taken back after this (a slow prefill holds one)
     peer_timeout: float = 0.3  # deadline (s) of a request to a peer; a silent peer costs this
     rebalance_rate: int | str = "64MiB"  # bytes/s a node pushes to a newcomer after a join
     source: dict = field(default_factory=dict)  # setting -> where it came from

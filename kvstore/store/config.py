@@ -61,7 +61,7 @@ class StoreConfig:
     tenant_cpu_bytes: int | str | None = None
     tenant_ssd_bytes: int | str | None = None
     tenant_quotas: dict = field(default_factory=dict)  # {"alice": {"cpu": "1GiB", "ssd": ...}}
-    write_lease_seconds: float = 60.0  # an uncommitted write lease is taken back after this
+    write_lease_seconds: float = 600.0  # an uncommitted write lease is taken back after this
     # every put reaches the SSD tier within about this lag (0, the embedded default: only on
     # eviction/flush; the daemon's default is 1 s, kvstore.daemon.config)
     write_behind_seconds: float = 0.0

@@ -208,22 +208,37 @@ class TenantSSD:
                     out[i] = CapacityError(
                         f"ssd: a block of {size} bytes cannot fit tenant {tenant!r}'s SSD quota "
                         f"of {self.quota_of(tenant)} bytes")
-            if not fit:
-                continue
-            with self._lock:
-                log = self._log_of(tenant)
-                log.capacity_bytes = self.quota_of(tenant)
-                need = sum(record_bytes(memoryview(items[i][1]).nbytes) for i in fit)
-                try:
-                    self._make_room(tenant, need + SEGMENT_HEADER_SIZE)
-                except CapacityError as exc:
-                    for i in fit:
-                        out[i] = exc
-                    continue
-                results = log.write_many([items[i] for i in fit])
-            for i, r in zip(fit, results):
-                out[i] = r if isinstance(r, Exception) else _tagged(r, tenant)
+            for chunk in self._chunks(tenant, fit, items):
+                with self._lock:
+                    log = self._log_of(tenant)
+                    log.capacity_bytes = self.quota_of(tenant)
+                    need = sum(record_bytes(memoryview(items[i][1]).nbytes) for i in chunk)
+                    try:
+                        self._make_room(tenant, need + SEGMENT_HEADER_SIZE)
+                    except CapacityError as exc:
+                        for i in chunk:
+                            out[i] = exc
+                        continue
+                    results = log.write_many([items[i] for i in chunk])
+                for i, r in zip(chunk, results):
+                    out[i] = r if isinstance(r, Exception) else _tagged(r, tenant)
         return out
+
+    def _chunks(self, tenant: str, idx: list[int], items) -> list[list[int]]:
+        """``idx`` cut into runs of at most half the room the tenant may hold, so that
+        room for each run can be made (a batch of demotions may exceed the whole tier)."""
+        limit = max(min(self.quota_of(tenant), self.capacity) // 2, 1)
+        chunks: list[list[int]] = []
+        size = 0
+        for i in idx:
+            n = record_bytes(memoryview(items[i][1]).nbytes)
+            if chunks and size + n <= limit:
+                chunks[-1].append(i)
+                size += n
+            else:
+                chunks.append([i])
+                size = n
+        return chunks
 
     def read(self, loc: SSDLocation) -> bytes:
         return self._log_at(loc).read(_plain(loc))

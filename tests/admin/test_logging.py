@@ -14,7 +14,7 @@ LIBRARY = ["kvstore", "transport", "eviction", "prefix_index", "client", "kernel
 # modules whose job is writing to stdout for a person (command-line output)
 CLI_OUTPUT = {"kvstore/daemon/cli.py", "kvstore/admin/cli.py", "kvstore/__main__.py",
               "kvstore/demo/main.py", "kvstore/demo/local_model.py",
-              "kvstore/demo/trained_model.py"}
+              "kvstore/demo/trained_model.py", "kvstore/demo/vllm_chat.py"}
 
 
 def test_library_code_never_prints():

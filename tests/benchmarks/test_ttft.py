@@ -7,6 +7,7 @@ the daemon, and that codec ``none`` gives the recompute's next token.
 
 import importlib.util
 import json
+import re
 
 import pytest
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 ROW_KEYS = {"engine", "prompt_tokens", "carrier", "codec", "ttft_miss_s", "ttft_hit_s", "speedup",
             "max_logprob_diff", "top1_agree", "tokens_reused", "ttft_hit_median_s", "load_s",
-            "max_logit_err", "rel_logit_err", "quality_positions"}
+            "max_logit_err", "rel_logit_err", "quality_positions", "block_tokens"}
 
 
 def _run(tmp_path, model_dir, *extra):
@@ -54,7 +55,9 @@ def test_hf_rows_plot_and_markdown(tmp_path, local_model_dir):
             assert r["top1_agree"] >= 0.75  # of 8 next tokens (measured: all of them)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = md.read_text()
-    assert "| transformers | 257 | shm | none |" in text and "| 256 | int8 |" not in text
+    # engine | store block | prompt tokens | tokens reused | carrier | codec
+    assert re.search(r"\| transformers \| \d+ \| 257 \| \d+ \| shm \| none \|", text)
+    assert "| 256 | int8 |" not in text
     assert "| 257 | int8 |" in text  # the codec quality table
 
 

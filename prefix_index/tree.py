@@ -124,6 +124,36 @@ class RadixTree:
         result.num_tokens = pos
         return result
 
+    def cached_tokens(self, query: np.ndarray, extra: bytes = b"") -> int:
+        """``match(query, extra).num_tokens`` without building the match (a lookup's count).
+
+        ``query`` must already be 1-D uint32 (``as_tokens``): this is the hot
+        path of lookups (one per waiting request and scheduler step), so it
+        walks the same edges as ``match`` but collects no blocks and touches
+        nothing.
+        """
+        node = self._roots.get(extra)
+        if node is None:
+            return 0
+        bt = self.block_tokens
+        limit = (len(query) // bt) * bt
+        pos = 0
+        while pos < limit:
+            child = node.children.get(query[pos : pos + bt].tobytes())
+            if child is None:
+                break
+            edge = child.tokens
+            avail = min(len(edge), limit - pos)
+            mine, theirs = edge[:avail], query[pos : pos + avail]
+            if mine.tobytes() != theirs.tobytes():  # memcmp: faster than numpy on a hit
+                # a mismatch inside this edge: the whole blocks before it
+                return pos + int((mine != theirs).argmax()) // bt * bt
+            pos += avail
+            if avail < len(edge):
+                break
+            node = child
+        return pos
+
     def lock(self, node: RadixNode | None) -> None:
         while node is not None:
             node.lock_count += 1

@@ -17,6 +17,7 @@ from kvstore.client import KVClient
 from kvstore.errors import ErrorCode, InvalidArgument
 from kvstore.store.config import StoreConfig
 from kvstore.store.tiered_store import TieredStore
+from kvstore.tokens import as_tokens
 from kvstore.transport.limits import Limits
 from kvstore.transport.messages import Op, lookup_many_args, lookup_many_request
 from tests.transport.conftest import blocks_for, small_layout, spec_of, tokens_for
@@ -52,11 +53,12 @@ def test_tiered_store_lookup_many():
 
 
 def test_messages():
-    prompts = [tokens_for(1, 2), tokens_for(2, 1).astype(np.int64)]
+    prompts = [as_tokens(tokens_for(1, 2)), as_tokens(tokens_for(2, 1).astype(np.int64))]
     args, payloads = lookup_many_args(prompts, [b"", b""])
     assert args == {}  # no extra set: left out
-    assert [p.dtype for p in payloads] == [np.uint32, np.uint32]
-    assert [list(p) for p in payloads] == [list(p) for p in prompts]
+    # each segment is its array's own memory as bytes (no copy), little-endian uint32
+    assert [p.obj is a for p, a in zip(payloads, prompts)] == [True, True]
+    assert [np.frombuffer(p, "<u4").tolist() for p in payloads] == [list(p) for p in prompts]
     args, _ = lookup_many_args(prompts, [b"a", b""])
     assert lookup_many_request(args, [128, 64]) == [b"a", b""]
     assert lookup_many_request({}, [128, 64]) == [b"", b""]

@@ -130,29 +130,39 @@ class RadixTree:
         ``query`` must already be 1-D uint32 (``as_tokens``): this is the hot
         path of lookups (one per waiting request and scheduler step), so it
         walks the same edges as ``match`` but collects no blocks and touches
-        nothing.
+        nothing: the query's bytes are made once, and each edge is compared
+        with one ``memcmp`` against the node's kept ``edge_bytes``.
         """
         node = self._roots.get(extra)
         if node is None:
             return 0
         bt = self.block_tokens
-        limit = (len(query) // bt) * bt
-        pos = 0
-        while pos < limit:
-            child = node.children.get(query[pos : pos + bt].tobytes())
+        step = bt * TOKEN_DTYPE.itemsize  # one block's bytes
+        raw = query.tobytes()
+        end = (len(raw) // step) * step  # whole blocks only
+        at = 0
+        while at < end:
+            child = node.children.get(raw[at : at + step])
             if child is None:
                 break
-            edge = child.tokens
-            avail = min(len(edge), limit - pos)
-            mine, theirs = edge[:avail], query[pos : pos + avail]
-            if mine.tobytes() != theirs.tobytes():  # memcmp: faster than numpy on a hit
-                # a mismatch inside this edge: the whole blocks before it
-                return pos + int((mine != theirs).argmax()) // bt * bt
-            pos += avail
-            if avail < len(edge):
-                break
-            node = child
-        return pos
+            edge = child.edge_bytes
+            if len(edge) <= end - at:
+                if not raw.startswith(edge, at):
+                    break  # a mismatch inside this edge: found below
+                at += len(edge)
+                node = child
+                continue
+            if edge.startswith(raw[at:end]):  # the query ends inside this edge
+                return end // TOKEN_DTYPE.itemsize
+            break
+        else:
+            return at // TOKEN_DTYPE.itemsize
+        if child is None:
+            return at // TOKEN_DTYPE.itemsize
+        pos = at // TOKEN_DTYPE.itemsize  # locate the first differing token of the edge
+        n = min(len(child.tokens), end // TOKEN_DTYPE.itemsize - pos)
+        first = int((child.tokens[:n] != query[pos : pos + n]).argmax())
+        return pos + first // bt * bt
 
     def lock(self, node: RadixNode | None) -> None:
         while node is not None:

@@ -175,6 +175,7 @@ def test_cached_tokens_counts_what_match_finds():
     put(tree, base[:12], extra=b"lora")
     queries = [base, base + [1, 2], base[:10], base[:3], base[:8] + list(range(500, 512)),
                base[:13] + [0] + base[14:], base[:5] + [0] + base[6:], [0] * 8, [],
+               base[:13] + [0] + base[14:20], base[:9] + [0] + base[10:18],
                base[:8] + list(range(500, 516)) + [7] * 8]
     for q in queries:
         for extra in (b"", b"lora", b"none"):

@@ -35,7 +35,6 @@ from kvstore.transport.connection import Connection
 from kvstore.transport.messages import Op, Reply, Request
 from kvstore.transport.sync_channel import BlockingChannel, ChannelTimeout, open_blocking
 
-
 _forks = 0  # children of fork this process descends from (the check costs no getpid call)
 
 

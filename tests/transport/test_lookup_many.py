@@ -19,6 +19,7 @@ from kvstore.errors import ErrorCode, InvalidArgument
 from kvstore.store.config import StoreConfig
 from kvstore.store.tiered_store import TieredStore
 from kvstore.tokens import as_tokens
+from kvstore.transport.fd_channel import CONTROL_SEND_BUFFER
 from kvstore.transport.limits import Limits
 from kvstore.transport.messages import Op, lookup_many_args, lookup_many_request
 from kvstore.transport.tcp import RECV_BUFFER, TcpListener
@@ -184,3 +185,21 @@ def test_the_tcp_listener_asks_for_a_request_sized_receive_buffer():
         assert got >= min(RECV_BUFFER, allowed)  # Linux reports twice what was granted
     finally:
         sock.close()
+
+
+def test_shm_clients_send_a_batch_without_waiting_for_the_daemon(daemon, connect, carrier):
+    """Both shm client connections (the sync one and the asyncio twins') have room for a
+    1 MiB request in their send buffer (``transport.fd_channel.CONTROL_SEND_BUFFER``)."""
+    if carrier != "shm":
+        pytest.skip("the shm control socket's send buffer")
+    c = connect(strict=True)
+    spec = spec_of()
+    ns = c.register(spec)
+    prompts, want = cached_batch(c, ns, spec, 4)
+    assert c.lookup_many(ns, prompts) == want
+    assert asyncio.run(c.alookup_many(ns, prompts)) == want
+    with open("/proc/sys/net/core/wmem_max") as f:
+        allowed = int(f.read())
+    for conn in (c.conn, c.aops.conn):
+        got = conn.channel.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        assert got >= min(CONTROL_SEND_BUFFER, allowed)  # Linux reports twice the grant

@@ -3,8 +3,9 @@
 ``python -m benchmarks.lookup [--rounds 7] [--calls 200] [--json PATH]``
 
 * baseline: a blocking TCP echo between two Python processes on loopback (a
-  child process answers 8 bytes to each request), once with a tiny request
-  and once with a request as large as the lookup's tokens;
+  child process answers 8 bytes to each request), with a tiny request, a
+  request as large as one lookup's tokens and one as large as lookup_many's
+  (64 x 16 KiB: 1 MiB);
 * ``ns.lookup`` of a cached 4,096-token prefix (``kvstore.client``) over shm
   and tcp against a ``kvstore serve`` child process, p50 and p99;
 * ``ns.lookup_many`` of 64 such requests (64 cached prompts) in one call.
@@ -12,7 +13,9 @@
 Rounds interleave the tasks (each round runs every task ``--calls`` times) so
 the machine's load swings hit all of them alike; p50/p99 are over every call.
 Ratios: lookup p50 / the raw round trip's p50 (target <= 8) and
-lookup_many(64) p50 / lookup p50 (target <= 3).
+lookup_many(64) p50 / lookup p50 (target <= 3); ``x_raw_same_bytes``: each
+kvstore call against the raw round trip that carries the same token bytes
+(what the wire alone costs: 64 prompts of 4,096 tokens are 1 MiB to send).
 """
 
 from __future__ import annotations
@@ -140,7 +143,8 @@ def main(argv=None) -> int:
         closers.append(echo.close)
         token_bytes = PROMPT_TOKENS * 4
         tasks = {"raw round trip (8 B)": echo.roundtrip(8),
-                 f"raw round trip ({token_bytes} B)": echo.roundtrip(token_bytes)}
+                 f"raw round trip ({token_bytes} B)": echo.roundtrip(token_bytes),
+                 f"raw round trip ({BATCH * token_bytes} B)": echo.roundtrip(BATCH * token_bytes)}
         folder = tempfile.mkdtemp(prefix="kvstore-bench-lookup-")
         daemon_args = ["--cpu-bytes", "256MiB", "--ssd-bytes", "0", "--log-level", "warning"]
         for carrier in carriers:
@@ -155,6 +159,7 @@ def main(argv=None) -> int:
         for close in reversed(closers):
             close()
     base = float(np.median(samples["raw round trip (8 B)"]))
+    token_bytes = PROMPT_TOKENS * 4
     rows = []
     for name, values in samples.items():
         p50 = float(np.median(values))
@@ -164,9 +169,12 @@ def main(argv=None) -> int:
         single = samples.get(f"{carrier} ns.lookup")
         if "lookup_many" in name and single is not None:
             row["x_one_lookup"] = p50 / float(np.median(single))
+        if carrier != "raw":  # against a raw round trip carrying the same token bytes
+            same = (BATCH if "lookup_many" in name else 1) * token_bytes
+            row["x_raw_same_bytes"] = p50 / float(np.median(samples[f"raw round trip ({same} B)"]))
         rows.append(row)
     load = os.getloadavg()
-    print_table(rows, ["task", "p50_us", "p99_us", "x_raw_rtt", "x_one_lookup"],
+    print_table(rows, ["task", "p50_us", "p99_us", "x_raw_rtt", "x_one_lookup", "x_raw_same_bytes"],
                 title=f"lookups of a cached {PROMPT_TOKENS}-token prefix "
                       f"(load average {load[0]:.2f}; targets: lookup <= 8x raw, "
                       f"lookup_many({BATCH}) <= 3x one lookup)")

@@ -134,7 +134,7 @@ class Namespace:
     def lookup_many(self, tokens_list, extras=None) -> list[int]:
         """``lookup`` of each token array (``extras[i]`` with each, default ``b""``), asked
         together: one round trip to a daemon (a scheduler's waiting requests)."""
-        toks = [as_tokens(t) for t in tokens_list]
+        toks = list(tokens_list)  # the backend makes each one ``as_tokens`` (once)
         extras = list(extras) if extras is not None else None
         return self._soft(lambda: self.backend.lookup_many(self.id, toks, extras), [0] * len(toks))
 

@@ -16,6 +16,9 @@ def as_tokens(tokens) -> np.ndarray:
 
     Raises InvalidArgument for negative ids, ids >= 2**32 or a non 1-D input.
     """
+    if type(tokens) is np.ndarray and tokens.dtype == TOKEN_DTYPE and tokens.ndim == 1 \
+            and tokens.flags.c_contiguous:  # already in form (every lookup of an engine)
+        return tokens
     if hasattr(tokens, "detach") and hasattr(tokens, "cpu"):  # torch.Tensor
         tokens = tokens.detach().cpu().numpy()
     arr = np.asarray(tokens)

@@ -22,7 +22,8 @@ from kvstore.prefix_index.block import BlockMeta
 
 
 class RadixNode:
-    __slots__ = ("tokens", "blocks", "children", "parent", "lock_count", "depth_blocks")
+    __slots__ = ("_tokens", "_edge_bytes", "blocks", "children", "parent", "lock_count",
+                 "depth_blocks")
 
     def __init__(self, tokens: np.ndarray, blocks: list[BlockMeta], parent: RadixNode | None):
         self.tokens = tokens
@@ -32,6 +33,23 @@ class RadixNode:
         self.lock_count = 0
         # number of blocks from the root to the start of this node's edge
         self.depth_blocks = 0 if parent is None else parent.depth_blocks + len(parent.blocks)
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return self._tokens
+
+    @tokens.setter
+    def tokens(self, tokens: np.ndarray) -> None:  # a split or a merge: new edge bytes
+        self._tokens = tokens
+        self._edge_bytes: bytes | None = None
+
+    @property
+    def edge_bytes(self) -> bytes:
+        """``tokens`` as bytes, made on first use and kept (edges are replaced, never
+        written): lookups compare a query's bytes against it with one ``memcmp``."""
+        if self._edge_bytes is None:
+            self._edge_bytes = self._tokens.tobytes()
+        return self._edge_bytes
 
     @property
     def is_leaf(self) -> bool:

@@ -124,6 +124,46 @@ class RadixTree:
         result.num_tokens = pos
         return result
 
+    def cached_tokens(self, query: np.ndarray, extra: bytes = b"") -> int:
+        """``match(query, extra).num_tokens`` without building the match (a lookup's count).
+
+        ``query`` must already be 1-D uint32 (``as_tokens``): this is the hot
+        path of lookups (one per waiting request and scheduler step), so it
+        walks the same edges as ``match`` but collects no blocks and touches
+        nothing: the query's bytes are made once, and each edge is compared
+        with one ``memcmp`` against the node's kept ``edge_bytes``.
+        """
+        node = self._roots.get(extra)
+        if node is None:
+            return 0
+        bt = self.block_tokens
+        step = bt * TOKEN_DTYPE.itemsize  # one block's bytes
+        raw = query.tobytes()
+        end = (len(raw) // step) * step  # whole blocks only
+        at = 0
+        while at < end:
+            child = node.children.get(raw[at : at + step])
+            if child is None:
+                break
+            edge = child.edge_bytes
+            if len(edge) <= end - at:
+                if not raw.startswith(edge, at):
+                    break  # a mismatch inside this edge: found below
+                at += len(edge)
+                node = child
+                continue
+            if edge.startswith(raw[at:end]):  # the query ends inside this edge
+                return end // TOKEN_DTYPE.itemsize
+            break
+        else:
+            return at // TOKEN_DTYPE.itemsize
+        if child is None:
+            return at // TOKEN_DTYPE.itemsize
+        pos = at // TOKEN_DTYPE.itemsize  # locate the first differing token of the edge
+        n = min(len(child.tokens), end // TOKEN_DTYPE.itemsize - pos)
+        first = int((child.tokens[:n] != query[pos : pos + n]).argmax())
+        return pos + first // bt * bt
+
     def lock(self, node: RadixNode | None) -> None:
         while node is not None:
             node.lock_count += 1

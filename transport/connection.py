@@ -79,7 +79,10 @@ async def open_channel(url: CarrierURL, timeout: float):
 
         return await open_ucx_channel(url, timeout)
     if url.scheme == "shm":
+        from kvstore.transport.fd_channel import widen_send_buffer
+
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        widen_send_buffer(sock)
         addr = url.path
     else:
         infos = await loop.getaddrinfo(url.host, url.port, type=socket.SOCK_STREAM)

@@ -21,6 +21,20 @@ from kvstore.transport.channel import SocketChannel
 
 MAX_FDS = 4
 _FD_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+# A client's send buffer on the shm control socket. A unix stream socket holds no more
+# than its sender's buffer (208 KiB by default) in flight: a 1 MiB ``lookup_many``
+# request (64 prompts of 4,096 tokens) then crossed in five turns of the client
+# waiting and the daemon's loop waking; with room for it, in one send. The kernel caps
+# it at ``net.core.wmem_max``.
+CONTROL_SEND_BUFFER = 4 << 20
+
+
+def widen_send_buffer(sock: socket.socket) -> None:
+    """Give a client's shm control socket ``CONTROL_SEND_BUFFER`` (best effort)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CONTROL_SEND_BUFFER)
+    except OSError:  # pragma: no cover - refused: the default, as before
+        pass
 
 
 class FdSendingChannel(SocketChannel):

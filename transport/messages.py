@@ -202,12 +202,12 @@ def arg_uint(args: dict, name: str, default: int | None = None) -> int:
     return value
 
 
-def lookup_many_args(tokens_list, extras) -> tuple[dict, list[np.ndarray]]:
-    """``lookup_many``'s args and payload: one segment per token array (little-endian
-    uint32, sent from the arrays as they are) and ``extra`` only if one is set."""
-    arrays = [np.ascontiguousarray(t, dtype=TOKEN_DTYPE) for t in tokens_list]
+def lookup_many_args(arrays: list[np.ndarray], extras) -> tuple[dict, list[memoryview]]:
+    """``lookup_many``'s args and payload: one segment per token array (``as_tokens``
+    arrays, sent from their own memory as flat byte views: no copy) and ``extra`` only
+    if one is set."""
     args = {"extra": [bytes(e) for e in extras]} if any(extras) else {}
-    return args, arrays
+    return args, [memoryview(a).cast("B") for a in arrays]
 
 
 def lookup_many_request(args: dict, sizes: list[int]) -> list[bytes]:

@@ -234,9 +234,9 @@ class StoreOps:
         extras = m.lookup_many_request(req.args, req.sizes)
         self.limits.check_tokens(sum(req.sizes) // 4)
         tokens = np.empty(sum(req.sizes) // 4, dtype=np.uint32)
-        view, ends = memoryview(tokens).cast("B"), list(itertools.accumulate(req.sizes))
-        await payload.read_segments([view[end - size : end] for end, size in zip(ends, req.sizes)])
-        batch = [tokens[(end - size) // 4 : end // 4] for end, size in zip(ends, req.sizes)]
+        await payload.read_rest_into(memoryview(tokens).cast("B"))
+        ends = list(itertools.accumulate(size // 4 for size in req.sizes))
+        batch = [tokens[end - size // 4 : end] for end, size in zip(ends, req.sizes)]
         hits = self.store.lookup_many(req.ns, batch, extras)
         if self.cluster is not None:
             hits = [await self.cluster.lookup(session, spec, req.ns, t, e, n)

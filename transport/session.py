@@ -74,6 +74,19 @@ class Payload:
             self.broken = True
             raise
 
+    async def read_rest_into(self, view) -> None:
+        """Every remaining segment, back to back, into ``view`` (exactly their total size):
+        one stream read however many segments (``lookup_many``'s token arrays)."""
+        sizes = self.sizes[self.next :]
+        if len(view) != sum(sizes):  # pragma: no cover - the caller sizes it from ``sizes``
+            raise ProtocolError("segment sizes do not add up to the buffer")
+        self.next = len(self.sizes)
+        try:
+            await self.channel.read_segments(view, sizes)
+        except BaseException:
+            self.broken = True
+            raise
+
     async def skip_one(self) -> None:
         size = self.sizes[self.next]
         self.next += 1

@@ -27,7 +27,7 @@ import time
 from kvstore.errors import Unavailable
 from kvstore.transport.bulk import IOV_MAX, advance
 from kvstore.transport.channel import READ_AHEAD, cast_bytes
-from kvstore.transport.fd_channel import _FD_SPACE
+from kvstore.transport.fd_channel import _FD_SPACE, widen_send_buffer
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
 
@@ -204,6 +204,7 @@ def open_blocking(url, timeout: float) -> BlockingChannel:
     try:
         if url.scheme == "shm":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            widen_send_buffer(sock)
             sock.settimeout(timeout)
             try:
                 sock.connect(url.path)

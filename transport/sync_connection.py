@@ -35,6 +35,16 @@ from kvstore.transport.connection import Connection
 from kvstore.transport.messages import Op, Reply, Request
 from kvstore.transport.sync_channel import BlockingChannel, ChannelTimeout, open_blocking
 
+_forks = 0  # children of fork this process descends from (the check costs no getpid call)
+
+
+def _forked_child() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked_child)
+
 
 def drive(coro):
     """Run ``coro`` (one that never suspends) to its end on this thread; its value."""
@@ -56,15 +66,15 @@ class SyncConnection(Connection):
             raise ValueError(f"no blocking connection for {url.scheme}://")
         super().__init__(url, **kwargs)
         self._lock = threading.Lock()
-        self._pid = os.getpid()
+        self._forks = _forks
 
     async def _open(self, wait: float) -> BlockingChannel:
         return open_blocking(self.url, wait)
 
     def _forked(self) -> None:
         """A child of fork shares the parent's socket: it forgets it (and reconnects)."""
-        if self._pid != os.getpid():
-            self._pid = os.getpid()
+        if self._forks != _forks:
+            self._forks = _forks
             self._lock = threading.Lock()
             if self.channel is not None:
                 self.channel.sock.close()  # the child's copy only: no shutdown, no reset

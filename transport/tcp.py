@@ -17,6 +17,13 @@ from kvstore.transport.urls import CarrierURL
 
 log = logging.getLogger(__name__)
 BACKLOG = 512
+# The receive buffer of the daemon's tcp connections, set on the listening socket
+# (inherited by each accepted one, and announced in the handshake's window scale).
+# Autotuning starts small (tcp_rmem's default, 128 KiB) and grows on long streams,
+# not on a request/reply pattern: a 1 MiB request (``lookup_many`` of 64 prompts)
+# then crossed loopback in ~0.45 ms against ~0.15 ms with this buffer. The kernel
+# caps it at ``net.core.rmem_max`` (and doubles it for its own bookkeeping).
+RECV_BUFFER = 4 << 20
 
 
 class StreamListener:
@@ -94,6 +101,10 @@ class TcpListener(StreamListener):
         family, _, _, _, addr = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        except OSError:  # pragma: no cover - refused: the kernel's autotuning, as before
+            pass
         try:
             sock.bind(addr)
         except OSError:

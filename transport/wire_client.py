@@ -94,6 +94,8 @@ class WireOps:
     def _chunks(self, arrays: list) -> list[tuple[int, int]]:
         """Index ranges of at most ``max_tokens`` tokens and ``MAX_LOOKUPS`` arrays each."""
         most = self.conn.limits.max_tokens
+        if len(arrays) <= MAX_LOOKUPS and sum(map(len, arrays)) <= most:
+            return [(0, len(arrays))] if arrays else []  # the usual batch: one request
         chunks, lo, total = [], 0, 0
         for i, arr in enumerate(arrays):
             if i > lo and (total + len(arr) > most or i - lo >= MAX_LOOKUPS):

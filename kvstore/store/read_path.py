@@ -107,6 +107,14 @@ def match_prefix(tiers: TierSet, nst: NamespaceState, tokens, extra: bytes, touc
     return m
 
 
+def cached_tokens(tiers: TierSet, nst: NamespaceState, tokens, extra: bytes) -> int:
+    """``match_prefix(...).num_tokens`` for a lookup: the tree's count alone while no block
+    is lost (the common case), the full match and its cut otherwise."""
+    if tiers.lost:
+        return match_prefix(tiers, nst, tokens, extra, False).num_tokens
+    return nst.tree.cached_tokens(tokens, extra)
+
+
 class ReadPath:
     def __init__(self, lock: StoreLock, namespaces: NamespaceTable, tiers: TierSet,
                  leases: LeaseTable, cpu: CPUTier, config: StoreConfig,

@@ -45,7 +45,7 @@ from kvstore.store.namespace_table import NamespaceTable
 from kvstore.store.operator_controls import OperatorControls
 from kvstore.store.promotion import Promoter
 from kvstore.store.quotas import Quotas, tenant_usage
-from kvstore.store.read_path import ReadPath, match_prefix
+from kvstore.store.read_path import ReadPath, cached_tokens, match_prefix
 from kvstore.store.ssd_side import SSDSide
 from kvstore.store.store_lock import StoreLock
 from kvstore.store.tenant_arenas import TenantArena
@@ -157,25 +157,27 @@ class TieredStore:
         arr = as_tokens(tokens)
         with self._lock:
             nst = self._namespaces.get(ns)
-            found = match_prefix(self._tiers, nst, arr, extra, False).num_tokens
+            found = cached_tokens(self._tiers, nst, arr, extra)
             bt = nst.spec.block_tokens
             self._reads.counts.lookup(nst, found // bt, len(arr) // bt)
             return found
 
     def lookup_many(self, ns: bytes, tokens_list: Sequence, extras: Sequence[bytes] | None = None,
                     ) -> list[int]:
-        """``lookup`` of each token array, under one acquisition of the lock."""
-        extras = extras if extras is not None else [b""] * len(tokens_list)
-        if len(extras) != len(tokens_list):
+        """``lookup`` of each token array, under one acquisition of the lock (the lookup
+        counters move once for the whole batch)."""
+        if extras is not None and len(extras) != len(tokens_list):
             raise InvalidArgument("lookup_many: one extra per token array")
         arrs = [as_tokens(t) for t in tokens_list]
         with self._lock:
             nst = self._namespaces.get(ns)
+            tiers = self._tiers
+            if extras is None or not any(extras):
+                found = [cached_tokens(tiers, nst, arr, b"") for arr in arrs]
+            else:
+                found = [cached_tokens(tiers, nst, arr, bytes(e)) for arr, e in zip(arrs, extras)]
             bt = nst.spec.block_tokens
-            found = [match_prefix(self._tiers, nst, arr, bytes(e), False).num_tokens
-                     for arr, e in zip(arrs, extras)]
-            for arr, n in zip(arrs, found):
-                self._reads.counts.lookup(nst, n // bt, len(arr) // bt)
+            self._reads.counts.lookup(nst, sum(found) // bt, sum(len(a) // bt for a in arrs))
             return found
 
     def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:

@@ -163,3 +163,23 @@ def test_insert_rejects_a_key_twice_in_one_prompt():
     meta = BlockMeta(key=b"k" * 16)
     with pytest.raises(InvalidArgument):
         tree.insert(tokens, [meta, BlockMeta(key=b"k" * 16)])
+
+
+def test_cached_tokens_counts_what_match_finds():
+    """The lookups' count-only walk: whole blocks, across edges, a mismatch mid-edge or
+    mid-block, a partial tail, another extra, a query shorter than the edge."""
+    tree = RadixTree(B)
+    base = list(range(100, 124))  # 6 blocks
+    put(tree, base)
+    put(tree, base[:8] + list(range(500, 516)))  # splits the edge after 2 blocks
+    put(tree, base[:12], extra=b"lora")
+    queries = [base, base + [1, 2], base[:10], base[:3], base[:8] + list(range(500, 512)),
+               base[:13] + [0] + base[14:], base[:5] + [0] + base[6:], [0] * 8, [],
+               base[:13] + [0] + base[14:20], base[:9] + [0] + base[10:18],
+               base[:8] + list(range(500, 516)) + [7] * 8]
+    for q in queries:
+        for extra in (b"", b"lora", b"none"):
+            arr = np.array(q, dtype=np.uint32)
+            assert tree.cached_tokens(arr, extra) == tree.match(arr, extra).num_tokens, (q, extra)
+    assert tree.cached_tokens(np.array(base, dtype=np.uint32)) == 24
+    assert tree.cached_tokens(np.array(base[:13] + [0] + base[14:], dtype=np.uint32)) == 12

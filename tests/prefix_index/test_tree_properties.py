@@ -6,6 +6,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from kvstore import block_keys
 from kvstore.prefix_index import BlockMeta, RadixTree
+from kvstore.tokens import as_tokens
 
 B = 2
 prompts = st.lists(st.integers(0, 2), min_size=0, max_size=14)
@@ -33,6 +34,8 @@ class TreeVsModel(RuleBasedStateMachine):
             n += 1
         assert got.num_tokens == n * B
         assert got.keys == block_keys(tokens, B, extra=extra)[:n]
+        # the lookups' count-only walk agrees with the model too
+        assert self.tree.cached_tokens(as_tokens(tokens), extra) == n * B
 
     @rule(data=st.data())
     def remove_evictable(self, data):

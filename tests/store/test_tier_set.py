@@ -15,6 +15,7 @@ from kvstore.store.block_state import (
     new_meta,
 )
 from kvstore.store.cpu_tier import CPUTier
+from kvstore.store.read_path import cached_tokens, match_prefix
 from kvstore.store.tier_set import TierSet
 
 from .helpers import make_spec
@@ -84,6 +85,24 @@ def test_lost_blocks_are_dropped_once_unpinned(tiers):
     tiers.retry_lost()
     assert a[0] in nst.tree and a[1] not in nst.tree and a[3] not in nst.tree
     assert not tiers.lost and len(tiers.dirty) == 1
+    tiers.check()
+
+
+def test_lookups_stop_before_a_lost_block(tiers):
+    """A lookup's count (``cached_tokens``) cuts before a lost block, as ``match_prefix``."""
+    tiers, nst = tiers
+    toks = np.arange(16, dtype=np.uint32)
+    a = put(tiers, nst, toks)
+    bt = SPEC.block_tokens
+    assert cached_tokens(tiers, nst, toks, b"") == 4 * bt
+    node = nst.tree.node_of(a[-1])
+    nst.tree.lock(node)
+    tiers.lose(nst, a[1])  # pinned: only marked, still in the tree
+    assert cached_tokens(tiers, nst, toks, b"") == bt
+    assert match_prefix(tiers, nst, toks, b"", False).num_tokens == bt
+    nst.tree.unlock(node)
+    tiers.retry_lost()
+    assert cached_tokens(tiers, nst, toks, b"") == bt
     tiers.check()
 
 

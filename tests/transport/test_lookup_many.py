@@ -9,6 +9,7 @@ op gets single lookups instead.
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import numpy as np
 import pytest
@@ -17,8 +18,12 @@ from kvstore.client import KVClient
 from kvstore.errors import ErrorCode, InvalidArgument
 from kvstore.store.config import StoreConfig
 from kvstore.store.tiered_store import TieredStore
+from kvstore.tokens import as_tokens
+from kvstore.transport.fd_channel import CONTROL_SEND_BUFFER
 from kvstore.transport.limits import Limits
 from kvstore.transport.messages import Op, lookup_many_args, lookup_many_request
+from kvstore.transport.tcp import RECV_BUFFER, TcpListener
+from kvstore.transport.urls import parse_url
 from tests.transport.conftest import blocks_for, small_layout, spec_of, tokens_for
 from tests.transport.rawwire import Raw
 
@@ -52,11 +57,12 @@ def test_tiered_store_lookup_many():
 
 
 def test_messages():
-    prompts = [tokens_for(1, 2), tokens_for(2, 1).astype(np.int64)]
+    prompts = [as_tokens(tokens_for(1, 2)), as_tokens(tokens_for(2, 1).astype(np.int64))]
     args, payloads = lookup_many_args(prompts, [b"", b""])
     assert args == {}  # no extra set: left out
-    assert [p.dtype for p in payloads] == [np.uint32, np.uint32]
-    assert [list(p) for p in payloads] == [list(p) for p in prompts]
+    # each segment is its array's own memory as bytes (no copy), little-endian uint32
+    assert [p.obj is a for p, a in zip(payloads, prompts)] == [True, True]
+    assert [np.frombuffer(p, "<u4").tolist() for p in payloads] == [list(p) for p in prompts]
     args, _ = lookup_many_args(prompts, [b"a", b""])
     assert lookup_many_request(args, [128, 64]) == [b"a", b""]
     assert lookup_many_request({}, [128, 64]) == [b"", b""]
@@ -131,3 +137,69 @@ def test_malformed_on_the_raw_wire(daemon, carrier):
     assert unknown_ns["status"] == ErrorCode.NOT_FOUND
     assert raw.request("ping")["status"] == 0
     raw.close()
+
+
+def test_a_batch_over_max_tokens_is_refused_on_the_raw_wire(daemon, carrier):
+    """Past ``max_tokens`` in all: TooLarge, its payload skipped, the connection kept."""
+    if carrier == "ucx":
+        pytest.skip("the raw wire client speaks tcp and shm")
+    raw = Raw(daemon.urls[0])
+    assert raw.hello()["status"] == 0
+    ns = raw.request("register", None, {"spec": spec_of().to_dict()})["result"]["ns"]
+    half = np.zeros(daemon.dispatcher.limits.max_tokens // 2 + 1, dtype=np.uint32).tobytes()
+    over = raw.request("lookup_many", ns, {}, [half, half])
+    assert over["status"] == ErrorCode.TOO_LARGE
+    toks = np.arange(32, dtype=np.uint32).tobytes()
+    assert raw.request("lookup_many", ns, {}, [toks])["result"]["tokens"] == [0]
+    raw.close()
+
+
+def test_lookup_many_counts_as_its_single_lookups(store):
+    """The lookup counters move once a batch, by what the batch's single lookups add."""
+    spec = spec_of()
+    ns = store.register(spec)
+    prompts, want = cached_batch(store, ns, spec)
+    prompts.append(prompts[1][:20])  # a partial tail block: not asked for
+    want.append(16)
+
+    def counters():
+        (n,) = store.stats().namespaces  # the one namespace of this store
+        return n.lookup_hits, n.lookup_misses
+
+    assert store.lookup_many(ns, prompts) == want
+    batch = counters()
+    assert batch == (sum(want) // 16, sum(len(p) // 16 for p in prompts) - sum(want) // 16)
+    for p in prompts:
+        store.lookup(ns, p)
+    assert counters() == (2 * batch[0], 2 * batch[1])
+
+
+def test_the_tcp_listener_asks_for_a_request_sized_receive_buffer():
+    """A lookup_many of 64 prompts is a 1 MiB request: the daemon's tcp sockets take it
+    in one window instead of waiting for autotuning (``transport.tcp.RECV_BUFFER``)."""
+    sock = TcpListener(None, parse_url("tcp://127.0.0.1:0"))._bind()
+    try:
+        with open("/proc/sys/net/core/rmem_max") as f:
+            allowed = int(f.read())
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        assert got >= min(RECV_BUFFER, allowed)  # Linux reports twice what was granted
+    finally:
+        sock.close()
+
+
+def test_shm_clients_send_a_batch_without_waiting_for_the_daemon(daemon, connect, carrier):
+    """Both shm client connections (the sync one and the asyncio twins') have room for a
+    1 MiB request in their send buffer (``transport.fd_channel.CONTROL_SEND_BUFFER``)."""
+    if carrier != "shm":
+        pytest.skip("the shm control socket's send buffer")
+    c = connect(strict=True)
+    spec = spec_of()
+    ns = c.register(spec)
+    prompts, want = cached_batch(c, ns, spec, 4)
+    assert c.lookup_many(ns, prompts) == want
+    assert asyncio.run(c.alookup_many(ns, prompts)) == want
+    with open("/proc/sys/net/core/wmem_max") as f:
+        allowed = int(f.read())
+    for conn in (c.conn, c.aops.conn):
+        got = conn.channel.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        assert got >= min(CONTROL_SEND_BUFFER, allowed)  # Linux reports twice the grant

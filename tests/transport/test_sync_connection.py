@@ -9,6 +9,7 @@ one connection between threads, keeps its deadlines, ``retry_interval`` and
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -140,6 +141,37 @@ def test_reconnect_after_drop_re_registers(blocking):
     c.conn._drop()
     assert c.lookup(ns, toks) == 32
     assert c.conn.generation == gen + 1
+
+
+@pytest.mark.integration  # a forked child process
+def test_a_forked_child_opens_its_own_connection(blocking):
+    """After ``fork`` the child never uses the parent's socket (told by an at-fork hook,
+    not a ``getpid`` call per request): it reconnects, and the parent's stream is intact."""
+    c = blocking()
+    spec = spec_of()
+    ns = c.register(spec)
+    toks = tokens_for(8, 2)
+    c.put(ns, toks, blocks_for(toks, spec))
+    parent_channel = c.conn.channel
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: answer through the pipe, never return into pytest
+        code = 1
+        try:
+            hit = c.lookup(ns, toks)
+            fresh = c.conn.channel is not parent_channel
+            os.write(write_end, f"{hit} {fresh}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        answer = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert answer == "32 True"
+    assert c.conn.channel is parent_channel  # the parent kept its connection
+    assert c.lookup(ns, toks) == 32
 
 
 # -- deadlines, retry, abort, soft failures against sockets that misbehave ----------------

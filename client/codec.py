@@ -10,6 +10,7 @@ this adapter is the only place the client touches them.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,6 +30,23 @@ def _as_uint8(buf) -> torch.Tensor:
     return torch.frombuffer(view, dtype=torch.uint8)
 
 
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def host_bits(t: torch.Tensor) -> np.ndarray | None:
+    """A CPU tensor's elements as a numpy array of same-size integers (no copy), any
+    strides; None for other devices. numpy copies raw bits of any float dtype
+    (bfloat16 included) in one thread, whatever torch's thread count."""
+    if t.device.type != "cpu":
+        return None
+    return t.detach().view(_BITS[t.element_size()]).numpy()
+
+
+def _payload_array(buf, like: np.ndarray, shape) -> np.ndarray:
+    """``buf`` (bytes-like) as an array of ``like``'s dtype and ``shape`` (no copy)."""
+    return np.frombuffer(buf, dtype=np.uint8).view(like.dtype).reshape(shape)
+
+
 def transposed_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
     """``dst.copy_(src)`` on the CPU in one thread: the store's every CPU copy of a block.
 
@@ -40,8 +58,7 @@ def transposed_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
     if dst.device.type != "cpu" or src.device.type != "cpu" or dst.dtype != src.dtype:
         dst.copy_(src)
         return
-    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[dst.element_size()]
-    np.copyto(dst.detach().view(bits).numpy(), src.detach().view(bits).numpy())
+    np.copyto(host_bits(dst), host_bits(src))
 
 
 class BlockCodec:
@@ -71,6 +88,29 @@ class BlockCodec:
             transposed_copy(dst.view(self.dtype).view(self.block_shape), block)
         else:
             transposed_copy(dst, self._encode(block, self.codec).reshape(-1))
+
+    def encoder(self, kv: torch.Tensor) -> Callable[[int, object], None]:
+        """``enc(i, out)``: ``encode_into`` of block ``i`` of ``kv`` ``[L, 2, T, H, D]``.
+
+        Codec ``none`` from a CPU tensor: ``kv`` is seen through numpy once per
+        call, and each block is one numpy copy straight into ``out`` (no torch
+        wrapper per block, no torch thread pool).
+        """
+        B, arr = self.layout.block_tokens, (host_bits(kv) if self._encode is None else None)
+        if arr is None:
+            return lambda i, out: self.encode_into(kv[:, :, i * B : (i + 1) * B], out)
+        shape = self.block_shape
+        return lambda i, out: np.copyto(_payload_array(out, arr, shape), arr[:, :, i * B : (i + 1) * B])
+
+    def decoder(self, out: torch.Tensor) -> Callable[[int, object], None]:
+        """``dec(i, payload)``: ``decode_into`` of ``payload`` as block ``i`` of ``out``
+        ``[L, 2, T, H, D]`` (codec ``none`` into a CPU tensor: one numpy copy)."""
+        B, arr = self.layout.block_tokens, (host_bits(out) if self._decode is None else None)
+        if arr is None:
+            return lambda i, payload: self.decode_into(payload, out[:, :, i * B : (i + 1) * B])
+        shape = self.block_shape
+        return lambda i, payload: np.copyto(arr[:, :, i * B : (i + 1) * B],
+                                            _payload_array(payload, arr, shape))
 
     def decode_heads_into(self, payloads, out: torch.Tensor) -> None:
         """Decode consecutive blocks into ``out`` ``[L, 2, H, len(payloads) * B, D]``.

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from kvstore.errors import InvalidArgument
-from kvstore.kernels import decode, encode, payload_nbytes
+from kvstore.kernels import decode, encode, host_copy, payload_nbytes
+from kvstore.kernels.host_copy import host_bits
 from kvstore.layout import KVLayout
 
 
@@ -30,35 +31,16 @@ def _as_uint8(buf) -> torch.Tensor:
     return torch.frombuffer(view, dtype=torch.uint8)
 
 
-_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def host_bits(t: torch.Tensor) -> np.ndarray | None:
-    """A CPU tensor's elements as a numpy array of same-size integers (no copy), any
-    strides; None for other devices. numpy copies raw bits of any float dtype
-    (bfloat16 included) in one thread, whatever torch's thread count."""
-    if t.device.type != "cpu":
-        return None
-    return t.detach().view(_BITS[t.element_size()]).numpy()
-
-
 def _payload_array(buf, like: np.ndarray, shape) -> np.ndarray:
     """``buf`` (bytes-like) as an array of ``like``'s dtype and ``shape`` (no copy)."""
     return np.frombuffer(buf, dtype=np.uint8).view(like.dtype).reshape(shape)
 
 
 def transposed_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """``dst.copy_(src)`` on the CPU in one thread: the store's every CPU copy of a block.
-
-    torch splits a large strided copy over its threads, and on a small
-    machine whose other cores are busy that is several times slower (and far
-    noisier) than one thread walking it: numpy's copy of the raw bits (the
-    same bytes, any float dtype) does the latter. Other devices use torch.
-    """
-    if dst.device.type != "cpu" or src.device.type != "cpu" or dst.dtype != src.dtype:
-        dst.copy_(src)
-        return
-    np.copyto(host_bits(dst), host_bits(src))
+    """``dst.copy_(src)`` on the CPU in one thread: the store's every CPU copy of a block
+    (``kvstore.kernels.host_copy``: numpy's copy of the raw bits, whatever torch's
+    thread count). Other devices use torch."""
+    host_copy.copy(dst, src)
 
 
 class BlockCodec:

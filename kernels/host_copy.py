@@ -41,7 +41,7 @@ def copy(dst: torch.Tensor, src: torch.Tensor) -> None:
         np.copyto(*arrays)
 
 
-def _ids(ids: torch.Tensor, n: int) -> np.ndarray:
+def checked_ids(ids: torch.Tensor, n: int) -> np.ndarray:
     """``ids`` (int64, CPU) as numpy, checked against ``n`` rows: the numpy calls
     below then never wrap or clip an id silently."""
     idx = ids.numpy()
@@ -59,7 +59,7 @@ def take(view: torch.Tensor, ids: torch.Tensor, out: torch.Tensor) -> None:
         torch.index_select(view, 0, ids, out=out)
         return
     dst, src = arrays
-    np.take(src, _ids(ids, src.shape[0]), axis=0, out=dst, mode="clip")
+    np.take(src, checked_ids(ids, src.shape[0]), axis=0, out=dst, mode="clip")
 
 
 def put(view: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> bool:
@@ -69,7 +69,7 @@ def put(view: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> bool:
     if arrays is None:
         return False
     dst, src = arrays
-    dst[_ids(ids, dst.shape[0])] = src
+    dst[checked_ids(ids, dst.shape[0])] = src
     return True
 
 
@@ -82,7 +82,7 @@ def take_blocks(view: torch.Tensor, ids: torch.Tensor, outs, R: int) -> bool:
     if src is None or ids.device.type != "cpu" or not all(
             o.dtype == view.dtype and o.device.type == "cpu" and o.is_contiguous() for o in outs):
         return False
-    idx, inner = _ids(ids, src.shape[0]), src.shape[1:]
+    idx, inner = checked_ids(ids, src.shape[0]), src.shape[1:]
     for s, o in enumerate(outs):
         np.take(src, idx[s * R:(s + 1) * R], axis=0, out=host_bits(o).reshape(R, *inner),
                 mode="clip")
@@ -99,7 +99,7 @@ def put_blocks(view: torch.Tensor, ids: torch.Tensor, blocks, R: int,
         return False
     idx, inner = ids.numpy(), dst.shape[1:]
     mask = None if keep is None else keep.numpy()
-    _ids(ids if mask is None else ids[keep], dst.shape[0])  # range check only
+    checked_ids(ids if mask is None else ids[keep], dst.shape[0])  # range check only
     for s, b in enumerate(blocks):
         sid, rows = idx[s * R:(s + 1) * R], host_bits(b).reshape(R, *inner)
         if mask is not None:

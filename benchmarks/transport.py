@@ -24,7 +24,11 @@ Ops (each compared with the baselines' op of the same name):
 * ``get``: ``ns.get(tokens)``, which returns a new tensor (memcpy into a new
   ``np.empty`` of the same size; Redis returns new bytes objects). A new
   buffer's pages fault in on first write, which on a virtual machine costs
-  more than the copy: compare ``get`` with ``get_into``.
+  more than the copy: compare ``get`` with ``get_into``. Both new buffers
+  are numpy's (transparent huge pages); the baseline's source and
+  destination both start 16 bytes past a page, ``ns.get``'s arena slots and
+  result on one (``client.namespace.host_empty``): the same relative
+  alignment, so neither copy pays the 4 KiB-aliasing penalty.
 * ``put``: ``ns.put`` of one batch under new tokens each time (nothing is
   cached, so every byte is stored), from the caller's tensor.
 * ``put_paged`` / ``get_paged`` (carriers ``embedded`` and ``shm``): the

@@ -20,6 +20,11 @@ element). So each layer is classified once per geometry (cached):
 * **strided**: anything else (HF token ranges, whose blocks are spread over
   the sequence): ``index_select`` / ``index_copy_`` on the views themselves.
 
+On CPU tensors of one dtype every such move runs in the calling thread
+through numpy (:mod:`.host_copy`: ``np.take``, fancy assignment,
+``np.copyto``), never in torch's thread pool; ``index_select`` /
+``index_copy_`` / ``copy_`` serve other devices and dtype conversions.
+
 Destinations (gather) and sources (scatter) are canonical ``[S, T, H, D]``
 tensors of any strides and, on a gather, any float dtype, or lists of S
 ``[T, H, D]`` tensors (payload slots of an arena).

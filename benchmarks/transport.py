@@ -3,7 +3,8 @@
     python -m benchmarks.transport [--json PATH] [--block-bytes 2MiB] [--batch 32]
                                    [--repeat 7] [--carriers shm,tcp,ucx] [--soak SECONDS]
 
-A ``kvstore serve`` child process (CPU arena only) listens on shm and tcp;
+A ``kvstore serve`` child process (CPU arena only) listens on shm and tcp
+(carrier ``embedded``: a ``TieredStore`` of the same size in this process);
 the benchmark process is its client through the public API, as an engine
 calls it: ``KVClient.connect(url).namespace(layout)`` and ``ns.put`` /
 ``ns.get`` / ``ns.get_into`` / ``ns.lookup`` on a torch KV tensor
@@ -23,9 +24,17 @@ Ops (each compared with the baselines' op of the same name):
 * ``get``: ``ns.get(tokens)``, which returns a new tensor (memcpy into a new
   ``np.empty`` of the same size; Redis returns new bytes objects). A new
   buffer's pages fault in on first write, which on a virtual machine costs
-  more than the copy: compare ``get`` with ``get_into``.
+  more than the copy: compare ``get`` with ``get_into``. Both new buffers
+  are numpy's (transparent huge pages); the baseline's source and
+  destination both start 16 bytes past a page, ``ns.get``'s arena slots and
+  result on one (``client.namespace.host_empty``): the same relative
+  alignment, so neither copy pays the 4 KiB-aliasing penalty.
 * ``put``: ``ns.put`` of one batch under new tokens each time (nothing is
   cached, so every byte is stored), from the caller's tensor.
+* ``put_paged`` / ``get_paged`` (carriers ``embedded`` and ``shm``): the
+  vLLM connector's calls, ``kvstore.client.paged_io``, between paged vLLM
+  caches and the store (``benchmarks.transport_paged``), against memcpy of
+  the same bytes into / out of kept buffers.
 * ``lookup``: ``ns.lookup`` of 1024 token ids (4 KiB), answered with a
   count; the baselines send a 4 KiB request and get 8 bytes back (Redis:
   EXISTS of a 4 KiB key).
@@ -58,6 +67,7 @@ import torch
 
 from benchmarks import transport_baselines as base
 from benchmarks.common import base_parser, gbps, print_table, write_json
+from benchmarks.transport_paged import add_paged
 from kvstore.client.kvclient import KVClient
 from kvstore.demo.daemon_process import ROOT, DaemonProc
 from kvstore.layout import KVLayout
@@ -67,6 +77,10 @@ from kvstore.transport.remote import IOThread
 TARGETS = {  # (name, op, baseline) -> ratio the design asks for (issue 16)
     ("shm", "get_into", "memcpy"): 0.8, ("shm", "get", "memcpy"): 0.8,
     ("shm", "put", "memcpy"): 0.8, ("shm", "get", "redis"): 2.0,
+    ("shm", "put_paged", "memcpy"): 0.8, ("shm", "get_paged", "memcpy"): 0.8,
+    ("embedded", "get_into", "memcpy"): 0.8, ("embedded", "get", "memcpy"): 0.8,
+    ("embedded", "put", "memcpy"): 0.8,
+    ("embedded", "put_paged", "memcpy"): 0.8, ("embedded", "get_paged", "memcpy"): 0.8,
     ("tcp", "get_into", "raw_socket"): 0.9, ("tcp", "put", "raw_socket"): 0.9,
     ("tcp", "get", "redis"): 1.0,
     ("ucx", "get_into", "raw_ucxx"): 0.9, ("ucx", "put", "raw_ucxx"): 0.9,
@@ -74,9 +88,10 @@ TARGETS = {  # (name, op, baseline) -> ratio the design asks for (issue 16)
     ("shm", "lookup", "raw_socket"): 0.125, ("tcp", "lookup", "raw_socket"): 0.125,
 }
 COMPARE = {  # carrier -> baselines its rows are compared against
-    "shm": ["memcpy", "raw_socket", "redis"], "tcp": ["raw_socket", "redis"], "ucx": ["raw_ucxx", "redis"],
+    "embedded": ["memcpy"], "shm": ["memcpy", "raw_socket", "redis"], "tcp": ["raw_socket", "redis"], "ucx": ["raw_ucxx", "redis"],
 }
 LOOKUP_TOKENS = 1024
+PAGED = ("embedded", "shm")  # carriers whose paged calls (vLLM caches) are timed too
 
 
 def layout_for(block_bytes: int) -> KVLayout:
@@ -140,6 +155,9 @@ class Measure:
             self.add("memcpy", "get_into", lambda: base.memcpy_get(arena_like, self.dst))
             self.add("memcpy", "get", lambda: base.memcpy_get(arena_like, np.empty_like(self.dst)))
             self.add("memcpy", "put", lambda: base.memcpy_put(self.src, arena_like))
+            # the paged ops move the same bytes into / out of an engine's kept caches
+            self.add("memcpy", "put_paged", lambda: base.memcpy_put(self.src, arena_like))
+            self.add("memcpy", "get_paged", lambda: base.memcpy_get(arena_like, self.dst))
         if "raw_socket" in names:
             sock = base.SocketClient(self.block_bytes, self.batch)
             self.closers.append(sock.close)
@@ -162,29 +180,41 @@ class Measure:
     # -- kvstore ------------------------------------------------------------------
     def carriers(self, carriers: list[str], folder: str) -> None:
         layout = layout_for(self.block_bytes)
-        arena = max(parse_size("16MiB"), 8 * self.nbytes)
+        arena = max(parse_size("16MiB"), 16 * self.nbytes)  # room for every prefix read
         args = ["--cpu-bytes", str(arena), "--ssd-bytes", "0", "--log-level", "warning"]
         for carrier in carriers:
+            if carrier == "embedded":  # in this process: no listener
+                continue
             if carrier == "shm":
                 url = f"shm://{folder}/kv.sock"
             else:  # ucxx listens on every interface: say so (transport/ucx.py)
                 url = f"{carrier}://{'0.0.0.0' if carrier == 'ucx' else '127.0.0.1'}:0"
             args += ["--listen", url]
-        daemon = DaemonProc(args)
-        self.closers.append(daemon.terminate)
-        setups = [self.carrier(c, daemon.url(c).replace("0.0.0.0", "127.0.0.1"), layout)
-                  for c in carriers]
+        daemon = DaemonProc(args) if any(c != "embedded" for c in carriers) else None
+        if daemon is not None:
+            self.closers.append(daemon.terminate)
+        setups = []
+        for c in carriers:
+            if c == "embedded":  # the store in this process, the arena the daemon's size
+                client = KVClient.connect("embedded", cpu_bytes=arena, ssd_bytes=0)
+            else:
+                url = daemon.url(c).replace("0.0.0.0", "127.0.0.1")
+                client = KVClient.connect(url, strict=True, timeout=120)
+            setups.append(self.carrier(c, client, layout))
         # steady state: fill the arena once, so timed puts reuse (evicted) arena
         # pages instead of faulting fresh shared memory in ...
+        remote = [put for c, (put, _) in zip(carriers, setups) if c != "embedded"]
         for i in range(arena // self.nbytes + 1):
-            setups[i % len(setups)][0]()
+            if remote:  # one daemon arena for the wire carriers
+                remote[i % len(remote)]()
+            if "embedded" in carriers:  # a store of its own
+                setups[carriers.index("embedded")][0]()
         # ... then store the prefixes the gets read (the most recent: LRU keeps them)
         for _, prepare in setups:
             prepare()
 
-    def carrier(self, carrier: str, url: str, layout: KVLayout):
+    def carrier(self, carrier: str, client: KVClient, layout: KVLayout):
         """``carrier``'s tasks, through ``KVClient`` / ``Namespace`` as an engine calls them."""
-        client = KVClient.connect(url, strict=True, timeout=120)
         self.closers.append(client.close)
         ns = client.namespace(layout)
         tokens = self.batch * layout.block_tokens
@@ -217,6 +247,8 @@ class Measure:
             self.add(carrier, "get", get)
             self.add(carrier, "put", put)
             self.add(carrier, "lookup", lambda: ns.lookup(probe))
+            if carrier in PAGED:
+                add_paged(self, carrier, ns)
 
         return put, prepare
 
@@ -251,7 +283,8 @@ class Measure:
                 if (b, op) in self.samples:
                     rows.append(self._row(row, b, self.ratio(name, b, op)))
         order = {n: i for i, n in enumerate(["memcpy", "raw_socket", "raw_ucxx", "redis", *carriers])}
-        ops = {op: i for i, op in enumerate(["put", "get_into", "get", "lookup"])}
+        ops = {op: i for i, op in enumerate(["put", "get_into", "get", "put_paged", "get_paged",
+                                             "lookup"])}
         rows.sort(key=lambda r: (ops[r["op"]], order.get(r["name"], 99)))
         return rows
 
@@ -298,7 +331,7 @@ def main(argv=None) -> int:
     parser.add_argument("--block-bytes", default="2MiB")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--carriers", default="shm,tcp,ucx")
+    parser.add_argument("--carriers", default="embedded,shm,tcp,ucx")
     parser.add_argument("--soak", type=float, default=0, metavar="SECONDS",
                         help="also soak each carrier (16 clients) for SECONDS")
     parser.add_argument("--phase", default="all", choices=["all", "ucx"], help=argparse.SUPPRESS)

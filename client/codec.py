@@ -10,12 +10,14 @@ this adapter is the only place the client touches them.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from kvstore.errors import InvalidArgument
-from kvstore.kernels import decode, encode, payload_nbytes
+from kvstore.kernels import decode, encode, host_copy, payload_nbytes
+from kvstore.kernels.host_copy import host_bits
 from kvstore.layout import KVLayout
 
 
@@ -29,34 +31,16 @@ def _as_uint8(buf) -> torch.Tensor:
     return torch.frombuffer(view, dtype=torch.uint8)
 
 
+def _payload_array(buf, like: np.ndarray, shape) -> np.ndarray:
+    """``buf`` (bytes-like) as an array of ``like``'s dtype and ``shape`` (no copy)."""
+    return np.frombuffer(buf, dtype=np.uint8).view(like.dtype).reshape(shape)
+
+
 def transposed_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """``dst.copy_(src)`` on the CPU in one thread: the store's every CPU copy of a block.
-
-    torch splits a large strided copy over its threads, and on a small
-    machine whose other cores are busy that is several times slower (and far
-    noisier) than one thread walking it: numpy's copy of the raw bits (the
-    same bytes, any float dtype) does the latter. Other devices use torch.
-    """
-    if dst.device.type != "cpu" or src.device.type != "cpu" or dst.dtype != src.dtype:
-        dst.copy_(src)
-        return
-    bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[dst.element_size()]
-    d, s = dst.detach().view(bits).numpy(), src.detach().view(bits).numpy()
-    if d.shape == s.shape and _run_contiguous(d) and _run_contiguous(s):
-        run = np.dtype((np.void, d.shape[-1] * d.itemsize))
-        d, s = d.view(run)[..., 0], s.view(run)[..., 0]
-    np.copyto(d, s)
-
-
-def _run_contiguous(a: np.ndarray) -> bool:
-    """True if ``a``'s innermost axis is one contiguous run of bytes.
-
-    Such a run is copied as one opaque item (a memcpy) instead of element by
-    element: a head-major cache written from token-major blocks is a strided
-    copy of ``head_dim``-long runs, 4.3 GB/s element-wise against 6.5 GB/s
-    run by run on this machine (numpy, one thread).
-    """
-    return a.ndim > 0 and a.size > 0 and a.shape[-1] > 1 and a.strides[-1] == a.itemsize
+    """``dst.copy_(src)`` on the CPU in one thread: the store's every CPU copy of a block
+    (``kvstore.kernels.host_copy``: numpy's copy of the raw bits, whatever torch's
+    thread count). Other devices use torch."""
+    host_copy.copy(dst, src)
 
 
 class BlockCodec:
@@ -86,6 +70,29 @@ class BlockCodec:
             transposed_copy(dst.view(self.dtype).view(self.block_shape), block)
         else:
             transposed_copy(dst, self._encode(block, self.codec).reshape(-1))
+
+    def encoder(self, kv: torch.Tensor) -> Callable[[int, object], None]:
+        """``enc(i, out)``: ``encode_into`` of block ``i`` of ``kv`` ``[L, 2, T, H, D]``.
+
+        Codec ``none`` from a CPU tensor: ``kv`` is seen through numpy once per
+        call, and each block is one numpy copy straight into ``out`` (no torch
+        wrapper per block, no torch thread pool).
+        """
+        B, arr = self.layout.block_tokens, (host_bits(kv) if self._encode is None else None)
+        if arr is None:
+            return lambda i, out: self.encode_into(kv[:, :, i * B : (i + 1) * B], out)
+        shape = self.block_shape
+        return lambda i, out: np.copyto(_payload_array(out, arr, shape), arr[:, :, i * B : (i + 1) * B])
+
+    def decoder(self, out: torch.Tensor) -> Callable[[int, object], None]:
+        """``dec(i, payload)``: ``decode_into`` of ``payload`` as block ``i`` of ``out``
+        ``[L, 2, T, H, D]`` (codec ``none`` into a CPU tensor: one numpy copy)."""
+        B, arr = self.layout.block_tokens, (host_bits(out) if self._decode is None else None)
+        if arr is None:
+            return lambda i, payload: self.decode_into(payload, out[:, :, i * B : (i + 1) * B])
+        shape = self.block_shape
+        return lambda i, payload: np.copyto(arr[:, :, i * B : (i + 1) * B],
+                                            _payload_array(payload, arr, shape))
 
     def decode_heads_into(self, payloads, out: torch.Tensor) -> None:
         """Decode consecutive blocks into ``out`` ``[L, 2, H, len(payloads) * B, D]``.

@@ -20,6 +20,11 @@ element). So each layer is classified once per geometry (cached):
 * **strided**: anything else (HF token ranges, whose blocks are spread over
   the sequence): ``index_select`` / ``index_copy_`` on the views themselves.
 
+On CPU tensors of one dtype every such move runs in the calling thread
+through numpy (:mod:`.host_copy`: ``np.take``, fancy assignment,
+``np.copyto``), never in torch's thread pool; ``index_select`` /
+``index_copy_`` / ``copy_`` serve other devices and dtype conversions.
+
 Destinations (gather) and sources (scatter) are canonical ``[S, T, H, D]``
 tensors of any strides and, on a gather, any float dtype, or lists of S
 ``[T, H, D]`` tensors (payload slots of an arena).
@@ -35,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kvstore.kernels import host_copy
 from kvstore.kernels.source import SKIP_BLOCK, PagedSource
 
 Canon = torch.Tensor | Sequence[torch.Tensor]  # [S, T, H, D], or S tensors [T, H, D]
@@ -140,6 +146,13 @@ def _wide(*ts: torch.Tensor) -> list[torch.Tensor]:
     return [t.view(dt) for t in ts]
 
 
+def _put(view: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor) -> None:
+    """``view[ids] = rows``: numpy on the CPU, else ``index_copy_`` on wide elements."""
+    if not host_copy.put(view, ids, rows):
+        view_w, rows_w = _wide(view, rows)
+        view_w.index_copy_(0, ids, rows_w)
+
+
 def _per_block(c: Canon) -> list[torch.Tensor]:
     return list(c.unbind(0)) if isinstance(c, torch.Tensor) else list(c)
 
@@ -205,23 +218,26 @@ def gather(src: PagedSource, layer: int, dst: tuple[Canon, Canon],
     if p.kind == "direct":
         for view, d in zip(views, dst):
             blocks = _per_block(d)
+            if host_copy.take_blocks(view, ids, blocks, R):  # one pass, in this thread
+                continue
             if all(b.is_contiguous() and b.dtype == view.dtype for b in blocks):
                 for s, b in enumerate(blocks):  # one pass, straight into the destination
-                    torch.index_select(view, 0, ids[s * R:(s + 1) * R],
-                                       out=b.view(R, *view.shape[1:]))
+                    host_copy.take(view, ids[s * R:(s + 1) * R], b.view(R, *view.shape[1:]))
             else:  # a dtype conversion or a transpose follows anyway
                 got = scratch.get((ids.numel(), *view.shape[1:]), view.dtype, view.device)
-                torch.index_select(view, 0, ids, out=got)
+                host_copy.take(view, ids, got)
                 _copy_canon(d, got, S, R, tuple(view.shape[1:]))
         return
     if p.kind == "strided":
         for view, d in zip(views, dst):
-            _copy_canon(d, view.index_select(0, ids), S, R, tuple(view.shape[1:]))
+            got = torch.empty((ids.numel(), *view.shape[1:]), dtype=view.dtype, device=view.device)
+            host_copy.take(view, ids, got)
+            _copy_canon(d, got, S, R, tuple(view.shape[1:]))
         return
     for parts, width in zip(p.groups, p.widths):
         view = views[parts[0].kv]
         got = scratch.get((ids.numel(), width), view.dtype, view.device)
-        torch.index_select(_rows(view, parts[0], width), 0, ids, out=got)
+        host_copy.take(_rows(view, parts[0], width), ids, got)
         for part in parts:
             _copy_canon(dst[part.kv], _tiles(got, part), S, R, part.shape)
 
@@ -230,20 +246,20 @@ def _copy_canon(d: Canon, tiles: torch.Tensor, S: int, R: int, inner: tuple) -> 
     """Canonical ``d`` <- ``tiles`` ``[S*R, *inner]`` (any strides, any dtypes)."""
     tiled = _tiled(d, S, R, inner)
     if isinstance(tiled, torch.Tensor):
-        tiled.copy_(tiles.unflatten(0, (S, R)))
+        host_copy.copy(tiled, tiles.unflatten(0, (S, R)))
     else:
         for s, t in enumerate(tiled):
-            t.copy_(tiles[s * R:(s + 1) * R])
+            host_copy.copy(t, tiles[s * R:(s + 1) * R])
 
 
 def _canon_to(tiles: torch.Tensor, b: Canon, S: int, R: int, inner: tuple) -> None:
     """``tiles`` ``[S*R, *inner]`` <- canonical ``b``."""
     tiled = _tiled(b, S, R, inner)
     if isinstance(tiled, torch.Tensor):
-        tiles.unflatten(0, (S, R)).copy_(tiled)
+        host_copy.copy(tiles.unflatten(0, (S, R)), tiled)
     else:
         for s, t in enumerate(tiled):
-            tiles[s * R:(s + 1) * R].copy_(t)
+            host_copy.copy(tiles[s * R:(s + 1) * R], t)
 
 
 def scatter(src: PagedSource, layer: int, blocks: tuple[Canon, Canon],
@@ -260,25 +276,24 @@ def scatter(src: PagedSource, layer: int, blocks: tuple[Canon, Canon],
     p = plan(*views)
     if p.kind == "direct":
         for view, b in zip(views, blocks):
+            if host_copy.put_blocks(view, ids, _per_block(b), R, keep if holes else None):
+                continue
             for s, block in enumerate(_per_block(b)):
                 sid, rows = ids[s * R:(s + 1) * R], block.reshape(R, *view.shape[1:])
                 if holes:
                     sid, rows = sid[keep[s * R:(s + 1) * R]], rows[keep[s * R:(s + 1) * R]]
                 if sid.numel():
-                    view_w, rows_w = _wide(view, rows)
-                    view_w.index_copy_(0, sid, rows_w)
+                    _put(view, sid, rows)
         return
     if p.kind == "strided":
         for view, b in zip(views, blocks):
             rows = torch.empty((S * R, *view.shape[1:]), dtype=view.dtype, device=view.device)
             _canon_to(rows, b, S, R, tuple(view.shape[1:]))
-            view_w, rows_w = _wide(view, rows[keep] if holes else rows)
-            view_w.index_copy_(0, kept, rows_w)
+            _put(view, kept, rows[keep] if holes else rows)
         return
     for parts, width in zip(p.groups, p.widths):
         view = views[parts[0].kv]
         new = scratch.get((ids.numel(), width), view.dtype, view.device)
         for part in parts:
             _canon_to(_tiles(new, part), blocks[part.kv], S, R, part.shape)
-        rows_w, new_w = _wide(_rows(view, parts[0], width), new[keep] if holes else new)
-        rows_w.index_copy_(0, kept, new_w)
+        _put(_rows(view, parts[0], width), kept, new[keep] if holes else new)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from kvstore.kernels import ref_rows
+from kvstore.kernels import host_paged, ref_rows
 from kvstore.kernels.codec_ref import (
     decode_into,
     encode_f32,
@@ -47,6 +47,8 @@ def pack(src: PagedSource, codec: str, rows: list[torch.Tensor],
     the rows are, if they are one."""
     lay, S = src.layout, src.num_store_blocks
     spec = payload_spec(lay, codec)
+    if codec == NONE and host_paged.gather(src, rows):  # CPU, canonical blocks: numpy
+        return
     if codec == NONE:
         blocks = _block_views(src, rows)
         if blocks is not None:
@@ -81,6 +83,8 @@ def unpack(src: PagedSource, codec: str, rows: list[torch.Tensor],
     """Decode payload ``rows`` (1-D uint8 on ``src``'s device; ``buf`` the
     ``[S, nbytes]`` tensor they are, if they are one) into ``src``'s slots."""
     lay, S = src.layout, src.num_store_blocks
+    if codec == NONE and host_paged.scatter(src, rows):  # CPU, canonical blocks: numpy
+        return
     if codec == NONE:
         blocks = _block_views(src, rows)
         if blocks is None:

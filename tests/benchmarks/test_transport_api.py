@@ -1,4 +1,5 @@
-"""``benchmarks.transport`` on tiny blocks: the public API's rows exist, each beside its baseline."""
+"""``benchmarks.transport`` on tiny blocks: the public API's rows exist (paged calls and the
+embedded store included), each beside its baseline."""
 
 import json
 
@@ -12,7 +13,7 @@ pytestmark = pytest.mark.integration
 def test_transport_benchmark_times_the_public_api_against_its_baselines(tmp_path):
     out = tmp_path / "transport.json"
     transport.main(["--block-bytes", "16KiB", "--batch", "2", "--repeat", "1",
-                    "--carriers", "shm,tcp", "--json", str(out)])
+                    "--carriers", "embedded,shm,tcp", "--json", str(out)])
     rows = json.loads(out.read_text())["rows"]
     got = {(r["name"], r["op"], r["baseline"]) for r in rows}
     for carrier, base in (("shm", "memcpy"), ("tcp", "raw_socket")):
@@ -20,5 +21,8 @@ def test_transport_benchmark_times_the_public_api_against_its_baselines(tmp_path
             assert (carrier, op, base) in got
         assert (carrier, "lookup", "raw_socket") in got
     assert ("shm", "get", "memcpy") in got  # ns.get against memcpy into a new buffer
-    speeds = [r for r in rows if r["name"] in ("shm", "tcp") and r["op"] != "lookup"]
+    for carrier in ("embedded", "shm"):  # the vLLM connector's paged calls, same bytes
+        for op in ("put", "get_into", "get", "put_paged", "get_paged"):
+            assert (carrier, op, "memcpy") in got
+    speeds = [r for r in rows if r["name"] in ("embedded", "shm", "tcp") and r["op"] != "lookup"]
     assert speeds and all(r["gbps"] > 0 and r["ratio"] > 0 for r in speeds)

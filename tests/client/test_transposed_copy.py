@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from kvstore.client.codec import _run_contiguous, transposed_copy
+from kvstore.client.codec import transposed_copy
+from kvstore.kernels.host_copy import run_contiguous
 
 pytestmark = pytest.mark.unit
 
@@ -33,13 +34,13 @@ def test_an_innermost_axis_with_a_stride_falls_back_to_element_copies():
     src = _random((4, 6, 10), torch.float16, seed=2)
     dst = torch.zeros((4, 6, 5), dtype=torch.float16)
     strided = src[:, :, ::2]
-    assert not _run_contiguous(strided.view(torch.int16).numpy())
+    assert not run_contiguous(strided.view(torch.int16).numpy())
     transposed_copy(dst, strided)
     assert torch.equal(dst, strided)
 
 
-def test_run_contiguous_reads_the_innermost_axis():
+def testrun_contiguous_reads_the_innermost_axis():
     a = np.zeros((4, 8), dtype=np.int16)
-    assert _run_contiguous(a) and _run_contiguous(a[:, 2:6]) and _run_contiguous(a.T.T)
-    assert not _run_contiguous(a.T)  # innermost stride is a row
-    assert not _run_contiguous(a[:, :1]) and not _run_contiguous(np.zeros(0, dtype=np.int16))
+    assert run_contiguous(a) and run_contiguous(a[:, 2:6]) and run_contiguous(a.T.T)
+    assert not run_contiguous(a.T)  # innermost stride is a row
+    assert not run_contiguous(a[:, :1]) and not run_contiguous(np.zeros(0, dtype=np.int16))

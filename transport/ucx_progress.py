@@ -170,6 +170,10 @@ class LoopWorker:
     def wait(self, request, buffer) -> asyncio.Future:
         """A future settled when ``request`` completes; ``buffer`` lives at least that long."""
         fut = self.loop.create_future()
+        if not request.completed:
+            self.worker.progress()  # most sends leave, and many receives land, right here
+            self._settle_finished()  # what else that progress finished
+            self.kick()  # and re-arm after it
         if request.completed:
             _settle(fut, request)
             return fut

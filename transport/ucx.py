@@ -42,7 +42,7 @@ from kvstore.transport.channel import cast_bytes
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
 from kvstore.transport.session import Session
-from kvstore.transport.ucx_progress import LoopWorker, abort_endpoint
+from kvstore.transport.ucx_progress import LoopWorker
 from kvstore.transport.urls import CarrierURL
 
 log = logging.getLogger(__name__)
@@ -197,11 +197,10 @@ class UcxChannel:
             return
         self.closed = True
         if self.worker.on_loop_thread() or self.worker.closed:
-            abort_endpoint(self.ep)
-            self.worker.kick()  # its cancelled requests complete on the next pass
+            self.worker.abort(self.ep)
             return
         try:
-            self.worker.loop.call_soon_threadsafe(abort_endpoint, self.ep)
+            self.worker.loop.call_soon_threadsafe(self.worker.abort, self.ep)
         except RuntimeError:  # the loop is closed: its teardown aborted every endpoint
             pass
 
@@ -282,6 +281,9 @@ class UcxListener:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             pass
+        finally:
+            if task.done():
+                channel.close()  # aborted on this loop (idempotent), never by the collector
 
     @property
     def url(self) -> str:

@@ -44,7 +44,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -91,7 +90,9 @@ class LoopWorker:
         self.worker.init_blocking_progress_mode()
         self.fd = self.worker.epoll_file_descriptor
         self.pending: list[_Pending] = []
-        self.endpoints: weakref.WeakSet = weakref.WeakSet()
+        # held (not weakly) until aborted here: a ucxx Endpoint freed by the garbage
+        # collector closes itself, progressing the worker from whatever thread collects it
+        self.endpoints: set = set()
         self.scheduled = False
         self.closed = False
         self.spin_until = 0.0
@@ -185,6 +186,12 @@ class LoopWorker:
     def track(self, endpoint) -> None:
         self.endpoints.add(endpoint)
 
+    def abort(self, endpoint) -> None:
+        """Abort ``endpoint`` (on this loop's thread, or after the loop is gone) and let it go."""
+        abort_endpoint(endpoint)
+        self.endpoints.discard(endpoint)
+        self.kick()  # its cancelled requests complete on the next pass
+
     # -- teardown -------------------------------------------------------------
     def teardown(self) -> None:
         """Abort every endpoint, progress until every request completed, stop watching the fd."""
@@ -195,6 +202,7 @@ class LoopWorker:
                 del LoopWorker._registry[self.loop]
         for ep in list(self.endpoints):
             abort_endpoint(ep)
+        self.endpoints.clear()
         deadline = time.monotonic() + TEARDOWN_S
         while self.pending and time.monotonic() < deadline:
             self.worker.progress()

@@ -15,6 +15,14 @@ The receiver posts a buffer of the size it expects: a longer message fails
 with a truncation error (the connection is closed) instead of growing
 anything, so the limits hold before any allocation here too.
 
+Progress: each event loop that uses ucx owns one ucx worker, progressed
+from that worker's event fd on the loop's own thread
+(``transport/ucx_progress.py``): an idle connection costs nothing, no
+thread but the loop's ever touches the worker, and a posted buffer stays
+alive until UCX reports its request complete. A channel is used only on the
+loop that opened it (the daemon's loop, the client's I/O thread, an asyncio
+twin's loop); its ``close`` may come from any thread.
+
 Environment: ``ucxx`` reads ``UCX_*`` variables at import; ``ucx_env_defaults``
 silences UCX's unused-variable warning and sets ``UCX_TCP_CM_REUSEADDR=y`` (a
 restarted daemon rebinds its port) unless they are set already. On a machine without a GPU the

@@ -56,6 +56,7 @@ from kvstore.transport.urls import CarrierURL
 log = logging.getLogger(__name__)
 INLINE = 8192
 MAX_SKIP = 256 << 20
+HANDSHAKE_FLOOR_S = 5.0  # ucxx's own handshake timeout (its default)
 BIND_RETRIES = 50  # a refused segment larger than this closes the connection
 
 
@@ -226,16 +227,35 @@ async def _all(coros) -> None:
 
 
 async def open_ucx_channel(url: CarrierURL, timeout: float) -> UcxChannel:
+    """Connect; a caller that gives up early never cancels ucxx's handshake mid-flight.
+
+    ucxx's handshake posts receives into buffers its coroutine owns: cancelling
+    it while one is posted frees memory UCX may still write into (a hello
+    cancelled within its first milliseconds crashed the daemon once). So the
+    handshake runs as a task of its own, with at least ``HANDSHAKE_FLOOR_S``
+    to finish; a caller that stops waiting gets ``Unavailable`` (or its
+    cancellation) and the endpoint, if it comes, is aborted on this loop.
+    """
     worker = LoopWorker.current()
+    handshake = asyncio.ensure_future(worker.ctx.create_endpoint(
+        url.host, url.port, connect_timeout=max(timeout, HANDSHAKE_FLOOR_S)))
     try:
-        ep = await asyncio.wait_for(
-            worker.ctx.create_endpoint(url.host, url.port, connect_timeout=timeout), timeout
-        )
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        raise Unavailable(f"cannot reach {url}: {exc}") from exc
+        ep = await asyncio.wait_for(asyncio.shield(handshake), timeout)
+    except BaseException as exc:
+        handshake.add_done_callback(lambda t: _abort_late_endpoint(worker, t))
+        if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+            raise
+        raise Unavailable(f"cannot reach {url}: {exc!r}") from exc
     return UcxChannel(ep, worker)
+
+
+def _abort_late_endpoint(worker: LoopWorker, handshake: asyncio.Future) -> None:
+    """A handshake nobody waits for any more: abort what it made (its error is dropped)."""
+    if handshake.cancelled() or handshake.exception() is not None:
+        return
+    ep = handshake.result()
+    worker.track(ep)
+    worker.abort(ep)
 
 
 WILDCARDS = ("0.0.0.0", "::")

@@ -113,6 +113,31 @@ def test_a_closed_loop_tears_its_worker_down(ucx_daemon):
     assert worker.loop not in LoopWorker._registry
 
 
+def test_hasty_connects_leave_no_handshake_behind(ucx_daemon):
+    """Callers giving up within milliseconds: handshakes finish on their own, then go."""
+    from kvstore.errors import Unavailable
+    from kvstore.transport.ucx import open_ucx_channel
+    from kvstore.transport.urls import parse_url
+
+    url = parse_url(ucx_daemon.urls[0])
+
+    async def run():
+        worker = None
+        for timeout in (0.0005, 0.001, 0.002, 0.005, 0.01) * 3:
+            try:
+                channel = await open_ucx_channel(url, timeout)
+            except Unavailable:
+                continue
+            worker = channel.worker
+            channel.close()
+        channel = await open_ucx_channel(url, 10.0)  # a patient one still gets through
+        worker = channel.worker
+        channel.close()
+        await _until(lambda: not worker.endpoints and not worker.pending, timeout=30)
+
+    IOThread.get().run(run(), timeout=90)
+
+
 async def _until(predicate, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -31,6 +31,9 @@ rules that keep it memory-safe:
   the pending list until UCX reports it complete (done, failed or cancelled),
   whether or not anyone still awaits it: a cancelled waiter never frees
   memory UCX may still write into;
+* **no polling by default**: ``KVSTORE_UCX_SPIN_US`` polls that long after
+  each posted request before sleeping on the fd (faster on spare cores,
+  slower on a loaded machine: see ``docs/concurrency.md``);
 * **teardown on the loop's close**: endpoints are aborted, the worker is
   progressed until every pending request completed, then the fd reader goes.
   Requests that still do not complete keep their buffers for the life of the

@@ -11,13 +11,19 @@ measures, in interleaved rounds:
   as a share of one core (the design asks
   < 5 % for ucx);
 * **lookup p50**: ``--lookups`` lookups of 1,024 cached tokens per carrier
-  per round; the ratio ucx / tcp is the median of the per-round ratios (the
-  design asks <= 2).
+  per round through the synchronous API (tcp answers on the caller's
+  thread; ucx goes through the client's I/O thread, one more hand-off each
+  way); the ratio ucx / tcp is the median of the per-round ratios (the
+  design asks <= 2);
+* **alookup p50**: the same lookups through the asyncio twin, run on the
+  client's I/O loop (both carriers on one loop: no thread hand-off), and
+  their ratio.
 
-The ucx carrier progresses its worker with ucxx's own progress (see
-``docs/concurrency.md``: an event-fd progress that idles at 0.5 % of a core
-was built and measured, and left out because the test process segfaulted
-in 3 of 24 runs with it).
+The ucx carrier progresses one ucx worker per event loop from the worker's
+event fd (``transport/ucx_progress.py``, ``docs/concurrency.md``).
+``KVSTORE_UCX_SPIN_US`` (both processes inherit it) polls that long after
+each posted request before sleeping on the fd: try it on a machine with
+spare cores.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from benchmarks.proc_cpu import cpu_share
 from kvstore.demo.daemon_process import DaemonProc
 from kvstore.layout import KVLayout
 from kvstore.namespace_spec import NamespaceSpec
+from kvstore.transport.io_thread import IOThread
 from kvstore.transport.remote import RemoteStore
 
 LOOKUP_TOKENS = 1024
@@ -63,9 +70,31 @@ class Target:
                 raise RuntimeError(f"{self.name}: lookup found {got} tokens")
         return out
 
+    def alookup_seconds(self, n: int) -> list[float]:
+        """``n`` asyncio-twin lookups timed on the client's I/O loop."""
+
+        async def run() -> list[float]:
+            out = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                got = await self.client.alookup(self.ns, self.tokens)
+                out.append(time.perf_counter() - t0)
+                if got != LOOKUP_TOKENS:
+                    raise RuntimeError(f"{self.name}: alookup found {got} tokens")
+            return out
+
+        return IOThread.get().run(run())
+
     def close(self) -> None:
         self.client.close()
         self.daemon.terminate()
+
+
+def _p50_and_ratio(rounds: list[list[float]], tcp_rounds: list[list[float]]) -> tuple[float, float]:
+    """The p50 in µs over every round, and the median of the per-round p50 ratios to tcp."""
+    p50 = float(np.median(np.concatenate(rounds))) * 1e6
+    ratio = float(np.median([np.median(a) / np.median(b) for a, b in zip(rounds, tcp_rounds)]))
+    return p50, ratio
 
 
 def main(argv=None) -> int:
@@ -78,33 +107,37 @@ def main(argv=None) -> int:
     targets = [Target("tcp", "tcp"), Target("ucx", "ucx")]
     idle: dict[str, list[float]] = {t.name: [] for t in targets}
     lookups: dict[str, list[list[float]]] = {t.name: [] for t in targets}
+    alookups: dict[str, list[list[float]]] = {t.name: [] for t in targets}
     try:
         for t in targets:  # warm-up
             t.lookup_seconds(20)
+            t.alookup_seconds(20)
         for r in range(args.rounds):
-            for t in targets:  # a burst of lookups, then the client sits idle for a window
+            for t in targets:  # bursts of lookups, then the client sits idle for a window
                 lookups[t.name].append(t.lookup_seconds(args.lookups))
+                alookups[t.name].append(t.alookup_seconds(args.lookups))
                 idle[t.name].append(cpu_share(t.daemon.pid, args.window))
             print(f"  round {r + 1}/{args.rounds}", flush=True)
     finally:
         for t in targets:
             t.close()
     rows = []
-    tcp_rounds = lookups["tcp"]
     for name, shares in idle.items():
-        rounds = lookups[name]
-        p50 = float(np.median(np.concatenate(rounds))) * 1e6
-        ratio = float(np.median([np.median(a) / np.median(b) for a, b in zip(rounds, tcp_rounds)]))
+        p50, ratio = _p50_and_ratio(lookups[name], lookups["tcp"])
+        ap50, aratio = _p50_and_ratio(alookups[name], alookups["tcp"])
         rows.append({"daemon": name,
                      "idle_cpu_share": round(float(np.median(shares)), 4),
                      "idle_cpu_max": round(max(shares), 4),
                      "lookup_p50_us": round(p50, 1),
-                     "lookup_vs_tcp": round(ratio, 3)})
+                     "lookup_vs_tcp": round(ratio, 3),
+                     "alookup_p50_us": round(ap50, 1),
+                     "alookup_vs_tcp": round(aratio, 3)})
     print_table(rows, title=f"daemon CPU with one idle client ({args.window:g} s windows, median of "
                             f"{args.rounds}) and lookup p50 ({LOOKUP_TOKENS} tokens)")
     event_ucx = next(r for r in rows if r["daemon"] == "ucx")
     print(f"ucx idle: {event_ucx['idle_cpu_share']:.1%} of a core (target < 5 %); ucx lookup p50 "
-          f"= {event_ucx['lookup_vs_tcp']:.2f} x tcp (target <= 2); load average "
+          f"= {event_ucx['lookup_vs_tcp']:.2f} x tcp (target <= 2), alookup "
+          f"{event_ucx['alookup_vs_tcp']:.2f} x tcp; load average "
           f"{load0:.2f} -> {os.getloadavg()[0]:.2f}")
     if args.json:
         write_json(args.json, "ucx_idle", rows, window_s=args.window, rounds=args.rounds,

@@ -15,6 +15,14 @@ The receiver posts a buffer of the size it expects: a longer message fails
 with a truncation error (the connection is closed) instead of growing
 anything, so the limits hold before any allocation here too.
 
+Progress: each event loop that uses ucx owns one ucx worker, progressed
+from that worker's event fd on the loop's own thread
+(``transport/ucx_progress.py``): an idle connection costs nothing, no
+thread but the loop's ever touches the worker, and a posted buffer stays
+alive until UCX reports its request complete. A channel is used only on the
+loop that opened it (the daemon's loop, the client's I/O thread, an asyncio
+twin's loop); its ``close`` may come from any thread.
+
 Environment: ``ucxx`` reads ``UCX_*`` variables at import; ``ucx_env_defaults``
 silences UCX's unused-variable warning and sets ``UCX_TCP_CM_REUSEADDR=y`` (a
 restarted daemon rebinds its port) unless they are set already. On a machine without a GPU the
@@ -42,11 +50,13 @@ from kvstore.transport.channel import cast_bytes
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
 from kvstore.transport.session import Session
+from kvstore.transport.ucx_progress import LoopWorker
 from kvstore.transport.urls import CarrierURL
 
 log = logging.getLogger(__name__)
 INLINE = 8192
 MAX_SKIP = 256 << 20
+HANDSHAKE_FLOOR_S = 5.0  # ucxx's own handshake timeout (its default)
 BIND_RETRIES = 50  # a refused segment larger than this closes the connection
 
 
@@ -74,31 +84,62 @@ def _as_array(buf) -> np.ndarray:
 
 
 class UcxChannel:
-    def __init__(self, endpoint):
+    """A ucxx endpoint as a frame channel, used only on the loop that opened it.
+
+    Transfers are posted as tagged requests on that loop's ``LoopWorker`` (it
+    keeps each buffer alive until UCX is done with it, see
+    ``transport/ucx_progress.py``); a use from another loop is refused.
+    """
+
+    def __init__(self, endpoint, worker: LoopWorker):
+        from ucxx.types import Tag, TagMaskFull
+
         self.ep = endpoint
+        self.worker = worker
+        self._send_tag = Tag(endpoint._tags["msg_send"])
+        self._recv_tag = Tag(endpoint._tags["msg_recv"])
+        self._mask = TagMaskFull
         self._first = np.empty(INLINE, dtype=np.uint8)
         self._scratch = np.empty(0, dtype=np.uint8)
         self.closed = False
         self.peer = "ucx"
+        worker.track(endpoint)
+
+    def _raw(self):
+        """The live ucxx endpoint, on its own loop (else a clear error)."""
+        if self.closed or self.ep._ep is None:
+            raise Unavailable("ucx connection closed")
+        if asyncio.get_running_loop() is not self.worker.loop:
+            raise RuntimeError("a ucx channel is used only on the event loop that opened it")
+        raw = self.ep._ep
+        raw.raise_on_error()
+        return raw
 
     async def _recv(self, buf) -> None:
+        from ucxx._lib.arr import Array
         from ucxx.exceptions import UCXMessageTruncatedError
 
         try:
-            await self.ep.recv(_as_array(buf))
+            arr = Array(_as_array(buf))
+            request = self._raw().tag_recv(arr, self._recv_tag, self._mask)
+            await self.worker.wait(request, arr)
         except UCXMessageTruncatedError as exc:
             raise ProtocolError("message longer than declared") from exc
         except Exception as exc:
-            if isinstance(exc, (asyncio.CancelledError, ProtocolError)):
+            if isinstance(exc, (asyncio.CancelledError, ProtocolError, RuntimeError, Unavailable)):
                 raise
             raise Unavailable(f"ucx receive failed: {exc}") from exc
 
     async def _send(self, buf) -> None:
+        from ucxx._lib.arr import Array
+
         try:
-            await self.ep.send(_as_array(buf))
-        except asyncio.CancelledError:
-            raise
+            arr = Array(_as_array(buf))
+            request = self._raw().tag_send(arr, self._send_tag)
+            await self.worker.wait(request, arr)
         except Exception as exc:
+            if isinstance(exc, (asyncio.CancelledError, RuntimeError, Unavailable)):
+                raise
             raise Unavailable(f"ucx send failed: {exc}") from exc
 
     # -- receiving ------------------------------------------------------------
@@ -160,12 +201,17 @@ class UcxChannel:
         await self._in_frame(_all(self._send(m) for m in msgs))
 
     def close(self, abort: bool = False) -> None:
-        if not self.closed:  # an endpoint close is always an abort
-            self.closed = True
-            try:
-                self.ep.abort()
-            except Exception:  # pragma: no cover
-                pass
+        """Abort the endpoint (always an abort in ucx) on its loop's thread."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.worker.on_loop_thread() or self.worker.closed:
+            self.worker.abort(self.ep)
+            return
+        try:
+            self.worker.loop.call_soon_threadsafe(self.worker.abort, self.ep)
+        except RuntimeError:  # the loop is closed: its teardown aborted every endpoint
+            pass
 
 
 async def _all(coros) -> None:
@@ -181,16 +227,35 @@ async def _all(coros) -> None:
 
 
 async def open_ucx_channel(url: CarrierURL, timeout: float) -> UcxChannel:
-    ucxx = import_ucxx()
+    """Connect; a caller that gives up early never cancels ucxx's handshake mid-flight.
+
+    ucxx's handshake posts receives into buffers its coroutine owns: cancelling
+    it while one is posted frees memory UCX may still write into (a hello
+    cancelled within its first milliseconds crashed the daemon once). So the
+    handshake runs as a task of its own, with at least ``HANDSHAKE_FLOOR_S``
+    to finish; a caller that stops waiting gets ``Unavailable`` (or its
+    cancellation) and the endpoint, if it comes, is aborted on this loop.
+    """
+    worker = LoopWorker.current()
+    handshake = asyncio.ensure_future(worker.ctx.create_endpoint(
+        url.host, url.port, connect_timeout=max(timeout, HANDSHAKE_FLOOR_S)))
     try:
-        ep = await asyncio.wait_for(
-            ucxx.create_endpoint(url.host, url.port, connect_timeout=timeout), timeout
-        )
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        raise Unavailable(f"cannot reach {url}: {exc}") from exc
-    return UcxChannel(ep)
+        ep = await asyncio.wait_for(asyncio.shield(handshake), timeout)
+    except BaseException as exc:
+        handshake.add_done_callback(lambda t: _abort_late_endpoint(worker, t))
+        if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+            raise
+        raise Unavailable(f"cannot reach {url}: {exc!r}") from exc
+    return UcxChannel(ep, worker)
+
+
+def _abort_late_endpoint(worker: LoopWorker, handshake: asyncio.Future) -> None:
+    """A handshake nobody waits for any more: abort what it made (its error is dropped)."""
+    if handshake.cancelled() or handshake.exception() is not None:
+        return
+    ep = handshake.result()
+    worker.track(ep)
+    worker.abort(ep)
 
 
 WILDCARDS = ("0.0.0.0", "::")
@@ -212,16 +277,18 @@ class UcxListener:
     def __init__(self, server, url: CarrierURL):
         self.server = server
         self.requested = url
+        self.worker: LoopWorker | None = None
         self._listener = None
 
     async def start(self) -> None:
         check_bind_host(self.requested.host)
-        ucxx = import_ucxx()
+        self.worker = LoopWorker.current()
         from ucxx.exceptions import UCXBusyError
 
         for attempt in range(BIND_RETRIES):  # a fixed port can linger after a restart
             try:
-                self._listener = ucxx.create_listener(self._handle, self.requested.port or None)
+                self._listener = self.worker.ctx.create_listener(self._handle,
+                                                                 self.requested.port or None)
                 break
             except UCXBusyError:
                 if not self.requested.port or attempt == BIND_RETRIES - 1:
@@ -235,13 +302,16 @@ class UcxListener:
             )
 
     async def _handle(self, endpoint) -> None:
-        channel = UcxChannel(endpoint)
+        channel = UcxChannel(endpoint, self.worker)
         session = Session("ucx", peer=f"ucx:{id(endpoint):x}")
         task = self.server.spawn(self.server.dispatcher.serve(channel, session))
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             pass
+        finally:
+            if task.done():
+                channel.close()  # aborted on this loop (idempotent), never by the collector
 
     @property
     def url(self) -> str:

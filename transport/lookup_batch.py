@@ -26,6 +26,8 @@ from kvstore.transport.session import Payload, Session
 
 async def read_segments(payload: Payload, sizes: list[int]) -> list[np.ndarray]:
     """The token arrays of every segment, read in one stream read into one buffer."""
+    if not sizes:
+        return []
     width = TOKEN_DTYPE.itemsize
     tokens = np.empty(sum(sizes) // width, dtype=TOKEN_DTYPE)
     await payload.read_rest_into(memoryview(tokens).cast("B"))

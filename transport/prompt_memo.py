@@ -43,6 +43,11 @@ def digest(tokens: np.ndarray) -> bytes:
     return xxhash.xxh3_128_digest(tokens)
 
 
+def digests(arrays: Sequence[np.ndarray]) -> list[bytes]:
+    """``digest`` of each array (one C call each, no Python frame between)."""
+    return list(map(xxhash.xxh3_128_digest, arrays))
+
+
 class TokenLRU(Generic[V]):
     """digest -> value, least recently used first out, bounded by the entries' tokens.
 
@@ -98,18 +103,21 @@ class PromptMemo(TokenLRU[np.ndarray]):
         ``UnknownPrompt`` (the memo emptied) for a digest it does not hold."""
         out: list[np.ndarray] = []
         segments = iter(arrays)
+        entries, touch = self._entries, self._entries.move_to_end
         for i, (key, flag) in enumerate(zip(digests, carried)):
             if flag:
                 tokens = next(segments)
                 self.put(key, len(tokens), tokens)
-            else:
-                tokens = self.get(key)
-                if tokens is None:
-                    self.clear()
-                    raise UnknownPrompt(f"lookup_many: prompt {i}'s digest is not in this "
-                                        "connection's memo (never sent here, or evicted): "
-                                        "send its tokens")
-            out.append(tokens)
+                out.append(tokens)
+                continue
+            entry = entries.get(key)
+            if entry is None:
+                self.clear()
+                raise UnknownPrompt(f"lookup_many: prompt {i}'s digest is not in this "
+                                    "connection's memo (never sent here, or evicted): "
+                                    "send its tokens")
+            touch(key)  # ``get``, inline: this loop runs once a prompt a scheduler step
+            out.append(entry[1])
         return out
 
 
@@ -129,10 +137,16 @@ class PromptMirror(TokenLRU[bool]):
         the daemon will walk it: a prompt it holds goes as its digest alone (``resend``:
         none does, every prompt's tokens go)."""
         carried = bytearray(len(digests))
-        for i, (key, length) in enumerate(zip(digests, lengths)):
-            if resend or self.get(key) is None:
-                carried[i] = 1
-                self.put(key, length, True)
+        touch = self._entries.move_to_end
+        for i, key in enumerate(digests):
+            if not resend:
+                try:
+                    touch(key)  # held: now the most recent, as the memo's ``get`` makes it
+                    continue
+                except KeyError:
+                    pass
+            carried[i] = 1
+            self.put(key, lengths[i], True)
         return bytes(carried)
 
 

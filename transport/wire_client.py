@@ -29,7 +29,7 @@ from kvstore.transport.messages import (
     lookup_many_args,
     lookup_many_memo_args,
 )
-from kvstore.transport.prompt_memo import PromptMirror, advertised_bound, digest
+from kvstore.transport.prompt_memo import PromptMirror, advertised_bound, digests
 from kvstore.transport.stats_wire import RemoteStats, stats_from_wire
 
 log = logging.getLogger(__name__)
@@ -154,17 +154,17 @@ class WireOps:
             args, tokens = lookup_many_args(arrays, extras)
             reply = await self.conn.request(Op.LOOKUP_MANY, ns, args, payloads=tokens)
             return _hits(reply)
-        digests = [digest(a) for a in arrays]
+        keys = digests(arrays)
         try:
-            return await self._memo_request(ns, mirror, digests, arrays, extras, False)
+            return await self._memo_request(ns, mirror, keys, arrays, extras, False)
         except UnknownPrompt:  # the daemon lost them (restarted, evicted): every token, once
             mirror.clear()  # as the daemon's memo is now
-            return await self._memo_request(ns, mirror, digests, arrays, extras, True)
+            return await self._memo_request(ns, mirror, keys, arrays, extras, True)
 
-    async def _memo_request(self, ns: bytes, mirror: PromptMirror, digests: list[bytes],
+    async def _memo_request(self, ns: bytes, mirror: PromptMirror, keys: list[bytes],
                             arrays: list, extras: list, resend: bool) -> list:
-        carried = mirror.plan(digests, [len(a) for a in arrays], resend)
-        args, tokens = lookup_many_memo_args(digests, carried, arrays, extras)
+        carried = mirror.plan(keys, [len(a) for a in arrays], resend)
+        args, tokens = lookup_many_memo_args(keys, carried, arrays, extras)
         try:
             reply = await self.conn.request(Op.LOOKUP_MANY, ns, args, payloads=tokens)
         except BaseException:  # the daemon may not have walked the batch as planned

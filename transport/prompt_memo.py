@@ -132,10 +132,11 @@ class PromptMirror(TokenLRU[bool]):
         super().__init__(max_tokens)
         self.generation = generation
 
-    def plan(self, digests: Sequence[bytes], lengths: Sequence[int], resend: bool = False) -> bytes:
-        """The ``carried`` flags of a request naming ``digests`` (1: send the tokens), as
-        the daemon will walk it: a prompt it holds goes as its digest alone (``resend``:
-        none does, every prompt's tokens go)."""
+    def plan(self, digests: Sequence[bytes], arrays: Sequence[np.ndarray],
+             resend: bool = False) -> bytes:
+        """The ``carried`` flags of a request naming ``digests`` of ``arrays`` (1: send the
+        tokens), as the daemon will walk it: a prompt it holds goes as its digest alone
+        (``resend``: none does, every prompt's tokens go)."""
         carried = bytearray(len(digests))
         touch = self._entries.move_to_end
         for i, key in enumerate(digests):
@@ -146,7 +147,7 @@ class PromptMirror(TokenLRU[bool]):
                 except KeyError:
                     pass
             carried[i] = 1
-            self.put(key, lengths[i], True)
+            self.put(key, len(arrays[i]), True)
         return bytes(carried)
 
 

@@ -163,7 +163,7 @@ class WireOps:
 
     async def _memo_request(self, ns: bytes, mirror: PromptMirror, keys: list[bytes],
                             arrays: list, extras: list, resend: bool) -> list:
-        carried = mirror.plan(keys, [len(a) for a in arrays], resend)
+        carried = mirror.plan(keys, arrays, resend)
         args, tokens = lookup_many_memo_args(keys, carried, arrays, extras)
         try:
             reply = await self.conn.request(Op.LOOKUP_MANY, ns, args, payloads=tokens)

@@ -14,7 +14,10 @@
   digests, ``transport.prompt_memo``); ``ns.lookup_many(64) new prompts``
   rotates through ``ROTATE`` distinct cached batches, more than the
   connection's prompt memo holds (``max_memo_tokens``, 1 Mi tokens = 4
-  batches), so every call sends all 1 MiB of tokens (and hashes them).
+  batches), so every call sends all 1 MiB of tokens (and hashes them);
+  ``ns.lookup_many(64) memo off`` asks a second daemon, started with
+  ``KVSTORE_MAX_MEMO_TOKENS=0``, about the same 64 prompts every call: the
+  plain request, every token every time (lookup_many before the memo).
 
 Rounds interleave the tasks (each round runs every task ``--calls`` times) so
 the machine's load swings hit all of them alike; p50/p99 are over every call.
@@ -103,15 +106,21 @@ def prompts(seed: int) -> list[np.ndarray]:
     return [rng.integers(0, 1 << 30, PROMPT_TOKENS, dtype=np.uint32) for _ in range(BATCH)]
 
 
-def kvstore_tasks(url: str, carrier: str, closers: list) -> dict:
+def filled(url: str, carrier: str, closers: list, nbatches: int):
+    """A strict client's namespace at ``url`` and ``nbatches`` batches of cached prompts."""
     client = KVClient.connect(url, strict=True, timeout=60)
     closers.append(client.close)
     ns = client.namespace(LAYOUT)
-    batches = [prompts(sum(carrier.encode()) + k) for k in range(ROTATE)]
+    batches = [prompts(sum(carrier.encode()) + k) for k in range(nbatches)]
     block = np.zeros(ns.spec.block_bytes, dtype=np.uint8)
     nblocks = PROMPT_TOKENS // LAYOUT.block_tokens
     for toks in (t for batch in batches for t in batch):
         assert ns.put_blocks(toks, [block] * nblocks) == PROMPT_TOKENS
+    return ns, batches
+
+
+def kvstore_tasks(url: str, carrier: str, closers: list) -> dict:
+    ns, batches = filled(url, carrier, closers, ROTATE)
     reqs = batches[0]
     probe = reqs[0]
     assert ns.lookup(probe) == PROMPT_TOKENS
@@ -126,6 +135,14 @@ def kvstore_tasks(url: str, carrier: str, closers: list) -> dict:
 
         tasks[f"{carrier} ns.lookup_many({BATCH}) new prompts"] = new_prompts
     return tasks
+
+
+def memo_off_tasks(url: str, carrier: str, closers: list) -> dict:
+    """The repeated batch against a daemon without the prompt memo (every token, every
+    call: lookup_many as it was before the memo)."""
+    ns, (reqs,) = filled(url, carrier, closers, 1)
+    assert ns.lookup_many(reqs) == [PROMPT_TOKENS] * BATCH
+    return {f"{carrier} ns.lookup_many({BATCH}) memo off": lambda: ns.lookup_many(reqs)}
 
 
 def timed(tasks: dict, rounds: int, calls: int) -> dict[str, np.ndarray]:
@@ -148,6 +165,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--carriers", default="shm,tcp")
+    parser.add_argument("--no-memo-off", dest="memo_off", action="store_false",
+                        help="leave out the rows of a second daemon without the prompt memo")
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server:
@@ -172,6 +191,12 @@ def main(argv=None) -> int:
         closers.append(daemon.terminate)
         for carrier in carriers:
             tasks.update(kvstore_tasks(daemon.url(carrier), carrier, closers))
+        if args.memo_off:
+            off_args = [a.replace("kv.sock", "off.sock") for a in daemon_args]
+            plain = DaemonProc(off_args, env={"KVSTORE_MAX_MEMO_TOKENS": "0"})
+            closers.append(plain.terminate)
+            for carrier in carriers:
+                tasks.update(memo_off_tasks(plain.url(carrier), carrier, closers))
         samples = timed(tasks, args.rounds, args.calls)
     finally:
         for close in reversed(closers):

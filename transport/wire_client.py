@@ -10,6 +10,7 @@ a tensor handed in by the caller is filled without an intermediate copy.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 
@@ -55,6 +56,7 @@ class WireOps:
         self._no_hints_until = 0.0  # a daemon that predates ``hint`` said so
         self._no_lookup_many_until = 0.0  # ... or ``lookup_many``
         self._prompts: PromptMirror | None = None  # lookup_many's prompt memo, as the daemon has it
+        self._prompts_lock = threading.Lock()  # threads share a sync client: one plan at a time
 
     # -- namespaces -----------------------------------------------------------
     async def register(self, spec: NamespaceSpec) -> bytes:
@@ -158,17 +160,21 @@ class WireOps:
         try:
             return await self._memo_request(ns, mirror, keys, arrays, extras, False)
         except UnknownPrompt:  # the daemon lost them (restarted, evicted): every token, once
-            mirror.clear()  # as the daemon's memo is now
             return await self._memo_request(ns, mirror, keys, arrays, extras, True)
 
     async def _memo_request(self, ns: bytes, mirror: PromptMirror, keys: list[bytes],
                             arrays: list, extras: list, resend: bool) -> list:
-        carried = mirror.plan(keys, arrays, resend)
+        """A memo request planned on ``mirror``. Requests of other threads or tasks may
+        reach the daemon in another order than they were planned: a digest it then lacks is
+        ``UnknownPrompt`` and a resend, never a wrong answer (a digest names its tokens)."""
+        with self._prompts_lock:
+            carried = mirror.plan(keys, arrays, resend)
         args, tokens = lookup_many_memo_args(keys, carried, arrays, extras)
         try:
             reply = await self.conn.request(Op.LOOKUP_MANY, ns, args, payloads=tokens)
         except BaseException:  # the daemon may not have walked the batch as planned
-            mirror.clear()  # holding fewer than the memo never sends an unknown digest
+            with self._prompts_lock:
+                mirror.clear()  # holding fewer than the memo never sends an unknown digest
             raise
         return _hits(reply)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -207,3 +209,33 @@ def test_resolved_tokens_count_against_max_tokens(store, carrier, sockdir):
         raw.close()
     finally:
         srv.stop()
+
+
+def test_threads_sharing_a_client_get_right_answers(daemon, connect, store):
+    """Threads plan on one mirror and their requests reach the daemon in any order (a
+    small memo evicts often): every answer is a single lookup's."""
+    seed = int(os.environ.get("KVSTORE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+    print(f"KVSTORE_TEST_SEED={seed}")
+    ops = daemon.dispatcher.ops
+    ops.limits = dataclasses.replace(ops.limits, max_memo_tokens=200)  # before the hello
+    c = connect(strict=True)
+    spec = spec_of()
+    ns = c.register(spec)
+    prompts, want = cached_batch(c, ns, spec, 12)
+    wrong: list = []
+
+    def ask(rng) -> None:
+        for _ in range(30):
+            pick = rng.integers(0, len(prompts), int(rng.integers(1, 6)))
+            got = c.lookup_many(ns, [prompts[i] for i in pick])
+            if got != [want[i] for i in pick]:
+                wrong.append((pick, got))
+
+    threads = [threading.Thread(target=ask, args=(np.random.default_rng(seed + i),))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+    assert c.ops._prompts is not None and c.ops._prompts.max_tokens == 200  # the memo was used

@@ -15,9 +15,9 @@
   rotates through ``ROTATE`` distinct cached batches, more than the
   connection's prompt memo holds (``max_memo_tokens``, 1 Mi tokens = 4
   batches), so every call sends all 1 MiB of tokens (and hashes them);
-  ``ns.lookup_many(64) memo off`` asks a second daemon, started with
-  ``KVSTORE_MAX_MEMO_TOKENS=0``, about the same 64 prompts every call: the
-  plain request, every token every time (lookup_many before the memo).
+  the rows ending in ``memo off`` ask the same of a second daemon, started
+  with ``KVSTORE_MAX_MEMO_TOKENS=0``: the plain request, every token every
+  call (lookup_many before the memo), the baselines of the memo's rows.
 
 Rounds interleave the tasks (each round runs every task ``--calls`` times) so
 the machine's load swings hit all of them alike; p50/p99 are over every call.
@@ -119,30 +119,26 @@ def filled(url: str, carrier: str, closers: list, nbatches: int):
     return ns, batches
 
 
-def kvstore_tasks(url: str, carrier: str, closers: list) -> dict:
+def kvstore_tasks(url: str, carrier: str, closers: list, memo: bool = True) -> dict:
+    """The rows of one daemon: with its prompt memo, ``ns.lookup`` and both lookup_many
+    rows; without (``memo`` False: a daemon with ``max_memo_tokens`` 0), the lookup_many
+    rows alone, named "... memo off" (every prompt's tokens every call, as before the memo)."""
     ns, batches = filled(url, carrier, closers, ROTATE)
     reqs = batches[0]
     probe = reqs[0]
     assert ns.lookup(probe) == PROMPT_TOKENS
-    tasks = {f"{carrier} ns.lookup": lambda: ns.lookup(probe)}
+    tasks = {f"{carrier} ns.lookup": lambda: ns.lookup(probe)} if memo else {}
     if hasattr(ns, "lookup_many"):  # before the op existed: not measured
+        off = "" if memo else " memo off"
         assert ns.lookup_many(reqs) == [PROMPT_TOKENS] * BATCH
-        tasks[f"{carrier} ns.lookup_many({BATCH})"] = lambda: ns.lookup_many(reqs)
+        tasks[f"{carrier} ns.lookup_many({BATCH}){off}"] = lambda: ns.lookup_many(reqs)
         turn = itertools.cycle(batches[1:])  # the repeated batch aside: 5 x 256 Ki tokens
 
         def new_prompts():
             assert ns.lookup_many(next(turn)) == [PROMPT_TOKENS] * BATCH
 
-        tasks[f"{carrier} ns.lookup_many({BATCH}) new prompts"] = new_prompts
+        tasks[f"{carrier} ns.lookup_many({BATCH}) new prompts{off}"] = new_prompts
     return tasks
-
-
-def memo_off_tasks(url: str, carrier: str, closers: list) -> dict:
-    """The repeated batch against a daemon without the prompt memo (every token, every
-    call: lookup_many as it was before the memo)."""
-    ns, (reqs,) = filled(url, carrier, closers, 1)
-    assert ns.lookup_many(reqs) == [PROMPT_TOKENS] * BATCH
-    return {f"{carrier} ns.lookup_many({BATCH}) memo off": lambda: ns.lookup_many(reqs)}
 
 
 def timed(tasks: dict, rounds: int, calls: int) -> dict[str, np.ndarray]:
@@ -196,7 +192,7 @@ def main(argv=None) -> int:
             plain = DaemonProc(off_args, env={"KVSTORE_MAX_MEMO_TOKENS": "0"})
             closers.append(plain.terminate)
             for carrier in carriers:
-                tasks.update(memo_off_tasks(plain.url(carrier), carrier, closers))
+                tasks.update(kvstore_tasks(plain.url(carrier), carrier, closers, memo=False))
         samples = timed(tasks, args.rounds, args.calls)
     finally:
         for close in reversed(closers):

@@ -68,17 +68,17 @@ class TokenLRU(Generic[V]):
 
     def put(self, key: bytes, length: int, value: V) -> None:
         """Hold ``value`` (most recent), evicting the least recent until it fits."""
-        cost = max(1, length)
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.tokens -= old[0]
+        cost = length if length > 0 else 1
+        entries = self._entries
+        if key in entries:
+            self.tokens -= entries.pop(key)[0]
         if cost > self.max_tokens:
             return
-        while self.tokens + cost > self.max_tokens:
-            _, (gone, _) = self._entries.popitem(last=False)
-            self.tokens -= gone
-        self._entries[key] = (cost, value)
-        self.tokens += cost
+        tokens = self.tokens + cost
+        while tokens > self.max_tokens:
+            tokens -= entries.popitem(last=False)[1][0]
+        entries[key] = (cost, value)
+        self.tokens = tokens
 
     def get(self, key: bytes) -> V | None:
         """The value held for ``key`` (now the most recent), or None."""

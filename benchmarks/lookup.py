@@ -8,19 +8,30 @@
   (64 x 16 KiB: 1 MiB);
 * ``ns.lookup`` of a cached 4,096-token prefix (``kvstore.client``) over shm
   and tcp against a ``kvstore serve`` child process, p50 and p99;
-* ``ns.lookup_many`` of 64 such requests (64 cached prompts) in one call.
+* ``ns.lookup_many`` of 64 such requests (64 cached prompts) in one call:
+  ``ns.lookup_many(64)`` asks about the same 64 prompts every call (a
+  scheduler's steps: after the first call they cross the wire as 16-byte
+  digests, ``transport.prompt_memo``); ``ns.lookup_many(64) new prompts``
+  rotates through ``ROTATE`` distinct cached batches, more than the
+  connection's prompt memo holds (``max_memo_tokens``, 1 Mi tokens = 4
+  batches), so every call sends all 1 MiB of tokens (and hashes them);
+  the rows ending in ``memo off`` ask the same of a second daemon, started
+  with ``KVSTORE_MAX_MEMO_TOKENS=0``: the plain request, every token every
+  call (lookup_many before the memo), the baselines of the memo's rows.
 
 Rounds interleave the tasks (each round runs every task ``--calls`` times) so
 the machine's load swings hit all of them alike; p50/p99 are over every call.
 Ratios: lookup p50 / the raw round trip's p50 (target <= 8) and
 lookup_many(64) p50 / lookup p50 (target <= 3); ``x_raw_same_bytes``: each
 kvstore call against the raw round trip that carries the same token bytes
-(what the wire alone costs: 64 prompts of 4,096 tokens are 1 MiB to send).
+(what the wire alone costs: 64 prompts of 4,096 tokens are 1 MiB to send,
+their 64 digests 1 KiB).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import socket
 import subprocess
@@ -38,6 +49,8 @@ from kvstore.layout import KVLayout
 
 PROMPT_TOKENS = 4096
 BATCH = 64
+DIGEST_BYTES = 16
+ROTATE = 6  # distinct batches of the "new prompts" row: 6 x 256 Ki tokens > the 1 Mi-token memo
 LAYOUT = KVLayout("bench-lookup", 1, 1, 8, "float16", 256)  # lookups do not depend on block size
 
 
@@ -93,21 +106,38 @@ def prompts(seed: int) -> list[np.ndarray]:
     return [rng.integers(0, 1 << 30, PROMPT_TOKENS, dtype=np.uint32) for _ in range(BATCH)]
 
 
-def kvstore_tasks(url: str, carrier: str, closers: list) -> dict:
+def filled(url: str, carrier: str, closers: list, nbatches: int):
+    """A strict client's namespace at ``url`` and ``nbatches`` batches of cached prompts."""
     client = KVClient.connect(url, strict=True, timeout=60)
     closers.append(client.close)
     ns = client.namespace(LAYOUT)
-    reqs = prompts(sum(carrier.encode()))
+    batches = [prompts(sum(carrier.encode()) + k) for k in range(nbatches)]
     block = np.zeros(ns.spec.block_bytes, dtype=np.uint8)
     nblocks = PROMPT_TOKENS // LAYOUT.block_tokens
-    for toks in reqs:
+    for toks in (t for batch in batches for t in batch):
         assert ns.put_blocks(toks, [block] * nblocks) == PROMPT_TOKENS
+    return ns, batches
+
+
+def kvstore_tasks(url: str, carrier: str, closers: list, memo: bool = True) -> dict:
+    """The rows of one daemon: with its prompt memo, ``ns.lookup`` and both lookup_many
+    rows; without (``memo`` False: a daemon with ``max_memo_tokens`` 0), the lookup_many
+    rows alone, named "... memo off" (every prompt's tokens every call, as before the memo)."""
+    ns, batches = filled(url, carrier, closers, ROTATE)
+    reqs = batches[0]
     probe = reqs[0]
     assert ns.lookup(probe) == PROMPT_TOKENS
-    tasks = {f"{carrier} ns.lookup": lambda: ns.lookup(probe)}
+    tasks = {f"{carrier} ns.lookup": lambda: ns.lookup(probe)} if memo else {}
     if hasattr(ns, "lookup_many"):  # before the op existed: not measured
+        off = "" if memo else " memo off"
         assert ns.lookup_many(reqs) == [PROMPT_TOKENS] * BATCH
-        tasks[f"{carrier} ns.lookup_many({BATCH})"] = lambda: ns.lookup_many(reqs)
+        tasks[f"{carrier} ns.lookup_many({BATCH}){off}"] = lambda: ns.lookup_many(reqs)
+        turn = itertools.cycle(batches[1:])  # the repeated batch aside: 5 x 256 Ki tokens
+
+        def new_prompts():
+            assert ns.lookup_many(next(turn)) == [PROMPT_TOKENS] * BATCH
+
+        tasks[f"{carrier} ns.lookup_many({BATCH}) new prompts{off}"] = new_prompts
     return tasks
 
 
@@ -131,6 +161,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--carriers", default="shm,tcp")
+    parser.add_argument("--no-memo-off", dest="memo_off", action="store_false",
+                        help="leave out the rows of a second daemon without the prompt memo")
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.echo_server:
@@ -143,6 +175,7 @@ def main(argv=None) -> int:
         closers.append(echo.close)
         token_bytes = PROMPT_TOKENS * 4
         tasks = {"raw round trip (8 B)": echo.roundtrip(8),
+                 f"raw round trip ({BATCH * DIGEST_BYTES} B)": echo.roundtrip(BATCH * DIGEST_BYTES),
                  f"raw round trip ({token_bytes} B)": echo.roundtrip(token_bytes),
                  f"raw round trip ({BATCH * token_bytes} B)": echo.roundtrip(BATCH * token_bytes)}
         folder = tempfile.mkdtemp(prefix="kvstore-bench-lookup-")
@@ -154,6 +187,12 @@ def main(argv=None) -> int:
         closers.append(daemon.terminate)
         for carrier in carriers:
             tasks.update(kvstore_tasks(daemon.url(carrier), carrier, closers))
+        if args.memo_off:
+            off_args = [a.replace("kv.sock", "off.sock") for a in daemon_args]
+            plain = DaemonProc(off_args, env={"KVSTORE_MAX_MEMO_TOKENS": "0"})
+            closers.append(plain.terminate)
+            for carrier in carriers:
+                tasks.update(kvstore_tasks(plain.url(carrier), carrier, closers, memo=False))
         samples = timed(tasks, args.rounds, args.calls)
     finally:
         for close in reversed(closers):
@@ -170,7 +209,8 @@ def main(argv=None) -> int:
         if "lookup_many" in name and single is not None:
             row["x_one_lookup"] = p50 / float(np.median(single))
         if carrier != "raw":  # against a raw round trip carrying the same token bytes
-            same = (BATCH if "lookup_many" in name else 1) * token_bytes
+            same = ((BATCH * DIGEST_BYTES if name.endswith(f"({BATCH})") else BATCH * token_bytes)
+                    if "lookup_many" in name else token_bytes)
             row["x_raw_same_bytes"] = p50 / float(np.median(samples[f"raw round trip ({same} B)"]))
         rows.append(row)
     load = os.getloadavg()

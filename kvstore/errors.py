@@ -23,6 +23,7 @@ class ErrorCode(IntEnum):
     UNSUPPORTED_VERSION = 11
     DRAINING = 12
     TIMEOUT = 13
+    UNKNOWN_PROMPT = 14
 
 
 class KVStoreError(Exception):
@@ -79,12 +80,19 @@ class Timeout(KVStoreError, TimeoutError):
     code = ErrorCode.TIMEOUT
 
 
+class UnknownPrompt(InvalidArgument):
+    """A ``lookup_many`` named a prompt by a digest its connection's memo does not hold
+    (``transport.prompt_memo``): the client sends that request again with the tokens."""
+
+    code = ErrorCode.UNKNOWN_PROMPT
+
+
 _BY_CODE = {
     cls.code: cls
     for cls in (
         KVStoreError, InvalidArgument, LayoutMismatch, NotFound, CapacityError,
         Unauthorized, ProtocolError, TooLarge, StorageError, Unavailable,
-        UnsupportedVersion, Draining, Timeout,
+        UnsupportedVersion, Draining, Timeout, UnknownPrompt,
     )
 }
 

@@ -11,6 +11,10 @@ allocated or read:
 4. a new connection against ``max_connections`` (refused with an error reply),
    and a lease against ``max_leases_per_connection``.
 
+Beside them, ``max_memo_tokens`` bounds each connection's prompt memo
+(``transport.prompt_memo``: the prompts ``lookup_many`` sent, kept so that
+they travel as digests afterwards), in tokens; 0 turns the memo off.
+
 The defaults admit a 256K-token prompt and 4 GiB of blocks per request.
 
 Connections that have not said hello yet (``transport.pre_hello``) get their
@@ -38,6 +42,7 @@ class Limits:
     max_tokens: int = 1 << 18
     max_connections: int = 1024
     max_leases_per_connection: int = 1024
+    max_memo_tokens: int = 1 << 20  # per connection: 4 MiB of token arrays
     max_pre_hello_connections: int = 128
     max_pre_hello_header_bytes: int = 16 << 10
     hello_seconds: float = 5.0

@@ -216,14 +216,68 @@ def lookup_many_request(args: dict, sizes: list[int]) -> list[bytes]:
     not whole tokens, ``extra`` of another length)."""
     if len(sizes) > MAX_LOOKUPS:
         raise InvalidArgument(f"at most {MAX_LOOKUPS} token arrays in one lookup_many")
+    _whole_tokens(sizes)
+    return _extras(args, len(sizes))
+
+
+def _whole_tokens(sizes: list[int]) -> None:
     if any(size % TOKEN_DTYPE.itemsize for size in sizes):
         raise InvalidArgument("each segment of lookup_many is a token array of uint32")
+
+
+def _extras(args: dict, count: int) -> list[bytes]:
     extras = args.get("extra")
     if extras is None:
-        return [b""] * len(sizes)
-    if not isinstance(extras, list) or len(extras) != len(sizes):
+        return [b""] * count
+    if not isinstance(extras, list) or len(extras) != count:
         raise InvalidArgument("extra must be an array with one bin per token array")
     return [arg_bytes({"extra": e}, "extra") for e in extras]
+
+
+# -- lookup_many with the prompt memo (``transport.prompt_memo``) ----------------------
+DIGEST_BYTES = 16
+
+
+@dataclass(frozen=True)
+class MemoLookups:
+    """A checked memo ``lookup_many``: prompt i is ``digests[i]``; its tokens are the next
+    payload segment when ``carried[i]`` is 1, else the memo's; ``extras[i]`` its extra."""
+
+    digests: list[bytes]
+    carried: bytes
+    extras: list[bytes]
+
+
+def lookup_many_memo_args(digests: list[bytes], carried: bytes, arrays: list[np.ndarray],
+                          extras) -> tuple[dict, list[memoryview]]:
+    """A memo ``lookup_many``'s args (``digests``: every prompt's digest back to back,
+    ``carried``: one byte a prompt, 1 when its tokens come) and payload (the carried
+    prompts' token arrays, from their own memory)."""
+    args = {"digests": b"".join(digests), "carried": carried}
+    if any(extras):
+        args["extra"] = [bytes(e) for e in extras]
+    return args, [memoryview(a).cast("B") for a, flag in zip(arrays, carried) if flag]
+
+
+def lookup_many_memo_request(args: dict, sizes: list[int]) -> MemoLookups:
+    """Check a memo ``lookup_many`` before its payload is read (InvalidArgument: digests
+    not bytes of whole digests, more than ``MAX_LOOKUPS`` prompts, ``carried`` not one
+    0/1 byte a prompt or not one 1 a segment, ``extra`` of another length)."""
+    raw = args.get("digests")
+    if not isinstance(raw, bytes) or len(raw) % DIGEST_BYTES:
+        raise InvalidArgument(f"digests must be bytes of {DIGEST_BYTES}-byte digests")
+    count = len(raw) // DIGEST_BYTES
+    if count > MAX_LOOKUPS:
+        raise InvalidArgument(f"at most {MAX_LOOKUPS} token arrays in one lookup_many")
+    carried = args.get("carried")
+    if not isinstance(carried, bytes) or len(carried) != count or \
+            carried.translate(None, b"\x00\x01"):
+        raise InvalidArgument("carried must be bytes of one 0 or 1 per digest")
+    if carried.count(1) != len(sizes):
+        raise InvalidArgument("lookup_many carries one segment per prompt marked in carried")
+    _whole_tokens(sizes)
+    digests = [raw[i : i + DIGEST_BYTES] for i in range(0, len(raw), DIGEST_BYTES)]
+    return MemoLookups(digests, carried, _extras(args, count))
 
 
 def encode_hint(hint: PrefixHint) -> dict:

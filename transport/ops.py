@@ -20,12 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-
-import numpy as np
 
 from kvstore.errors import (
     InvalidArgument,
@@ -44,6 +41,7 @@ from kvstore.transport import messages as m
 from kvstore.transport.auth import TokenAuth
 from kvstore.transport.cluster_hook import ClusterHook
 from kvstore.transport.limits import Limits
+from kvstore.transport.lookup_batch import read_lookups
 from kvstore.transport.messages import Op, Reply, Request
 from kvstore.transport.session import Payload, Session, WrittenPrefix
 from kvstore.transport.stats_wire import ServerStats, stats_to_wire
@@ -155,6 +153,7 @@ class StoreOps:
             log.debug("released %d leases of %s", len(session.leases), session.peer)
         session.leases.clear()
         session.written.clear()
+        session.prompts = None
 
     def _tokens(self, req: Request):
         tokens = m.decode_tokens(req.args)
@@ -229,14 +228,9 @@ class StoreOps:
 
     async def lookup_many(self, session: Session, req: Request, payload: Payload,
                           spec: NamespaceSpec | None) -> Outcome:
-        """The cached prefix of each of many token arrays (the payload's segments) of one
-        namespace, in one reply."""
-        extras = m.lookup_many_request(req.args, req.sizes)
-        self.limits.check_tokens(sum(req.sizes) // 4)
-        tokens = np.empty(sum(req.sizes) // 4, dtype=np.uint32)
-        await payload.read_rest_into(memoryview(tokens).cast("B"))
-        ends = list(itertools.accumulate(size // 4 for size in req.sizes))
-        batch = [tokens[end - size // 4 : end] for end, size in zip(ends, req.sizes)]
+        """The cached prefix of each of many token arrays of one namespace, in one reply
+        (the arrays: the payload's segments, or the connection's prompt memo's)."""
+        batch, extras = await read_lookups(session, req, payload, self.limits)
         hits = self.store.lookup_many(req.ns, batch, extras)
         if self.cluster is not None:
             hits = [await self.cluster.lookup(session, spec, req.ns, t, e, n)

@@ -2,7 +2,7 @@
 
 ``Session`` holds what the connection said (hello, tenant, client name) and
 what it holds (registered namespaces, leases: released when the connection
-ends). ``Payload`` reads the declared segments of the current request, in
+ends; the prompt memo of ``lookup_many``, ``transport.prompt_memo``). ``Payload`` reads the declared segments of the current request, in
 order; a read that fails marks it ``broken`` (the stream position is lost and
 the connection must end).
 """
@@ -16,6 +16,7 @@ import numpy as np
 from kvstore.errors import ProtocolError
 from kvstore.namespace_spec import NamespaceSpec
 from kvstore.store_api import Lease
+from kvstore.transport.prompt_memo import PromptMemo
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Session:
     leases: dict[int, Lease] = dataclasses.field(default_factory=dict)  # held by this session
     written: dict[int, WrittenPrefix] = dataclasses.field(default_factory=dict)  # write lease id ->
     pass_fds: list[int] = dataclasses.field(default_factory=list)  # shm: sent with the next reply
+    prompts: PromptMemo | None = None  # lookup_many's prompt memo, made on first use
 
 
 class Payload:

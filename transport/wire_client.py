@@ -10,12 +10,13 @@ a tensor handed in by the caller is filled without an intermediate copy.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 
 import numpy as np
 
-from kvstore.errors import InvalidArgument, NotFound, ProtocolError
+from kvstore.errors import InvalidArgument, NotFound, ProtocolError, UnknownPrompt
 from kvstore.namespace_spec import NamespaceSpec
 from kvstore.store_api import Alloc, PrefixHint
 from kvstore.tokens import as_tokens, full_blocks
@@ -27,7 +28,9 @@ from kvstore.transport.messages import (
     encode_hint,
     encode_tokens,
     lookup_many_args,
+    lookup_many_memo_args,
 )
+from kvstore.transport.prompt_memo import PromptMirror, advertised_bound, digests
 from kvstore.transport.stats_wire import RemoteStats, stats_from_wire
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,13 @@ def default_alloc(nbytes: int):
     return np.empty(nbytes, dtype=np.uint8)
 
 
+def _hits(reply) -> list:
+    hits = reply.result.get("tokens")
+    if not isinstance(hits, list):
+        raise ProtocolError("lookup_many reply without its answers")
+    return hits
+
+
 class WireOps:
     def __init__(self, conn: Connection):
         self.conn = conn
@@ -45,6 +55,8 @@ class WireOps:
         self.specs: dict[bytes, NamespaceSpec] = {}
         self._no_hints_until = 0.0  # a daemon that predates ``hint`` said so
         self._no_lookup_many_until = 0.0  # ... or ``lookup_many``
+        self._prompts: PromptMirror | None = None  # lookup_many's prompt memo, as the daemon has it
+        self._prompts_lock = threading.Lock()  # threads share a sync client: one plan at a time
 
     # -- namespaces -----------------------------------------------------------
     async def register(self, spec: NamespaceSpec) -> bytes:
@@ -80,8 +92,10 @@ class WireOps:
     async def lookup_many(self, ns: bytes, tokens_list: Sequence,
                           extras: Sequence[bytes] | None = None) -> list[int]:
         """Op ``lookup_many``: one round trip per ``max_tokens`` tokens (and ``MAX_LOOKUPS``
-        arrays). A daemon older than the op answers "unknown op": single lookups then,
-        without asking again for ``HINTS_RETRY_S`` seconds."""
+        arrays). A prompt already sent on this connection goes as its digest when the
+        daemon keeps a prompt memo (``transport.prompt_memo``). A daemon older than the op
+        answers "unknown op": single lookups then, without asking again for
+        ``HINTS_RETRY_S`` seconds."""
         arrays = [as_tokens(t) for t in tokens_list]
         extras = list(extras) if extras is not None else [b""] * len(arrays)
         if len(extras) != len(arrays):
@@ -109,8 +123,7 @@ class WireOps:
     async def _lookup_chunk(self, ns: bytes, arrays: list, extras: list) -> list[int]:
         if time.monotonic() >= self._no_lookup_many_until:
             try:
-                args, tokens = lookup_many_args(arrays, extras)
-                reply = await self.conn.request(Op.LOOKUP_MANY, ns, args, payloads=tokens)
+                hits = await self._lookup_many(ns, arrays, extras)
             except ProtocolError as exc:
                 if "unknown op" not in str(exc):
                     raise
@@ -118,12 +131,52 @@ class WireOps:
                 log.info("the daemon at %s does not know lookup_many; single lookups",
                          self.conn.url)
             else:
-                hits = reply.result.get("tokens")
-                if not isinstance(hits, list) or len(hits) != len(arrays) or \
-                        not all(isinstance(n, int) for n in hits):
+                if len(hits) != len(arrays) or not all(isinstance(n, int) for n in hits):
                     raise ProtocolError("lookup_many reply does not match the request")
                 return hits
         return [await self.lookup(ns, arr, extra) for arr, extra in zip(arrays, extras)]
+
+    def _mirror(self) -> PromptMirror | None:
+        """This connection's prompt mirror; None (a plain request) while the daemon's memo
+        is unknown (not connected yet), off, or not offered (a daemon that predates it)."""
+        bound = advertised_bound(self.conn.hello) if self.conn.connected else 0
+        if not bound:
+            return None
+        mirror = self._prompts
+        if mirror is None or mirror.generation != self.conn.generation \
+                or mirror.max_tokens != bound:  # a new session: its memo is empty
+            mirror = self._prompts = PromptMirror(bound, self.conn.generation)
+        return mirror
+
+    async def _lookup_many(self, ns: bytes, arrays: list, extras: list) -> list:
+        """One ``lookup_many`` request's answers: a memo request when the daemon keeps a
+        prompt memo (prompts it holds go as digests), else every prompt's tokens."""
+        mirror = self._mirror()
+        if mirror is None:
+            args, tokens = lookup_many_args(arrays, extras)
+            reply = await self.conn.request(Op.LOOKUP_MANY, ns, args, payloads=tokens)
+            return _hits(reply)
+        keys = digests(arrays)
+        try:
+            return await self._memo_request(ns, mirror, keys, arrays, extras, False)
+        except UnknownPrompt:  # the daemon lost them (restarted, evicted): every token, once
+            return await self._memo_request(ns, mirror, keys, arrays, extras, True)
+
+    async def _memo_request(self, ns: bytes, mirror: PromptMirror, keys: list[bytes],
+                            arrays: list, extras: list, resend: bool) -> list:
+        """A memo request planned on ``mirror``. Requests of other threads or tasks may
+        reach the daemon in another order than they were planned: a digest it then lacks is
+        ``UnknownPrompt`` and a resend, never a wrong answer (a digest names its tokens)."""
+        with self._prompts_lock:
+            carried = mirror.plan(keys, arrays, resend)
+        args, tokens = lookup_many_memo_args(keys, carried, arrays, extras)
+        try:
+            reply = await self.conn.request(Op.LOOKUP_MANY, ns, args, payloads=tokens)
+        except BaseException:  # the daemon may not have walked the batch as planned
+            with self._prompts_lock:
+                mirror.clear()  # holding fewer than the memo never sends an unknown digest
+            raise
+        return _hits(reply)
 
     def _blocks(self, ns: bytes, tokens, payloads: Sequence) -> tuple[np.ndarray, list]:
         block_bytes, block_tokens = self._geometry(ns)

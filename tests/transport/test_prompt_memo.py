@@ -1,0 +1,120 @@
+"""The prompt memo's parts in process: the token-bounded LRU, the daemon's memo, the
+client's mirror planning what the memo holds, and the memo request's wire checks."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from kvstore.errors import InvalidArgument, UnknownPrompt
+from kvstore.transport.messages import (
+    MAX_LOOKUPS,
+    lookup_many_memo_args,
+    lookup_many_memo_request,
+)
+from kvstore.transport.prompt_memo import (
+    PromptMemo,
+    PromptMirror,
+    TokenLRU,
+    advertised_bound,
+    digest,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def prompt(seed: int, n: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 1 << 30, n, dtype=np.uint32)
+
+
+def test_the_lru_holds_prompts_by_their_tokens():
+    lru: TokenLRU[str] = TokenLRU(100)
+    lru.put(b"a", 40, "A")
+    lru.put(b"b", 40, "B")
+    assert lru.get(b"a") == "A" and lru.tokens == 80  # a is now the most recent
+    lru.put(b"c", 40, "C")  # 120 > 100: the least recent (b) goes
+    assert b"b" not in lru and lru.get(b"b") is None
+    assert lru.get(b"a") == "A" and lru.get(b"c") == "C" and lru.tokens == 80
+    lru.put(b"a", 10, "A2")  # put again: replaced, counted once
+    assert lru.get(b"a") == "A2" and lru.tokens == 50
+    lru.put(b"big", 101, "X")  # more than the whole bound: never held, nothing evicted
+    assert b"big" not in lru and len(lru) == 2
+    for i in range(200):  # an empty prompt costs one token: the count is bounded too
+        lru.put(i.to_bytes(16, "big"), 0, "")
+    assert len(lru) == 100 and lru.tokens == 100
+    lru.clear()
+    assert len(lru) == 0 and lru.tokens == 0
+
+
+def test_the_memo_resolves_digests_and_refuses_unknown_ones():
+    memo = PromptMemo(1000)
+    a, b = prompt(1, 300), prompt(2, 300)
+    da, db = digest(a), digest(b)
+    assert len(da) == 16 and da == digest(a.copy()) and da != db
+    got = memo.resolve([da, db], b"\x01\x01", [a, b])
+    assert [g is x for g, x in zip(got, (a, b))] == [True, True]
+    got = memo.resolve([db, da, db], b"\x00\x00\x00", [])  # digests alone, any order
+    assert [g is x for g, x in zip(got, (b, a, b))] == [True, True, True]
+    with pytest.raises(UnknownPrompt, match="prompt 1"):
+        memo.resolve([da, digest(prompt(3, 5))], b"\x00\x00", [])
+    assert len(memo) == 0  # emptied, as the client's mirror will be
+    # a prompt sent and named again in one request: in order, so the second finds it
+    assert [len(t) for t in memo.resolve([da, da], b"\x01\x00", [a])] == [300, 300]
+
+
+def test_the_mirror_predicts_the_memo():
+    """Random batches over a pool larger than the bound: the mirror plans, the memo walks
+    the request; no digest it sends alone is ever unknown, and both hold the same."""
+    seed = int(os.environ.get("KVSTORE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+    print(f"KVSTORE_TEST_SEED={seed}")
+    rng = np.random.default_rng(seed)
+    pool = [prompt(int(rng.integers(1 << 31)), int(n)) for n in rng.integers(0, 400, 40)]
+    digests = [digest(p) for p in pool]
+    memo, mirror = PromptMemo(2000), PromptMirror(2000, generation=1)
+    alone = 0
+    for _ in range(300):
+        pick = rng.integers(0, len(pool), int(rng.integers(1, 12)))
+        keys, arrays = [digests[i] for i in pick], [pool[i] for i in pick]
+        carried = mirror.plan(keys, arrays)
+        sent = [a for a, flag in zip(arrays, carried) if flag]
+        got = memo.resolve(keys, carried, sent)
+        assert [np.array_equal(g, a) for g, a in zip(got, arrays)] == [True] * len(arrays)
+        assert list(mirror._entries) == list(memo._entries) and mirror.tokens == memo.tokens
+        alone += carried.count(0)
+    assert alone > 0  # the memo did save tokens
+    assert mirror.plan(digests[:3], pool[:3], resend=True) == b"\x01" * 3
+
+
+def test_the_memo_request_on_the_wire():
+    arrays = [prompt(1, 8), prompt(2, 4), prompt(3, 2)]
+    keys = [digest(a) for a in arrays]
+    args, payloads = lookup_many_memo_args(keys, b"\x01\x00\x01", arrays, [b"", b"", b""])
+    assert args == {"digests": b"".join(keys), "carried": b"\x01\x00\x01"}  # no extra: left out
+    assert [p.obj is a for p, a in zip(payloads, arrays[::2])] == [True, True]
+    req = lookup_many_memo_request(args, [32, 8])
+    assert req.digests == keys and req.carried == b"\x01\x00\x01" and req.extras == [b""] * 3
+    args, _ = lookup_many_memo_args(keys, b"\x01\x00\x01", arrays, [b"x", b"", b""])
+    assert lookup_many_memo_request(args, [32, 8]).extras == [b"x", b"", b""]
+    good = {"digests": b"".join(keys), "carried": b"\x01\x00\x01"}
+    for bad, sizes in (({**good, "digests": b"".join(keys)[:-1]}, [32, 8]),  # not whole
+                       ({**good, "digests": "x" * 48}, [32, 8]),  # not bytes
+                       ({**good, "carried": b"\x01\x00"}, [32, 8]),  # one short
+                       ({**good, "carried": b"\x01\x02\x01"}, [32, 8]),  # not 0/1
+                       ({**good, "carried": [1, 0, 1]}, [32, 8]),  # not bytes
+                       (good, [32]),  # a carried prompt without its segment
+                       (good, [32, 6]),  # not whole tokens
+                       ({**good, "extra": [b""]}, [32, 8]),
+                       ({"digests": b"\x00" * 16 * (MAX_LOOKUPS + 1),
+                         "carried": b"\x00" * (MAX_LOOKUPS + 1)}, [])):
+        with pytest.raises(InvalidArgument):
+            lookup_many_memo_request(bad, sizes)
+
+
+def test_the_bound_a_daemon_advertises():
+    assert advertised_bound({"limits": {"max_memo_tokens": 4096}}) == 4096
+    assert advertised_bound({"limits": {"max_tokens": 1}}) == 0  # a daemon before the memo
+    assert advertised_bound({}) == 0  # not connected yet
+    assert advertised_bound({"limits": {"max_memo_tokens": 0}}) == 0  # turned off
+    assert advertised_bound({"limits": {"max_memo_tokens": True}}) == 0

@@ -1,0 +1,61 @@
+"""The prompts of a ``lookup_many`` request as the daemon reads them: plain or memo.
+
+A plain request carries every prompt's tokens as a payload segment; a memo
+request (``digests`` in its args, ``transport.prompt_memo``) names every
+prompt by its digest and carries the tokens of some, the others coming from
+the connection's ``PromptMemo``. Either way the op gets each prompt's token
+array and extra, checked as before: at most ``MAX_LOOKUPS`` prompts, the
+segments' tokens against ``max_tokens`` before they are read, and every
+prompt's tokens (the memo's included) against it once resolved.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from kvstore.errors import InvalidArgument
+from kvstore.tokens import TOKEN_DTYPE
+from kvstore.transport import messages as m
+from kvstore.transport.channel import BULK_BYTES
+from kvstore.transport.limits import Limits
+from kvstore.transport.messages import Request
+from kvstore.transport.prompt_memo import PromptMemo
+from kvstore.transport.session import Payload, Session
+
+
+async def read_segments(payload: Payload, sizes: list[int]) -> list[np.ndarray]:
+    """The token arrays of every segment, read in one stream read into one buffer."""
+    if not sizes:
+        return []
+    width = TOKEN_DTYPE.itemsize
+    tokens = np.empty(sum(sizes) // width, dtype=TOKEN_DTYPE)
+    await payload.read_rest_into(memoryview(tokens).cast("B"))
+    ends = itertools.accumulate(size // width for size in sizes)
+    return [tokens[end - size // width : end] for end, size in zip(ends, sizes)]
+
+
+async def read_lookups(session: Session, req: Request, payload: Payload,
+                       limits: Limits) -> tuple[list[np.ndarray], list[bytes]]:
+    """Every prompt's token array and extra, in order (InvalidArgument, TooLarge,
+    ``UnknownPrompt``; the dispatcher skips what is left of the payload)."""
+    if "digests" not in req.args:
+        extras = m.lookup_many_request(req.args, req.sizes)
+        limits.check_tokens(sum(req.sizes) // TOKEN_DTYPE.itemsize)
+        return await read_segments(payload, req.sizes), extras
+    if not limits.max_memo_tokens:
+        raise InvalidArgument("this daemon keeps no prompt memo (max_memo_tokens is 0)")
+    memo_req = m.lookup_many_memo_request(req.args, req.sizes)
+    limits.check_tokens(sum(req.sizes) // TOKEN_DTYPE.itemsize)
+    # each carried prompt is its own array: the memo keeps it without the rest of the batch
+    if sum(req.sizes) >= BULK_BYTES:  # a bulk read scatters them into place (no copy)
+        segments = [np.empty(size // TOKEN_DTYPE.itemsize, TOKEN_DTYPE) for size in req.sizes]
+        await payload.read_segments(segments)
+    else:  # one stream read and a copy each (cheaper than a socket read each)
+        segments = [np.array(s) for s in await read_segments(payload, req.sizes)]
+    if session.prompts is None:
+        session.prompts = PromptMemo(limits.max_memo_tokens)
+    batch = session.prompts.resolve(memo_req.digests, memo_req.carried, segments)
+    limits.check_tokens(sum(map(len, batch)))
+    return batch, memo_req.extras

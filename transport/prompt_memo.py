@@ -1,0 +1,159 @@
+"""The prompt memo of ``lookup_many``: a prompt sent once on a connection travels as a digest.
+
+A scheduler asks about the same waiting requests step after step; sending
+each one's tokens every step (64 prompts of 4,096 tokens: 1 MiB a call) costs
+more than the lookups themselves. So each connection has a memo:
+
+* the daemon's ``PromptMemo`` (one per ``Session``): digest -> token array,
+  an LRU bounded by its tokens (``Limits.max_memo_tokens``, counted against
+  nothing else). A memo request names every prompt by its digest and says
+  which prompts come with their tokens (payload segments): those are
+  (re)inserted, the others are resolved from the memo. A digest it does not
+  hold is ``UnknownPrompt`` (and the memo is emptied, as the client's mirror
+  will be);
+* the client's ``PromptMirror`` (one per connection, emptied on reconnect):
+  the same LRU over the same bound, holding digests and lengths only. The
+  client plans each request on it, in the order the daemon processes it, so
+  it sends a digest alone exactly when the daemon still holds its tokens.
+
+Both walk one batch in order with the same ``TokenLRU``, so the mirror
+predicts the memo; when it cannot (the daemon restarted, a request failed)
+the answer is ``UnknownPrompt``, never a wrong hit: the client empties its
+mirror and resends that request with every prompt's tokens. The daemon does
+not check a digest against its tokens: a client that lies confuses only its
+own answers (the memo belongs to one connection; nothing crosses them).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+
+import numpy as np
+import xxhash
+
+from kvstore.errors import UnknownPrompt
+
+V = TypeVar("V")
+
+
+def digest(tokens: np.ndarray) -> bytes:
+    """The 16-byte xxh3_128 digest of a token array's bytes (contiguous little-endian uint32)."""
+    return xxhash.xxh3_128_digest(tokens)
+
+
+def digests(arrays: Sequence[np.ndarray]) -> list[bytes]:
+    """``digest`` of each array (one C call each, no Python frame between)."""
+    return list(map(xxhash.xxh3_128_digest, arrays))
+
+
+class TokenLRU(Generic[V]):
+    """digest -> value, least recently used first out, bounded by the entries' tokens.
+
+    An entry costs its prompt's tokens (at least 1, so empty prompts are
+    bounded too); a prompt costlier than the whole bound is never held.
+    """
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = max_tokens
+        self.tokens = 0  # the cost of the entries held
+        self._entries: OrderedDict[bytes, tuple[int, V]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._entries
+
+    def put(self, key: bytes, length: int, value: V) -> None:
+        """Hold ``value`` (most recent), evicting the least recent until it fits."""
+        cost = length if length > 0 else 1
+        entries = self._entries
+        if key in entries:
+            self.tokens -= entries.pop(key)[0]
+        if cost > self.max_tokens:
+            return
+        tokens = self.tokens + cost
+        while tokens > self.max_tokens:
+            tokens -= entries.popitem(last=False)[1][0]
+        entries[key] = (cost, value)
+        self.tokens = tokens
+
+    def get(self, key: bytes) -> V | None:
+        """The value held for ``key`` (now the most recent), or None."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.tokens = 0
+
+
+class PromptMemo(TokenLRU[np.ndarray]):
+    """The daemon's memo of one connection: digest -> the token array sent with it."""
+
+    def resolve(self, digests: Sequence[bytes], carried: bytes,
+                arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Every prompt's tokens, in order: ``arrays`` (the segments) for the prompts whose
+        ``carried`` flag is 1 (held from now on), the memo's for the others.
+        ``UnknownPrompt`` (the memo emptied) for a digest it does not hold."""
+        out: list[np.ndarray] = []
+        segments = iter(arrays)
+        entries, touch = self._entries, self._entries.move_to_end
+        for i, (key, flag) in enumerate(zip(digests, carried)):
+            if flag:
+                tokens = next(segments)
+                self.put(key, len(tokens), tokens)
+                out.append(tokens)
+                continue
+            entry = entries.get(key)
+            if entry is None:
+                self.clear()
+                raise UnknownPrompt(f"lookup_many: prompt {i}'s digest is not in this "
+                                    "connection's memo (never sent here, or evicted): "
+                                    "send its tokens")
+            touch(key)  # ``get``, inline: this loop runs once a prompt a scheduler step
+            out.append(entry[1])
+        return out
+
+
+class PromptMirror(TokenLRU[bool]):
+    """The client's mirror of its connection's ``PromptMemo``: which digests it holds.
+
+    ``generation`` is the connection's (``Connection.generation``) the mirror
+    describes: a reconnect starts a new session with an empty memo.
+    """
+
+    def __init__(self, max_tokens: int, generation: int):
+        super().__init__(max_tokens)
+        self.generation = generation
+
+    def plan(self, digests: Sequence[bytes], arrays: Sequence[np.ndarray],
+             resend: bool = False) -> bytes:
+        """The ``carried`` flags of a request naming ``digests`` of ``arrays`` (1: send the
+        tokens), as the daemon will walk it: a prompt it holds goes as its digest alone
+        (``resend``: none does, every prompt's tokens go)."""
+        carried = bytearray(len(digests))
+        touch = self._entries.move_to_end
+        for i, key in enumerate(digests):
+            if not resend:
+                try:
+                    touch(key)  # held: now the most recent, as the memo's ``get`` makes it
+                    continue
+                except KeyError:
+                    pass
+            carried[i] = 1
+            self.put(key, len(arrays[i]), True)
+        return bytes(carried)
+
+
+def advertised_bound(hello: dict) -> int:
+    """The daemon's ``max_memo_tokens`` from its hello reply's limits (0: no memo, as
+    from a daemon that predates it or has it off)."""
+    limits = hello.get("limits")
+    bound = limits.get("max_memo_tokens", 0) if isinstance(limits, dict) else 0
+    return bound if isinstance(bound, int) and not isinstance(bound, bool) and bound > 0 else 0

@@ -27,8 +27,12 @@ Ops (each compared with the baselines' op of the same name):
   more than the copy: compare ``get`` with ``get_into``. Both new buffers
   are numpy's (transparent huge pages); the baseline's source and
   destination both start 16 bytes past a page, ``ns.get``'s arena slots and
-  result on one (``client.namespace.host_empty``): the same relative
-  alignment, so neither copy pays the 4 KiB-aliasing penalty.
+  result on one: the same relative alignment, so neither copy pays the
+  4 KiB-aliasing penalty. ``ns.get``'s memory comes from
+  ``client.host_buffers`` (the memory of results the caller dropped, pages
+  still mapped): here each result is dropped before the next call, as an
+  engine drops a loaded prefix, so only the baseline pays the faults; the
+  ``get_into`` rows are the comparison without them.
 * ``put``: ``ns.put`` of one batch under new tokens each time (nothing is
   cached, so every byte is stored), from the caller's tensor.
 * ``put_paged`` / ``get_paged`` (carriers ``embedded`` and ``shm``): the

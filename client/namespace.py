@@ -13,7 +13,6 @@ A daemon that cannot be reached is a miss unless ``strict``
 
 from __future__ import annotations
 
-import mmap
 import threading
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 
 from kvstore.availability import SoftFailures
 from kvstore.client.codec import BlockCodec
+from kvstore.client.host_buffers import host_empty
 from kvstore.errors import InvalidArgument, LayoutMismatch
 from kvstore.layout import KVLayout
 from kvstore.namespace_spec import NamespaceSpec
@@ -50,35 +50,6 @@ class _LazyBlocks:
         out = self._staging[i * self._size : (i + 1) * self._size]
         self._encode(i, out)
         return out
-
-
-HUGE_PAGE = 2 << 20
-
-
-def host_empty(shape, dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised CPU tensor whose memory numpy allocated, page-aligned.
-
-    ``ns.get`` returns a new tensor every call, so its pages are new each time,
-    and the first write of each page faults. numpy asks the kernel for
-    transparent huge pages on large allocations (``madvise(MADV_HUGEPAGE)``),
-    torch's allocator does not: filling a new 64 MiB buffer ran at 5.2 GB/s
-    from numpy against 1.3 GB/s from ``torch.empty`` on this VM (and 8 GB/s
-    into a kept one).
-
-    The tensor starts on a page boundary (a huge-page boundary from 2 MiB on),
-    as arena slots do: malloc's large blocks start 16 bytes past one, and a
-    copy from a page-aligned slot into a destination 16 bytes further on
-    (mod 4 KiB) runs at about half speed on this CPU (its loads alias the
-    stores just made: a 64 MiB get into such a buffer ran at 3.5 GB/s, into a
-    2 MiB-aligned one at 5.6 GB/s, in one run). The tensor owns the array's
-    memory (``torch.from_numpy``; the unused head of the allocation is never
-    touched, so it costs address space, not memory).
-    """
-    nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
-    align = HUGE_PAGE if nbytes >= HUGE_PAGE else mmap.PAGESIZE
-    raw = np.empty(nbytes + align, dtype=np.uint8)
-    start = -raw.ctypes.data % align
-    return torch.from_numpy(raw[start : start + nbytes]).view(dtype).view(shape)
 
 
 class ReceiveBuffer:

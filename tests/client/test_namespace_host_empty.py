@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kvstore.client.namespace import host_empty
+from kvstore.client.host_buffers import host_empty
 
 pytestmark = pytest.mark.unit
 

@@ -16,7 +16,7 @@ import torch
 
 from kvstore import KVLayout
 from kvstore.client import KVClient, paged_io
-from kvstore.client.namespace import HUGE_PAGE, host_empty
+from kvstore.client.host_buffers import HUGE_PAGE, host_empty
 from kvstore.kernels import EngineKind, EngineLayout
 
 pytestmark = pytest.mark.unit

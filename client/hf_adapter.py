@@ -167,7 +167,7 @@ class HFPrefixCache:
 
     # -- the kernels' path (a GPU model; CPU tensors with a test timeline) ------------
     def _store_device(self, tokens, cache, n: int, tl) -> int:
-        from kvstore.client.transfer import save_rows
+        from kvstore.client.row_transfers import save_rows
         from kvstore.kernels import pack_hf
         from kvstore.tokens import as_tokens
 
@@ -181,7 +181,7 @@ class HFPrefixCache:
             lambda: save_rows(ns, as_tokens(tokens)[:n], b"", n // T, pack, tl), 0)
 
     def _restore_device(self, tokens, limit: int, buffer: KVBuffer, tl) -> int:
-        from kvstore.client.transfer import load_rows
+        from kvstore.client.row_transfers import load_rows
         from kvstore.kernels import unpack_hf
         from kvstore.tokens import as_tokens
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kvstore.errors import InvalidArgument, UnknownPrompt
+from kvstore.prefix_index.query_bytes import query_bytes
 from kvstore.transport.messages import (
     MAX_LOOKUPS,
     lookup_many_memo_args,
@@ -56,12 +57,44 @@ def test_the_memo_resolves_digests_and_refuses_unknown_ones():
     got = memo.resolve([da, db], b"\x01\x01", [a, b])
     assert [g is x for g, x in zip(got, (a, b))] == [True, True]
     got = memo.resolve([db, da, db], b"\x00\x00\x00", [])  # digests alone, any order
-    assert [g is x for g, x in zip(got, (b, a, b))] == [True, True, True]
+    assert [np.array_equal(g, x) for g, x in zip(got, (b, a, b))] == [True, True, True]
+    assert got[0] is got[2]  # one copy each, kept
     with pytest.raises(UnknownPrompt, match="prompt 1"):
         memo.resolve([da, digest(prompt(3, 5))], b"\x00\x00", [])
     assert len(memo) == 0  # emptied, as the client's mirror will be
     # a prompt sent and named again in one request: in order, so the second finds it
     assert [len(t) for t in memo.resolve([da, da], b"\x01\x00", [a])] == [300, 300]
+
+
+def test_memo_prompts_view_their_buffer_until_asked_again():
+    """Carried prompts stay views of their request's one buffer (no copy); the first
+    request naming one by digest copies it into its own bytes, which a tree walk takes
+    as they are; a buffer less than half viewed has its prompts copied out."""
+    memo = PromptMemo(1000)
+    buf = np.concatenate([prompt(1, 300), prompt(2, 300)])
+    a, b = buf[:300], buf[300:]
+    da, db = digest(a), digest(b)
+    got = memo.resolve([da, db], b"\x01\x01", [a, b])
+    assert got[0] is a and got[1] is b  # as they came: no copy
+    hit = memo.resolve([da], b"\x00", [])[0]
+    assert hit is not a and np.array_equal(hit, a) and not np.shares_memory(hit, buf)
+    assert query_bytes(hit) is hit.base and type(hit.base) is bytes  # walked without a copy
+    assert query_bytes(b) == b.tobytes()  # a view: its bytes made for the walk
+    # b alone views the buffer now: half of it, kept; evict a, and b is copied out
+    assert memo.resolve([db], b"\x00", [])[0] is not b  # b asked again: its own bytes too
+    memo = PromptMemo(1000)
+    c_buf = np.concatenate([prompt(3, 100), prompt(4, 400), prompt(5, 100)])
+    parts = [c_buf[:100], c_buf[100:500], c_buf[500:]]
+    keys = [digest(p) for p in parts]
+    memo.resolve(keys, b"\x01\x01\x01", parts)
+    x, y = prompt(6, 450), prompt(7, 400)
+    memo.resolve([digest(x)], b"\x01", [x])  # evicts the first part: 500 of 600 still view
+    held = [memo._entries[k][1] for k in keys if k in memo]
+    assert len(held) == 2 and all(h.base is c_buf for h in held)
+    memo.resolve([digest(y)], b"\x01", [y])  # evicts the 400: 100 of 600, under half
+    (left,) = [memo._entries[k][1] for k in keys if k in memo]
+    assert type(left.base) is bytes and not memo._buffers  # copied out, the buffer let go
+    assert np.array_equal(left, parts[2]) and memo.tokens == 950
 
 
 def test_the_mirror_predicts_the_memo():

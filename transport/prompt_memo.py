@@ -140,15 +140,21 @@ class PromptMemo(TokenLRU[np.ndarray]):
         segments = iter(arrays)
         entries, put, buffers = self._entries, self._put, self._buffers
         tokens = self.tokens
+        last, held = None, None  # the buffer of the previous carried prompt (the usual one)
+        # (a view's buffer is held while the prompt is)
         for i, (key, flag) in enumerate(zip(digests, carried)):
             if flag:
                 value = next(segments)
                 base = value.base
-                if base is not None:  # a view: its buffer is held while the prompt is
-                    held = buffers.get(id(base))
-                    if held is None:
-                        held = buffers[id(base)] = [base, 0]
+                if base is not None and len(value) <= self.max_tokens:  # a view held:
+                    if base is not last:
+                        held = buffers.get(id(base))
+                        if held is None:
+                            held = buffers[id(base)] = [base, 0]
+                        last = base
                     held[1] += len(value)
+                elif base is not None:  # never held (over the bound): its buffer is checked
+                    self._touched.add(id(base))
                 tokens = put(key, len(value), value, tokens)
                 out.append(value)
                 continue
@@ -181,6 +187,8 @@ class PromptMemo(TokenLRU[np.ndarray]):
         than half of them view."""
         buffers = self._buffers
         for ident in self._touched:
+            if ident not in buffers:  # no prompt held views it
+                continue
             base, views = buffers[ident]
             if views and 2 * views < base.nbytes // TOKEN_DTYPE.itemsize:
                 for key, (cost, value) in list(self._entries.items()):

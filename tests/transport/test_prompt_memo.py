@@ -95,6 +95,10 @@ def test_memo_prompts_view_their_buffer_until_asked_again():
     (left,) = [memo._entries[k][1] for k in keys if k in memo]
     assert type(left.base) is bytes and not memo._buffers  # copied out, the buffer let go
     assert np.array_equal(left, parts[2]) and memo.tokens == 950
+    huge = np.concatenate([prompt(8, 1001), prompt(9, 10)])  # one part over the bound
+    memo.resolve([digest(huge[:1001]), digest(huge[1001:])], b"\x01\x01", [huge[:1001], huge[1001:]])
+    assert digest(huge[:1001]) not in memo and not memo._buffers  # 10 of 1011: copied out
+    assert type(memo._entries[digest(huge[1001:])][1].base) is bytes
 
 
 def test_the_mirror_predicts_the_memo():

@@ -155,3 +155,29 @@ def test_the_bound_a_daemon_advertises():
     assert advertised_bound({}) == 0  # not connected yet
     assert advertised_bound({"limits": {"max_memo_tokens": 0}}) == 0  # turned off
     assert advertised_bound({"limits": {"max_memo_tokens": True}}) == 0
+
+
+def test_the_memo_holds_at_most_twice_its_bound():
+    """Random requests carrying views of one buffer each and naming held prompts: the
+    buffers still held and the prompts' own bytes never exceed twice the bound, and every
+    prompt resolves to its tokens."""
+    seed = int(os.environ.get("KVSTORE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+    print(f"KVSTORE_TEST_SEED={seed}")
+    rng = np.random.default_rng(seed)
+    pool = [prompt(int(rng.integers(1 << 31)), int(n)) for n in rng.integers(1, 400, 40)]
+    keys = [digest(p) for p in pool]
+    memo, mirror = PromptMemo(2000), PromptMirror(2000, generation=1)
+    for _ in range(300):
+        picks = [int(i) for i in rng.choice(len(pool), int(rng.integers(1, 8)), replace=False)]
+        flags = mirror.plan([keys[i] for i in picks], [pool[i] for i in picks])
+        sent = [i for i, f in zip(picks, flags) if f]
+        buf = np.concatenate([pool[i] for i in sent]) if sent else None
+        ends = np.cumsum([len(pool[i]) for i in sent]) if sent else []
+        views = [buf[end - len(pool[i]) : end] for i, end in zip(sent, ends)]
+        got = memo.resolve([keys[i] for i in picks], flags, views)
+        assert all(np.array_equal(g, pool[i]) for g, i in zip(got, picks))
+        held = [v for _, v in memo._entries.values()]
+        owned = sum(v.nbytes for v in held if type(v.base) is bytes)
+        buffers = {id(v.base): v.base.nbytes for v in held if type(v.base) is not bytes}
+        assert set(buffers) == set(memo._buffers)
+        assert (owned + sum(buffers.values())) // 4 <= 2 * memo.max_tokens

@@ -27,7 +27,7 @@ own answers (the memo belongs to one connection; nothing crosses them).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -61,6 +61,8 @@ class TokenLRU(Generic[V]):
         self.max_tokens = max_tokens
         self.tokens = 0  # the cost of the entries held
         self._entries: OrderedDict[bytes, tuple[int, V]] = OrderedDict()
+        # called with each value evicted or replaced (the memo lets go of its buffer)
+        self._on_drop: Callable[[V], None] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -76,23 +78,22 @@ class TokenLRU(Generic[V]):
         """``put`` given the tokens held (``self.tokens`` as a batch's loop keeps it in a
         local): the tokens held after."""
         cost = length if length > 0 else 1
-        entries = self._entries
+        entries, dropped = self._entries, self._on_drop
         old = entries.pop(key, None)
         if old is not None:
             tokens -= old[0]
-            self._dropped(old[1])
+            if dropped is not None:
+                dropped(old[1])
         if cost > self.max_tokens:
             return tokens
         tokens += cost
         while tokens > self.max_tokens:
             gone = entries.popitem(last=False)[1]
             tokens -= gone[0]
-            self._dropped(gone[1])
+            if dropped is not None:
+                dropped(gone[1])
         entries[key] = (cost, value)
         return tokens
-
-    def _dropped(self, value: V) -> None:
-        """Called with each value evicted or replaced (the memo lets go of its buffer)."""
 
     def get(self, key: bytes) -> V | None:
         """The value held for ``key`` (now the most recent), or None."""
@@ -130,6 +131,7 @@ class PromptMemo(TokenLRU[np.ndarray]):
         # id(buffer) -> [buffer, the tokens of the held prompts viewing it]
         self._buffers: dict[int, list] = {}
         self._touched: set[int] = set()  # buffers that lost a viewing prompt this request
+        self._on_drop = self._dropped
 
     def resolve(self, digests: Sequence[bytes], carried: bytes,
                 arrays: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -26,6 +26,7 @@ own answers (the memo belongs to one connection; nothing crosses them).
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -95,6 +96,30 @@ class TokenLRU(Generic[V]):
         entries[key] = (cost, value)
         return tokens
 
+    def fresh(self, keys: Sequence[bytes]) -> bool:
+        """Whether ``keys`` are distinct and none is held (``_put_new`` may take them)."""
+        entries = self._entries
+        return not any(map(entries.__contains__, keys)) and len(set(keys)) == len(keys)
+
+    def _put_new(self, keys: Sequence[bytes], lengths, values) -> None:
+        """``put`` of each of ``fresh`` keys in order: every entry goes in, then the least
+        recent go until the rest fit. What the puts one by one leave (each keeps the longest
+        run of most recent entries that fits: no key goes out again to make room after the
+        fact), with one eviction pass instead of one a put."""
+        entries, dropped, bound = self._entries, self._on_drop, self.max_tokens
+        tokens = self.tokens
+        for key, length, value in zip(keys, lengths, values):
+            cost = length if length > 0 else 1
+            if cost <= bound:
+                entries[key] = (cost, value)
+                tokens += cost
+        while tokens > bound:
+            gone = entries.popitem(last=False)[1]
+            tokens -= gone[0]
+            if dropped is not None:
+                dropped(gone[1])
+        self.tokens = tokens
+
     def get(self, key: bytes) -> V | None:
         """The value held for ``key`` (now the most recent), or None."""
         entry = self._entries.get(key)
@@ -138,25 +163,19 @@ class PromptMemo(TokenLRU[np.ndarray]):
         """Every prompt's tokens, in order: ``arrays`` (the segments, views of one buffer)
         for the prompts whose ``carried`` flag is 1 (held from now on), the memo's for the
         others. ``UnknownPrompt`` (the memo emptied) for a digest it does not hold."""
+        self._hold_views(arrays)
+        if len(arrays) == len(digests) and self.fresh(digests):  # all new: one eviction pass
+            self._put_new(digests, map(len, arrays), arrays)
+            if self._touched:
+                self._release()
+            return list(arrays)
         out: list[np.ndarray] = []
         segments = iter(arrays)
-        entries, put, buffers = self._entries, self._put, self._buffers
+        entries, put = self._entries, self._put
         tokens = self.tokens
-        last, held = None, None  # the buffer of the previous carried prompt (the usual one)
-        # (a view's buffer is held while the prompt is)
         for i, (key, flag) in enumerate(zip(digests, carried)):
             if flag:
                 value = next(segments)
-                base = value.base
-                if base is not None and len(value) <= self.max_tokens:  # a view held:
-                    if base is not last:
-                        held = buffers.get(id(base))
-                        if held is None:
-                            held = buffers[id(base)] = [base, 0]
-                        last = base
-                    held[1] += len(value)
-                elif base is not None:  # never held (over the bound): its buffer is checked
-                    self._touched.add(id(base))
                 tokens = put(key, len(value), value, tokens)
                 out.append(value)
                 continue
@@ -177,6 +196,26 @@ class PromptMemo(TokenLRU[np.ndarray]):
         if self._touched:
             self._release()
         return out
+
+    def _hold_views(self, arrays: Sequence[np.ndarray]) -> None:
+        """Count the carried prompts that view a buffer against it (before they are put:
+        a prompt evicted or replaced is counted off), and check the buffer of those never
+        held (over the bound)."""
+        buffers, bound = self._buffers, self.max_tokens
+        last, held = None, None  # the buffer of the previous prompt (the usual one)
+        for value in arrays:
+            base = value.base
+            if base is None:
+                continue
+            if len(value) > bound:  # never held: its buffer is checked
+                self._touched.add(id(base))
+                continue
+            if base is not last:
+                held = buffers.get(id(base))
+                if held is None:
+                    held = buffers[id(base)] = [base, 0]
+                last = base
+            held[1] += len(value)
 
     def _dropped(self, value: np.ndarray) -> None:
         base = value.base
@@ -223,8 +262,11 @@ class PromptMirror(TokenLRU[bool]):
         """The ``carried`` flags of a request naming ``digests`` of ``arrays`` (1: send the
         tokens), as the daemon will walk it: a prompt it holds goes as its digest alone
         (``resend``: none does, every prompt's tokens go)."""
-        carried = bytearray(len(digests))
         entries, put = self._entries, self._put
+        if self.fresh(digests):  # all new (or resent to an emptied memo): one eviction pass
+            self._put_new(digests, map(len, arrays), itertools.repeat(True))
+            return b"\x01" * len(digests)
+        carried = bytearray(len(digests))
         tokens = self.tokens
         for i, key in enumerate(digests):
             if not resend and key in entries:

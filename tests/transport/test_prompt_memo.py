@@ -181,3 +181,27 @@ def test_the_memo_holds_at_most_twice_its_bound():
         buffers = {id(v.base): v.base.nbytes for v in held if type(v.base) is not bytes}
         assert set(buffers) == set(memo._buffers)
         assert (owned + sum(buffers.values())) // 4 <= 2 * memo.max_tokens
+
+
+def test_a_batch_of_new_entries_leaves_what_puts_one_by_one_leave():
+    """``_put_new`` (one eviction pass) of ``fresh`` keys against ``put`` after ``put``: the
+    same entries, in the same order, the same tokens, over random batches (ones over the
+    bound among them; batches with repeats or held keys are put one by one)."""
+    seed = int(os.environ.get("KVSTORE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+    print(f"KVSTORE_TEST_SEED={seed}")
+    rng = np.random.default_rng(seed)
+    one, batch = TokenLRU(1000), TokenLRU(1000)
+    for _ in range(200):
+        keys = [int(k).to_bytes(16, "big") for k in rng.integers(0, 60, int(rng.integers(1, 12)))]
+        lengths = [int(n) for n in rng.integers(0, 1100, len(keys))]
+        fresh = batch.fresh(keys)
+        assert fresh == (len(set(keys)) == len(keys) and not any(k in one for k in keys))
+        for key, n in zip(keys, lengths):
+            one.put(key, n, n)
+        if fresh:
+            batch._put_new(keys, lengths, lengths)
+        else:
+            for key, n in zip(keys, lengths):
+                batch.put(key, n, n)
+        assert list(one._entries.items()) == list(batch._entries.items())
+        assert one.tokens == batch.tokens <= 1000

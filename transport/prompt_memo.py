@@ -6,7 +6,8 @@ more than the lookups themselves. So each connection has a memo:
 
 * the daemon's ``PromptMemo`` (one per ``Session``): digest -> token array,
   an LRU bounded by its tokens (``Limits.max_memo_tokens``, counted against
-  nothing else). A memo request names every prompt by its digest and says
+  nothing else; the memory it keeps is at most twice that: ``PromptMemo``).
+  A memo request names every prompt by its digest and says
   which prompts come with their tokens (payload segments): those are
   (re)inserted, the others are resolved from the memo. A digest it does not
   hold is ``UnknownPrompt`` (and the memo is emptied, as the client's mirror

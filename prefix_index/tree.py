@@ -26,6 +26,7 @@ import numpy as np
 from kvstore.errors import InvalidArgument
 from kvstore.prefix_index.block import BlockMeta
 from kvstore.prefix_index.node import RadixNode
+from kvstore.prefix_index.query_bytes import query_bytes
 from kvstore.tokens import TOKEN_DTYPE, as_tokens
 
 _EMPTY = np.empty(0, dtype=TOKEN_DTYPE)
@@ -130,15 +131,16 @@ class RadixTree:
         ``query`` must already be 1-D uint32 (``as_tokens``): this is the hot
         path of lookups (one per waiting request and scheduler step), so it
         walks the same edges as ``match`` but collects no blocks and touches
-        nothing: the query's bytes are made once, and each edge is compared
-        with one ``memcmp`` against the node's kept ``edge_bytes``.
+        nothing: the query's bytes are made once (none are made for a query
+        that views a whole ``bytes`` object: ``query_bytes``), and each edge is
+        compared with one ``memcmp`` against the node's kept ``edge_bytes``.
         """
         node = self._roots.get(extra)
         if node is None:
             return 0
         bt = self.block_tokens
         step = bt * TOKEN_DTYPE.itemsize  # one block's bytes
-        raw = query.tobytes()
+        raw = query_bytes(query)
         end = (len(raw) // step) * step  # whole blocks only
         at = 0
         while at < end:

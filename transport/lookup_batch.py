@@ -18,7 +18,6 @@ import numpy as np
 from kvstore.errors import InvalidArgument
 from kvstore.tokens import TOKEN_DTYPE
 from kvstore.transport import messages as m
-from kvstore.transport.channel import BULK_BYTES
 from kvstore.transport.limits import Limits
 from kvstore.transport.messages import Request
 from kvstore.transport.prompt_memo import PromptMemo
@@ -48,12 +47,7 @@ async def read_lookups(session: Session, req: Request, payload: Payload,
         raise InvalidArgument("this daemon keeps no prompt memo (max_memo_tokens is 0)")
     memo_req = m.lookup_many_memo_request(req.args, req.sizes)
     limits.check_tokens(sum(req.sizes) // TOKEN_DTYPE.itemsize)
-    # each carried prompt is its own array: the memo keeps it without the rest of the batch
-    if sum(req.sizes) >= BULK_BYTES:  # a bulk read scatters them into place (no copy)
-        segments = [np.empty(size // TOKEN_DTYPE.itemsize, TOKEN_DTYPE) for size in req.sizes]
-        await payload.read_segments(segments)
-    else:  # one stream read and a copy each (cheaper than a socket read each)
-        segments = [np.array(s) for s in await read_segments(payload, req.sizes)]
+    segments = await read_segments(payload, req.sizes)  # views of one buffer: the memo's
     if session.prompts is None:
         session.prompts = PromptMemo(limits.max_memo_tokens)
     batch = session.prompts.resolve(memo_req.digests, memo_req.carried, segments)

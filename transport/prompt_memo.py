@@ -6,7 +6,8 @@ more than the lookups themselves. So each connection has a memo:
 
 * the daemon's ``PromptMemo`` (one per ``Session``): digest -> token array,
   an LRU bounded by its tokens (``Limits.max_memo_tokens``, counted against
-  nothing else). A memo request names every prompt by its digest and says
+  nothing else; the memory it keeps is at most twice that: ``PromptMemo``).
+  A memo request names every prompt by its digest and says
   which prompts come with their tokens (payload segments): those are
   (re)inserted, the others are resolved from the memo. A digest it does not
   hold is ``UnknownPrompt`` (and the memo is emptied, as the client's mirror
@@ -26,14 +27,17 @@ own answers (the memo belongs to one connection; nothing crosses them).
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 import numpy as np
 import xxhash
 
 from kvstore.errors import UnknownPrompt
+from kvstore.prefix_index.query_bytes import bytes_tokens
+from kvstore.tokens import TOKEN_DTYPE
 
 V = TypeVar("V")
 
@@ -59,6 +63,8 @@ class TokenLRU(Generic[V]):
         self.max_tokens = max_tokens
         self.tokens = 0  # the cost of the entries held
         self._entries: OrderedDict[bytes, tuple[int, V]] = OrderedDict()
+        # called with each value evicted or replaced (the memo lets go of its buffer)
+        self._on_drop: Callable[[V], None] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -68,16 +74,51 @@ class TokenLRU(Generic[V]):
 
     def put(self, key: bytes, length: int, value: V) -> None:
         """Hold ``value`` (most recent), evicting the least recent until it fits."""
+        self.tokens = self._put(key, length, value, self.tokens)
+
+    def _put(self, key: bytes, length: int, value: V, tokens: int) -> int:
+        """``put`` given the tokens held (``self.tokens`` as a batch's loop keeps it in a
+        local): the tokens held after."""
         cost = length if length > 0 else 1
-        entries = self._entries
-        if key in entries:
-            self.tokens -= entries.pop(key)[0]
+        entries, dropped = self._entries, self._on_drop
+        old = entries.pop(key, None)
+        if old is not None:
+            tokens -= old[0]
+            if dropped is not None:
+                dropped(old[1])
         if cost > self.max_tokens:
-            return
-        tokens = self.tokens + cost
+            return tokens
+        tokens += cost
         while tokens > self.max_tokens:
-            tokens -= entries.popitem(last=False)[1][0]
+            gone = entries.popitem(last=False)[1]
+            tokens -= gone[0]
+            if dropped is not None:
+                dropped(gone[1])
         entries[key] = (cost, value)
+        return tokens
+
+    def fresh(self, keys: Sequence[bytes]) -> bool:
+        """Whether ``keys`` are distinct and none is held (``_put_new`` may take them)."""
+        entries = self._entries
+        return not any(map(entries.__contains__, keys)) and len(set(keys)) == len(keys)
+
+    def _put_new(self, keys: Sequence[bytes], lengths, values) -> None:
+        """``put`` of each of ``fresh`` keys in order: every entry goes in, then the least
+        recent go until the rest fit. What the puts one by one leave (each keeps the longest
+        run of most recent entries that fits: no key goes out again to make room after the
+        fact), with one eviction pass instead of one a put."""
+        entries, dropped, bound = self._entries, self._on_drop, self.max_tokens
+        tokens = self.tokens
+        for key, length, value in zip(keys, lengths, values):
+            cost = length if length > 0 else 1
+            if cost <= bound:
+                entries[key] = (cost, value)
+                tokens += cost
+        while tokens > bound:
+            gone = entries.popitem(last=False)[1]
+            tokens -= gone[0]
+            if dropped is not None:
+                dropped(gone[1])
         self.tokens = tokens
 
     def get(self, key: bytes) -> V | None:
@@ -93,22 +134,51 @@ class TokenLRU(Generic[V]):
         self.tokens = 0
 
 
+def _own(tokens: np.ndarray) -> np.ndarray:
+    """``tokens`` copied into their own ``bytes``: walks take them as they are."""
+    return bytes_tokens(tokens.tobytes())
+
+
 class PromptMemo(TokenLRU[np.ndarray]):
-    """The daemon's memo of one connection: digest -> the token array sent with it."""
+    """The daemon's memo of one connection: digest -> the token array sent with it.
+
+    A carried prompt is kept as it arrived, a view of its request's one buffer
+    (no copy: a batch of new prompts costs what a plain request costs); the
+    first request that names it by digest copies it into its own ``bytes``
+    (``bytes_tokens``: the copy a plain lookup makes anyway to walk the tree,
+    made once; the walks take those bytes as they are). A buffer lives while
+    one of its prompts views it, so the memory held is at most twice the
+    bound: a buffer whose viewing prompts fall under half of it (the others
+    evicted or copied out) has them copied out at the end of the request.
+    """
+
+    def __init__(self, max_tokens: int):
+        super().__init__(max_tokens)
+        # id(buffer) -> [buffer, the tokens of the held prompts viewing it]
+        self._buffers: dict[int, list] = {}
+        self._touched: set[int] = set()  # buffers that lost a viewing prompt this request
+        self._on_drop = self._dropped
 
     def resolve(self, digests: Sequence[bytes], carried: bytes,
                 arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Every prompt's tokens, in order: ``arrays`` (the segments) for the prompts whose
-        ``carried`` flag is 1 (held from now on), the memo's for the others.
-        ``UnknownPrompt`` (the memo emptied) for a digest it does not hold."""
+        """Every prompt's tokens, in order: ``arrays`` (the segments, views of one buffer)
+        for the prompts whose ``carried`` flag is 1 (held from now on), the memo's for the
+        others. ``UnknownPrompt`` (the memo emptied) for a digest it does not hold."""
+        self._hold_views(arrays)
+        if len(arrays) == len(digests) and self.fresh(digests):  # all new: one eviction pass
+            self._put_new(digests, map(len, arrays), arrays)
+            if self._touched:
+                self._release()
+            return list(arrays)
         out: list[np.ndarray] = []
         segments = iter(arrays)
-        entries, touch = self._entries, self._entries.move_to_end
+        entries, put = self._entries, self._put
+        tokens = self.tokens
         for i, (key, flag) in enumerate(zip(digests, carried)):
             if flag:
-                tokens = next(segments)
-                self.put(key, len(tokens), tokens)
-                out.append(tokens)
+                value = next(segments)
+                tokens = put(key, len(value), value, tokens)
+                out.append(value)
                 continue
             entry = entries.get(key)
             if entry is None:
@@ -116,9 +186,65 @@ class PromptMemo(TokenLRU[np.ndarray]):
                 raise UnknownPrompt(f"lookup_many: prompt {i}'s digest is not in this "
                                     "connection's memo (never sent here, or evicted): "
                                     "send its tokens")
-            touch(key)  # ``get``, inline: this loop runs once a prompt a scheduler step
-            out.append(entry[1])
+            entries.move_to_end(key)  # ``get``, inline: this loop runs once a prompt a step
+            value = entry[1]
+            if type(value.base) is not bytes:  # asked for again: into its own bytes, once
+                self._dropped(value)
+                value = _own(value)
+                entries[key] = (entry[0], value)
+            out.append(value)
+        self.tokens = tokens
+        if self._touched:
+            self._release()
         return out
+
+    def _hold_views(self, arrays: Sequence[np.ndarray]) -> None:
+        """Count the carried prompts that view a buffer against it (before they are put:
+        a prompt evicted or replaced is counted off), and check the buffer of those never
+        held (over the bound)."""
+        buffers, bound = self._buffers, self.max_tokens
+        last, held = None, None  # the buffer of the previous prompt (the usual one)
+        for value in arrays:
+            base = value.base
+            if base is None:
+                continue
+            if len(value) > bound:  # never held: its buffer is checked
+                self._touched.add(id(base))
+                continue
+            if base is not last:
+                held = buffers.get(id(base))
+                if held is None:
+                    held = buffers[id(base)] = [base, 0]
+                last = base
+            held[1] += len(value)
+
+    def _dropped(self, value: np.ndarray) -> None:
+        base = value.base
+        if base is not None and type(base) is not bytes:
+            self._buffers[id(base)][1] -= len(value)
+            self._touched.add(id(base))
+
+    def _release(self) -> None:
+        """Let go of each buffer no prompt views; copy out the prompts of those that less
+        than half of them view."""
+        buffers = self._buffers
+        for ident in self._touched:
+            if ident not in buffers:  # no prompt held views it
+                continue
+            base, views = buffers[ident]
+            if views and 2 * views < base.nbytes // TOKEN_DTYPE.itemsize:
+                for key, (cost, value) in list(self._entries.items()):
+                    if value.base is base:
+                        self._entries[key] = (cost, _own(value))
+                views = 0
+            if not views:
+                del buffers[ident]
+        self._touched.clear()
+
+    def clear(self) -> None:
+        super().clear()
+        self._buffers.clear()
+        self._touched.clear()
 
 
 class PromptMirror(TokenLRU[bool]):
@@ -137,17 +263,19 @@ class PromptMirror(TokenLRU[bool]):
         """The ``carried`` flags of a request naming ``digests`` of ``arrays`` (1: send the
         tokens), as the daemon will walk it: a prompt it holds goes as its digest alone
         (``resend``: none does, every prompt's tokens go)."""
+        entries, put = self._entries, self._put
+        if self.fresh(digests):  # all new (or resent to an emptied memo): one eviction pass
+            self._put_new(digests, map(len, arrays), itertools.repeat(True))
+            return b"\x01" * len(digests)
         carried = bytearray(len(digests))
-        touch = self._entries.move_to_end
+        tokens = self.tokens
         for i, key in enumerate(digests):
-            if not resend:
-                try:
-                    touch(key)  # held: now the most recent, as the memo's ``get`` makes it
-                    continue
-                except KeyError:
-                    pass
+            if not resend and key in entries:
+                entries.move_to_end(key)  # held: now the most recent, as the memo's ``get``
+                continue
             carried[i] = 1
-            self.put(key, len(arrays[i]), True)
+            tokens = put(key, len(arrays[i]), True, tokens)
+        self.tokens = tokens
         return bytes(carried)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kvstore.errors import InvalidArgument, UnknownPrompt
+from kvstore.prefix_index.query_bytes import query_bytes
 from kvstore.transport.messages import (
     MAX_LOOKUPS,
     lookup_many_memo_args,
@@ -56,12 +57,48 @@ def test_the_memo_resolves_digests_and_refuses_unknown_ones():
     got = memo.resolve([da, db], b"\x01\x01", [a, b])
     assert [g is x for g, x in zip(got, (a, b))] == [True, True]
     got = memo.resolve([db, da, db], b"\x00\x00\x00", [])  # digests alone, any order
-    assert [g is x for g, x in zip(got, (b, a, b))] == [True, True, True]
+    assert [np.array_equal(g, x) for g, x in zip(got, (b, a, b))] == [True, True, True]
+    assert got[0] is got[2]  # one copy each, kept
     with pytest.raises(UnknownPrompt, match="prompt 1"):
         memo.resolve([da, digest(prompt(3, 5))], b"\x00\x00", [])
     assert len(memo) == 0  # emptied, as the client's mirror will be
     # a prompt sent and named again in one request: in order, so the second finds it
     assert [len(t) for t in memo.resolve([da, da], b"\x01\x00", [a])] == [300, 300]
+
+
+def test_memo_prompts_view_their_buffer_until_asked_again():
+    """Carried prompts stay views of their request's one buffer (no copy); the first
+    request naming one by digest copies it into its own bytes, which a tree walk takes
+    as they are; a buffer less than half viewed has its prompts copied out."""
+    memo = PromptMemo(1000)
+    buf = np.concatenate([prompt(1, 300), prompt(2, 300)])
+    a, b = buf[:300], buf[300:]
+    da, db = digest(a), digest(b)
+    got = memo.resolve([da, db], b"\x01\x01", [a, b])
+    assert got[0] is a and got[1] is b  # as they came: no copy
+    hit = memo.resolve([da], b"\x00", [])[0]
+    assert hit is not a and np.array_equal(hit, a) and not np.shares_memory(hit, buf)
+    assert query_bytes(hit) is hit.base and type(hit.base) is bytes  # walked without a copy
+    assert query_bytes(b) == b.tobytes()  # a view: its bytes made for the walk
+    # b alone views the buffer now: half of it, kept; evict a, and b is copied out
+    assert memo.resolve([db], b"\x00", [])[0] is not b  # b asked again: its own bytes too
+    memo = PromptMemo(1000)
+    c_buf = np.concatenate([prompt(3, 100), prompt(4, 400), prompt(5, 100)])
+    parts = [c_buf[:100], c_buf[100:500], c_buf[500:]]
+    keys = [digest(p) for p in parts]
+    memo.resolve(keys, b"\x01\x01\x01", parts)
+    x, y = prompt(6, 450), prompt(7, 400)
+    memo.resolve([digest(x)], b"\x01", [x])  # evicts the first part: 500 of 600 still view
+    held = [memo._entries[k][1] for k in keys if k in memo]
+    assert len(held) == 2 and all(h.base is c_buf for h in held)
+    memo.resolve([digest(y)], b"\x01", [y])  # evicts the 400: 100 of 600, under half
+    (left,) = [memo._entries[k][1] for k in keys if k in memo]
+    assert type(left.base) is bytes and not memo._buffers  # copied out, the buffer let go
+    assert np.array_equal(left, parts[2]) and memo.tokens == 950
+    huge = np.concatenate([prompt(8, 1001), prompt(9, 10)])  # one part over the bound
+    memo.resolve([digest(huge[:1001]), digest(huge[1001:])], b"\x01\x01", [huge[:1001], huge[1001:]])
+    assert digest(huge[:1001]) not in memo and not memo._buffers  # 10 of 1011: copied out
+    assert type(memo._entries[digest(huge[1001:])][1].base) is bytes
 
 
 def test_the_mirror_predicts_the_memo():
@@ -118,3 +155,53 @@ def test_the_bound_a_daemon_advertises():
     assert advertised_bound({}) == 0  # not connected yet
     assert advertised_bound({"limits": {"max_memo_tokens": 0}}) == 0  # turned off
     assert advertised_bound({"limits": {"max_memo_tokens": True}}) == 0
+
+
+def test_the_memo_holds_at_most_twice_its_bound():
+    """Random requests carrying views of one buffer each and naming held prompts: the
+    buffers still held and the prompts' own bytes never exceed twice the bound, and every
+    prompt resolves to its tokens."""
+    seed = int(os.environ.get("KVSTORE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+    print(f"KVSTORE_TEST_SEED={seed}")
+    rng = np.random.default_rng(seed)
+    pool = [prompt(int(rng.integers(1 << 31)), int(n)) for n in rng.integers(1, 400, 40)]
+    keys = [digest(p) for p in pool]
+    memo, mirror = PromptMemo(2000), PromptMirror(2000, generation=1)
+    for _ in range(300):
+        picks = [int(i) for i in rng.choice(len(pool), int(rng.integers(1, 8)), replace=False)]
+        flags = mirror.plan([keys[i] for i in picks], [pool[i] for i in picks])
+        sent = [i for i, f in zip(picks, flags) if f]
+        buf = np.concatenate([pool[i] for i in sent]) if sent else None
+        ends = np.cumsum([len(pool[i]) for i in sent]) if sent else []
+        views = [buf[end - len(pool[i]) : end] for i, end in zip(sent, ends)]
+        got = memo.resolve([keys[i] for i in picks], flags, views)
+        assert all(np.array_equal(g, pool[i]) for g, i in zip(got, picks))
+        held = [v for _, v in memo._entries.values()]
+        owned = sum(v.nbytes for v in held if type(v.base) is bytes)
+        buffers = {id(v.base): v.base.nbytes for v in held if type(v.base) is not bytes}
+        assert set(buffers) == set(memo._buffers)
+        assert (owned + sum(buffers.values())) // 4 <= 2 * memo.max_tokens
+
+
+def test_a_batch_of_new_entries_leaves_what_puts_one_by_one_leave():
+    """``_put_new`` (one eviction pass) of ``fresh`` keys against ``put`` after ``put``: the
+    same entries, in the same order, the same tokens, over random batches (ones over the
+    bound among them; batches with repeats or held keys are put one by one)."""
+    seed = int(os.environ.get("KVSTORE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+    print(f"KVSTORE_TEST_SEED={seed}")
+    rng = np.random.default_rng(seed)
+    one, batch = TokenLRU(1000), TokenLRU(1000)
+    for _ in range(200):
+        keys = [int(k).to_bytes(16, "big") for k in rng.integers(0, 60, int(rng.integers(1, 12)))]
+        lengths = [int(n) for n in rng.integers(0, 1100, len(keys))]
+        fresh = batch.fresh(keys)
+        assert fresh == (len(set(keys)) == len(keys) and not any(k in one for k in keys))
+        for key, n in zip(keys, lengths):
+            one.put(key, n, n)
+        if fresh:
+            batch._put_new(keys, lengths, lengths)
+        else:
+            for key, n in zip(keys, lengths):
+                batch.put(key, n, n)
+        assert list(one._entries.items()) == list(batch._entries.items())
+        assert one.tokens == batch.tokens <= 1000

@@ -14,6 +14,8 @@ allocated or read:
 Beside them, ``max_memo_tokens`` bounds each connection's prompt memo
 (``transport.prompt_memo``: the prompts ``lookup_many`` sent, kept so that
 they travel as digests afterwards), in tokens; 0 turns the memo off.
+``max_memo_tokens_total`` bounds all the connections' memos together
+(``transport.memo_budget``: granted at hello, given back at the end).
 
 The defaults admit a 256K-token prompt and 4 GiB of blocks per request.
 
@@ -42,7 +44,8 @@ class Limits:
     max_tokens: int = 1 << 18
     max_connections: int = 1024
     max_leases_per_connection: int = 1024
-    max_memo_tokens: int = 1 << 20  # per connection: 4 MiB of token arrays
+    max_memo_tokens: int = 1 << 20  # per connection: 4 MiB of token arrays (up to 8 MiB held)
+    max_memo_tokens_total: int = 1 << 26  # every connection's memo together (transport.memo_budget)
     max_pre_hello_connections: int = 128
     max_pre_hello_header_bytes: int = 16 << 10
     hello_seconds: float = 5.0

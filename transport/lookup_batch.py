@@ -43,13 +43,14 @@ async def read_lookups(session: Session, req: Request, payload: Payload,
         extras = m.lookup_many_request(req.args, req.sizes)
         limits.check_tokens(sum(req.sizes) // TOKEN_DTYPE.itemsize)
         return await read_segments(payload, req.sizes), extras
-    if not limits.max_memo_tokens:
-        raise InvalidArgument("this daemon keeps no prompt memo (max_memo_tokens is 0)")
+    bound = min(session.memo_tokens, limits.max_memo_tokens)  # granted at hello, or less
+    if not bound:
+        raise InvalidArgument("no prompt memo on this connection (max_memo_tokens is 0)")
     memo_req = m.lookup_many_memo_request(req.args, req.sizes)
     limits.check_tokens(sum(req.sizes) // TOKEN_DTYPE.itemsize)
     segments = await read_segments(payload, req.sizes)  # views of one buffer: the memo's
     if session.prompts is None:
-        session.prompts = PromptMemo(limits.max_memo_tokens)
+        session.prompts = PromptMemo(bound)
     batch = session.prompts.resolve(memo_req.digests, memo_req.carried, segments)
     limits.check_tokens(sum(map(len, batch)))
     return batch, memo_req.extras

@@ -42,6 +42,7 @@ from kvstore.transport.auth import TokenAuth
 from kvstore.transport.cluster_hook import ClusterHook
 from kvstore.transport.limits import Limits
 from kvstore.transport.lookup_batch import read_lookups
+from kvstore.transport.memo_budget import MemoBudget
 from kvstore.transport.messages import Op, Reply, Request
 from kvstore.transport.session import Payload, Session, WrittenPrefix
 from kvstore.transport.stats_wire import ServerStats, stats_to_wire
@@ -69,6 +70,7 @@ class StoreOps:
                  server_stats: Callable[[], ServerStats] = ServerStats):
         self.store = store
         self.limits = limits
+        self.memo_budget = MemoBudget()
         self.auth = auth
         self.server_name = server_name
         self.executor = executor
@@ -154,6 +156,8 @@ class StoreOps:
         session.leases.clear()
         session.written.clear()
         session.prompts = None
+        self.memo_budget.give_back(session.memo_tokens)
+        session.memo_tokens = 0
 
     def _tokens(self, req: Request):
         tokens = m.decode_tokens(req.args)
@@ -177,12 +181,15 @@ class StoreOps:
         session.hello = True
         session.tenant = tenant
         session.client = m.arg_str(req.args, "client")
+        session.memo_tokens = self.memo_budget.grant(self.limits)
+        limits = self.limits.to_dict()
+        limits["max_memo_tokens"] = session.memo_tokens  # this connection's grant
         result = {
             "version": m.PROTOCOL_VERSION,
             "server": self.server_name,
             "carrier": session.carrier,
             "tenant": tenant,
-            "limits": self.limits.to_dict(),
+            "limits": limits,
         }
         if session.arena_access:  # the tenant's own arena, as a descriptor (SCM_RIGHTS)
             arena = self.store.tenant_arena(tenant)

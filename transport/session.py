@@ -44,6 +44,7 @@ class Session:
     written: dict[int, WrittenPrefix] = dataclasses.field(default_factory=dict)  # write lease id ->
     pass_fds: list[int] = dataclasses.field(default_factory=list)  # shm: sent with the next reply
     prompts: PromptMemo | None = None  # lookup_many's prompt memo, made on first use
+    memo_tokens: int = 0  # its bound, granted at hello from the daemon's MemoBudget
 
 
 class Payload:

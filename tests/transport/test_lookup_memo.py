@@ -239,3 +239,40 @@ def test_threads_sharing_a_client_get_right_answers(daemon, connect, store):
         t.join()
     assert wrong == []
     assert c.ops._prompts is not None and c.ops._prompts.max_tokens == 200  # the memo was used
+
+
+def test_the_memos_of_all_connections_share_one_budget(store, sockdir):
+    """Each connection is granted its memo at hello from ``max_memo_tokens_total``: once
+    that is spent a new connection gets none (its lookup_many goes plain and answers
+    right), and a connection that ends gives its grant back."""
+    srv = ServerThread(store, [listen_url("tcp", sockdir)],
+                       limits=Limits(max_memo_tokens=1000, max_memo_tokens_total=2500)).start()
+    clients = []
+    try:
+        srv.dispatcher.observer = seen = Requests()
+        for _ in range(4):
+            c = RemoteStore.connect(srv.urls[0], strict=True, timeout=10.0)
+            c.ping()
+            clients.append(c)
+        grants = [c.conn.hello["limits"]["max_memo_tokens"] for c in clients]
+        assert grants == [1000, 1000, 500, 0]
+        assert srv.dispatcher.ops.memo_budget.granted == 2500
+        spec = spec_of()
+        ns = [c.register(spec) for c in clients]
+        prompts, want = cached_batch(clients[0], ns[0], spec, 4)
+        mark = len(seen.seen)
+        for c, n in zip(clients, ns):
+            assert c.lookup_many(n, prompts) == want
+            assert c.lookup_many(n, prompts) == want
+        second = [a for a, _ in seen.since(mark, 8)][1::2]
+        assert ["digests" in a for a in second] == [True, True, True, False]
+        clients.pop(0).close()  # its 1000 tokens go back to the budget
+        assert wait_until(lambda: srv.dispatcher.ops.memo_budget.granted == 1500)
+        again = RemoteStore.connect(srv.urls[0], strict=True, timeout=10.0)
+        clients.append(again)
+        again.ping()
+        assert again.conn.hello["limits"]["max_memo_tokens"] == 1000
+    finally:
+        for c in clients:
+            c.close()
+        srv.stop()

@@ -17,5 +17,6 @@ def test_lookup_benchmark_smoke(tmp_path, capsys):
         assert rows[f"{carrier} ns.lookup"]["p50_us"] > 0
         assert rows[f"{carrier} ns.lookup_many(64)"]["x_one_lookup"] > 0
         assert rows[f"{carrier} ns.lookup_many(64) new prompts"]["x_raw_same_bytes"] > 0
-    assert rows["raw round trip (8 B)"]["x_raw_rtt"] == 1
+    assert min(r["x_raw_rtt"] for name, r in rows.items()
+               if name.startswith("raw round trip") and "1048576" not in name) == 1
     assert "lookup_many" in capsys.readouterr().out

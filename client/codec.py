@@ -17,7 +17,7 @@ import torch
 
 from kvstore.errors import InvalidArgument
 from kvstore.kernels import decode, encode, host_copy, payload_nbytes
-from kvstore.kernels.host_copy import host_bits
+from kvstore.kernels.host_copy import host_bits, move
 from kvstore.layout import KVLayout
 
 
@@ -82,7 +82,7 @@ class BlockCodec:
         if arr is None:
             return lambda i, out: self.encode_into(kv[:, :, i * B : (i + 1) * B], out)
         shape = self.block_shape
-        return lambda i, out: np.copyto(_payload_array(out, arr, shape), arr[:, :, i * B : (i + 1) * B])
+        return lambda i, out: move(_payload_array(out, arr, shape), arr[:, :, i * B : (i + 1) * B])
 
     def decoder(self, out: torch.Tensor) -> Callable[[int, object], None]:
         """``dec(i, payload)``: ``decode_into`` of ``payload`` as block ``i`` of ``out``
@@ -91,8 +91,8 @@ class BlockCodec:
         if arr is None:
             return lambda i, payload: self.decode_into(payload, out[:, :, i * B : (i + 1) * B])
         shape = self.block_shape
-        return lambda i, payload: np.copyto(arr[:, :, i * B : (i + 1) * B],
-                                            _payload_array(payload, arr, shape))
+        return lambda i, payload: move(arr[:, :, i * B : (i + 1) * B],
+                                       _payload_array(payload, arr, shape))
 
     def decode_heads_into(self, payloads, out: torch.Tensor) -> None:
         """Decode consecutive blocks into ``out`` ``[L, 2, H, len(payloads) * B, D]``.

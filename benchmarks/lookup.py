@@ -35,7 +35,6 @@ import argparse
 import itertools
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,9 +42,9 @@ import time
 import numpy as np
 
 from benchmarks.common import base_parser, print_table, write_json
-from benchmarks.transport_baselines import recv_exact
+from benchmarks.transport_baselines import accept_one, recv_exact, start_child
 from kvstore.client import KVClient
-from kvstore.demo.daemon_process import ROOT, DaemonProc
+from kvstore.demo.daemon_process import DaemonProc
 from kvstore.layout import KVLayout
 
 PROMPT_TOKENS = 4096
@@ -58,12 +57,7 @@ LAYOUT = KVLayout("bench-lookup", 1, 1, 8, "float16", 256)  # lookups do not dep
 # -- the baseline: a blocking socket echo in a child process ----------------------------
 def echo_server() -> None:
     """Answer 8 bytes to each request (a 4-byte length, then that many bytes)."""
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-    print("ready", lsock.getsockname()[1], flush=True)
-    conn, _ = lsock.accept()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn = accept_one()
     head = memoryview(bytearray(4))
     body = memoryview(bytearray(1 << 20))
     try:
@@ -77,13 +71,8 @@ def echo_server() -> None:
 
 class EchoClient:
     def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.lookup", "--echo-server"],
-                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        line = self.proc.stdout.readline().split()
-        if len(line) != 2 or line[0] != "ready":
-            self.proc.kill()
-            raise RuntimeError("echo server did not start")
-        self.sock = socket.create_connection(("127.0.0.1", int(line[1])))
+        self.proc, port = start_child(["benchmarks.lookup", "--echo-server"], "echo server")
+        self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.ack = memoryview(bytearray(8))
 

@@ -64,12 +64,7 @@ def serve_socket(block_bytes: int, count: int) -> None:
     blocks = blocks_of(block_bytes, count)
     sink = memoryview(np.empty(block_bytes * count, dtype=np.uint8))
     req = memoryview(bytearray(REQ))
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(1)
-    print("ready", lsock.getsockname()[1], flush=True)
-    conn, _ = lsock.accept()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn = accept_one()
     cmd = bytearray(1)
     try:
         while True:
@@ -211,15 +206,33 @@ class UcxxClient:
 
 
 def _child(kind: str, block_bytes: int, count: int):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.transport_baselines", kind, str(block_bytes), str(count)],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
-    )
+    return start_child(["benchmarks.transport_baselines", kind, str(block_bytes), str(count)],
+                       f"{kind} baseline server")
+
+
+def start_child(module_args: list[str], what: str) -> tuple[subprocess.Popen, int]:
+    """``python -m MODULE_ARGS`` in a child process that prints ``ready PORT`` once it
+    listens (``accept_one``); the process and its port."""
+    proc = subprocess.Popen([sys.executable, "-m", *module_args], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT)
     line = proc.stdout.readline().split()
     if len(line) != 2 or line[0] != "ready":
         proc.kill()
-        raise RuntimeError(f"{kind} baseline server did not start")
+        raise RuntimeError(f"{what} did not start")
     return proc, int(line[1])
+
+
+def accept_one() -> socket.socket:
+    """In a baseline child: listen on a loopback port, say ``ready PORT``, and return the
+    one connection accepted (TCP_NODELAY)."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(1)
+    print("ready", lsock.getsockname()[1], flush=True)
+    conn, _ = lsock.accept()
+    lsock.close()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
 
 
 # -- redis ------------------------------------------------------------------------

@@ -92,7 +92,7 @@ class HostBuffers:
 
     def tensor(self, shape, dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised CPU tensor of ``shape`` over ``take``'s memory."""
-        nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
+        nbytes = int(np.prod(shape)) * dtype.itemsize
         return torch.from_numpy(self.take(nbytes)).view(dtype).view(shape)
 
     def _best_fit(self, capacity: int) -> np.ndarray | None:

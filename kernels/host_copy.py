@@ -62,9 +62,13 @@ def move(dst: np.ndarray, src: np.ndarray) -> None:
     if dst.shape != src.shape or dst.size == 0:
         np.copyto(dst, src)
         return
-    if (contiguous_bytes(dst, src) >= MIN_WORD_RUN and dst.shape[-1] * dst.itemsize % 8 == 0
-            and dst.ctypes.data % 8 == 0 and src.ctypes.data % 8 == 0):
-        np.positive(src.view(np.int64), out=dst.view(np.int64))
+    if contiguous_bytes(dst, src) >= MIN_WORD_RUN:
+        if dst.shape[-1] * dst.itemsize % 8 == 0:
+            d, s = dst.view(np.int64), src.view(np.int64)
+            if d.flags.aligned and s.flags.aligned:  # unaligned, numpy would buffer: slower
+                np.positive(s, out=d)
+                return
+        np.copyto(dst, src)
     elif run_contiguous(dst) and run_contiguous(src):
         run = np.dtype((np.void, dst.shape[-1] * dst.itemsize))
         np.copyto(dst.view(run)[..., 0], src.view(run)[..., 0])

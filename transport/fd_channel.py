@@ -66,6 +66,18 @@ class FdSendingChannel(SocketChannel):
             await self.send_buffers([memoryview(p) for p in payloads])
 
 
+def recv_with_fds(sock: socket.socket, view: memoryview, fds_out: list[int]) -> int:
+    """One ``recvmsg`` into ``view``; the descriptors it carried are appended to
+    ``fds_out`` in arrival order (the asyncio and the blocking client channels)."""
+    n, anc, _flags, _addr = sock.recvmsg_into([view], _FD_SPACE)
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+            fds_out.extend(fds)
+    return n
+
+
 class FdReceivingChannel(SocketChannel):
     """The client's end: every receive is a ``recvmsg``; descriptors are kept in arrival order."""
 
@@ -74,13 +86,7 @@ class FdReceivingChannel(SocketChannel):
         self.received_fds: list[int] = []
 
     def _recv_once(self, view: memoryview) -> int:
-        n, anc, _flags, _addr = self.sock.recvmsg_into([view], _FD_SPACE)
-        for level, kind, data in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds = array.array("i")
-                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-                self.received_fds.extend(fds)
-        return n
+        return recv_with_fds(self.sock, view, self.received_fds)
 
     async def _recv_into(self, view: memoryview, stall: bool = False) -> int:
         while True:

@@ -101,15 +101,7 @@ class StoreOps:
         those must not stall every other connection. A store without an SSD
         tier answers from memory, inline (a thread hop would cost more).
         """
-        if not self.store.may_block:
-            return self.store.lease_read(ns, tokens, extra)
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.executor, self.store.lease_read, ns, tokens, extra)
-        try:
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:  # the connection is going: release what is granted
-            fut.add_done_callback(self._release_orphan)
-            raise
+        return await self._lease_off_loop(self.store.lease_read, ns, tokens, extra)
 
     async def _lease_write(self, ns: bytes, tokens, extra: bytes) -> Lease:
         """A write lease; off the event loop when the store may block for it.
@@ -117,10 +109,16 @@ class StoreOps:
         With an SSD tier, making room may wait for the SSD writer (a full
         staging buffer): that wait must not stall every other connection.
         """
+        return await self._lease_off_loop(self.store.lease_write, ns, tokens, extra)
+
+    async def _lease_off_loop(self, take: Callable[..., Lease], ns: bytes, tokens,
+                              extra: bytes) -> Lease:
+        """``take(ns, tokens, extra)`` inline when the store never blocks, else on the
+        executor; a lease granted after the connection went is released, not leaked."""
         if not self.store.may_block:
-            return self.store.lease_write(ns, tokens, extra)
+            return take(ns, tokens, extra)
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self.executor, self.store.lease_write, ns, tokens, extra)
+        fut = loop.run_in_executor(self.executor, take, ns, tokens, extra)
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:  # the connection is going: release what is granted

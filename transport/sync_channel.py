@@ -17,7 +17,6 @@ Only one thread may use a channel at a time (the connection holds a lock).
 
 from __future__ import annotations
 
-import array
 import os
 import select
 import socket
@@ -27,7 +26,7 @@ import time
 from kvstore.errors import Unavailable
 from kvstore.transport.bulk import IOV_MAX, advance
 from kvstore.transport.channel import READ_AHEAD, cast_bytes
-from kvstore.transport.fd_channel import _FD_SPACE, widen_send_buffer
+from kvstore.transport.fd_channel import recv_with_fds, widen_send_buffer
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
 
@@ -67,13 +66,7 @@ class BlockingChannel:
     def _recv_once(self, view: memoryview) -> int:
         if not self.receive_fds:
             return self.sock.recv_into(view)
-        n, anc, _flags, _addr = self.sock.recvmsg_into([view], _FD_SPACE)
-        for level, kind, data in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                fds = array.array("i")
-                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-                self.received_fds.extend(fds)
-        return n
+        return recv_with_fds(self.sock, view, self.received_fds)
 
     def _recv(self, view: memoryview) -> int:
         while True:

@@ -12,7 +12,11 @@ salt), since equal tokens under a different ``extra`` are different KV.
   leaf may go, so a cached prefix never loses its middle.
 
 Every block is also reachable by its key (``get``), so eviction policies can
-name blocks by key. Not thread-safe: the owning store serialises access.
+name blocks by key. ``generation`` moves on with every change that can
+change a lookup's answer (an insert that adds blocks, a removal, a clear):
+``cached_tokens`` keeps answers for prompts their caller keeps
+(``answer_cache``) and reuses one only under the same generation. Not
+thread-safe: the owning store serialises access.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kvstore.errors import InvalidArgument
+from kvstore.prefix_index.answer_cache import AnswerCache, cacheable
 from kvstore.prefix_index.block import BlockMeta
 from kvstore.prefix_index.node import RadixNode
 from kvstore.prefix_index.query_bytes import query_bytes
@@ -66,6 +71,8 @@ class RadixTree:
         # are kept per key: depth/parent/get are O(1) instead of a scan of the edge.
         self._depth_of: dict[bytes, int] = {}
         self._parent_of: dict[bytes, bytes | None] = {}
+        self.generation = 0  # moved on by every insert that adds blocks, removal and clear
+        self.answers = AnswerCache()
 
     # -- queries ------------------------------------------------------------
     def __len__(self) -> int:
@@ -134,7 +141,20 @@ class RadixTree:
         nothing: the query's bytes are made once (none are made for a query
         that views a whole ``bytes`` object: ``query_bytes``), and each edge is
         compared with one ``memcmp`` against the node's kept ``edge_bytes``.
+        A prompt its caller keeps (an array over its own ``bytes``: the prompt
+        memo's) has its answer kept too, reused while the tree is unchanged
+        (``answer_cache``).
         """
+        if not cacheable(query):
+            return self._walk(query, extra)
+        known = self.answers.get(query, self.generation, extra)
+        if known is None:
+            known = self._walk(query, extra)
+            self.answers.put(query, self.generation, extra, known)
+        return known
+
+    def _walk(self, query: np.ndarray, extra: bytes) -> int:
+        """``cached_tokens`` by walking the tree."""
         node = self._roots.get(extra)
         if node is None:
             return 0
@@ -255,6 +275,7 @@ class RadixTree:
             raise InvalidArgument("block key already cached under another prefix")
         for block in new:
             block.inserted_at = block.last_access = now
+        self.generation += 1
         leaf = RadixNode(np.array(query[pos : nblocks * self.block_tokens]), new, node)
         node.children[self._first_block_bytes(query, pos)] = leaf
         parent = node.blocks[-1].key if node.blocks else None
@@ -269,6 +290,7 @@ class RadixTree:
         """Remove block ``key``: it must be the last block of an unlocked leaf."""
         if not self.is_evictable(key):
             raise InvalidArgument("only the last block of an unlocked leaf can be removed")
+        self.generation += 1
         node = self._node_of.pop(key)
         del self._depth_of[key], self._parent_of[key]
         block = node.blocks.pop()
@@ -310,6 +332,8 @@ class RadixTree:
         return removed
 
     def clear(self) -> None:
+        self.generation += 1
+        self.answers.clear()
         self._roots.clear()
         self._node_of.clear()
         self._depth_of.clear()

@@ -6,7 +6,8 @@ buffers (a copy) before Python 3.12, so the channel drives a non-blocking
 socket with the event loop's primitives instead:
 
 * receive: a small read-ahead buffer (64 KiB) holds prefixes and headers, so
-  a small request costs one ``recv``; payload segments are received with
+  a small request costs one ``recv``; waits for data go through a
+  ``ReadWatch`` (the descriptor stays registered with the loop across waits); payload segments are received with
   ``recv_into`` straight into the caller's memory (an arena slot, a tensor),
   after the bytes already read ahead are moved over;
 * send: ``sendmsg`` of the header and the payload buffers (arena views)
@@ -35,6 +36,7 @@ from kvstore.errors import Stalled, Unavailable
 from kvstore.transport import bulk
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
+from kvstore.transport.read_watch import ReadWatch
 
 READ_AHEAD = 64 << 10
 SMALL_READ_AHEAD = 16 << 10  # until ``grow`` (the pre-hello header limit's default)
@@ -80,6 +82,7 @@ class SocketChannel:
         self._start = 0
         self._end = 0
         self.closed = False
+        self._watch = ReadWatch(self.loop, sock.fileno())  # the receive side's waits
         self._bulk_active = False
         self._lowat_ok = sock.family in (socket.AF_INET, socket.AF_INET6)
         try:
@@ -88,24 +91,28 @@ class SocketChannel:
             self.peer = "?"
 
     # -- receiving ------------------------------------------------------------
+    def _recv_once(self, view: memoryview) -> int:
+        """One non-blocking receive (the shm client's channel receives descriptors too)."""
+        return self.sock.recv_into(view)
+
     async def _recv_into(self, view: memoryview, stall: bool | float = False) -> int:
         """One receive; ``stall``: inside a frame, where a silent peer is an error
         (True: after ``STALL_SECONDS``; a number: after that many seconds)."""
-        try:
-            return self.sock.recv_into(view)
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError as exc:
-            raise Unavailable(f"receive failed: {exc}") from exc
-        try:
-            if stall:
-                limit = STALL_SECONDS if stall is True else float(stall)
-                return await asyncio.wait_for(self.loop.sock_recv_into(self.sock, view), limit)
-            return await self.loop.sock_recv_into(self.sock, view)
-        except asyncio.TimeoutError as exc:
-            raise Stalled(f"peer sent nothing for {limit:.0f}s mid-frame") from exc
-        except OSError as exc:
-            raise Unavailable(f"receive failed: {exc}") from exc
+        while True:
+            try:
+                return self._recv_once(view)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError as exc:
+                raise Unavailable(f"receive failed: {exc}") from exc
+            if not stall:
+                await self._watch.wait()
+                continue
+            limit = STALL_SECONDS if stall is True else float(stall)
+            try:
+                await asyncio.wait_for(self._watch.wait(), limit)
+            except asyncio.TimeoutError as exc:
+                raise Stalled(f"peer sent nothing for {limit:.0f}s mid-frame") from exc
 
     async def _fill(self, need: int, eof_ok: bool = False, stall: bool | float = False) -> bool:
         """Buffer at least ``need`` (<= READ_AHEAD) bytes; False on a clean EOF.
@@ -309,6 +316,7 @@ class SocketChannel:
         if self.closed:
             bulk.give_slot()
             raise Unavailable("channel closed")
+        self._watch.pause()  # the worker reads the socket: the loop must not watch it
         self.sock.settimeout(STALL_SECONDS)  # blocking, with a stall limit
         self._bulk_active = True
         try:
@@ -353,6 +361,7 @@ class SocketChannel:
         closed socket never opens again (seen here: a daemon's send stuck
         until its stall timeout, holding a read lease); a reset fails it at once.
         """
+        self._watch.stop()
         if abort and not self.closed:
             try:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

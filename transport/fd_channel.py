@@ -88,25 +88,6 @@ class FdReceivingChannel(SocketChannel):
     def _recv_once(self, view: memoryview) -> int:
         return recv_with_fds(self.sock, view, self.received_fds)
 
-    async def _recv_into(self, view: memoryview, stall: bool = False) -> int:
-        while True:
-            try:
-                return self._recv_once(view)
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError as exc:
-                raise Unavailable(f"receive failed: {exc}") from exc
-            await self._readable()
-
-    async def _readable(self) -> None:
-        fut = self.loop.create_future()
-        fd = self.sock.fileno()
-        self.loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
-        try:
-            await fut
-        finally:
-            self.loop.remove_reader(fd)
-
     def take_fds(self) -> list[int]:
         fds, self.received_fds = self.received_fds, []
         return fds

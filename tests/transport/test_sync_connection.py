@@ -80,7 +80,8 @@ def test_sync_calls_do_not_use_the_io_thread(blocking):
     assert n == 48 and b"".join(bytes(b) for b in got) == b"".join(
         bytes(b) for b in blocks_for(toks, spec))
     assert c._io is None  # no I/O thread was asked for
-    assert {t.name for t in threading.enumerate()} == before
+    # none started (a thread of before may have ended meanwhile: the shm arena's prefault)
+    assert {t.name for t in threading.enumerate()} - before == set()
 
 
 def test_one_client_shared_by_threads(blocking):

@@ -26,13 +26,13 @@ from kvstore.kernels.ref_rows import plan
 from kvstore.kernels.source import SKIP_BLOCK, PagedSource
 
 
-def _words(a: np.ndarray) -> np.ndarray:
+def _words(a: np.ndarray) -> np.ndarray | None:
     """``a`` (``[n, *inner]``, each ``[*inner]`` one contiguous run) as ``[n, words]``:
     8-byte words where the page size and addresses allow (the fast vector loop), else
-    ``a``'s own elements. Never a copy."""
+    ``a``'s own elements; None where numpy could only make a copy."""
     pages = a.reshape(a.shape[0], -1)
-    if not np.may_share_memory(pages, a):  # pragma: no cover - numpy copied: refuse
-        raise RuntimeError("a paged view cannot be seen as pages without a copy")
+    if not np.may_share_memory(pages, a):  # a copy: writes would land in it
+        return None
     if pages.shape[1] * pages.itemsize % 8 == 0:
         wide = pages.view(np.int64)
         if wide.flags.aligned:
@@ -51,7 +51,10 @@ def _layers(src: PagedSource, rows: list[torch.Tensor]):
     for k, v in zip(src.k, src.v):
         if k.dtype != dtype or v.dtype != dtype or plan(k, v).kind != "direct":
             return None
-        views.append((_words(host_bits(k)), _words(host_bits(v))))
+        pair = (_words(host_bits(k)), _words(host_bits(v)))
+        if pair[0] is None or pair[1] is None or pair[0].dtype != pair[1].dtype:
+            return None
+        views.append(pair)
     R = src.block_ids.numel() // max(src.num_store_blocks, 1)
     words = views[0][0]
     shape = (lay.num_layers, 2, R, words.shape[1])

@@ -17,6 +17,7 @@ import torch
 from kvstore import KVLayout
 from kvstore.client import KVClient, paged_io
 from kvstore.client.host_buffers import HUGE_PAGE, host_empty
+from kvstore.errors import InvalidArgument
 from kvstore.kernels import EngineKind, EngineLayout, page_runs
 
 pytestmark = pytest.mark.unit
@@ -128,6 +129,25 @@ def test_paged_calls_move_runs_of_blocks_in_numpy(ns, no_torch_copies, monkeypat
         assert torch.equal(d[:, ids_out].view(torch.int16), s[:, ids].view(torch.int16))
         others = [i for i in range(40) if i not in ids_out]
         assert bool((d[:, others] == 0).all())
+
+
+def test_paged_calls_refuse_out_of_range_ids_and_move_nothing(ns):
+    g = torch.Generator().manual_seed(SEED + 4)
+    engine = EngineLayout(EngineKind.VLLM_FLASH, 4)
+    shape = (2, 12, 4, LAYOUT.num_kv_heads, LAYOUT.head_dim)
+    src = [torch.randn(shape, generator=g).to(torch.bfloat16) for _ in range(LAYOUT.num_layers)]
+    tokens = np.arange(32, dtype=np.uint32) + 9000 + SEED
+    with pytest.raises(InvalidArgument, match="block ids must lie in"):
+        paged_io.put_paged(ns, tokens, src, [0, 1, 2, 3, 4, 5, 6, 12], engine)
+    assert ns.lookup(tokens) == 0  # the lease was let go, nothing committed
+    assert paged_io.put_paged(ns, tokens, src, list(range(8)), engine) == 32
+    dst = [torch.zeros_like(c) for c in src]
+    with pytest.raises(InvalidArgument, match="block ids must lie in"):
+        paged_io.get_paged(ns, tokens, dst, [11, 10, 9, 8, 7, 6, 5, -3], engine)
+    assert all(bool((d == 0).all()) for d in dst)
+    assert paged_io.get_paged(ns, tokens, dst, [11, 10, 9, 8, 0, 1, 2, 3], engine) == 32
+    for s, d in zip(src, dst):
+        assert torch.equal(d[:, [11, 10, 9, 8, 0, 1, 2, 3]], s[:, :8])
 
 
 @pytest.mark.parametrize("nbytes", [64, 5000, HUGE_PAGE, 3 * HUGE_PAGE + 8])

@@ -38,7 +38,9 @@ Ops (each compared with the baselines' op of the same name):
 * ``put_paged`` / ``get_paged`` (carriers ``embedded`` and ``shm``): the
   vLLM connector's calls, ``kvstore.client.paged_io``, between paged vLLM
   caches and the store (``benchmarks.transport_paged``), against memcpy of
-  the same bytes into / out of kept buffers.
+  the same bytes into / out of kept buffers; block tables as vLLM hands
+  blocks out (runs), and ``put_paged_shuffled`` / ``get_paged_shuffled``
+  with every page at a random place (the worst case).
 * ``lookup``: ``ns.lookup`` of 1024 token ids (4 KiB), answered with a
   count; the baselines send a 4 KiB request and get 8 bytes back (Redis:
   EXISTS of a 4 KiB key).
@@ -71,7 +73,7 @@ import torch
 
 from benchmarks import transport_baselines as base
 from benchmarks.common import base_parser, gbps, print_table, write_json
-from benchmarks.transport_paged import add_paged
+from benchmarks.transport_paged import TABLES, add_paged
 from kvstore.client.kvclient import KVClient
 from kvstore.demo.daemon_process import ROOT, DaemonProc
 from kvstore.layout import KVLayout
@@ -160,8 +162,11 @@ class Measure:
             self.add("memcpy", "get", lambda: base.memcpy_get(arena_like, np.empty_like(self.dst)))
             self.add("memcpy", "put", lambda: base.memcpy_put(self.src, arena_like))
             # the paged ops move the same bytes into / out of an engine's kept caches
-            self.add("memcpy", "put_paged", lambda: base.memcpy_put(self.src, arena_like))
-            self.add("memcpy", "get_paged", lambda: base.memcpy_get(arena_like, self.dst))
+            for suffix in TABLES:
+                self.add("memcpy", "put_paged" + suffix,
+                         lambda: base.memcpy_put(self.src, arena_like))
+                self.add("memcpy", "get_paged" + suffix,
+                         lambda: base.memcpy_get(arena_like, self.dst))
         if "raw_socket" in names:
             sock = base.SocketClient(self.block_bytes, self.batch)
             self.closers.append(sock.close)
@@ -288,6 +293,7 @@ class Measure:
                     rows.append(self._row(row, b, self.ratio(name, b, op)))
         order = {n: i for i, n in enumerate(["memcpy", "raw_socket", "raw_ucxx", "redis", *carriers])}
         ops = {op: i for i, op in enumerate(["put", "get_into", "get", "put_paged", "get_paged",
+                                             "put_paged_shuffled", "get_paged_shuffled",
                                              "lookup"])}
         rows.sort(key=lambda r: (ops[r["op"]], order.get(r["name"], 99)))
         return rows

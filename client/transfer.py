@@ -32,7 +32,9 @@ one contiguous slice, so saves and loads go layer by layer (the vLLM
 connector packs a layer as soon as its attention has written it, and the
 forward waits for one layer's load at a time); quantized codecs mix the layers
 in each section and move whole blocks (after the last layer; before the
-first).
+first). On host caches, where nothing runs beside the copies, a load and a
+save of layers no one packed yet go in one call over whole rows (one pass of
+checks and views instead of one per layer).
 
 The arena is registered with CUDA (``kvstore.kernels.pinning``) when a
 timeline with device memory is used, so the copies above are DMA.
@@ -217,7 +219,7 @@ class PagedTransfers:
             rows = list(stage.unbind(0))
         with tl.on(s):
             ids_dev = torch.tensor(ids, dtype=torch.int64)  # checked on the host, uploaded on s
-            if self.per_layer:
+            if self.per_layer and tl.separate_memory:  # host caches: one call, no pipeline
                 for layer in range(self.num_layers):
                     tl.kernel(s, f"unpack:layer{layer}")
                     unpack_paged(layer_rows(rows, self.layout, layer), [self.caches[layer]],
@@ -316,7 +318,11 @@ class PagedTransfers:
             missing = [la for la in range(self.num_layers) if la not in self._packed_layers]
             if missing:
                 tl.wait(s, tl.record(tl.compute(), "written"))
-                self._pack(missing if self.per_layer else None)
+                # every layer at once where nothing overlaps anyway (quantized codecs; host
+                # caches: the copies are the host's own work): one call over whole rows
+                whole = not self.per_layer or (len(missing) == self.num_layers
+                                               and not tl.separate_memory)
+                self._pack(None if whole else missing)
             self._last_packed = tl.record(s, "packed")
         for job in jobs:
             if tl.separate_memory:

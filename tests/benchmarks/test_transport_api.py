@@ -22,7 +22,8 @@ def test_transport_benchmark_times_the_public_api_against_its_baselines(tmp_path
         assert (carrier, "lookup", "raw_socket") in got
     assert ("shm", "get", "memcpy") in got  # ns.get against memcpy into a new buffer
     for carrier in ("embedded", "shm"):  # the vLLM connector's paged calls, same bytes
-        for op in ("put", "get_into", "get", "put_paged", "get_paged"):
+        for op in ("put", "get_into", "get", "put_paged", "get_paged", "put_paged_shuffled",
+                   "get_paged_shuffled"):
             assert (carrier, op, "memcpy") in got
     speeds = [r for r in rows if r["name"] in ("embedded", "shm", "tcp") and r["op"] != "lookup"]
     assert speeds and all(r["gbps"] > 0 and r["ratio"] > 0 for r in speeds)

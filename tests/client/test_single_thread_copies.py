@@ -17,7 +17,8 @@ import torch
 from kvstore import KVLayout
 from kvstore.client import KVClient, paged_io
 from kvstore.client.host_buffers import HUGE_PAGE, host_empty
-from kvstore.kernels import EngineKind, EngineLayout
+from kvstore.errors import InvalidArgument
+from kvstore.kernels import EngineKind, EngineLayout, page_runs
 
 pytestmark = pytest.mark.unit
 
@@ -107,6 +108,46 @@ def test_paged_calls_copy_in_numpy(ns, no_torch_copies):
         assert paged_io.get_paged(ns, tokens, dst, ids_out, engine) == 32
     for s, d in zip(src, dst):
         assert torch.equal(d[:, ids_out].view(torch.int16), s[:, ids].view(torch.int16))
+
+
+def test_paged_calls_move_runs_of_blocks_in_numpy(ns, no_torch_copies, monkeypatch):
+    """Block tables with runs (ascending, descending) and loose blocks: the runs move
+    as one numpy copy each (eligible at any length here), and every byte lands."""
+    monkeypatch.setattr(page_runs, "MIN_RUN_BYTES", 0)
+    g = torch.Generator().manual_seed(SEED + 3)
+    engine = EngineLayout(EngineKind.VLLM_FLASH, 4)
+    shape = (2, 40, 4, LAYOUT.num_kv_heads, LAYOUT.head_dim)
+    src = [torch.randn(shape, generator=g).to(torch.bfloat16) for _ in range(LAYOUT.num_layers)]
+    dst = [torch.zeros_like(c) for c in src]
+    ids = [9, 10, 11, 12, 13, 14, 2, 30, 29, 28, 0, 1]  # 3 store blocks of 4 engine blocks
+    ids_out = [20, 21, 22, 23, 39, 5, 6, 7, 8, 33, 32, 31]
+    tokens = np.arange(48, dtype=np.uint32) + 7000 + SEED
+    with no_torch_copies:
+        assert paged_io.put_paged(ns, tokens, src, ids, engine) == 48
+        assert paged_io.get_paged(ns, tokens, dst, ids_out, engine) == 48
+    for s, d in zip(src, dst):
+        assert torch.equal(d[:, ids_out].view(torch.int16), s[:, ids].view(torch.int16))
+        others = [i for i in range(40) if i not in ids_out]
+        assert bool((d[:, others] == 0).all())
+
+
+def test_paged_calls_refuse_out_of_range_ids_and_move_nothing(ns):
+    g = torch.Generator().manual_seed(SEED + 4)
+    engine = EngineLayout(EngineKind.VLLM_FLASH, 4)
+    shape = (2, 12, 4, LAYOUT.num_kv_heads, LAYOUT.head_dim)
+    src = [torch.randn(shape, generator=g).to(torch.bfloat16) for _ in range(LAYOUT.num_layers)]
+    tokens = np.arange(32, dtype=np.uint32) + 9000 + SEED
+    with pytest.raises(InvalidArgument, match="block ids must lie in"):
+        paged_io.put_paged(ns, tokens, src, [0, 1, 2, 3, 4, 5, 6, 12], engine)
+    assert ns.lookup(tokens) == 0  # the lease was let go, nothing committed
+    assert paged_io.put_paged(ns, tokens, src, list(range(8)), engine) == 32
+    dst = [torch.zeros_like(c) for c in src]
+    with pytest.raises(InvalidArgument, match="block ids must lie in"):
+        paged_io.get_paged(ns, tokens, dst, [11, 10, 9, 8, 7, 6, 5, -3], engine)
+    assert all(bool((d == 0).all()) for d in dst)
+    assert paged_io.get_paged(ns, tokens, dst, [11, 10, 9, 8, 0, 1, 2, 3], engine) == 32
+    for s, d in zip(src, dst):
+        assert torch.equal(d[:, [11, 10, 9, 8, 0, 1, 2, 3]], s[:, :8])
 
 
 @pytest.mark.parametrize("nbytes", [64, 5000, HUGE_PAGE, 3 * HUGE_PAGE + 8])

@@ -151,7 +151,7 @@ class RemoteStore:
         return await asyncio.wrap_future(self.io.submit(coro))
 
     def _soft(self, coro, default):
-        return self.availability.call(lambda: self._run(coro), default)
+        return self.availability.call(self._run, default, coro)
 
     async def _asoft(self, coro, default):
         return await self.availability.acall(self._await(coro), default)

@@ -27,8 +27,10 @@ from kvstore.errors import Unavailable
 from kvstore.transport.bulk import IOV_MAX, advance
 from kvstore.transport.channel import READ_AHEAD, cast_bytes
 from kvstore.transport.fd_channel import recv_with_fds, widen_send_buffer
-from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
+from kvstore.transport.framing import PREFIX, PREFIX_BYTES, pack_header
 from kvstore.transport.limits import Limits
+
+_PREFIX_FROM = PREFIX.unpack_from
 
 
 class ChannelTimeout(TimeoutError):
@@ -42,6 +44,8 @@ class BlockingChannel:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.receive_fds = receive_fds
+        # one receive: ``recv_into``, or on shm a ``recvmsg`` that keeps the descriptors
+        self._recv_once = self._recv_fds if receive_fds else sock.recv_into
         self.received_fds: list[int] = []
         self.deadline = float("inf")  # set by the connection before each request
         self._buf = bytearray(READ_AHEAD)
@@ -63,28 +67,25 @@ class BlockingChannel:
             raise ChannelTimeout("deadline passed")
 
     # -- receiving ------------------------------------------------------------
-    def _recv_once(self, view: memoryview) -> int:
-        if not self.receive_fds:
-            return self.sock.recv_into(view)
-        return recv_with_fds(self.sock, view, self.received_fds)
-
     def _recv(self, view: memoryview) -> int:
         while True:
             try:
-                n = self._recv_once(view)
+                return self._recv_once(view)
             except (BlockingIOError, InterruptedError):
                 self._wait(self._poll_in)
-                continue
             except OSError as exc:
                 raise Unavailable(f"receive failed: {exc}") from exc
-            return n
+
+    def _recv_fds(self, view: memoryview) -> int:
+        return recv_with_fds(self.sock, view, self.received_fds)
 
     def _fill(self, need: int, eof_ok: bool = False) -> bool:
         if self._end - self._start >= need:
             return True
         if self._start:
             size = self._end - self._start
-            self._view[:size] = self._view[self._start : self._end]
+            if size:
+                self._view[:size] = self._view[self._start : self._end]
             self._start, self._end = 0, size
         while self._end - self._start < need:
             n = self._recv(self._view[self._end :])
@@ -101,11 +102,22 @@ class BlockingChannel:
         return view
 
     def read_header(self, limits: Limits):
-        """The raw header of the next frame (valid until the next read); None on a clean EOF."""
-        if not self._fill(PREFIX_BYTES, eof_ok=True):
+        """The raw header of the next frame (valid until the next read); None on a clean EOF.
+
+        A reply usually arrives whole in one ``recv`` (the read-ahead holds 64 KiB):
+        its header is then a view into the read-ahead, with no second call.
+        """
+        if self._end - self._start < PREFIX_BYTES and not self._fill(PREFIX_BYTES, eof_ok=True):
             return None
-        length = header_length(self._take(PREFIX_BYTES))
-        limits.check_header_length(length)
+        start = self._start + PREFIX_BYTES
+        length = _PREFIX_FROM(self._buf, self._start)[0]
+        if length > limits.max_header_bytes:
+            limits.check_header_length(length)  # raises TooLarge
+        stop = start + length
+        if stop <= self._end:  # the whole header is here
+            self._start = stop
+            return self._view[start:stop]
+        self._start = start
         if length <= len(self._buf):
             self._fill(length)
             return self._take(length)
@@ -149,13 +161,18 @@ class BlockingChannel:
     # -- sending --------------------------------------------------------------
     def send(self, header: dict, payloads=()) -> None:
         """One frame: ``sendmsg`` of the header and the payload views (no payload copy)."""
-        bufs = [memoryview(pack_header(header))]
-        bufs.extend(cast_bytes(p) for p in payloads)
+        self.send_frame([memoryview(pack_header(header))], payloads)
+
+    def send_frame(self, bufs: list, payloads=()) -> None:
+        """One frame laid out as ``bufs`` (``RequestFramer.frame``: the length prefix and
+        header, large arguments as their own buffers) followed by the payload views, with
+        one ``sendmsg`` when the socket takes it all (a lookup); no copy of any of them."""
+        if payloads:
+            bufs.extend(cast_bytes(p) for p in payloads)
         i, count = 0, len(bufs)
         while i < count:
             try:
-                sent = self.sock.send(bufs[i]) if count - i == 1 else \
-                    self.sock.sendmsg(bufs[i : i + IOV_MAX])
+                sent = self.sock.sendmsg(bufs[i : i + IOV_MAX] if i or count > IOV_MAX else bufs)
             except (BlockingIOError, InterruptedError):
                 self._wait(self._poll_out)
                 continue

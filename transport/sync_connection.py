@@ -33,6 +33,7 @@ from collections.abc import Callable
 from kvstore.errors import KVStoreError, ProtocolError, Timeout, Unavailable
 from kvstore.transport.connection import Connection
 from kvstore.transport.messages import Op, Reply, Request
+from kvstore.transport.request_frame import RequestFramer
 from kvstore.transport.sync_channel import BlockingChannel, ChannelTimeout, open_blocking
 
 _forks = 0  # children of fork this process descends from (the check costs no getpid call)
@@ -67,6 +68,7 @@ class SyncConnection(Connection):
         super().__init__(url, **kwargs)
         self._lock = threading.Lock()
         self._forks = _forks
+        self._framer = RequestFramer()  # used under the lock
 
     async def _open(self, wait: float) -> BlockingChannel:
         return open_blocking(self.url, wait)
@@ -84,7 +86,7 @@ class SyncConnection(Connection):
         if self._abort_reason is not None:
             raise Unavailable(f"{op.value} to {self.url} abandoned: {self._abort_reason}") from exc
 
-    async def request(
+    def call(
         self,
         op: Op,
         ns: bytes | None = None,
@@ -93,55 +95,75 @@ class SyncConnection(Connection):
         receive: Callable | None = None,
         timeout: float | None = None,
     ) -> Reply:
-        """``Connection.request`` on this thread (see there); blocks, never suspends."""
-        self._forked()
-        req = self._new_request(op, ns, args, payloads)
+        """``Connection.request`` on this thread, as a plain call (see there); blocks."""
+        if self._forks != _forks:
+            self._forked()
+        if self.closed:
+            self._check_open()
+        sizes = [len(p) if isinstance(p, memoryview) else memoryview(p).nbytes
+                 for p in payloads] if payloads else []
         budget = timeout or self.timeout
         start = time.monotonic()
-        if not self._lock.acquire(timeout=budget):
+        lock = self._lock
+        if not lock.acquire(False) and not lock.acquire(timeout=budget):
             raise Timeout(f"{op.value} to {self.url}: no answer within {budget:g}s "
                           "(queued behind an earlier request)")
         try:
-            self._check_open()  # aborted while this request waited for its turn
+            if self.closed:
+                self._check_open()  # aborted while this request waited for its turn
             try:
                 if self.channel is None:
-                    await self._connect(max(0.01, budget - (time.monotonic() - start)))
-                await self._register_known(ns, max(0.01, budget - (time.monotonic() - start)))
+                    drive(self._connect(max(0.01, budget - (time.monotonic() - start))))
+                if ns is not None and ns not in self.registered:
+                    drive(self._register_known(ns, max(0.01, budget - (time.monotonic() - start))))
                 left = max(0.01, budget - (time.monotonic() - start))
-                return await self._roundtrip(req, receive, left, payloads)
+                return self._exchange(op, ns, args or {}, sizes, payloads, receive, left)
             except KVStoreError as exc:
                 self._unavailable_if_aborted(op, exc)
                 raise
         finally:
-            self._lock.release()
+            lock.release()
+
+    async def request(self, op: Op, ns: bytes | None = None, args: dict | None = None,
+                      payloads=(), receive: Callable | None = None,
+                      timeout: float | None = None) -> Reply:
+        """``call`` for the ops' coroutines (``drive``): never suspends."""
+        return self.call(op, ns, args, payloads, receive, timeout)
 
     async def _roundtrip(self, req: Request, receive, timeout: float, payloads=()) -> Reply:
-        req.id = next(self._ids)
+        """``_exchange`` of a ``Request`` (hello and register, inside ``_connect``)."""
+        return self._exchange(req.op, req.ns, req.args, req.sizes, payloads, receive, timeout)
+
+    def _exchange(self, op: Op, ns: bytes | None, args: dict, sizes: list[int], payloads,
+                  receive, timeout: float) -> Reply:
+        """Send one request (one ``sendmsg`` unless the socket is full) and read its reply."""
+        request_id = next(self._ids)
         channel = self.channel
-        rate = self.min_rate
-        channel.deadline = time.monotonic() + timeout + sum(req.sizes) / rate
+        channel.deadline = time.monotonic() + timeout + (sum(sizes) / self.min_rate if sizes else 0)
         phase = "no reply"
         try:
-            channel.send(req.to_header(), payloads)
-            reply = self._parse(req, channel.read_header(self.limits))
+            channel.send_frame(self._framer.frame(op.value, request_id, ns, args, sizes), payloads)
+            reply = self._parse(request_id, channel.read_header(self.limits))
             if reply.sizes:
                 if receive is None:
                     raise ProtocolError("unexpected payload in reply")
                 targets = receive(reply)
                 phase = f"payload of {sum(reply.sizes)} bytes stalled"
-                channel.deadline += sum(reply.sizes) / rate
+                channel.deadline += sum(reply.sizes) / self.min_rate
                 channel.read_segments(targets, reply.sizes)
         except ChannelTimeout as exc:
             self._drop()
-            raise Timeout(f"{req.op.value} to {self.url}: {phase} within {timeout:.2g}s "
+            raise Timeout(f"{op.value} to {self.url}: {phase} within {timeout:.2g}s "
                           "(peer silent or unreachable)") from exc
         except OSError as exc:  # a socket error the channel did not wrap
             self._drop()
-            raise Unavailable(f"{req.op.value} to {self.url} failed: {exc}") from exc
+            raise Unavailable(f"{op.value} to {self.url} failed: {exc}") from exc
         except BaseException:  # mid-frame (an error, KeyboardInterrupt): the stream is lost
             self._drop()
             raise
-        return self._checked(reply)
+        if reply.status:
+            self._checked(reply)  # raises the error the daemon answered
+        return reply
 
     async def send_only(self, op: Op, args: dict) -> None:
         """A request that gets no reply (``release`` with ``noreply``); best effort."""

@@ -26,7 +26,6 @@ from kvstore.transport.messages import (
     MAX_LOOKUPS,
     Op,
     encode_hint,
-    encode_tokens,
     lookup_many_args,
     lookup_many_memo_args,
 )
@@ -79,7 +78,9 @@ class WireOps:
 
     @staticmethod
     def _args(tokens, extra: bytes) -> dict:
-        args = {"tokens": encode_tokens(tokens)}
+        """A request's ``tokens`` (an ``as_tokens`` array, sent from its own memory as a
+        flat byte view: no copy, ``transport.request_frame``) and ``extra`` if set."""
+        args = {"tokens": memoryview(tokens).cast("B")}
         if extra:
             args["extra"] = bytes(extra)
         return args

@@ -21,7 +21,7 @@ import struct
 import msgpack
 
 from kvstore.errors import ProtocolError
-from kvstore.transport.framing import MAX_HEADER_LENGTH, PREFIX
+from kvstore.transport.framing import MAX_HEADER_LENGTH, PREFIX, PREFIX_BYTES
 
 INLINE_BYTES = 512  # a bin argument at least this long is sent from its own memory
 _BIN16 = struct.Struct(">BH")
@@ -66,9 +66,10 @@ class RequestFramer:
         return packed
 
     def frame(self, op: str, request_id: int, ns: bytes | None, args: dict,
-              sizes: list[int]) -> list:
-        """The frame (length prefix first) as buffers; their bytes, joined, are
-        ``pack_header(Request(op, request_id, ns, args, sizes).to_header())``."""
+              sizes: list[int]) -> tuple[list, int]:
+        """The frame (length prefix first) as buffers, and its length in bytes; the
+        buffers' bytes, joined, are ``pack_header(Request(op, request_id, ns, args,
+        sizes).to_header())``."""
         pack = self._pack
         fields = 2 + (ns is not None) + (not not args) + (not not sizes)
         chunk = self._heads.get((op, fields)) or self._head(op, fields)
@@ -99,4 +100,4 @@ class RequestFramer:
         if length > MAX_HEADER_LENGTH:  # pragma: no cover - a 4 GiB header
             raise ProtocolError("header too large to frame")
         bufs[0] = PREFIX.pack(length) + bufs[0]
-        return bufs
+        return bufs, length + PREFIX_BYTES

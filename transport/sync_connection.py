@@ -95,34 +95,44 @@ class SyncConnection(Connection):
         receive: Callable | None = None,
         timeout: float | None = None,
     ) -> Reply:
-        """``Connection.request`` on this thread, as a plain call (see there); blocks."""
+        """``Connection.request`` on this thread, as a plain call (see there); blocks.
+
+        The usual request (connected, namespace registered, the lock free) reads the
+        clock once: its deadline is its start plus ``timeout``.
+        """
         if self._forks != _forks:
             self._forked()
         if self.closed:
             self._check_open()
-        sizes = [len(p) if isinstance(p, memoryview) else memoryview(p).nbytes
-                 for p in payloads] if payloads else []
         budget = timeout or self.timeout
         start = time.monotonic()
         lock = self._lock
-        if not lock.acquire(False) and not lock.acquire(timeout=budget):
-            raise Timeout(f"{op.value} to {self.url}: no answer within {budget:g}s "
-                          "(queued behind an earlier request)")
-        try:
+        if not lock.acquire(False):
+            if not lock.acquire(timeout=budget):
+                raise Timeout(f"{op.value} to {self.url}: no answer within {budget:g}s "
+                              "(queued behind an earlier request)")
             if self.closed:
+                lock.release()
                 self._check_open()  # aborted while this request waited for its turn
-            try:
-                if self.channel is None:
-                    drive(self._connect(max(0.01, budget - (time.monotonic() - start))))
-                if ns is not None and ns not in self.registered:
-                    drive(self._register_known(ns, max(0.01, budget - (time.monotonic() - start))))
-                left = max(0.01, budget - (time.monotonic() - start))
-                return self._exchange(op, ns, args or {}, sizes, payloads, receive, left)
-            except KVStoreError as exc:
-                self._unavailable_if_aborted(op, exc)
-                raise
+        try:
+            deadline = start + budget
+            if self.channel is None or (ns is not None and ns not in self.registered):
+                deadline = self._ready(ns, start, budget)
+            return self._exchange(op, ns, args or {}, payloads, receive, deadline, budget)
+        except KVStoreError as exc:
+            self._unavailable_if_aborted(op, exc)
+            raise
         finally:
             lock.release()
+
+    def _ready(self, ns: bytes | None, start: float, budget: float) -> float:
+        """Connect and register ``ns`` on the session as needed, within the request's
+        budget; the deadline left for the request itself (at least 10 ms)."""
+        self._check_open()  # aborted (and dropped) since this request began: no reconnect
+        if self.channel is None:
+            drive(self._connect(max(0.01, budget - (time.monotonic() - start))))
+        drive(self._register_known(ns, max(0.01, budget - (time.monotonic() - start))))
+        return max(start + budget, time.monotonic() + 0.01)
 
     async def request(self, op: Op, ns: bytes | None = None, args: dict | None = None,
                       payloads=(), receive: Callable | None = None,
@@ -132,17 +142,26 @@ class SyncConnection(Connection):
 
     async def _roundtrip(self, req: Request, receive, timeout: float, payloads=()) -> Reply:
         """``_exchange`` of a ``Request`` (hello and register, inside ``_connect``)."""
-        return self._exchange(req.op, req.ns, req.args, req.sizes, payloads, receive, timeout)
+        return self._exchange(req.op, req.ns, req.args, payloads, receive,
+                              time.monotonic() + timeout, timeout)
 
-    def _exchange(self, op: Op, ns: bytes | None, args: dict, sizes: list[int], payloads,
-                  receive, timeout: float) -> Reply:
-        """Send one request (one ``sendmsg`` unless the socket is full) and read its reply."""
+    def _exchange(self, op: Op, ns: bytes | None, args: dict, payloads, receive,
+                  deadline: float, budget: float) -> Reply:
+        """Send one request (one ``sendmsg`` unless the socket is full) and read its reply
+        by ``deadline``; payloads extend it at ``min_rate`` (``budget``: for the message)."""
         request_id = next(self._ids)
         channel = self.channel
-        channel.deadline = time.monotonic() + timeout + (sum(sizes) / self.min_rate if sizes else 0)
+        if payloads:
+            sizes = [len(p) if isinstance(p, memoryview) else memoryview(p).nbytes
+                     for p in payloads]
+            deadline += sum(sizes) / self.min_rate
+        else:
+            sizes = []
+        channel.deadline = deadline
         phase = "no reply"
         try:
-            channel.send_frame(self._framer.frame(op.value, request_id, ns, args, sizes), payloads)
+            bufs, nbytes = self._framer.frame(op.value, request_id, ns, args, sizes)
+            channel.send_frame(bufs, nbytes, payloads)
             reply = self._parse(request_id, channel.read_header(self.limits))
             if reply.sizes:
                 if receive is None:
@@ -153,7 +172,7 @@ class SyncConnection(Connection):
                 channel.read_segments(targets, reply.sizes)
         except ChannelTimeout as exc:
             self._drop()
-            raise Timeout(f"{op.value} to {self.url}: {phase} within {timeout:.2g}s "
+            raise Timeout(f"{op.value} to {self.url}: {phase} within {budget:.2g}s "
                           "(peer silent or unreachable)") from exc
         except OSError as exc:  # a socket error the channel did not wrap
             self._drop()

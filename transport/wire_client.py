@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from kvstore.transport.connection import Connection
 from kvstore.transport.messages import (
     MAX_LOOKUPS,
     Op,
+    Reply,
     encode_hint,
     lookup_many_args,
     lookup_many_memo_args,
@@ -89,6 +90,12 @@ class WireOps:
     async def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         reply = await self.conn.request(Op.LOOKUP, ns, self._args(as_tokens(tokens), extra))
         return int(reply.result["tokens"])
+
+    def lookup_now(self, call: Callable[..., Reply], ns: bytes, tokens, extra: bytes = b"") -> int:
+        """``lookup`` through ``call`` (a ``SyncConnection.call``) as a plain call: the sync
+        client's hot path (a scheduler asks once per waiting request per step) without
+        the two coroutines ``drive`` would run."""
+        return int(call(Op.LOOKUP, ns, self._args(as_tokens(tokens), extra)).result["tokens"])
 
     async def lookup_many(self, ns: bytes, tokens_list: Sequence,
                           extras: Sequence[bytes] | None = None) -> list[int]:

@@ -264,6 +264,8 @@ def lookup_many_memo_args(digests: list[bytes], carried: bytes, arrays: list[np.
     args = {"digests": b"".join(digests), "carried": carried}
     if any(extras):
         args["extra"] = [bytes(e) for e in extras]
+    if 1 not in carried:  # every prompt held by the daemon (a scheduler's next step)
+        return args, []
     return args, [memoryview(a).cast("B") for a, flag in zip(arrays, carried) if flag]
 
 

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -139,7 +140,7 @@ class WireOps:
                 log.info("the daemon at %s does not know lookup_many; single lookups",
                          self.conn.url)
             else:
-                if len(hits) != len(arrays) or not all(isinstance(n, int) for n in hits):
+                if len(hits) != len(arrays) or not all(map(isinstance, hits, repeat(int))):
                     raise ProtocolError("lookup_many reply does not match the request")
                 return hits
         return [await self.lookup(ns, arr, extra) for arr, extra in zip(arrays, extras)]

@@ -11,6 +11,7 @@ read-ahead, are read right; deadlines hold on the blocking socket.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -34,12 +35,12 @@ NS = bytes(range(16))
 class PairConnection(SyncConnection):
     """A ``SyncConnection`` to the test's end of a socket pair."""
 
-    def __init__(self, sock: socket.socket, **kwargs):
+    def __init__(self, sock: socket.socket, receive_fds: bool = False, **kwargs):
         super().__init__(parse_url("tcp://127.0.0.1:9"), **kwargs)
-        self._sock = sock
+        self._sock, self._receive_fds = sock, receive_fds
 
     async def _open(self, wait: float) -> BlockingChannel:
-        return BlockingChannel(self._sock)
+        return BlockingChannel(self._sock, receive_fds=self._receive_fds)
 
 
 class Peer:
@@ -219,3 +220,30 @@ def test_a_long_request_after_a_short_one_waits_its_whole_deadline():
     finally:
         a.close()
         b.close()
+
+
+def test_shm_descriptors_come_with_the_hello_only():
+    """The arena's descriptor arrives with the hello reply and is taken; a descriptor
+    sent after it is not held by the client (the kernel closes it)."""
+    client_sock, peer_sock = socket.socketpair()
+    conn = PairConnection(client_sock, receive_fds=True, timeout=5)
+    read_end, write_end = os.pipe()
+    try:
+        socket.send_fds(peer_sock, [pack_header({"id": 1, "status": 0, "result": {}})], [read_end])
+        Peer(peer_sock).reply(2)
+        conn.call(Op.PING)  # the hello, then the ping
+        fds = conn.channel.take_fds()
+        assert len(fds) == 1 and os.path.sameopenfile(fds[0], read_end)
+        os.close(fds[0])
+        held = len(os.listdir("/proc/self/fd"))
+        socket.send_fds(peer_sock, [pack_header({"id": 3, "status": 0, "result": {"n": 3}})],
+                        [write_end])
+        assert conn.call(Op.PING).result == {"n": 3}
+        assert conn.channel.received_fds == []
+        assert len(os.listdir("/proc/self/fd")) == held  # no new descriptor in this process
+    finally:
+        conn.closed = True
+        conn.channel.close()
+        peer_sock.close()
+        os.close(read_end)
+        os.close(write_end)

@@ -6,9 +6,9 @@ lookup's 16 KiB of tokens three times (``tobytes``, into msgpack's buffer, and
 behind the length prefix); ``RequestFramer.frame`` produces exactly the same
 bytes (``framing``: the 4-byte length, then the msgpack map ``op``, ``id``,
 ``ns``, ``args``, ``sizes`` in that order, each integer in its shortest form)
-as a short list of buffers instead, in which every ``memoryview`` argument of
-``INLINE_BYTES`` or more (``WireOps`` passes the tokens so) is a buffer of its
-own, sent from the caller's memory. The constant part of each op's header
+as a short list of buffers instead, in which every contiguous ``memoryview``
+argument of ``INLINE_BYTES`` or more (``WireOps`` passes the tokens so) is a
+buffer of its own, sent from the caller's memory. The constant part of each op's header
 (map length, ``op`` and its name, the ``id`` key) is packed once.
 
 Not thread-safe: one framer per connection, used under its lock.

@@ -109,21 +109,21 @@ class Namespace:
             raise LayoutMismatch(f"kv dtype {kv.dtype} but the layout says {self.codec.dtype}")
         return kv.shape[2]
 
-    def _soft(self, fn, default):
-        return self.availability.call(fn, default)
+    def _soft(self, fn, default, *args):
+        return self.availability.call(fn, default, *args)
 
     # -- API ------------------------------------------------------------------
     def lookup(self, tokens, extra: bytes = b"") -> int:
         """Leading tokens cached (a multiple of block_tokens)."""
-        toks = as_tokens(tokens)
-        return self._soft(lambda: self.backend.lookup(self.id, toks, extra), 0)
+        return self.availability.call(self.backend.lookup, 0, self.id, as_tokens(tokens), extra)
 
     def lookup_many(self, tokens_list, extras=None) -> list[int]:
         """``lookup`` of each token array (``extras[i]`` with each, default ``b""``), asked
         together: one round trip to a daemon (a scheduler's waiting requests)."""
         toks = list(tokens_list)  # the backend makes each one ``as_tokens`` (once)
         extras = list(extras) if extras is not None else None
-        return self._soft(lambda: self.backend.lookup_many(self.id, toks, extras), [0] * len(toks))
+        return self.availability.call(self.backend.lookup_many, [0] * len(toks), self.id, toks,
+                                      extras)
 
     def put(self, tokens, kv: torch.Tensor, extra: bytes = b"") -> int:
         """Store the whole blocks of ``tokens`` from ``kv``; returns the tokens stored."""

@@ -84,17 +84,24 @@ class SoftFailures:
         self._down = False
         self._answered_once = False  # the daemon answered at least once since this was made
 
-    def call(self, fn: Callable[[], T], default: T) -> T:
-        """``fn()``; ``default`` when it fails with an ``OFFLINE`` error and this is not strict."""
-        call, token = _enter()
+    def call(self, fn: Callable[..., T], default: T, *args) -> T:
+        """``fn(*args)``; ``default`` when it fails with an ``OFFLINE`` error and this is
+        not strict. (``_enter`` and ``_leave`` written out: every sync call pays this.)"""
+        outer = _current.get()
+        call = _Call()
+        token = _current.set(call)
         try:
-            result = fn()
+            result = fn(*args)
         except OFFLINE as exc:
             return self.failed(exc, default)
         finally:
-            inner_failed = _leave(call, token)
-        if not inner_failed:  # a default an inner layer returned is not an answer
-            self.answered()
+            _current.reset(token)
+            if call.failed and outer is not None:
+                outer.failed = True
+        if not call.failed:  # a default an inner layer returned is not an answer
+            self._answered_once = True
+            if self._down:
+                self.answered()
         return result
 
     async def acall(self, awaitable: Awaitable[T], default: T) -> T:

@@ -274,13 +274,13 @@ class Connection:
         sizes = [len(p) if isinstance(p, memoryview) else memoryview(p).nbytes for p in payloads]
         return Request(op, ns=ns, args=args or {}, sizes=sizes)
 
-    def _parse(self, req: Request, raw) -> Reply:
-        """The reply to ``req`` in the header ``raw`` (None: the daemon closed)."""
+    def _parse(self, request_id: int, raw) -> Reply:
+        """The reply to request ``request_id`` in the header ``raw`` (None: the daemon closed)."""
         if raw is None:
             raise Unavailable("daemon closed the connection")
         reply = parse_reply(unpack_header(raw))
-        if reply.id not in (req.id, 0):
-            raise ProtocolError(f"reply {reply.id} to request {req.id}")
+        if reply.id != request_id and reply.id:
+            raise ProtocolError(f"reply {reply.id} to request {request_id}")
         if reply.sizes:
             self.limits.check_sizes(reply.sizes)
             if not reply.ok:
@@ -319,7 +319,7 @@ class Connection:
             async with _timeout(waited):
                 await channel.send(req.to_header(), payloads)
                 raw = await channel.read_header(self.limits)
-            reply = self._parse(req, raw)
+            reply = self._parse(req.id, raw)
             if reply.sizes:
                 if receive is None:
                     raise ProtocolError("unexpected payload in reply")

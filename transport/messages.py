@@ -147,24 +147,32 @@ def parse_request(header) -> Request:
 
 
 def parse_reply(header) -> Reply:
+    """Validate a decoded reply header's shape; raises ProtocolError.
+
+    Plain ints, a map and a str (what msgpack decodes) take the short way; any
+    other value goes through the full checks, which accept or refuse it exactly
+    as before.
+    """
     if not isinstance(header, dict):
         raise ProtocolError("reply header must be a map")
     status = header.get("status")
-    if not isinstance(status, int) or isinstance(status, bool) or status < 0:
-        raise ProtocolError("reply status must be an unsigned int")
+    if type(status) is not int or status < 0:
+        if not isinstance(status, int) or isinstance(status, bool) or status < 0:
+            raise ProtocolError("reply status must be an unsigned int")
     result = header.get("result")
-    if result is None:
-        result = {}
-    if not isinstance(result, dict):
-        raise ProtocolError("reply result must be a map")
-    error = header.get("error") or ""
-    return Reply(
-        id=_uint(header.get("id", 0), "id"),
-        status=status,
-        result=result,
-        error=str(error),
-        sizes=_sizes(header.get("sizes")),
-    )
+    if type(result) is not dict:
+        if result is None:
+            result = {}
+        elif not isinstance(result, dict):
+            raise ProtocolError("reply result must be a map")
+    request_id = header.get("id", 0)
+    if type(request_id) is not int or not 0 <= request_id <= MAX_ID:
+        request_id = _uint(request_id, "id")
+    error = header.get("error")
+    if type(error) is not str:
+        error = str(error) if error else ""
+    sizes = header.get("sizes")
+    return Reply(request_id, status, result, error, _sizes(sizes) if sizes is not None else [])
 
 
 # -- argument helpers ----------------------------------------------------------
@@ -256,6 +264,8 @@ def lookup_many_memo_args(digests: list[bytes], carried: bytes, arrays: list[np.
     args = {"digests": b"".join(digests), "carried": carried}
     if any(extras):
         args["extra"] = [bytes(e) for e in extras]
+    if 1 not in carried:  # every prompt held by the daemon (a scheduler's next step)
+        return args, []
     return args, [memoryview(a).cast("B") for a, flag in zip(arrays, carried) if flag]
 
 

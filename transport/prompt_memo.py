@@ -28,7 +28,7 @@ own answers (the memo belongs to one connection; nothing crosses them).
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -264,6 +264,9 @@ class PromptMirror(TokenLRU[bool]):
         tokens), as the daemon will walk it: a prompt it holds goes as its digest alone
         (``resend``: none does, every prompt's tokens go)."""
         entries, put = self._entries, self._put
+        if not resend and all(map(entries.__contains__, digests)):  # a scheduler's next step
+            deque(map(entries.move_to_end, digests), maxlen=0)  # each now the most recent
+            return bytes(len(digests))
         if self.fresh(digests):  # all new (or resent to an emptied memo): one eviction pass
             self._put_new(digests, map(len, arrays), itertools.repeat(True))
             return b"\x01" * len(digests)

@@ -83,7 +83,13 @@ class RemoteStore:
                                client_name=client_name)
         # the sync calls' connection: blocking on the caller's thread (tcp, shm) or asyncio (ucx)
         self.blocking = self.url.scheme in ("tcp", "shm")
-        conn = (SyncConnection if self.blocking else Connection)(self.url, **self._conn_args)
+        conn: Connection
+        if self.blocking:
+            conn = SyncConnection(self.url, **self._conn_args)
+            self._call = conn.call  # a request as a plain call on this thread (``lookup``)
+        else:
+            conn = Connection(self.url, **self._conn_args)
+            self._call = None
         self.conn = conn
         self.ops: WireOps = self._ops_on(conn)
         self._aops: WireOps | None = None if self.blocking else self.ops
@@ -151,7 +157,7 @@ class RemoteStore:
         return await asyncio.wrap_future(self.io.submit(coro))
 
     def _soft(self, coro, default):
-        return self.availability.call(lambda: self._run(coro), default)
+        return self.availability.call(self._run, default, coro)
 
     async def _asoft(self, coro, default):
         return await self.availability.acall(self._await(coro), default)
@@ -188,6 +194,8 @@ class RemoteStore:
         return list(self.ops.specs.values())
 
     def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
+        if self._call is not None:  # on this thread as plain calls (no coroutine): the hot path
+            return self.availability.call(self.ops.lookup_now, 0, self._call, ns, tokens, extra)
         return self._soft(self.ops.lookup(ns, tokens, extra), 0)
 
     def lookup_many(self, ns: bytes, tokens_list, extras=None) -> list[int]:

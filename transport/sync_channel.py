@@ -3,14 +3,18 @@
 The synchronous client's channel (``transport.sync_connection``): the same
 frames as ``SocketChannel`` (``framing``), sent and received with plain
 syscalls on the thread that makes the call, never through an event loop.
-The socket is non-blocking; a call that would block waits in ``poll`` for
-at most what is left of the request's ``deadline`` (``time.monotonic``), then
-raises ``ChannelTimeout``. No thread hand-off: a lookup costs one ``sendmsg``,
-one ``poll`` and one ``recv``.
+The socket is blocking: a receive or send waits in the kernel itself, its
+wait bounded by ``SO_RCVTIMEO`` / ``SO_SNDTIMEO``, which the channel keeps at
+``WAIT_QUANTUM`` or at what is left of the request's ``deadline``
+(``time.monotonic``) if that is less; past the deadline it raises
+``ChannelTimeout``. No thread hand-off, and no ``poll``: a lookup costs one
+``sendmsg`` and one ``recv`` (a non-blocking socket paid a failed ``recv``,
+its exception and a ``poll`` whenever the reply was not there yet, which,
+with the daemon on the same CPU, is every time).
 
-On shm every receive is a ``recvmsg`` and the descriptors that arrive are
-kept (``take_fds``), as ``FdReceivingChannel`` does: the tenant's arena comes
-with the hello reply.
+On shm the receives are ``recvmsg`` calls that keep the descriptors that
+arrive, as ``FdReceivingChannel`` does, until ``take_fds`` takes the tenant's
+arena, which comes with the hello reply; plain ``recv_into`` calls after it.
 
 Only one thread may use a channel at a time (the connection holds a lock).
 """
@@ -18,7 +22,6 @@ Only one thread may use a channel at a time (the connection holds a lock).
 from __future__ import annotations
 
 import os
-import select
 import socket
 import struct
 import time
@@ -27,8 +30,12 @@ from kvstore.errors import Unavailable
 from kvstore.transport.bulk import IOV_MAX, advance
 from kvstore.transport.channel import READ_AHEAD, cast_bytes
 from kvstore.transport.fd_channel import recv_with_fds, widen_send_buffer
-from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
+from kvstore.transport.framing import PREFIX, PREFIX_BYTES, pack_header
 from kvstore.transport.limits import Limits
+
+_PREFIX_FROM = PREFIX.unpack_from
+WAIT_QUANTUM = 1.0  # seconds one blocking syscall may wait before the deadline is looked at
+_TIMEVAL = struct.Struct("@ll")  # struct timeval (SO_RCVTIMEO / SO_SNDTIMEO)
 
 
 class ChannelTimeout(TimeoutError):
@@ -37,11 +44,13 @@ class ChannelTimeout(TimeoutError):
 
 class BlockingChannel:
     def __init__(self, sock: socket.socket, receive_fds: bool = False):
-        sock.setblocking(False)
+        sock.setblocking(True)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = sock
         self.receive_fds = receive_fds
+        # one receive: ``recv_into``, or on shm a ``recvmsg`` that keeps the descriptors
+        self._recv_once = self._recv_fds if receive_fds else sock.recv_into
         self.received_fds: list[int] = []
         self.deadline = float("inf")  # set by the connection before each request
         self._buf = bytearray(READ_AHEAD)
@@ -49,50 +58,64 @@ class BlockingChannel:
         self._start = 0
         self._end = 0
         self.closed = False
-        self._poll_in = select.poll()
-        self._poll_in.register(sock.fileno(), select.POLLIN)
-        self._poll_out = select.poll()
-        self._poll_out.register(sock.fileno(), select.POLLOUT)
+        self._wait_s = 0.0  # the socket's SO_RCVTIMEO and SO_SNDTIMEO
+        self._set_wait(WAIT_QUANTUM)
 
     # -- waiting --------------------------------------------------------------
-    def _wait(self, poller) -> None:
+    def _set_wait(self, seconds: float) -> None:
+        whole = int(seconds)
+        # at least 1 us: a zero timeval would mean "wait forever"
+        tv = _TIMEVAL.pack(whole, max(1, int((seconds - whole) * 1e6)))
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+        except OSError as exc:
+            raise Unavailable(f"socket failed: {exc}") from exc
+        self._wait_s = seconds
+
+    def _arm(self) -> None:
+        """Bound the next blocking call by the deadline (``ChannelTimeout`` once it passed)."""
         left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise ChannelTimeout("deadline passed")
-        if not poller.poll(min(left, 86400.0) * 1000.0 + 1):
-            raise ChannelTimeout("deadline passed")
+        if left < self._wait_s:
+            if left <= 0:
+                raise ChannelTimeout("deadline passed")
+            self._set_wait(left)
+        elif self._wait_s < WAIT_QUANTUM:  # an earlier short deadline lowered it
+            self._set_wait(min(left, WAIT_QUANTUM))
 
     # -- receiving ------------------------------------------------------------
-    def _recv_once(self, view: memoryview) -> int:
-        if not self.receive_fds:
-            return self.sock.recv_into(view)
-        return recv_with_fds(self.sock, view, self.received_fds)
-
     def _recv(self, view: memoryview) -> int:
         while True:
+            self._arm()
             try:
-                n = self._recv_once(view)
-            except (BlockingIOError, InterruptedError):
-                self._wait(self._poll_in)
+                return self._recv_once(view)
+            except (BlockingIOError, InterruptedError):  # SO_RCVTIMEO passed: the deadline?
                 continue
             except OSError as exc:
                 raise Unavailable(f"receive failed: {exc}") from exc
-            return n
+
+    def _recv_fds(self, view: memoryview) -> int:
+        return recv_with_fds(self.sock, view, self.received_fds)
 
     def _fill(self, need: int, eof_ok: bool = False) -> bool:
-        if self._end - self._start >= need:
+        start, end = self._start, self._end
+        if end - start >= need:
             return True
-        if self._start:
-            size = self._end - self._start
-            self._view[:size] = self._view[self._start : self._end]
-            self._start, self._end = 0, size
-        while self._end - self._start < need:
-            n = self._recv(self._view[self._end :])
+        view = self._view
+        if start:
+            if end > start:
+                view[: end - start] = view[start:end]
+            end -= start
+            self._start = 0
+        self._end = end
+        while end < need:
+            n = self._recv(view[end:] if end else view)
             if n == 0:
-                if eof_ok and self._end == self._start:
+                if eof_ok and end == 0:
                     return False
                 raise Unavailable("connection closed in the middle of a frame")
-            self._end += n
+            end += n
+            self._end = end
         return True
 
     def _take(self, n: int) -> memoryview:
@@ -101,11 +124,22 @@ class BlockingChannel:
         return view
 
     def read_header(self, limits: Limits):
-        """The raw header of the next frame (valid until the next read); None on a clean EOF."""
-        if not self._fill(PREFIX_BYTES, eof_ok=True):
+        """The raw header of the next frame (valid until the next read); None on a clean EOF.
+
+        A reply usually arrives whole in one ``recv`` (the read-ahead holds 64 KiB):
+        its header is then a view into the read-ahead, with no second call.
+        """
+        if self._end - self._start < PREFIX_BYTES and not self._fill(PREFIX_BYTES, eof_ok=True):
             return None
-        length = header_length(self._take(PREFIX_BYTES))
-        limits.check_header_length(length)
+        start = self._start + PREFIX_BYTES
+        length = _PREFIX_FROM(self._buf, self._start)[0]
+        if length > limits.max_header_bytes:
+            limits.check_header_length(length)  # raises TooLarge
+        stop = start + length
+        if stop <= self._end:  # the whole header is here
+            self._start = stop
+            return self._view[start:stop]
+        self._start = start
         if length <= len(self._buf):
             self._fill(length)
             return self._take(length)
@@ -143,21 +177,48 @@ class BlockingChannel:
                 size -= step
 
     def take_fds(self) -> list[int]:
+        """The descriptors received so far: the arena, which comes with the hello reply
+        (``ShmOps.on_connect`` takes it). From then on the channel receives with a plain
+        ``recv_into`` (a ``recvmsg`` and its ancillary data cost 1.5 us more a reply): the
+        daemon sends no other descriptor, and one sent all the same is closed by the
+        kernel (no room for it), never held."""
         fds, self.received_fds = self.received_fds, []
+        self._recv_once = self.sock.recv_into
         return fds
 
     # -- sending --------------------------------------------------------------
     def send(self, header: dict, payloads=()) -> None:
         """One frame: ``sendmsg`` of the header and the payload views (no payload copy)."""
-        bufs = [memoryview(pack_header(header))]
-        bufs.extend(cast_bytes(p) for p in payloads)
-        i, count = 0, len(bufs)
-        while i < count:
+        raw = pack_header(header)
+        self.send_frame([raw], len(raw), payloads)
+
+    def send_frame(self, bufs: list, nbytes: int, payloads=()) -> None:
+        """One frame laid out as ``bufs`` (``RequestFramer.frame``: the length prefix and
+        header, large arguments as their own buffers; ``nbytes`` in all) followed by the
+        payload views, with one ``sendmsg`` when the socket takes it all (a lookup); no
+        copy of any of them."""
+        if payloads:
+            bufs.extend(cast_bytes(p) for p in payloads)
+            nbytes = -1  # (not compared: the loop below counts)
+        if len(bufs) <= IOV_MAX:
+            self._arm()
             try:
-                sent = self.sock.send(bufs[i]) if count - i == 1 else \
-                    self.sock.sendmsg(bufs[i : i + IOV_MAX])
+                sent = self.sock.sendmsg(bufs)
+            except (BlockingIOError, InterruptedError):  # SO_SNDTIMEO passed: the deadline?
+                sent = 0
+            except OSError as exc:
+                raise Unavailable(f"send failed: {exc}") from exc
+            if sent == nbytes:
+                return
+            i = advance(bufs, 0, sent)
+        else:
+            i = 0
+        count = len(bufs)
+        while i < count:
+            self._arm()
+            try:
+                sent = self.sock.sendmsg(bufs[i : i + IOV_MAX])
             except (BlockingIOError, InterruptedError):
-                self._wait(self._poll_out)
                 continue
             except OSError as exc:
                 raise Unavailable(f"send failed: {exc}") from exc

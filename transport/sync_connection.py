@@ -10,7 +10,16 @@ One implementation of every op serves both paths. The ops classes
 suspends (it blocks on the socket instead), so ``drive(coro)`` runs an op to
 its end with one ``coro.send(None)`` and takes the ``StopIteration`` value.
 An op that did suspend (an asyncio await slipped into the sync path) raises
-``RuntimeError`` instead of hanging.
+``RuntimeError`` instead of hanging. Under it ``SyncConnection.call`` is the
+request as a plain call, which the hottest op, ``lookup``, calls directly
+(``WireOps.lookup_now``): a lookup then runs no coroutine at all.
+
+The usual request costs one clock read, one ``sendmsg`` of a frame whose
+tokens are sent from the caller's array (``transport.request_frame``: the
+bytes ``pack_header`` would make, without its three copies) and one ``recv``
+on a blocking socket (``transport.sync_channel``); the reply is checked as
+on the asyncio path (``Connection._parse``: its id, its shape, its payload
+sizes; an error reply raises).
 
 Everything else is ``Connection``'s: hello (version, token, tenant; on shm
 the arena descriptor checked by ``ShmOps.on_connect``), namespace
@@ -33,6 +42,7 @@ from collections.abc import Callable
 from kvstore.errors import KVStoreError, ProtocolError, Timeout, Unavailable
 from kvstore.transport.connection import Connection
 from kvstore.transport.messages import Op, Reply, Request
+from kvstore.transport.request_frame import RequestFramer
 from kvstore.transport.sync_channel import BlockingChannel, ChannelTimeout, open_blocking
 
 _forks = 0  # children of fork this process descends from (the check costs no getpid call)
@@ -67,6 +77,7 @@ class SyncConnection(Connection):
         super().__init__(url, **kwargs)
         self._lock = threading.Lock()
         self._forks = _forks
+        self._framer = RequestFramer()  # used under the lock
 
     async def _open(self, wait: float) -> BlockingChannel:
         return open_blocking(self.url, wait)
@@ -84,7 +95,7 @@ class SyncConnection(Connection):
         if self._abort_reason is not None:
             raise Unavailable(f"{op.value} to {self.url} abandoned: {self._abort_reason}") from exc
 
-    async def request(
+    def call(
         self,
         op: Op,
         ns: bytes | None = None,
@@ -93,55 +104,92 @@ class SyncConnection(Connection):
         receive: Callable | None = None,
         timeout: float | None = None,
     ) -> Reply:
-        """``Connection.request`` on this thread (see there); blocks, never suspends."""
-        self._forked()
-        req = self._new_request(op, ns, args, payloads)
+        """``Connection.request`` on this thread, as a plain call (see there); blocks.
+
+        The usual request (connected, namespace registered, the lock free) reads the
+        clock once: its deadline is its start plus ``timeout``.
+        """
+        if self._forks != _forks:
+            self._forked()
+        if self.closed:
+            self._check_open()
         budget = timeout or self.timeout
         start = time.monotonic()
-        if not self._lock.acquire(timeout=budget):
+        lock = self._lock
+        queued = not lock.acquire(False)
+        if queued and not lock.acquire(timeout=budget):
             raise Timeout(f"{op.value} to {self.url}: no answer within {budget:g}s "
                           "(queued behind an earlier request)")
         try:
-            self._check_open()  # aborted while this request waited for its turn
-            try:
-                if self.channel is None:
-                    await self._connect(max(0.01, budget - (time.monotonic() - start)))
-                await self._register_known(ns, max(0.01, budget - (time.monotonic() - start)))
-                left = max(0.01, budget - (time.monotonic() - start))
-                return await self._roundtrip(req, receive, left, payloads)
-            except KVStoreError as exc:
-                self._unavailable_if_aborted(op, exc)
-                raise
+            deadline = start + budget
+            if queued or self.channel is None or (ns is not None and ns not in self.registered):
+                deadline = self._ready(ns, start, budget)
+            return self._exchange(op, ns, args or {}, payloads, receive, deadline, budget)
+        except KVStoreError as exc:
+            self._unavailable_if_aborted(op, exc)
+            raise
         finally:
-            self._lock.release()
+            lock.release()
+
+    def _ready(self, ns: bytes | None, start: float, budget: float) -> float:
+        """Connect and register ``ns`` on the session as needed, within the request's
+        budget (some of it spent queued behind other threads' requests); the deadline
+        left for the request itself (at least 10 ms)."""
+        self._check_open()  # aborted while this request waited for its turn: no reconnect
+        if self.channel is None:
+            drive(self._connect(max(0.01, budget - (time.monotonic() - start))))
+        drive(self._register_known(ns, max(0.01, budget - (time.monotonic() - start))))
+        return max(start + budget, time.monotonic() + 0.01)
+
+    async def request(self, op: Op, ns: bytes | None = None, args: dict | None = None,
+                      payloads=(), receive: Callable | None = None,
+                      timeout: float | None = None) -> Reply:
+        """``call`` for the ops' coroutines (``drive``): never suspends."""
+        return self.call(op, ns, args, payloads, receive, timeout)
 
     async def _roundtrip(self, req: Request, receive, timeout: float, payloads=()) -> Reply:
-        req.id = next(self._ids)
+        """``_exchange`` of a ``Request`` (hello and register, inside ``_connect``)."""
+        return self._exchange(req.op, req.ns, req.args, payloads, receive,
+                              time.monotonic() + timeout, timeout)
+
+    def _exchange(self, op: Op, ns: bytes | None, args: dict, payloads, receive,
+                  deadline: float, budget: float) -> Reply:
+        """Send one request (one ``sendmsg`` unless the socket is full) and read its reply
+        by ``deadline``; payloads extend it at ``min_rate`` (``budget``: for the message)."""
+        request_id = next(self._ids)
         channel = self.channel
-        rate = self.min_rate
-        channel.deadline = time.monotonic() + timeout + sum(req.sizes) / rate
+        if payloads:
+            sizes = [len(p) if isinstance(p, memoryview) else memoryview(p).nbytes
+                     for p in payloads]
+            deadline += sum(sizes) / self.min_rate
+        else:
+            sizes = []
+        channel.deadline = deadline
         phase = "no reply"
         try:
-            channel.send(req.to_header(), payloads)
-            reply = self._parse(req, channel.read_header(self.limits))
+            bufs, nbytes = self._framer.frame(op.value, request_id, ns, args, sizes)
+            channel.send_frame(bufs, nbytes, payloads)
+            reply = self._parse(request_id, channel.read_header(self.limits))
             if reply.sizes:
                 if receive is None:
                     raise ProtocolError("unexpected payload in reply")
                 targets = receive(reply)
                 phase = f"payload of {sum(reply.sizes)} bytes stalled"
-                channel.deadline += sum(reply.sizes) / rate
+                channel.deadline += sum(reply.sizes) / self.min_rate
                 channel.read_segments(targets, reply.sizes)
         except ChannelTimeout as exc:
             self._drop()
-            raise Timeout(f"{req.op.value} to {self.url}: {phase} within {timeout:.2g}s "
+            raise Timeout(f"{op.value} to {self.url}: {phase} within {budget:.2g}s "
                           "(peer silent or unreachable)") from exc
         except OSError as exc:  # a socket error the channel did not wrap
             self._drop()
-            raise Unavailable(f"{req.op.value} to {self.url} failed: {exc}") from exc
+            raise Unavailable(f"{op.value} to {self.url} failed: {exc}") from exc
         except BaseException:  # mid-frame (an error, KeyboardInterrupt): the stream is lost
             self._drop()
             raise
-        return self._checked(reply)
+        if reply.status:
+            self._checked(reply)  # raises the error the daemon answered
+        return reply
 
     async def send_only(self, op: Op, args: dict) -> None:
         """A request that gets no reply (``release`` with ``noreply``); best effort."""

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from itertools import repeat
 
 import numpy as np
 
@@ -25,8 +26,8 @@ from kvstore.transport.connection import Connection
 from kvstore.transport.messages import (
     MAX_LOOKUPS,
     Op,
+    Reply,
     encode_hint,
-    encode_tokens,
     lookup_many_args,
     lookup_many_memo_args,
 )
@@ -79,7 +80,9 @@ class WireOps:
 
     @staticmethod
     def _args(tokens, extra: bytes) -> dict:
-        args = {"tokens": encode_tokens(tokens)}
+        """A request's ``tokens`` (an ``as_tokens`` array, sent from its own memory as a
+        flat byte view: no copy, ``transport.request_frame``) and ``extra`` if set."""
+        args = {"tokens": memoryview(tokens).cast("B")}
         if extra:
             args["extra"] = bytes(extra)
         return args
@@ -88,6 +91,12 @@ class WireOps:
     async def lookup(self, ns: bytes, tokens, extra: bytes = b"") -> int:
         reply = await self.conn.request(Op.LOOKUP, ns, self._args(as_tokens(tokens), extra))
         return int(reply.result["tokens"])
+
+    def lookup_now(self, call: Callable[..., Reply], ns: bytes, tokens, extra: bytes = b"") -> int:
+        """``lookup`` through ``call`` (a ``SyncConnection.call``) as a plain call: the sync
+        client's hot path (a scheduler asks once per waiting request per step) without
+        the two coroutines ``drive`` would run."""
+        return int(call(Op.LOOKUP, ns, self._args(as_tokens(tokens), extra)).result["tokens"])
 
     async def lookup_many(self, ns: bytes, tokens_list: Sequence,
                           extras: Sequence[bytes] | None = None) -> list[int]:
@@ -131,7 +140,7 @@ class WireOps:
                 log.info("the daemon at %s does not know lookup_many; single lookups",
                          self.conn.url)
             else:
-                if len(hits) != len(arrays) or not all(isinstance(n, int) for n in hits):
+                if len(hits) != len(arrays) or not all(map(isinstance, hits, repeat(int))):
                     raise ProtocolError("lookup_many reply does not match the request")
                 return hits
         return [await self.lookup(ns, arr, extra) for arr, extra in zip(arrays, extras)]

@@ -20,3 +20,15 @@ def test_lookup_benchmark_smoke(tmp_path, capsys):
     assert min(r["x_raw_rtt"] for name, r in rows.items()
                if name.startswith("raw round trip") and "1048576" not in name) == 1
     assert "lookup_many" in capsys.readouterr().out
+
+
+def test_lookup_cpu_benchmark_smoke(tmp_path, capsys):
+    from benchmarks import lookup_cpu
+
+    out = tmp_path / "lookup_cpu.json"
+    assert lookup_cpu.main(["--rounds", "1", "--calls", "5", "--json", str(out)]) == 0
+    rows = {r["task"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows[lookup_cpu.RAW]["cpu_x_raw"] == 1
+    for carrier in ("shm", "tcp"):
+        assert rows[f"{carrier} ns.lookup"]["wall_p50_us"] > 0
+    assert "client's CPU" in capsys.readouterr().out

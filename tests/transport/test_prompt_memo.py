@@ -124,6 +124,22 @@ def test_the_mirror_predicts_the_memo():
     assert mirror.plan(digests[:3], pool[:3], resend=True) == b"\x01" * 3
 
 
+def test_a_batch_the_memo_holds_whole_goes_as_digests_in_the_memo_order():
+    """Every prompt held (a scheduler's next step; repeats among them): nothing carried,
+    and the mirror's recency order is the memo's after it walks the request."""
+    pool = [prompt(i, 100) for i in range(5)]
+    keys = [digest(p) for p in pool]
+    memo, mirror = PromptMemo(2000), PromptMirror(2000, generation=1)
+    memo.resolve(keys, mirror.plan(keys, pool), pool)
+    again = [3, 0, 3, 1]
+    carried = mirror.plan([keys[i] for i in again], [pool[i] for i in again])
+    assert carried == b"\x00" * 4
+    memo.resolve([keys[i] for i in again], carried, [])
+    assert list(mirror._entries) == list(memo._entries)
+    assert list(mirror._entries) == [keys[i] for i in (2, 4, 0, 3, 1)]
+    assert mirror.tokens == memo.tokens == 500
+
+
 def test_the_memo_request_on_the_wire():
     arrays = [prompt(1, 8), prompt(2, 4), prompt(3, 2)]
     keys = [digest(a) for a in arrays]

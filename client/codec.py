@@ -19,6 +19,7 @@ from kvstore.errors import InvalidArgument
 from kvstore.kernels import decode, encode, host_copy, payload_nbytes
 from kvstore.kernels.host_copy import host_bits, move
 from kvstore.layout import KVLayout
+from kvstore.transport.payloads import Gathered
 
 
 def _as_uint8(buf) -> torch.Tensor:
@@ -83,6 +84,21 @@ class BlockCodec:
             return lambda i, out: self.encode_into(kv[:, :, i * B : (i + 1) * B], out)
         shape = self.block_shape
         return lambda i, out: move(_payload_array(out, arr, shape), arr[:, :, i * B : (i + 1) * B])
+
+    def gathered(self, kv: torch.Tensor, n: int) -> list[Gathered] | None:
+        """Blocks ``0..n-1`` of ``kv`` ``[L, 2, T, H, D]`` as ``Gathered`` segments of its own
+        memory (codec ``none``: each block is its ``2 L`` slices, ``transport.payloads``),
+        or None when they cannot be (another codec or device, a strided ``T, H, D``)."""
+        arr = host_bits(kv) if self._encode is None else None
+        if arr is None or arr.ndim != 5:
+            return None
+        item = arr.itemsize
+        _, _, _, heads, dim = arr.shape
+        if arr.strides[2:] != (heads * dim * item, dim * item, item):
+            return None  # a block's slice of one layer's K or V is not one run of memory
+        B, L = self.layout.block_tokens, arr.shape[0]
+        return [Gathered.of(arr[layer, kv_, i * B : (i + 1) * B]
+                            for layer in range(L) for kv_ in range(2)) for i in range(n)]
 
     def decoder(self, out: torch.Tensor) -> Callable[[int, object], None]:
         """``dec(i, payload)``: ``decode_into`` of ``payload`` as block ``i`` of ``out``

@@ -135,6 +135,10 @@ class Namespace:
         toks = toks[: n * bt]
         if self.uses_leases and self.codec.codec == "none":
             return self._soft(lambda: self._put_leased(toks, kv, extra), 0)
+        if self.backend.capabilities.gathered_payloads:  # sent from kv itself, unstaged
+            gathered = self.codec.gathered(kv, n)
+            if gathered is not None:
+                return self._soft(lambda: self.backend.put(self.id, toks, gathered, extra), 0)
         with self._staging.lock:  # one writer of the reused buffer at a time
             staging = self._staging.alloc(n * self.codec.payload_nbytes)
             blocks = _LazyBlocks(kv, self.codec, n, staging)

@@ -149,10 +149,14 @@ class Capabilities:
     ``async_lookup``: it is an ``AsyncLookupStore`` (``alookup`` and ``ahint``
     are coroutines answered by its own I/O: the remote carriers), so an asyncio
     caller awaits them instead of running ``lookup`` / ``hint`` on a worker thread.
+    ``gathered_payloads``: ``put`` takes ``transport.payloads.Gathered`` blocks (a
+    block sent from several buffers of the caller's tensor, never staged: the tcp
+    carrier).
     """
 
     leases: bool = False
     async_lookup: bool = False
+    gathered_payloads: bool = False
 
 
 class BlockStore(Protocol):

@@ -36,6 +36,7 @@ from kvstore.errors import Stalled, Unavailable
 from kvstore.transport import bulk
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
+from kvstore.transport.payloads import cast_bytes, payload_views
 from kvstore.transport.read_watch import ReadWatch
 
 READ_AHEAD = 64 << 10
@@ -49,19 +50,6 @@ BULK_BYTES = 1 << 20  # a transfer this large goes to a bulk worker (transport.b
 # peer that stopped reading or writing cannot hold a worker, or the leases
 # its request pinned, for ever). Idle time between frames is not limited.
 STALL_SECONDS = 60.0
-def cast_bytes(buf) -> memoryview:
-    """``buf``'s buffer cast to a flat unsigned-byte memoryview (no copy).
-
-    For buffer-protocol objects only (numpy arrays, mmap slices, bytes); the
-    store's ``kvstore.store.buffers.byte_view`` also takes tensors and checks
-    contiguity.
-    """
-    view = buf if isinstance(buf, memoryview) else memoryview(buf)
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view
-
-
 def tune_socket(sock: socket.socket) -> None:
     """Non-blocking; no Nagle delay on TCP (small requests must not wait)."""
     sock.setblocking(False)
@@ -280,7 +268,8 @@ class SocketChannel:
     async def send(self, header: dict, payloads: Sequence = ()) -> None:
         """Send one frame: ``sendmsg`` of the header and payload views (no payload copy)."""
         bufs = [memoryview(pack_header(header))]
-        bufs.extend(cast_bytes(p) for p in payloads)
+        if payloads:
+            bufs.extend(payload_views(payloads))
         await self.send_buffers(bufs)
 
     async def send_buffers(self, bufs: list[memoryview]) -> None:

@@ -40,6 +40,7 @@ from kvstore.transport.channel import SocketChannel
 from kvstore.transport.framing import unpack_header
 from kvstore.transport.limits import Limits
 from kvstore.transport.messages import PROTOCOL_VERSION, Op, Reply, Request, parse_reply
+from kvstore.transport.payloads import payload_size
 from kvstore.transport.urls import CarrierURL
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,7 @@ class Connection:
 
     def _new_request(self, op: Op, ns: bytes | None, args: dict | None, payloads) -> Request:
         self._check_open()
-        sizes = [len(p) if isinstance(p, memoryview) else memoryview(p).nbytes for p in payloads]
+        sizes = [payload_size(p) for p in payloads]
         return Request(op, ns=ns, args=args or {}, sizes=sizes)
 
     def _parse(self, request_id: int, raw) -> Reply:

@@ -77,7 +77,8 @@ class RemoteStore:
             token = os.environ.get("KVSTORE_AUTH_TOKEN")
         self.timeout = timeout
         self.availability = SoftFailures(strict, str(self.url), log)
-        self.capabilities = Capabilities(leases=self.url.scheme == "shm", async_lookup=True)
+        self.capabilities = Capabilities(leases=self.url.scheme == "shm", async_lookup=True,
+                                         gathered_payloads=self.url.scheme == "tcp")
         self._conn_args = dict(token=token, tenant=tenant, timeout=timeout,
                                connect_timeout=connect_timeout, retry_interval=retry_interval,
                                client_name=client_name)

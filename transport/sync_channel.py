@@ -32,6 +32,7 @@ from kvstore.transport.channel import READ_AHEAD, cast_bytes
 from kvstore.transport.fd_channel import recv_with_fds, widen_send_buffer
 from kvstore.transport.framing import PREFIX, PREFIX_BYTES, pack_header
 from kvstore.transport.limits import Limits
+from kvstore.transport.payloads import payload_views
 
 _PREFIX_FROM = PREFIX.unpack_from
 WAIT_QUANTUM = 1.0  # seconds one blocking syscall may wait before the deadline is looked at
@@ -198,7 +199,7 @@ class BlockingChannel:
         payload views, with one ``sendmsg`` when the socket takes it all (a lookup); no
         copy of any of them."""
         if payloads:
-            bufs.extend(cast_bytes(p) for p in payloads)
+            bufs.extend(payload_views(payloads))
             nbytes = -1  # (not compared: the loop below counts)
         if len(bufs) <= IOV_MAX:
             self._arm()

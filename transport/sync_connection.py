@@ -42,6 +42,7 @@ from collections.abc import Callable
 from kvstore.errors import KVStoreError, ProtocolError, Timeout, Unavailable
 from kvstore.transport.connection import Connection
 from kvstore.transport.messages import Op, Reply, Request
+from kvstore.transport.payloads import payload_size
 from kvstore.transport.request_frame import RequestFramer
 from kvstore.transport.sync_channel import BlockingChannel, ChannelTimeout, open_blocking
 
@@ -159,8 +160,7 @@ class SyncConnection(Connection):
         request_id = next(self._ids)
         channel = self.channel
         if payloads:
-            sizes = [len(p) if isinstance(p, memoryview) else memoryview(p).nbytes
-                     for p in payloads]
+            sizes = [payload_size(p) for p in payloads]
             deadline += sum(sizes) / self.min_rate
         else:
             sizes = []

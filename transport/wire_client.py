@@ -31,6 +31,7 @@ from kvstore.transport.messages import (
     lookup_many_args,
     lookup_many_memo_args,
 )
+from kvstore.transport.payloads import Gathered, payload_size
 from kvstore.transport.prompt_memo import PromptMirror, advertised_bound, digests
 from kvstore.transport.stats_wire import RemoteStats, stats_from_wire
 
@@ -190,12 +191,13 @@ class WireOps:
     def _blocks(self, ns: bytes, tokens, payloads: Sequence) -> tuple[np.ndarray, list]:
         block_bytes, block_tokens = self._geometry(ns)
         tokens = as_tokens(tokens)
-        views = [cast_bytes(p) for p in payloads]
+        views = [p if isinstance(p, Gathered) else cast_bytes(p) for p in payloads]
         if len(views) > full_blocks(tokens, block_tokens):
             raise InvalidArgument(f"{len(views)} blocks for {len(tokens)} tokens")
         for view in views:
-            if len(view) != block_bytes:
-                raise InvalidArgument(f"a block of this namespace is {block_bytes} bytes, got {len(view)}")
+            if payload_size(view) != block_bytes:
+                raise InvalidArgument(f"a block of this namespace is {block_bytes} bytes, "
+                                      f"got {payload_size(view)}")
         return tokens[: len(views) * block_tokens], views
 
     async def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:

@@ -175,6 +175,11 @@ class UcxSyncChannel:
             self._header = (self.ep.tag_recv(arr, self._recv_tag, self._mask), arr)
         return self._header
 
+    def _posting_failed(self, posted: list, exc: BaseException) -> BaseException:
+        """A post raised (a dead endpoint, a bad buffer): abort, drain, the error to raise."""
+        self._abandon(posted)
+        return _wrapped(exc)
+
     def _recv_all(self, bufs: list) -> None:
         self._check_usable()
         posted = []
@@ -182,14 +187,19 @@ class UcxSyncChannel:
             for buf in bufs:
                 arr = _array(buf)
                 posted.append((self.ep.tag_recv(arr, self._recv_tag, self._mask), arr))
-        finally:
-            self._complete(posted)
+        except BaseException as exc:
+            raise self._posting_failed(posted, exc) from exc
+        self._complete(posted)
 
     def read_header(self, limits: Limits):
         """The raw header of the next frame (valid until the next read); None if the peer left."""
         try:
             self._check_usable()
-            self._complete([self._post_header_receive()])
+            try:
+                header = self._post_header_receive()
+            except BaseException as exc:
+                raise self._posting_failed([], exc) from exc
+            self._complete([header])
         except Unavailable:
             return None  # the peer went away between frames
         finally:
@@ -239,8 +249,9 @@ class UcxSyncChannel:
             for msg in msgs:
                 arr = _array(msg)
                 posted.append((self.ep.tag_send(arr, self._send_tag), arr))
-        finally:
-            self._complete(posted)
+        except BaseException as exc:
+            raise self._posting_failed(posted, exc) from exc
+        self._complete(posted)
 
     # -- the end ----------------------------------------------------------------
     def shutdown(self) -> None:
@@ -304,10 +315,10 @@ def open_ucx_sync(url, timeout: float) -> UcxSyncChannel:
     from ucxx._lib.libucxx import UCXEndpoint, UCXWorker
     from ucxx._lib_async.utils import hash64bits
 
-    worker = UCXWorker(_Context.get(), enable_delayed_submission=False,
-                       enable_python_future=False)
-    worker.init_blocking_progress_mode()
     try:
+        worker = UCXWorker(_Context.get(), enable_delayed_submission=False,
+                           enable_python_future=False)
+        worker.init_blocking_progress_mode()
         ep = UCXEndpoint.create(worker, url.host, url.port, True)
     except Exception as exc:
         raise Unavailable(f"cannot reach {url}: {exc}") from exc
@@ -322,8 +333,9 @@ def open_ucx_sync(url, timeout: float) -> UcxSyncChannel:
             channel._complete([(post(arr), arr)])
     except (ChannelTimeout, Unavailable, ProtocolError) as exc:
         channel.close()
-        why = "no answer to connect" if isinstance(exc, ChannelTimeout) else str(exc)
-        raise Unavailable(f"cannot reach {url}: {why} within {timeout:g}s") from exc
+        why = f"no answer to connect within {timeout:g}s" if isinstance(exc, ChannelTimeout) \
+            else f"the ucx handshake failed: {exc}"
+        raise Unavailable(f"cannot reach {url}: {why}") from exc
     peer_tag, checksum = _PEER_INFO.unpack(bytes(peer))
     if checksum != hash64bits(peer_tag):
         channel.close()

@@ -11,19 +11,22 @@ measures, in interleaved rounds:
   as a share of one core (the design asks
   < 5 % for ucx);
 * **lookup p50**: ``--lookups`` lookups of 1,024 cached tokens per carrier
-  per round through the synchronous API (tcp answers on the caller's
-  thread; ucx goes through the client's I/O thread, one more hand-off each
-  way); the ratio ucx / tcp is the median of the per-round ratios (the
-  design asks <= 2);
+  per round through the synchronous API (both on the caller's thread: tcp
+  on its socket, ucx progressing a worker of its own,
+  ``transport/ucx_sync_channel.py``); the ratio ucx / tcp is the median of
+  the per-round ratios (the design asks <= 2);
 * **alookup p50**: the same lookups through the asyncio twin, run on the
   client's I/O loop (both carriers on one loop: no thread hand-off), and
   their ratio.
 
-The ucx carrier progresses one ucx worker per event loop from the worker's
-event fd (``transport/ucx_progress.py``, ``docs/concurrency.md``).
-``KVSTORE_UCX_SPIN_US`` (both processes inherit it) polls that long after
-each posted request before sleeping on the fd: try it on a machine with
-spare cores.
+The daemon progresses one ucx worker per event loop from the worker's
+event fd (``transport/ucx_progress.py``, ``docs/concurrency.md``); the
+synchronous client arms its own worker and sleeps in ``poll`` on its fd.
+``KVSTORE_UCX_SPIN_US`` (the event loops: the daemon's, the asyncio twins')
+and ``KVSTORE_UCX_SYNC_SPIN_US`` (the synchronous client) poll that long
+after each posted request before sleeping on the fd (both off by default:
+on a loaded 2-core machine spinning costs the peer its core); both
+processes inherit them.
 """
 
 from __future__ import annotations

@@ -5,16 +5,16 @@
 (register / lookup / put / get / hint / delete / flush / stats), plus ``get_into``
 that receives blocks straight into a caller's buffer.
 
-Threading: over tcp and shm a sync call talks to the socket on the caller's
-thread (``transport.sync_connection``: a blocking connection, as redis-py
-has; no thread hand-off). The asyncio twins (``alookup``, ``alookup_many``,
+Threading: over tcp, shm and ucx a sync call talks to the carrier on the
+caller's thread (``transport.sync_connection``: a blocking connection, as
+redis-py has; no thread hand-off; ucx progresses a worker of its own,
+``transport.ucx_sync_channel``). The asyncio twins (``alookup``, ``alookup_many``,
 ``ahint``, ``aput``, ``aget``, ``aget_into``, ``aregister``, ``adelete``,
 ``aflush``, ``astats``) run the same op coroutines on a second connection,
 opened on first use on the process's background I/O thread
 (``transport.io_thread``), and await them from any event loop without
 blocking it; the namespaces are the client's, registered on each
-connection's session as it needs them. ucx (ucxx is asyncio) runs every call
-on the I/O thread. One client is safe to share between threads (a
+connection's session as it needs them. One client is safe to share between threads (a
 connection sends its requests one at a time).
 
 On shm the client is a ``LeasingStore`` (``capabilities.leases``): the lease
@@ -82,8 +82,8 @@ class RemoteStore:
         self._conn_args = dict(token=token, tenant=tenant, timeout=timeout,
                                connect_timeout=connect_timeout, retry_interval=retry_interval,
                                client_name=client_name)
-        # the sync calls' connection: blocking on the caller's thread (tcp, shm) or asyncio (ucx)
-        self.blocking = self.url.scheme in ("tcp", "shm")
+        # the sync calls' connection: blocking on the caller's thread (tcp, shm, ucx)
+        self.blocking = self.url.scheme in ("tcp", "shm", "ucx")
         conn: Connection
         if self.blocking:
             conn = SyncConnection(self.url, **self._conn_args)

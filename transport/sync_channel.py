@@ -226,6 +226,12 @@ class BlockingChannel:
             i = advance(bufs, i, sent)
 
     # -- the end ----------------------------------------------------------------
+    def forget(self) -> None:
+        """In a child of fork: close this process's copy of the socket only (no shutdown,
+        no reset: the parent's connection goes on)."""
+        self.closed = True
+        self.sock.close()
+
     def shutdown(self) -> None:
         """Wake a thread blocked on this channel (from another thread); it then fails."""
         try:

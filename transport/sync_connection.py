@@ -1,4 +1,4 @@
-"""SyncConnection: a client connection driven on the caller's thread (tcp and shm).
+"""SyncConnection: a client connection driven on the caller's thread (tcp, shm, ucx).
 
 The synchronous ``RemoteStore`` calls talk to the socket themselves, as
 redis-py does, instead of handing a coroutine to the background I/O thread
@@ -38,6 +38,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from kvstore.errors import KVStoreError, ProtocolError, Timeout, Unavailable
 from kvstore.transport.connection import Connection
@@ -45,6 +46,9 @@ from kvstore.transport.messages import Op, Reply, Request
 from kvstore.transport.payloads import payload_size
 from kvstore.transport.request_frame import RequestFramer
 from kvstore.transport.sync_channel import BlockingChannel, ChannelTimeout, open_blocking
+
+if TYPE_CHECKING:
+    from kvstore.transport.ucx_sync_channel import UcxSyncChannel
 
 _forks = 0  # children of fork this process descends from (the check costs no getpid call)
 
@@ -70,10 +74,10 @@ def drive(coro):
 class SyncConnection(Connection):
     """``Connection`` over a ``BlockingChannel``; its coroutines never suspend (``drive``)."""
 
-    channel: BlockingChannel | None
+    channel: BlockingChannel | UcxSyncChannel | None
 
     def __init__(self, url, **kwargs):
-        if url.scheme not in ("tcp", "shm"):
+        if url.scheme not in ("tcp", "shm", "ucx"):
             raise ValueError(f"no blocking connection for {url.scheme}://")
         super().__init__(url, **kwargs)
         self._lock = threading.Lock()
@@ -81,6 +85,10 @@ class SyncConnection(Connection):
         self._framer = RequestFramer()  # used under the lock
 
     async def _open(self, wait: float) -> BlockingChannel:
+        if self.url.scheme == "ucx":  # the caller's thread progresses its own ucx worker
+            from kvstore.transport.ucx_sync_channel import open_ucx_sync
+
+            return open_ucx_sync(self.url, wait)
         return open_blocking(self.url, wait)
 
     def _forked(self) -> None:
@@ -89,7 +97,7 @@ class SyncConnection(Connection):
             self._forks = _forks
             self._lock = threading.Lock()
             if self.channel is not None:
-                self.channel.sock.close()  # the child's copy only: no shutdown, no reset
+                self.channel.forget()  # the parent's connection stays untouched
                 self.channel = None
 
     def _unavailable_if_aborted(self, op: Op, exc: BaseException) -> None:

@@ -123,6 +123,9 @@ class UcxChannel:
         try:
             arr = Array(_as_array(buf))
             request = self._raw().tag_recv(arr, self._recv_tag, self._mask)
+            if request.completed:  # the message was waiting: no future, no pass
+                request.check_error()
+                return
             await self.worker.wait(request, arr)
         except UCXMessageTruncatedError as exc:
             raise ProtocolError("message longer than declared") from exc
@@ -137,6 +140,9 @@ class UcxChannel:
         try:
             arr = Array(_as_array(buf))
             request = self._raw().tag_send(arr, self._send_tag)
+            if request.completed:  # most sends leave at once: no future, no pass
+                request.check_error()
+                return
             await self.worker.wait(request, arr)
         except Exception as exc:
             if isinstance(exc, (asyncio.CancelledError, RuntimeError, Unavailable)):

@@ -24,7 +24,8 @@ rules that keep it memory-safe:
 * **progress on events**: the loop watches the worker's event fd; a *pass*
   progresses the worker, settles every finished request's future and
   re-arms the worker (progressing again while arming reports more events).
-  Posting a request schedules a pass (a send may need progress to leave). A
+  Posting a request runs a pass at once (a send may need progress to leave;
+  the worker is re-armed before the loop sleeps). A
   slow tick (``TICK_S``) drives ucxx's own waits (the connection handshake,
   which loop with ``sleep(0)`` and post nothing through here);
 * **buffers outlive their requests**: a posted request keeps its buffer in
@@ -174,16 +175,15 @@ class LoopWorker:
     def wait(self, request, buffer) -> asyncio.Future:
         """A future settled when ``request`` completes; ``buffer`` lives at least that long."""
         fut = self.loop.create_future()
-        if not request.completed:
-            self.worker.progress()  # most sends leave, and many receives land, right here
-            self._settle_finished()  # what else that progress finished
-            self.kick()  # and re-arm after it
         if request.completed:
             _settle(fut, request)
             return fut
         self.pending.append(_Pending(request, buffer, fut))
         self.spin_until = time.perf_counter() + SPIN_S
-        self.kick()
+        # a pass right here: most sends leave, and many receives land, in its progress;
+        # it settles what finished (this request too) and re-arms the worker, so the
+        # loop sleeps on the event fd without another iteration first
+        self.run_pass()
         return fut
 
     def track(self, endpoint) -> None:

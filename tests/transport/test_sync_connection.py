@@ -1,7 +1,7 @@
 """The synchronous client on the caller's thread (``transport.sync_connection``).
 
 ``drive`` runs the ops' coroutines without an event loop; ``RemoteStore`` over
-tcp and shm sends its sync calls on the calling thread (no I/O thread), shares
+tcp, shm and ucx sends its sync calls on the calling thread (no I/O thread), shares
 one connection between threads, keeps its deadlines, ``retry_interval`` and
 ``abort``, and shares its namespaces with the asyncio twins' connection.
 """
@@ -20,7 +20,7 @@ import pytest
 from kvstore.errors import Timeout, Unavailable
 from kvstore.transport.remote import RemoteStore
 from kvstore.transport.sync_connection import SyncConnection, drive
-from tests.transport.conftest import blocks_for, small_layout, spec_of, tokens_for
+from tests.transport.conftest import HAVE_UCX, blocks_for, small_layout, spec_of, tokens_for
 from tests.waiting import wait_until
 
 
@@ -56,9 +56,11 @@ def test_drive_passes_errors_through():
 
 
 # -- against a daemon (in-process server) ----------------------------------------------
-@pytest.fixture(params=["tcp", "shm"])
+@pytest.fixture(params=["tcp", "shm", pytest.param("ucx", marks=pytest.mark.integration)])
 def carrier(request):
-    """The carriers with a blocking path (ucx stays on the asyncio one)."""
+    """The carriers with a blocking path: all of them (ucx: its own worker, integration)."""
+    if request.param == "ucx" and not HAVE_UCX:
+        pytest.skip("ucxx is not installed")
     return request.param
 
 
@@ -145,9 +147,11 @@ def test_reconnect_after_drop_re_registers(blocking):
 
 
 @pytest.mark.integration  # a forked child process
-def test_a_forked_child_opens_its_own_connection(blocking):
+def test_a_forked_child_opens_its_own_connection(blocking, carrier):
     """After ``fork`` the child never uses the parent's socket (told by an at-fork hook,
     not a ``getpid`` call per request): it reconnects, and the parent's stream is intact."""
+    if carrier == "ucx":
+        pytest.skip("UCX cannot connect from a child of fork (test_ucx_sync_channel.py)")
     c = blocking()
     spec = spec_of()
     ns = c.register(spec)

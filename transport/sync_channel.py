@@ -33,6 +33,7 @@ from kvstore.transport.fd_channel import recv_with_fds, widen_send_buffer
 from kvstore.transport.framing import PREFIX, PREFIX_BYTES, pack_header
 from kvstore.transport.limits import Limits
 from kvstore.transport.payloads import payload_views
+from kvstore.transport.reply_spin import ReplySpin
 
 _PREFIX_FROM = PREFIX.unpack_from
 WAIT_QUANTUM = 1.0  # seconds one blocking syscall may wait before the deadline is looked at
@@ -52,6 +53,10 @@ class BlockingChannel:
         self.receive_fds = receive_fds
         # one receive: ``recv_into``, or on shm a ``recvmsg`` that keeps the descriptors
         self._recv_once = self._recv_fds if receive_fds else sock.recv_into
+        # replies are polled for briefly before a sleep; on shm only once the hello's
+        # descriptor is in (a plain receive from then on)
+        self._spin_after_hello = ReplySpin()
+        self._spin = None if receive_fds else self._spin_after_hello
         self.received_fds: list[int] = []
         self.deadline = float("inf")  # set by the connection before each request
         self._buf = bytearray(READ_AHEAD)
@@ -86,6 +91,13 @@ class BlockingChannel:
 
     # -- receiving ------------------------------------------------------------
     def _recv(self, view: memoryview) -> int:
+        if self._spin is not None:  # poll briefly before sleeping (``transport.reply_spin``)
+            try:
+                n = self._spin.recv_into(self.sock, view)
+            except OSError as exc:
+                raise Unavailable(f"receive failed: {exc}") from exc
+            if n is not None:
+                return n
         while True:
             self._arm()
             try:
@@ -185,6 +197,7 @@ class BlockingChannel:
         kernel (no room for it), never held."""
         fds, self.received_fds = self.received_fds, []
         self._recv_once = self.sock.recv_into
+        self._spin = self._spin_after_hello
         return fds
 
     # -- sending --------------------------------------------------------------

@@ -84,6 +84,15 @@ def _as_array(buf) -> np.ndarray:
     return np.frombuffer(cast_bytes(buf), dtype=np.uint8)
 
 
+def scratch_for(scratch: np.ndarray, nbytes: int) -> np.ndarray:
+    """A buffer of at least ``nbytes`` to receive a dropped segment into (``scratch`` when
+    it is large enough); a segment over ``MAX_SKIP`` is refused (ucx delivers whole
+    messages: dropping one means receiving it)."""
+    if nbytes > MAX_SKIP:
+        raise ProtocolError(f"cannot skip a {nbytes}-byte ucx segment")
+    return scratch if len(scratch) >= nbytes else np.empty(nbytes, dtype=np.uint8)
+
+
 class UcxChannel:
     """A ucxx endpoint as a frame channel, used only on the loop that opened it.
 
@@ -175,10 +184,7 @@ class UcxChannel:
         await self._in_frame(self._recv(view))
 
     def _scratch_for(self, nbytes: int) -> np.ndarray:
-        if nbytes > MAX_SKIP:
-            raise ProtocolError(f"cannot skip a {nbytes}-byte ucx segment")
-        if len(self._scratch) < nbytes:
-            self._scratch = np.empty(nbytes, dtype=np.uint8)
+        self._scratch = scratch_for(self._scratch, nbytes)
         return self._scratch[:nbytes]
 
     async def skip(self, nbytes: int) -> None:

@@ -51,7 +51,7 @@ from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
 from kvstore.transport.payloads import Gathered
 from kvstore.transport.sync_channel import ChannelTimeout
-from kvstore.transport.ucx import INLINE, MAX_SKIP, import_ucxx
+from kvstore.transport.ucx import INLINE, import_ucxx, scratch_for
 
 log = logging.getLogger(__name__)
 SPIN_S = float(os.environ.get("KVSTORE_UCX_SYNC_SPIN_US", "0")) * 1e-6
@@ -217,10 +217,7 @@ class UcxSyncChannel:
         self._recv_all([view])
 
     def _scratch_for(self, nbytes: int) -> np.ndarray:
-        if nbytes > MAX_SKIP:
-            raise ProtocolError(f"cannot skip a {nbytes}-byte ucx segment")
-        if len(self._scratch) < nbytes:
-            self._scratch = np.empty(nbytes, dtype=np.uint8)
+        self._scratch = scratch_for(self._scratch, nbytes)
         return self._scratch[:nbytes]
 
     def read_segments(self, targets, sizes: list[int]) -> None:

@@ -153,6 +153,14 @@ class RadixTree:
             self.answers.put(query, self.generation, extra, known)
         return known
 
+    def cached_tokens_many(self, queries: list, extra: bytes = b"") -> list[int]:
+        """``cached_tokens`` of each query (1-D uint32 arrays), the kept answers looked up
+        in one pass."""
+        known = self.answers.get_many(queries, self.generation, extra)
+        if None not in known:
+            return known
+        return [self.cached_tokens(q, extra) if n is None else n for q, n in zip(queries, known)]
+
     def _walk(self, query: np.ndarray, extra: bytes) -> int:
         """``cached_tokens`` by walking the tree."""
         node = self._roots.get(extra)

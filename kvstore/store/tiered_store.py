@@ -172,7 +172,9 @@ class TieredStore:
         with self._lock:
             nst = self._namespaces.get(ns)
             tiers = self._tiers
-            if extras is None or not any(extras):
+            if (extras is None or not any(extras)) and not tiers.lost:
+                found = nst.tree.cached_tokens_many(arrs)
+            elif extras is None or not any(extras):
                 found = [cached_tokens(tiers, nst, arr, b"") for arr in arrs]
             else:
                 found = [cached_tokens(tiers, nst, arr, bytes(e)) for arr, e in zip(arrs, extras)]

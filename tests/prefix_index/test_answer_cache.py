@@ -115,4 +115,7 @@ def test_random_changes_never_serve_a_stale_answer():
         i = int(rng.integers(len(queries)))
         fresh = np.array(prompts[i], dtype=np.uint32)  # not cacheable: always walked
         assert tree.cached_tokens(queries[i]) == tree.cached_tokens(fresh), (i, prompts[i])
+        if roll > 0.9:  # the batch form (lookup_many) answers the same
+            walked = [tree.cached_tokens(np.array(p, dtype=np.uint32)) for p in prompts]
+            assert tree.cached_tokens_many(queries) == walked
     assert tree.answers.hits > 0

@@ -339,4 +339,7 @@ class Connection:
         except (KVStoreError, asyncio.CancelledError):
             self._drop()
             raise
+        except Exception:  # e.g. the caller's ``receive`` failed mid-frame: the stream
+            self._drop()  # position is lost, and a reset ends the daemon's side at once
+            raise
         return self._checked(reply)

@@ -145,6 +145,31 @@ def test_asyncio_twins(connect):
     asyncio.run(main())
 
 
+def test_asyncio_receive_that_fails_drops_the_connection(connect, carrier):
+    """A caller whose ``alloc`` raises mid-reply (not a KVStoreError) leaves the stream
+    position unknown: the connection is dropped, and the next request works."""
+    if carrier == "shm":
+        pytest.skip("shm replies carry no payload (leases)")
+    spec = spec_of()
+    c = connect()
+
+    def refuse(nbytes):
+        raise ValueError("no room here")
+
+    async def main():
+        ns = await c.aregister(spec)
+        toks = tokens_for(8, 3)
+        blocks = blocks_for(toks, spec)
+        assert await c.aput(ns, toks, blocks) == 48
+        with pytest.raises(ValueError):
+            await c.aget_into(ns, toks, refuse)
+        assert c.aops.conn.channel is None  # dropped, not left mid-frame
+        n, got = await c.aget(ns, toks)
+        assert n == 48 and joined(got) == joined(blocks)
+
+    asyncio.run(main())
+
+
 def test_get_into_a_tensor(connect):
     spec = spec_of()
     c = connect()

@@ -53,23 +53,16 @@ class AnswerCache:
 
     def get(self, query: np.ndarray, generation: int, extra: bytes) -> int | None:
         """The answer kept for ``query`` under this generation and extra, or None."""
-        entry = self._entries.get(id(query))
-        if entry is None or entry[0]() is not query or entry[1] != generation \
-                or entry[2] != extra:
-            return None
-        self.hits += 1
-        return entry[3]
+        return self.get_many((query,), generation, extra)[0]
 
-    def get_many(self, queries: list, generation: int, extra: bytes) -> list:
-        """``get`` of each query, in one loop (a scheduler's ``lookup_many``)."""
+    def get_many(self, queries, generation: int, extra: bytes) -> list:
+        """The answer kept for each query (None where there is none), in one loop."""
         entries, out = self._entries, []
         for query in queries:
             entry = entries.get(id(query))
-            if entry is None or entry[0]() is not query or entry[1] != generation \
-                    or entry[2] != extra:
-                out.append(None)
-            else:
-                out.append(entry[3])
+            valid = entry is not None and entry[0]() is query and entry[1] == generation \
+                and entry[2] == extra
+            out.append(entry[3] if valid else None)
         self.hits += len(out) - out.count(None)
         return out
 

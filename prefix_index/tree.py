@@ -13,9 +13,7 @@ salt), since equal tokens under a different ``extra`` are different KV.
 
 Every block is also reachable by its key (``get``), so eviction policies can
 name blocks by key. ``generation`` moves on with every change that can
-change a lookup's answer (an insert that adds blocks, a removal, a clear):
-``cached_tokens`` keeps answers for prompts their caller keeps
-(``answer_cache``) and reuses one only under the same generation. Not
+change a lookup's answer; ``answer_cache`` keeps answers under it. Not
 thread-safe: the owning store serialises access.
 """
 
@@ -147,19 +145,21 @@ class RadixTree:
         """
         if not cacheable(query):
             return self._walk(query, extra)
-        known = self.answers.get(query, self.generation, extra)
-        if known is None:
-            known = self._walk(query, extra)
-            self.answers.put(query, self.generation, extra, known)
-        return known
+        return self.cached_tokens_many([query], extra)[0]
 
     def cached_tokens_many(self, queries: list, extra: bytes = b"") -> list[int]:
         """``cached_tokens`` of each query (1-D uint32 arrays), the kept answers looked up
         in one pass."""
-        known = self.answers.get_many(queries, self.generation, extra)
+        generation, answers = self.generation, self.answers
+        known = answers.get_many(queries, generation, extra)
         if None not in known:
             return known
-        return [self.cached_tokens(q, extra) if n is None else n for q, n in zip(queries, known)]
+        for i, (query, n) in enumerate(zip(queries, known)):
+            if n is None:  # walked once; kept when its caller keeps the prompt
+                known[i] = n = self._walk(query, extra)
+                if cacheable(query):
+                    answers.put(query, generation, extra, n)
+        return known
 
     def _walk(self, query: np.ndarray, extra: bytes) -> int:
         """``cached_tokens`` by walking the tree."""

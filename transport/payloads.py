@@ -55,11 +55,14 @@ class Gathered:
 
 
 def payload_size(payload) -> int:
-    if isinstance(payload, memoryview):
-        return payload.nbytes
-    if isinstance(payload, Gathered):
+    if isinstance(payload, (memoryview, Gathered)):
         return payload.nbytes
     return memoryview(payload).nbytes
+
+
+def whole_segments(payloads: Sequence) -> list:
+    """Each payload as one buffer (a ``Gathered`` joined): for ucx, one message a segment."""
+    return [p.joined() if isinstance(p, Gathered) else p for p in payloads]
 
 
 def payload_views(payloads: Sequence) -> list[memoryview]:

@@ -49,7 +49,7 @@ from kvstore.transport import channel as channel_mod
 from kvstore.transport.channel import cast_bytes
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
-from kvstore.transport.payloads import Gathered
+from kvstore.transport.payloads import whole_segments
 from kvstore.transport.session import Session
 from kvstore.transport.ucx_progress import LoopWorker
 from kvstore.transport.urls import CarrierURL
@@ -207,7 +207,7 @@ class UcxChannel:
     async def send(self, header: dict, payloads=()) -> None:
         raw = pack_header(header)
         msgs = [raw] if len(raw) <= INLINE else [raw[:PREFIX_BYTES], raw[PREFIX_BYTES:]]
-        msgs.extend(p.joined() if isinstance(p, Gathered) else p for p in payloads)
+        msgs.extend(whole_segments(payloads))
         if len(msgs) == 1:
             await self._send(np.frombuffer(raw, dtype=np.uint8))
             return

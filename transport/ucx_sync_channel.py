@@ -49,7 +49,7 @@ from kvstore.errors import ProtocolError, Unavailable
 from kvstore.transport.channel import cast_bytes
 from kvstore.transport.framing import PREFIX_BYTES, header_length, pack_header
 from kvstore.transport.limits import Limits
-from kvstore.transport.payloads import Gathered
+from kvstore.transport.payloads import whole_segments
 from kvstore.transport.sync_channel import ChannelTimeout
 from kvstore.transport.ucx import INLINE, import_ucxx, scratch_for
 
@@ -247,7 +247,7 @@ class UcxSyncChannel:
     def _send_raw(self, raw: bytes, payloads) -> None:
         self._check_usable()
         msgs = [raw] if len(raw) <= INLINE else [raw[:PREFIX_BYTES], raw[PREFIX_BYTES:]]
-        msgs.extend(p.joined() if isinstance(p, Gathered) else p for p in payloads)
+        msgs.extend(whole_segments(payloads))
         posted = []
         try:
             self._post_header_receive()

@@ -26,7 +26,7 @@ from kvstore.client.kvclient import KVClient
 from kvstore.client.namespace import Namespace
 from kvstore.layout import KVLayout
 from kvstore.store_api import AsyncLookupStore, PrefixHint
-from kvstore.tokens import as_tokens
+from kvstore.tokens import as_tokens, as_tokens_many
 
 
 class AsyncNamespace:
@@ -47,7 +47,7 @@ class AsyncNamespace:
         backend = self.sync.backend
         if not backend.capabilities.async_lookup:
             return await asyncio.to_thread(self.sync.lookup_many, tokens_list, extras)
-        toks = [as_tokens(t) for t in tokens_list]
+        toks = as_tokens_many(tokens_list)
         call = cast(AsyncLookupStore, backend).alookup_many(self.id, toks, extras)
         return await self.sync.availability.acall(call, [0] * len(toks))
 

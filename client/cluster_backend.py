@@ -48,7 +48,7 @@ from kvstore.cluster.routing import Route, Router
 from kvstore.errors import Unavailable
 from kvstore.namespace_spec import NamespaceSpec
 from kvstore.store_api import Alloc, Capabilities, PrefixHint, StoreStats
-from kvstore.tokens import as_tokens
+from kvstore.tokens import as_tokens, as_tokens_many
 from kvstore.transport.remote import RemoteStore
 from kvstore.transport.wire_client import default_alloc
 
@@ -271,7 +271,7 @@ class ClusterBackend:
         owner, the same fallbacks), so each group fails over as its single
         lookups would.
         """
-        toks = [as_tokens(t) for t in tokens_list]
+        toks = as_tokens_many(tokens_list)
         extras = list(extras) if extras is not None else [b""] * len(toks)
         groups: dict[tuple, list[int]] = {}
         for i, (t, e) in enumerate(zip(toks, extras)):

@@ -9,6 +9,7 @@ import numpy as np
 from kvstore.errors import InvalidArgument
 
 TOKEN_DTYPE = np.dtype("<u4")
+_IN_FORM_STRIDES = (TOKEN_DTYPE.itemsize,)  # 1-D and contiguous
 
 
 def as_tokens(tokens) -> np.ndarray:
@@ -33,6 +34,17 @@ def as_tokens(tokens) -> np.ndarray:
     if arr.min() < 0 or arr.max() > np.iinfo(np.uint32).max:
         raise InvalidArgument("token ids must lie in [0, 2**32)")
     return np.ascontiguousarray(arr, dtype=TOKEN_DTYPE)
+
+
+def as_tokens_many(tokens_list) -> list[np.ndarray]:
+    """``as_tokens`` of each item (a new list): the arrays already in form pass one inline
+    check each, with no call a prompt (a scheduler's batch of 64 prompts in a few µs)."""
+    out = list(tokens_list)
+    for i, tokens in enumerate(out):
+        if type(tokens) is not np.ndarray or tokens.dtype is not TOKEN_DTYPE \
+                or tokens.strides != _IN_FORM_STRIDES:
+            out[i] = as_tokens(tokens)
+    return out
 
 
 def full_blocks(tokens: Sized, block_tokens: int) -> int:

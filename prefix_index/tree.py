@@ -22,6 +22,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import floordiv
 
 import numpy as np
 
@@ -147,7 +149,28 @@ class RadixTree:
             return self._walk(query, extra)
         return self.cached_tokens_many([query], extra)[0]
 
-    def cached_tokens_many(self, queries: list, extra: bytes = b"") -> list[int]:
+    def kept_answers(self, queries, extra: bytes = b"") -> tuple[list[int], int] | None:
+        """``cached_tokens`` of every query and the whole blocks they ask about, when the
+        answers are kept: ``queries`` is the tuple last answered whole (a repeated step),
+        or each query's answer is kept (then each query is an array this tree walked); so
+        no check of the caller's objects is needed. Else None."""
+        generation, answers = self.generation, self.answers
+        again = answers.get_batch(queries, generation, extra)
+        if again is not None:
+            return again
+        known = answers.get_all(queries, generation, extra)
+        if known is None:
+            return None
+        whole = self.whole_blocks(queries)
+        if isinstance(queries, tuple):  # a tuple of kept arrays: kept whole too
+            answers.put_batch(queries, generation, extra, known, whole)
+        return known, whole
+
+    def whole_blocks(self, queries) -> int:
+        """The whole blocks of all ``queries`` together (each one's tail left out)."""
+        return sum(map(floordiv, map(len, queries), repeat(self.block_tokens)))
+
+    def cached_tokens_many(self, queries, extra: bytes = b"") -> list[int]:
         """``cached_tokens`` of each query (1-D uint32 arrays), the kept answers looked up
         in one pass."""
         generation, answers = self.generation, self.answers

@@ -12,6 +12,7 @@ prompt's tokens (the memo's included) against it once resolved.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -36,7 +37,7 @@ async def read_segments(payload: Payload, sizes: list[int]) -> list[np.ndarray]:
 
 
 async def read_lookups(session: Session, req: Request, payload: Payload,
-                       limits: Limits) -> tuple[list[np.ndarray], list[bytes]]:
+                       limits: Limits) -> tuple[Sequence[np.ndarray], list[bytes]]:
     """Every prompt's token array and extra, in order (InvalidArgument, TooLarge,
     ``UnknownPrompt``; the dispatcher skips what is left of the payload)."""
     if "digests" not in req.args:
@@ -52,5 +53,5 @@ async def read_lookups(session: Session, req: Request, payload: Payload,
     if session.prompts is None:
         session.prompts = PromptMemo(bound)
     batch = session.prompts.resolve(memo_req.digests, memo_req.carried, segments)
-    limits.check_tokens(sum(map(len, batch)))
+    limits.check_tokens(batch.tokens)
     return batch, memo_req.extras

@@ -24,6 +24,7 @@ import numpy as np
 from kvstore.errors import ErrorCode, InvalidArgument, KVStoreError, ProtocolError
 from kvstore.store_api import PrefixHint
 from kvstore.tokens import TOKEN_DTYPE
+from kvstore.transport.digest_batch import DIGEST_BYTES, DigestBatch
 
 PROTOCOL_VERSION = 1
 MIN_PROTOCOL_VERSION = 1
@@ -243,7 +244,6 @@ def _extras(args: dict, count: int) -> list[bytes]:
 
 
 # -- lookup_many with the prompt memo (``transport.prompt_memo``) ----------------------
-DIGEST_BYTES = 16
 
 
 @dataclass(frozen=True)
@@ -251,17 +251,17 @@ class MemoLookups:
     """A checked memo ``lookup_many``: prompt i is ``digests[i]``; its tokens are the next
     payload segment when ``carried[i]`` is 1, else the memo's; ``extras[i]`` its extra."""
 
-    digests: list[bytes]
+    digests: DigestBatch
     carried: bytes
     extras: list[bytes]
 
 
-def lookup_many_memo_args(digests: list[bytes], carried: bytes, arrays: list[np.ndarray],
+def lookup_many_memo_args(digests: DigestBatch, carried: bytes, arrays: list[np.ndarray],
                           extras) -> tuple[dict, list[memoryview]]:
     """A memo ``lookup_many``'s args (``digests``: every prompt's digest back to back,
     ``carried``: one byte a prompt, 1 when its tokens come) and payload (the carried
     prompts' token arrays, from their own memory)."""
-    args = {"digests": b"".join(digests), "carried": carried}
+    args = {"digests": digests.blob, "carried": carried}
     if any(extras):
         args["extra"] = [bytes(e) for e in extras]
     if 1 not in carried:  # every prompt held by the daemon (a scheduler's next step)
@@ -286,8 +286,7 @@ def lookup_many_memo_request(args: dict, sizes: list[int]) -> MemoLookups:
     if carried.count(1) != len(sizes):
         raise InvalidArgument("lookup_many carries one segment per prompt marked in carried")
     _whole_tokens(sizes)
-    digests = [raw[i : i + DIGEST_BYTES] for i in range(0, len(raw), DIGEST_BYTES)]
-    return MemoLookups(digests, carried, _extras(args, count))
+    return MemoLookups(DigestBatch(raw), carried, _extras(args, count))
 
 
 def encode_hint(hint: PrefixHint) -> dict:

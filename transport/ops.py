@@ -240,7 +240,7 @@ class StoreOps:
         if self.cluster is not None:
             hits = [await self.cluster.lookup(session, spec, req.ns, t, e, n)
                     for t, e, n in zip(batch, extras, hits)]
-        return Outcome(Reply(req.id, result={"tokens": [int(n) for n in hits]}))
+        return Outcome(Reply(req.id, result={"tokens": hits}))  # ints (the BlockStore API)
 
     async def put(self, session: Session, req: Request, payload: Payload,
                   spec: NamespaceSpec | None) -> Outcome:

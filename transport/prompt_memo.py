@@ -30,26 +30,32 @@ from __future__ import annotations
 import itertools
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from operator import attrgetter, is_, itemgetter
 from typing import Generic, TypeVar
 
 import numpy as np
-import xxhash
 
 from kvstore.errors import UnknownPrompt
 from kvstore.prefix_index.query_bytes import bytes_tokens
 from kvstore.tokens import TOKEN_DTYPE
+from kvstore.transport.digest_batch import DigestBatch
 
 V = TypeVar("V")
 
 
-def digest(tokens: np.ndarray) -> bytes:
-    """The 16-byte xxh3_128 digest of a token array's bytes (contiguous little-endian uint32)."""
-    return xxhash.xxh3_128_digest(tokens)
+_BASE = attrgetter("base")
 
 
-def digests(arrays: Sequence[np.ndarray]) -> list[bytes]:
-    """``digest`` of each array (one C call each, no Python frame between)."""
-    return list(map(xxhash.xxh3_128_digest, arrays))
+class PromptBatch(tuple):
+    """The token arrays of one ``lookup_many``'s prompts, in order (a tuple: the memo can
+    give the same batch out again), with ``tokens``: their lengths added up."""
+
+    tokens: int
+
+    def __new__(cls, arrays) -> PromptBatch:
+        batch = super().__new__(cls, arrays)
+        batch.tokens = sum(map(len, batch))
+        return batch
 
 
 class TokenLRU(Generic[V]):
@@ -65,6 +71,10 @@ class TokenLRU(Generic[V]):
         self._entries: OrderedDict[bytes, tuple[int, V]] = OrderedDict()
         # called with each value evicted or replaced (the memo lets go of its buffer)
         self._on_drop: Callable[[V], None] | None = None
+        # (digests' blob, result) of the last batch walked whole with every prompt held,
+        # while nothing changed since: the same batch again moves nothing (each of its keys
+        # is already most recent, in its order) and gets the same result (``repeat``)
+        self._repeat: tuple[bytes, object] | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -81,6 +91,7 @@ class TokenLRU(Generic[V]):
         local): the tokens held after."""
         cost = length if length > 0 else 1
         entries, dropped = self._entries, self._on_drop
+        self._repeat = None
         old = entries.pop(key, None)
         if old is not None:
             tokens -= old[0]
@@ -108,6 +119,7 @@ class TokenLRU(Generic[V]):
         run of most recent entries that fits: no key goes out again to make room after the
         fact), with one eviction pass instead of one a put."""
         entries, dropped, bound = self._entries, self._on_drop, self.max_tokens
+        self._repeat = None
         tokens = self.tokens
         for key, length, value in zip(keys, lengths, values):
             cost = length if length > 0 else 1
@@ -126,12 +138,20 @@ class TokenLRU(Generic[V]):
         entry = self._entries.get(key)
         if entry is None:
             return None
+        self._repeat = None
         self._entries.move_to_end(key)
         return entry[1]
+
+    def repeat(self, batch: DigestBatch):
+        """The result kept for ``batch`` when it is the last batch walked whole with every
+        prompt held and nothing changed since, else None."""
+        last = self._repeat
+        return last[1] if last is not None and last[0] == batch.blob else None
 
     def clear(self) -> None:
         self._entries.clear()
         self.tokens = 0
+        self._repeat = None
 
 
 def _own(tokens: np.ndarray) -> np.ndarray:
@@ -159,17 +179,54 @@ class PromptMemo(TokenLRU[np.ndarray]):
         self._touched: set[int] = set()  # buffers that lost a viewing prompt this request
         self._on_drop = self._dropped
 
-    def resolve(self, digests: Sequence[bytes], carried: bytes,
-                arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def resolve(self, batch: DigestBatch, carried: bytes,
+                arrays: Sequence[np.ndarray]) -> PromptBatch:
         """Every prompt's tokens, in order: ``arrays`` (the segments, views of one buffer)
         for the prompts whose ``carried`` flag is 1 (held from now on), the memo's for the
-        others. ``UnknownPrompt`` (the memo emptied) for a digest it does not hold."""
+        others. ``UnknownPrompt`` (the memo emptied) for a digest it does not hold.
+
+        A batch named whole by digests that repeats the last one (a scheduler's next step,
+        nothing sent in between) gets the very same ``PromptBatch`` back, so that what the
+        answers are kept under downstream (``AnswerCache``'s batch) is found by identity,
+        with no pass over its prompts."""
+        if not arrays:
+            again = self.repeat(batch)
+            if again is not None:
+                return again
+            out = self._named(batch.keys)
+            self._repeat = (batch.blob, out)
+            return out
+        self._repeat = None
+        digests = batch.keys
         self._hold_views(arrays)
         if len(arrays) == len(digests) and self.fresh(digests):  # all new: one eviction pass
             self._put_new(digests, map(len, arrays), arrays)
             if self._touched:
                 self._release()
-            return list(arrays)
+            return PromptBatch(arrays)
+        out = self._walk(digests, carried, arrays)
+        if self._touched:
+            self._release()
+        return out
+
+    def _named(self, digests: list[bytes]) -> PromptBatch:
+        """``resolve`` of a batch that carries no tokens: each prompt from the memo, into its
+        own bytes (every one of them, so the tuple can be kept and given out again)."""
+        if not self._buffers:  # no prompt held views a request's buffer: C-level passes
+            got = list(map(self._entries.get, digests))
+            if None not in got:
+                values = list(map(itemgetter(1), got))
+                if all(map(is_, map(type, map(_BASE, values)), itertools.repeat(bytes))):
+                    deque(map(self._entries.move_to_end, digests), maxlen=0)  # ``get`` each
+                    return PromptBatch(values)
+        out = self._walk(digests, bytes(len(digests)), ())
+        if self._touched:
+            self._release()
+        return out
+
+    def _walk(self, digests: list[bytes], carried: bytes,
+              arrays: Sequence[np.ndarray]) -> PromptBatch:
+        """``resolve``, one prompt at a time (the tokens held before ``_release``)."""
         out: list[np.ndarray] = []
         segments = iter(arrays)
         entries, put = self._entries, self._put
@@ -194,9 +251,7 @@ class PromptMemo(TokenLRU[np.ndarray]):
                 entries[key] = (entry[0], value)
             out.append(value)
         self.tokens = tokens
-        if self._touched:
-            self._release()
-        return out
+        return PromptBatch(out)
 
     def _hold_views(self, arrays: Sequence[np.ndarray]) -> None:
         """Count the carried prompts that view a buffer against it (before they are put:
@@ -258,14 +313,18 @@ class PromptMirror(TokenLRU[bool]):
         super().__init__(max_tokens)
         self.generation = generation
 
-    def plan(self, digests: Sequence[bytes], arrays: Sequence[np.ndarray],
+    def plan(self, batch: DigestBatch, arrays: Sequence[np.ndarray],
              resend: bool = False) -> bytes:
         """The ``carried`` flags of a request naming ``digests`` of ``arrays`` (1: send the
         tokens), as the daemon will walk it: a prompt it holds goes as its digest alone
         (``resend``: none does, every prompt's tokens go)."""
         entries, put = self._entries, self._put
+        if not resend and self.repeat(batch) is not None:  # the last step's batch again
+            return bytes(len(batch))
+        digests = batch.keys
         if not resend and all(map(entries.__contains__, digests)):  # a scheduler's next step
             deque(map(entries.move_to_end, digests), maxlen=0)  # each now the most recent
+            self._repeat = (batch.blob, True)
             return bytes(len(digests))
         if self.fresh(digests):  # all new (or resent to an emptied memo): one eviction pass
             self._put_new(digests, map(len, arrays), itertools.repeat(True))

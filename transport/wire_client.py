@@ -20,9 +20,10 @@ import numpy as np
 from kvstore.errors import InvalidArgument, NotFound, ProtocolError, UnknownPrompt
 from kvstore.namespace_spec import NamespaceSpec
 from kvstore.store_api import Alloc, PrefixHint
-from kvstore.tokens import as_tokens, full_blocks
+from kvstore.tokens import as_tokens, as_tokens_many, full_blocks
 from kvstore.transport.channel import cast_bytes
 from kvstore.transport.connection import Connection
+from kvstore.transport.digest_batch import DigestBatch, digests
 from kvstore.transport.messages import (
     MAX_LOOKUPS,
     Op,
@@ -32,7 +33,7 @@ from kvstore.transport.messages import (
     lookup_many_memo_args,
 )
 from kvstore.transport.payloads import Gathered, payload_size
-from kvstore.transport.prompt_memo import PromptMirror, advertised_bound, digests
+from kvstore.transport.prompt_memo import PromptMirror, advertised_bound
 from kvstore.transport.stats_wire import RemoteStats, stats_from_wire
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class WireOps:
         daemon keeps a prompt memo (``transport.prompt_memo``). A daemon older than the op
         answers "unknown op": single lookups then, without asking again for
         ``HINTS_RETRY_S`` seconds."""
-        arrays = [as_tokens(t) for t in tokens_list]
+        arrays = as_tokens_many(tokens_list)
         extras = list(extras) if extras is not None else [b""] * len(arrays)
         if len(extras) != len(arrays):
             raise InvalidArgument("lookup_many: one extra per token array")
@@ -166,13 +167,13 @@ class WireOps:
             args, tokens = lookup_many_args(arrays, extras)
             reply = await self.conn.request(Op.LOOKUP_MANY, ns, args, payloads=tokens)
             return _hits(reply)
-        keys = digests(arrays)
+        keys = DigestBatch.of(digests(arrays))
         try:
             return await self._memo_request(ns, mirror, keys, arrays, extras, False)
         except UnknownPrompt:  # the daemon lost them (restarted, evicted): every token, once
             return await self._memo_request(ns, mirror, keys, arrays, extras, True)
 
-    async def _memo_request(self, ns: bytes, mirror: PromptMirror, keys: list[bytes],
+    async def _memo_request(self, ns: bytes, mirror: PromptMirror, keys: DigestBatch,
                             arrays: list, extras: list, resend: bool) -> list:
         """A memo request planned on ``mirror``. Requests of other threads or tasks may
         reach the daemon in another order than they were planned: a digest it then lacks is

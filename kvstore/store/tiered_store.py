@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from itertools import repeat
 
 from kvstore.errors import InvalidArgument, StorageError
 from kvstore.namespace_spec import NamespaceSpec
@@ -63,7 +64,7 @@ from kvstore.store_api import (
     StoreStats,
     TierStats,
 )
-from kvstore.tokens import as_tokens
+from kvstore.tokens import as_tokens, as_tokens_many
 
 log = logging.getLogger("kvstore.store")
 
@@ -165,21 +166,29 @@ class TieredStore:
     def lookup_many(self, ns: bytes, tokens_list: Sequence, extras: Sequence[bytes] | None = None,
                     ) -> list[int]:
         """``lookup`` of each token array, under one acquisition of the lock (the lookup
-        counters move once for the whole batch)."""
+        counters move once for the whole batch). A batch of kept prompts (a scheduler's
+        next step over the prompt memo) is answered from the tree's kept answers, with no
+        pass a prompt in Python."""
         if extras is not None and len(extras) != len(tokens_list):
             raise InvalidArgument("lookup_many: one extra per token array")
-        arrs = [as_tokens(t) for t in tokens_list]
+        if not isinstance(tokens_list, (list, tuple)):  # walked twice below
+            tokens_list = list(tokens_list)
+        plain = extras is None or not any(extras)
         with self._lock:
             nst = self._namespaces.get(ns)
             tiers = self._tiers
-            if (extras is None or not any(extras)) and not tiers.lost:
-                found = nst.tree.cached_tokens_many(arrs)
-            elif extras is None or not any(extras):
-                found = [cached_tokens(tiers, nst, arr, b"") for arr in arrs]
+            kept = nst.tree.kept_answers(tokens_list) if plain and not tiers.lost else None
+            if kept is not None:
+                found, asked = kept
             else:
-                found = [cached_tokens(tiers, nst, arr, bytes(e)) for arr, e in zip(arrs, extras)]
-            bt = nst.spec.block_tokens
-            self._reads.counts.lookup(nst, sum(found) // bt, sum(len(a) // bt for a in arrs))
+                arrs = as_tokens_many(tokens_list)
+                if plain and not tiers.lost:
+                    found = nst.tree.cached_tokens_many(arrs)
+                else:
+                    found = [cached_tokens(tiers, nst, arr, bytes(e))
+                             for arr, e in zip(arrs, extras or repeat(b""))]
+                asked = nst.tree.whole_blocks(arrs)
+            self._reads.counts.lookup(nst, sum(found) // nst.spec.block_tokens, asked)
             return found
 
     def put(self, ns: bytes, tokens, payloads: Sequence, extra: bytes = b"") -> int:

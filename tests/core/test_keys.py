@@ -8,7 +8,7 @@ import torch
 
 from kvstore import ROOT_KEY, block_key, block_keys
 from kvstore.errors import InvalidArgument
-from kvstore.tokens import as_tokens
+from kvstore.tokens import as_tokens, as_tokens_many
 
 
 def test_chain_matches_single_step():
@@ -42,6 +42,22 @@ def test_input_forms_agree():
 def test_bad_tokens_rejected(bad):
     with pytest.raises(InvalidArgument):
         as_tokens(bad)
+
+
+def test_as_tokens_many_passes_arrays_in_form_and_converts_the_rest():
+    ready = np.arange(8, dtype=np.uint32)
+    strided = np.arange(16, dtype=np.uint32)[::2]  # uint32 but not contiguous
+    big_endian = np.arange(8, dtype=">u4")
+    out = as_tokens_many([ready, list(range(4)), strided, big_endian, torch.arange(3)])
+    assert out[0] is ready  # in form: as it is
+    for got, want in zip(out, [range(8), range(4), range(0, 16, 2), range(8), range(3)]):
+        assert got.dtype == np.dtype("<u4") and got.flags.c_contiguous
+        assert got.tolist() == list(want)
+    assert as_tokens_many(iter([ready])) == [ready]  # any iterable
+    with pytest.raises(InvalidArgument):
+        as_tokens_many([ready, [-1]])
+    with pytest.raises(InvalidArgument):
+        as_tokens_many([np.zeros((2, 4), dtype=np.uint32)])  # 2-D, even in uint32
 
 
 @pytest.mark.integration

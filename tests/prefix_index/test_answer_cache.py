@@ -76,7 +76,7 @@ def test_an_entry_never_outlives_its_array():
     key = id(query)
     del query
     gc.collect()
-    assert cache._entries[key][0]() is None  # dead: no object reusing the id can match it
+    assert cache._tables[b""][key][0]() is None  # dead: no object reusing the id can match it
     other = kept(range(8))
     assert cache.get(other, 0, b"") is None
 
@@ -99,6 +99,7 @@ def test_random_changes_never_serve_a_stale_answer():
     tree = RadixTree(B)
     prompts = [list(rng.integers(0, 3, size=int(rng.integers(4, 40)))) for _ in range(30)]
     queries = [kept(p) for p in prompts]
+    batch = tuple(queries)  # also asked as one kept batch
     for _ in range(400):
         roll = rng.random()
         if roll < 0.3:
@@ -115,7 +116,41 @@ def test_random_changes_never_serve_a_stale_answer():
         i = int(rng.integers(len(queries)))
         fresh = np.array(prompts[i], dtype=np.uint32)  # not cacheable: always walked
         assert tree.cached_tokens(queries[i]) == tree.cached_tokens(fresh), (i, prompts[i])
-        if roll > 0.9:  # the batch form (lookup_many) answers the same
+        if roll > 0.9:  # the batch forms (lookup_many) answer the same
             walked = [tree.cached_tokens(np.array(p, dtype=np.uint32)) for p in prompts]
             assert tree.cached_tokens_many(queries) == walked
+            kept_now = tree.kept_answers(batch)
+            assert kept_now is None or kept_now[0] == walked
     assert tree.answers.hits > 0
+
+
+def test_a_kept_batch_is_found_by_its_identity_under_the_same_generation():
+    tree = RadixTree(B)
+    base = list(range(100, 116))
+    put(tree, base[:8])
+    batch = (kept(base), kept(base[:6]), kept([7] * 8))
+    assert tree.kept_answers(batch) is None  # never walked: nothing kept
+    assert tree.cached_tokens_many(list(batch)) == [8, 4, 0]
+    assert tree.kept_answers(batch) == ([8, 4, 0], 4 + 1 + 2)  # each kept: now kept whole
+    assert tree.answers._batch[0] is batch
+    assert tree.kept_answers(batch) == ([8, 4, 0], 7)  # by identity
+    assert tree.kept_answers(tuple(batch)) == ([8, 4, 0], 7)  # tuple(t) is t: the same
+    assert tree.kept_answers(batch, b"lora") is None  # another extra
+    again = tuple(list(batch))  # an equal tuple, another object: prompt by prompt
+    assert again is not batch and tree.kept_answers(again) == ([8, 4, 0], 7)
+    put(tree, base)  # a new generation: nothing kept survives
+    assert tree.answers._batch is None or tree.answers.generation != tree.generation
+    assert tree.kept_answers(again) is None
+    assert tree.cached_tokens_many(list(again)) == [16, 4, 0]
+
+
+def test_a_kept_batch_is_never_a_list_or_arrays_the_caller_may_change():
+    tree = RadixTree(B)
+    put(tree, list(range(8)))
+    mutable = np.arange(8, dtype=np.uint32)
+    assert tree.cached_tokens_many([mutable]) == [8]
+    assert tree.kept_answers((mutable,)) is None  # a writable array's answer is never kept
+    queries = [kept(range(8))]
+    tree.cached_tokens_many(queries)
+    assert tree.kept_answers(queries) == ([8], 2)
+    assert tree.answers._batch is None  # a list is not kept whole: the caller may change it

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from kvstore.errors import ErrorCode
+from kvstore.transport.digest_batch import digest
 from kvstore.transport.limits import Limits
-from kvstore.transport.prompt_memo import digest
 from kvstore.transport.remote import RemoteStore
 from kvstore.transport.server import ServerThread
 from tests.transport.conftest import blocks_for, listen_url, spec_of, tokens_for

@@ -10,20 +10,16 @@ import pytest
 
 from kvstore.errors import InvalidArgument, UnknownPrompt
 from kvstore.prefix_index.query_bytes import query_bytes
+from kvstore.transport.digest_batch import DigestBatch, digest
 from kvstore.transport.messages import (
     MAX_LOOKUPS,
     lookup_many_memo_args,
     lookup_many_memo_request,
 )
-from kvstore.transport.prompt_memo import (
-    PromptMemo,
-    PromptMirror,
-    TokenLRU,
-    advertised_bound,
-    digest,
-)
+from kvstore.transport.prompt_memo import PromptMemo, PromptMirror, TokenLRU, advertised_bound
 
 pytestmark = pytest.mark.unit
+batch_of = DigestBatch.of  # a batch of these digests
 
 
 def prompt(seed: int, n: int) -> np.ndarray:
@@ -54,16 +50,16 @@ def test_the_memo_resolves_digests_and_refuses_unknown_ones():
     a, b = prompt(1, 300), prompt(2, 300)
     da, db = digest(a), digest(b)
     assert len(da) == 16 and da == digest(a.copy()) and da != db
-    got = memo.resolve([da, db], b"\x01\x01", [a, b])
+    got = memo.resolve(batch_of([da, db]), b"\x01\x01", [a, b])
     assert [g is x for g, x in zip(got, (a, b))] == [True, True]
-    got = memo.resolve([db, da, db], b"\x00\x00\x00", [])  # digests alone, any order
+    got = memo.resolve(batch_of([db, da, db]), b"\x00\x00\x00", [])  # digests alone, any order
     assert [np.array_equal(g, x) for g, x in zip(got, (b, a, b))] == [True, True, True]
     assert got[0] is got[2]  # one copy each, kept
     with pytest.raises(UnknownPrompt, match="prompt 1"):
-        memo.resolve([da, digest(prompt(3, 5))], b"\x00\x00", [])
+        memo.resolve(batch_of([da, digest(prompt(3, 5))]), b"\x00\x00", [])
     assert len(memo) == 0  # emptied, as the client's mirror will be
     # a prompt sent and named again in one request: in order, so the second finds it
-    assert [len(t) for t in memo.resolve([da, da], b"\x01\x00", [a])] == [300, 300]
+    assert [len(t) for t in memo.resolve(batch_of([da, da]), b"\x01\x00", [a])] == [300, 300]
 
 
 def test_memo_prompts_view_their_buffer_until_asked_again():
@@ -74,29 +70,31 @@ def test_memo_prompts_view_their_buffer_until_asked_again():
     buf = np.concatenate([prompt(1, 300), prompt(2, 300)])
     a, b = buf[:300], buf[300:]
     da, db = digest(a), digest(b)
-    got = memo.resolve([da, db], b"\x01\x01", [a, b])
+    got = memo.resolve(batch_of([da, db]), b"\x01\x01", [a, b])
     assert got[0] is a and got[1] is b  # as they came: no copy
-    hit = memo.resolve([da], b"\x00", [])[0]
+    hit = memo.resolve(batch_of([da]), b"\x00", [])[0]
     assert hit is not a and np.array_equal(hit, a) and not np.shares_memory(hit, buf)
     assert query_bytes(hit) is hit.base and type(hit.base) is bytes  # walked without a copy
     assert query_bytes(b) == b.tobytes()  # a view: its bytes made for the walk
     # b alone views the buffer now: half of it, kept; evict a, and b is copied out
-    assert memo.resolve([db], b"\x00", [])[0] is not b  # b asked again: its own bytes too
+    assert memo.resolve(batch_of([db]), b"\x00", [])[0] is not b  # b asked again: its own bytes too
     memo = PromptMemo(1000)
     c_buf = np.concatenate([prompt(3, 100), prompt(4, 400), prompt(5, 100)])
     parts = [c_buf[:100], c_buf[100:500], c_buf[500:]]
     keys = [digest(p) for p in parts]
-    memo.resolve(keys, b"\x01\x01\x01", parts)
+    memo.resolve(batch_of(keys), b"\x01\x01\x01", parts)
     x, y = prompt(6, 450), prompt(7, 400)
-    memo.resolve([digest(x)], b"\x01", [x])  # evicts the first part: 500 of 600 still view
+    # evicts the first part: 500 of 600 still view
+    memo.resolve(batch_of([digest(x)]), b"\x01", [x])
     held = [memo._entries[k][1] for k in keys if k in memo]
     assert len(held) == 2 and all(h.base is c_buf for h in held)
-    memo.resolve([digest(y)], b"\x01", [y])  # evicts the 400: 100 of 600, under half
+    memo.resolve(batch_of([digest(y)]), b"\x01", [y])  # evicts the 400: 100 of 600, under half
     (left,) = [memo._entries[k][1] for k in keys if k in memo]
     assert type(left.base) is bytes and not memo._buffers  # copied out, the buffer let go
     assert np.array_equal(left, parts[2]) and memo.tokens == 950
     huge = np.concatenate([prompt(8, 1001), prompt(9, 10)])  # one part over the bound
-    memo.resolve([digest(huge[:1001]), digest(huge[1001:])], b"\x01\x01", [huge[:1001], huge[1001:]])
+    parts = [huge[:1001], huge[1001:]]
+    memo.resolve(batch_of([digest(p) for p in parts]), b"\x01\x01", parts)
     assert digest(huge[:1001]) not in memo and not memo._buffers  # 10 of 1011: copied out
     assert type(memo._entries[digest(huge[1001:])][1].base) is bytes
 
@@ -114,14 +112,14 @@ def test_the_mirror_predicts_the_memo():
     for _ in range(300):
         pick = rng.integers(0, len(pool), int(rng.integers(1, 12)))
         keys, arrays = [digests[i] for i in pick], [pool[i] for i in pick]
-        carried = mirror.plan(keys, arrays)
+        carried = mirror.plan(batch_of(keys), arrays)
         sent = [a for a, flag in zip(arrays, carried) if flag]
-        got = memo.resolve(keys, carried, sent)
+        got = memo.resolve(batch_of(keys), carried, sent)
         assert [np.array_equal(g, a) for g, a in zip(got, arrays)] == [True] * len(arrays)
         assert list(mirror._entries) == list(memo._entries) and mirror.tokens == memo.tokens
         alone += carried.count(0)
     assert alone > 0  # the memo did save tokens
-    assert mirror.plan(digests[:3], pool[:3], resend=True) == b"\x01" * 3
+    assert mirror.plan(batch_of(digests[:3]), pool[:3], resend=True) == b"\x01" * 3
 
 
 def test_a_batch_the_memo_holds_whole_goes_as_digests_in_the_memo_order():
@@ -130,11 +128,11 @@ def test_a_batch_the_memo_holds_whole_goes_as_digests_in_the_memo_order():
     pool = [prompt(i, 100) for i in range(5)]
     keys = [digest(p) for p in pool]
     memo, mirror = PromptMemo(2000), PromptMirror(2000, generation=1)
-    memo.resolve(keys, mirror.plan(keys, pool), pool)
+    memo.resolve(batch_of(keys), mirror.plan(batch_of(keys), pool), pool)
     again = [3, 0, 3, 1]
-    carried = mirror.plan([keys[i] for i in again], [pool[i] for i in again])
+    carried = mirror.plan(batch_of([keys[i] for i in again]), [pool[i] for i in again])
     assert carried == b"\x00" * 4
-    memo.resolve([keys[i] for i in again], carried, [])
+    memo.resolve(batch_of([keys[i] for i in again]), carried, [])
     assert list(mirror._entries) == list(memo._entries)
     assert list(mirror._entries) == [keys[i] for i in (2, 4, 0, 3, 1)]
     assert mirror.tokens == memo.tokens == 500
@@ -143,12 +141,12 @@ def test_a_batch_the_memo_holds_whole_goes_as_digests_in_the_memo_order():
 def test_the_memo_request_on_the_wire():
     arrays = [prompt(1, 8), prompt(2, 4), prompt(3, 2)]
     keys = [digest(a) for a in arrays]
-    args, payloads = lookup_many_memo_args(keys, b"\x01\x00\x01", arrays, [b"", b"", b""])
+    args, payloads = lookup_many_memo_args(batch_of(keys), b"\x01\x00\x01", arrays, [b"", b"", b""])
     assert args == {"digests": b"".join(keys), "carried": b"\x01\x00\x01"}  # no extra: left out
     assert [p.obj is a for p, a in zip(payloads, arrays[::2])] == [True, True]
     req = lookup_many_memo_request(args, [32, 8])
-    assert req.digests == keys and req.carried == b"\x01\x00\x01" and req.extras == [b""] * 3
-    args, _ = lookup_many_memo_args(keys, b"\x01\x00\x01", arrays, [b"x", b"", b""])
+    assert req.digests.keys == keys and req.carried == b"\x01\x00\x01" and req.extras == [b""] * 3
+    args, _ = lookup_many_memo_args(batch_of(keys), b"\x01\x00\x01", arrays, [b"x", b"", b""])
     assert lookup_many_memo_request(args, [32, 8]).extras == [b"x", b"", b""]
     good = {"digests": b"".join(keys), "carried": b"\x01\x00\x01"}
     for bad, sizes in (({**good, "digests": b"".join(keys)[:-1]}, [32, 8]),  # not whole
@@ -185,12 +183,12 @@ def test_the_memo_holds_at_most_twice_its_bound():
     memo, mirror = PromptMemo(2000), PromptMirror(2000, generation=1)
     for _ in range(300):
         picks = [int(i) for i in rng.choice(len(pool), int(rng.integers(1, 8)), replace=False)]
-        flags = mirror.plan([keys[i] for i in picks], [pool[i] for i in picks])
+        flags = mirror.plan(batch_of([keys[i] for i in picks]), [pool[i] for i in picks])
         sent = [i for i, f in zip(picks, flags) if f]
         buf = np.concatenate([pool[i] for i in sent]) if sent else None
         ends = np.cumsum([len(pool[i]) for i in sent]) if sent else []
         views = [buf[end - len(pool[i]) : end] for i, end in zip(sent, ends)]
-        got = memo.resolve([keys[i] for i in picks], flags, views)
+        got = memo.resolve(batch_of([keys[i] for i in picks]), flags, views)
         assert all(np.array_equal(g, pool[i]) for g, i in zip(got, picks))
         held = [v for _, v in memo._entries.values()]
         owned = sum(v.nbytes for v in held if type(v.base) is bytes)
@@ -221,3 +219,71 @@ def test_a_batch_of_new_entries_leaves_what_puts_one_by_one_leave():
                 batch.put(key, n, n)
         assert list(one._entries.items()) == list(batch._entries.items())
         assert one.tokens == batch.tokens <= 1000
+
+
+def test_a_repeated_batch_gets_the_same_prompts_back_until_anything_changes():
+    """The memo's repeat: the very same PromptBatch for the same digests named whole, while
+    nothing changed; a carried prompt, another batch or a clear end it. The mirror plans
+    alike, and both keep the same recency order throughout."""
+    pool = [prompt(i, 100) for i in range(6)]
+    keys = [digest(p) for p in pool]
+    memo, mirror = PromptMemo(2000), PromptMirror(2000, generation=1)
+    first = batch_of(keys[:4])
+    memo.resolve(first, mirror.plan(first, pool[:4]), pool[:4])
+    named = memo.resolve(first, mirror.plan(first, pool[:4]), [])
+    assert named.tokens == 400 and [np.array_equal(a, p) for a, p in zip(named, pool)] == [True] * 4
+    assert all(type(a.base) is bytes for a in named)  # named: each in its own bytes
+    for _ in range(3):
+        again = DigestBatch(first.blob)  # a new request: equal digests, other objects
+        assert mirror.plan(again, pool[:4]) == bytes(4)
+        assert memo.resolve(again, bytes(4), []) is named
+    order = list(memo._entries)
+    other = batch_of([keys[2], keys[0]])  # another batch moves its prompts
+    assert mirror.plan(other, [pool[2], pool[0]]) == bytes(2)
+    assert memo.resolve(other, bytes(2), []) is not named
+    assert list(memo._entries) == list(mirror._entries) != order
+    assert memo.resolve(first, bytes(4), []) is not named  # no longer the last batch
+    repeated = memo.resolve(first, bytes(4), [])
+    assert memo.resolve(first, bytes(4), []) is repeated
+    new = batch_of([keys[4]])
+    memo.resolve(new, mirror.plan(new, [pool[4]]), [pool[4]])  # a carried prompt
+    mirror.plan(first, pool[:4])
+    assert memo.resolve(first, bytes(4), []) is not repeated
+    assert list(memo._entries) == list(mirror._entries)
+    memo.clear()
+    with pytest.raises(UnknownPrompt):  # cleared: the repeat is gone with the prompts
+        memo.resolve(first, bytes(4), [])
+
+
+def test_the_mirror_and_the_memo_agree_over_repeated_steps():
+    """Random steps, most of them a repeat of the last (a scheduler whose queue waits):
+    the planned flags, the prompts resolved and both recency orders agree."""
+    seed = int(os.environ.get("KVSTORE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+    print(f"KVSTORE_TEST_SEED={seed}")
+    rng = np.random.default_rng(seed)
+    pool = [prompt(int(rng.integers(1 << 31)), int(n)) for n in rng.integers(1, 300, 24)]
+    keys = [digest(p) for p in pool]
+    memo, mirror = PromptMemo(1500), PromptMirror(1500, generation=1)
+    picks = [0]
+    for _ in range(400):
+        if rng.random() < 0.4:  # a new step: a request arrives or leaves
+            picks = [int(i) for i in rng.choice(len(pool), int(rng.integers(1, 10)))]
+        batch = batch_of([keys[i] for i in picks])
+        flags = mirror.plan(batch, [pool[i] for i in picks])
+        sent = [pool[i] for i, f in zip(picks, flags) if f]
+        got = memo.resolve(DigestBatch(batch.blob), flags, sent)
+        assert [np.array_equal(g, pool[i]) for g, i in zip(got, picks)] == [True] * len(picks)
+        assert got.tokens == sum(len(pool[i]) for i in picks)
+        assert list(mirror._entries) == list(memo._entries) and mirror.tokens == memo.tokens
+
+
+def test_a_digest_batch_keeps_the_wire_blob_and_splits_it_on_demand():
+    keys = [digest(prompt(i, 10)) for i in range(3)] + [b"\x00" * 16]  # a zero tail survives
+    batch = batch_of(keys)
+    assert batch.blob == b"".join(keys) and len(batch) == 4
+    assert DigestBatch(batch.blob).keys == keys
+    assert DigestBatch(b"").keys == [] and len(DigestBatch(b"")) == 0
+    with pytest.raises(ValueError):
+        DigestBatch(b"x" * 17)
+    with pytest.raises(ValueError):
+        batch_of([b"short"])

@@ -38,7 +38,16 @@ def test_input_forms_agree():
     assert block_keys(torch.arange(48), 16) == ref
 
 
-@pytest.mark.parametrize("bad", [[-1, 2], [2**32], [[1, 2]], [1.5]])
+def test_a_list_of_ids_converts_like_numpy_does():
+    ids = [0, 1, 2**32 - 1, 151_643, np.int64(7), True]
+    got = as_tokens(ids)
+    assert got.dtype == np.dtype("<u4") and got.flags.c_contiguous
+    assert got.tolist() == [0, 1, 2**32 - 1, 151_643, 7, 1]
+    assert as_tokens([]).dtype == np.dtype("<u4") and len(as_tokens([])) == 0
+
+
+@pytest.mark.parametrize("bad", [[-1, 2], [2**32], [[1, 2]], [1.5], [3, 2**32 + 5], [1, None],
+                                 [2**64]])
 def test_bad_tokens_rejected(bad):
     with pytest.raises(InvalidArgument):
         as_tokens(bad)

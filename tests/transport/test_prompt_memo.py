@@ -22,6 +22,13 @@ pytestmark = pytest.mark.unit
 batch_of = DigestBatch.of  # a batch of these digests
 
 
+def seeded() -> np.random.Generator:
+    """A generator of a fresh seed each run (``KVSTORE_TEST_SEED`` replays one), printed."""
+    seed = int(os.environ.get("KVSTORE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+    print(f"KVSTORE_TEST_SEED={seed}")
+    return np.random.default_rng(seed)
+
+
 def prompt(seed: int, n: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 1 << 30, n, dtype=np.uint32)
 
@@ -102,9 +109,7 @@ def test_memo_prompts_view_their_buffer_until_asked_again():
 def test_the_mirror_predicts_the_memo():
     """Random batches over a pool larger than the bound: the mirror plans, the memo walks
     the request; no digest it sends alone is ever unknown, and both hold the same."""
-    seed = int(os.environ.get("KVSTORE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
-    print(f"KVSTORE_TEST_SEED={seed}")
-    rng = np.random.default_rng(seed)
+    rng = seeded()
     pool = [prompt(int(rng.integers(1 << 31)), int(n)) for n in rng.integers(0, 400, 40)]
     digests = [digest(p) for p in pool]
     memo, mirror = PromptMemo(2000), PromptMirror(2000, generation=1)
@@ -175,9 +180,7 @@ def test_the_memo_holds_at_most_twice_its_bound():
     """Random requests carrying views of one buffer each and naming held prompts: the
     buffers still held and the prompts' own bytes never exceed twice the bound, and every
     prompt resolves to its tokens."""
-    seed = int(os.environ.get("KVSTORE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
-    print(f"KVSTORE_TEST_SEED={seed}")
-    rng = np.random.default_rng(seed)
+    rng = seeded()
     pool = [prompt(int(rng.integers(1 << 31)), int(n)) for n in rng.integers(1, 400, 40)]
     keys = [digest(p) for p in pool]
     memo, mirror = PromptMemo(2000), PromptMirror(2000, generation=1)
@@ -201,9 +204,7 @@ def test_a_batch_of_new_entries_leaves_what_puts_one_by_one_leave():
     """``_put_new`` (one eviction pass) of ``fresh`` keys against ``put`` after ``put``: the
     same entries, in the same order, the same tokens, over random batches (ones over the
     bound among them; batches with repeats or held keys are put one by one)."""
-    seed = int(os.environ.get("KVSTORE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
-    print(f"KVSTORE_TEST_SEED={seed}")
-    rng = np.random.default_rng(seed)
+    rng = seeded()
     one, batch = TokenLRU(1000), TokenLRU(1000)
     for _ in range(200):
         keys = [int(k).to_bytes(16, "big") for k in rng.integers(0, 60, int(rng.integers(1, 12)))]
@@ -258,9 +259,7 @@ def test_a_repeated_batch_gets_the_same_prompts_back_until_anything_changes():
 def test_the_mirror_and_the_memo_agree_over_repeated_steps():
     """Random steps, most of them a repeat of the last (a scheduler whose queue waits):
     the planned flags, the prompts resolved and both recency orders agree."""
-    seed = int(os.environ.get("KVSTORE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
-    print(f"KVSTORE_TEST_SEED={seed}")
-    rng = np.random.default_rng(seed)
+    rng = seeded()
     pool = [prompt(int(rng.integers(1 << 31)), int(n)) for n in rng.integers(1, 300, 24)]
     keys = [digest(p) for p in pool]
     memo, mirror = PromptMemo(1500), PromptMirror(1500, generation=1)

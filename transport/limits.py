@@ -44,7 +44,7 @@ class Limits:
     max_tokens: int = 1 << 18
     max_connections: int = 1024
     max_leases_per_connection: int = 1024
-    max_memo_tokens: int = 1 << 20  # per connection: 4 MiB of token arrays (up to 8 MiB held)
+    max_memo_tokens: int = 1 << 20  # per connection: 4 MiB of token arrays
     max_memo_tokens_total: int = 1 << 26  # every connection's memo together (transport.memo_budget)
     max_pre_hello_connections: int = 128
     max_pre_hello_header_bytes: int = 16 << 10

@@ -49,7 +49,7 @@ async def read_lookups(session: Session, req: Request, payload: Payload,
         raise InvalidArgument("no prompt memo on this connection (max_memo_tokens is 0)")
     memo_req = m.lookup_many_memo_request(req.args, req.sizes)
     limits.check_tokens(sum(req.sizes) // TOKEN_DTYPE.itemsize)
-    segments = await read_segments(payload, req.sizes)  # views of one buffer: the memo's
+    segments = await read_segments(payload, req.sizes)  # views of one buffer, copied out
     if session.prompts is None:
         session.prompts = PromptMemo(bound)
     batch = session.prompts.resolve(memo_req.digests, memo_req.carried, segments)

@@ -1,11 +1,10 @@
 """MemoBudget: the daemon-wide bound on the prompt memos of all connections.
 
 Each connection's prompt memo (``transport.prompt_memo``) may keep up to its
-bound in tokens (and, as views of request buffers, at most twice that in
-memory). ``Limits.max_memo_tokens`` is what one connection may get;
+bound in tokens (4 bytes each, in the prompts' own bytes). ``Limits.max_memo_tokens`` is what one connection may get;
 ``Limits.max_memo_tokens_total`` is what all of them together may: without
 it, a client opening ``max_connections`` connections could make the daemon
-keep 1024 x 8 MiB of token arrays. A connection is granted its bound at hello
+keep 1024 x 4 MiB of token arrays. A connection is granted its bound at hello
 (the smaller of the two limits' remainders; 0, no memo, once the budget is
 spent) and gives it back when it ends. The grant is what its hello reply
 advertises, so the client's mirror plans against the same bound.

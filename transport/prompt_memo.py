@@ -6,7 +6,7 @@ more than the lookups themselves. So each connection has a memo:
 
 * the daemon's ``PromptMemo`` (one per ``Session``): digest -> token array,
   an LRU bounded by its tokens (``Limits.max_memo_tokens``, counted against
-  nothing else; the memory it keeps is at most twice that: ``PromptMemo``).
+  nothing else; each prompt held in its own ``bytes``: ``PromptMemo``).
   A memo request names every prompt by its digest and says
   which prompts come with their tokens (payload segments): those are
   (re)inserted, the others are resolved from the memo. A digest it does not
@@ -29,21 +29,17 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
-from operator import attrgetter, is_, itemgetter
+from collections.abc import Sequence
+from operator import itemgetter
 from typing import Generic, TypeVar
 
 import numpy as np
 
 from kvstore.errors import UnknownPrompt
 from kvstore.prefix_index.query_bytes import bytes_tokens
-from kvstore.tokens import TOKEN_DTYPE
 from kvstore.transport.digest_batch import DigestBatch
 
 V = TypeVar("V")
-
-
-_BASE = attrgetter("base")
 
 
 class PromptBatch(tuple):
@@ -69,8 +65,6 @@ class TokenLRU(Generic[V]):
         self.max_tokens = max_tokens
         self.tokens = 0  # the cost of the entries held
         self._entries: OrderedDict[bytes, tuple[int, V]] = OrderedDict()
-        # called with each value evicted or replaced (the memo lets go of its buffer)
-        self._on_drop: Callable[[V], None] | None = None
         # (digests' blob, result) of the last batch walked whole with every prompt held,
         # while nothing changed since: the same batch again moves nothing (each of its keys
         # is already most recent, in its order) and gets the same result (``repeat``)
@@ -90,21 +84,16 @@ class TokenLRU(Generic[V]):
         """``put`` given the tokens held (``self.tokens`` as a batch's loop keeps it in a
         local): the tokens held after."""
         cost = length if length > 0 else 1
-        entries, dropped = self._entries, self._on_drop
+        entries = self._entries
         self._repeat = None
         old = entries.pop(key, None)
         if old is not None:
             tokens -= old[0]
-            if dropped is not None:
-                dropped(old[1])
         if cost > self.max_tokens:
             return tokens
         tokens += cost
         while tokens > self.max_tokens:
-            gone = entries.popitem(last=False)[1]
-            tokens -= gone[0]
-            if dropped is not None:
-                dropped(gone[1])
+            tokens -= entries.popitem(last=False)[1][0]
         entries[key] = (cost, value)
         return tokens
 
@@ -118,7 +107,7 @@ class TokenLRU(Generic[V]):
         recent go until the rest fit. What the puts one by one leave (each keeps the longest
         run of most recent entries that fits: no key goes out again to make room after the
         fact), with one eviction pass instead of one a put."""
-        entries, dropped, bound = self._entries, self._on_drop, self.max_tokens
+        entries, bound = self._entries, self.max_tokens
         self._repeat = None
         tokens = self.tokens
         for key, length, value in zip(keys, lengths, values):
@@ -127,10 +116,7 @@ class TokenLRU(Generic[V]):
                 entries[key] = (cost, value)
                 tokens += cost
         while tokens > bound:
-            gone = entries.popitem(last=False)[1]
-            tokens -= gone[0]
-            if dropped is not None:
-                dropped(gone[1])
+            tokens -= entries.popitem(last=False)[1][0]
         self.tokens = tokens
 
     def get(self, key: bytes) -> V | None:
@@ -162,28 +148,19 @@ def _own(tokens: np.ndarray) -> np.ndarray:
 class PromptMemo(TokenLRU[np.ndarray]):
     """The daemon's memo of one connection: digest -> the token array sent with it.
 
-    A carried prompt is kept as it arrived, a view of its request's one buffer
-    (no copy: a batch of new prompts costs what a plain request costs); the
-    first request that names it by digest copies it into its own ``bytes``
-    (``bytes_tokens``: the copy a plain lookup makes anyway to walk the tree,
-    made once; the walks take those bytes as they are). A buffer lives while
-    one of its prompts views it, so the memory held is at most twice the
-    bound: a buffer whose viewing prompts fall under half of it (the others
-    evicted or copied out) has them copied out at the end of the request.
+    A carried prompt is copied out of its request's buffer into its own
+    ``bytes`` as it arrives (``bytes_tokens``): the copy a plain lookup makes
+    anyway to walk the tree (``query_bytes``), made here once, so the walks
+    take those bytes as they are, the tree keeps their answers
+    (``AnswerCache``), the request's buffer is let go at once, and the memory
+    held is the prompts' own: ``max_tokens`` x 4 bytes at most.
     """
-
-    def __init__(self, max_tokens: int):
-        super().__init__(max_tokens)
-        # id(buffer) -> [buffer, the tokens of the held prompts viewing it]
-        self._buffers: dict[int, list] = {}
-        self._touched: set[int] = set()  # buffers that lost a viewing prompt this request
-        self._on_drop = self._dropped
 
     def resolve(self, batch: DigestBatch, carried: bytes,
                 arrays: Sequence[np.ndarray]) -> PromptBatch:
-        """Every prompt's tokens, in order: ``arrays`` (the segments, views of one buffer)
-        for the prompts whose ``carried`` flag is 1 (held from now on), the memo's for the
-        others. ``UnknownPrompt`` (the memo emptied) for a digest it does not hold.
+        """Every prompt's tokens, in order: ``arrays`` (the segments) for the prompts whose
+        ``carried`` flag is 1 (held from now on), the memo's for the others.
+        ``UnknownPrompt`` (the memo emptied) for a digest it does not hold.
 
         A batch named whole by digests that repeats the last one (a scheduler's next step,
         nothing sent in between) gets the very same ``PromptBatch`` back, so that what the
@@ -196,37 +173,25 @@ class PromptMemo(TokenLRU[np.ndarray]):
             out = self._named(batch.keys)
             self._repeat = (batch.blob, out)
             return out
-        self._repeat = None
+        owned = list(map(_own, arrays))
         digests = batch.keys
-        self._hold_views(arrays)
-        if len(arrays) == len(digests) and self.fresh(digests):  # all new: one eviction pass
-            self._put_new(digests, map(len, arrays), arrays)
-            if self._touched:
-                self._release()
-            return PromptBatch(arrays)
-        out = self._walk(digests, carried, arrays)
-        if self._touched:
-            self._release()
-        return out
+        if len(owned) == len(digests) and self.fresh(digests):  # all new: one eviction pass
+            self._put_new(digests, map(len, owned), owned)
+            return PromptBatch(owned)
+        return self._walk(digests, carried, owned)
 
     def _named(self, digests: list[bytes]) -> PromptBatch:
-        """``resolve`` of a batch that carries no tokens: each prompt from the memo, into its
-        own bytes (every one of them, so the tuple can be kept and given out again)."""
-        if not self._buffers:  # no prompt held views a request's buffer: C-level passes
-            got = list(map(self._entries.get, digests))
-            if None not in got:
-                values = list(map(itemgetter(1), got))
-                if all(map(is_, map(type, map(_BASE, values)), itertools.repeat(bytes))):
-                    deque(map(self._entries.move_to_end, digests), maxlen=0)  # ``get`` each
-                    return PromptBatch(values)
-        out = self._walk(digests, bytes(len(digests)), ())
-        if self._touched:
-            self._release()
-        return out
+        """``resolve`` of a batch that carries no tokens (C-level passes)."""
+        entries = self._entries
+        got = list(map(entries.get, digests))
+        if None in got:
+            return self._walk(digests, bytes(len(digests)), ())  # raises UnknownPrompt
+        deque(map(entries.move_to_end, digests), maxlen=0)  # ``get`` of each, in order
+        return PromptBatch(map(itemgetter(1), got))
 
     def _walk(self, digests: list[bytes], carried: bytes,
               arrays: Sequence[np.ndarray]) -> PromptBatch:
-        """``resolve``, one prompt at a time (the tokens held before ``_release``)."""
+        """``resolve``, one prompt at a time, ``arrays`` already in their own bytes."""
         out: list[np.ndarray] = []
         segments = iter(arrays)
         entries, put = self._entries, self._put
@@ -244,62 +209,9 @@ class PromptMemo(TokenLRU[np.ndarray]):
                                     "connection's memo (never sent here, or evicted): "
                                     "send its tokens")
             entries.move_to_end(key)  # ``get``, inline: this loop runs once a prompt a step
-            value = entry[1]
-            if type(value.base) is not bytes:  # asked for again: into its own bytes, once
-                self._dropped(value)
-                value = _own(value)
-                entries[key] = (entry[0], value)
-            out.append(value)
+            out.append(entry[1])
         self.tokens = tokens
         return PromptBatch(out)
-
-    def _hold_views(self, arrays: Sequence[np.ndarray]) -> None:
-        """Count the carried prompts that view a buffer against it (before they are put:
-        a prompt evicted or replaced is counted off), and check the buffer of those never
-        held (over the bound)."""
-        buffers, bound = self._buffers, self.max_tokens
-        last, held = None, None  # the buffer of the previous prompt (the usual one)
-        for value in arrays:
-            base = value.base
-            if base is None:
-                continue
-            if len(value) > bound:  # never held: its buffer is checked
-                self._touched.add(id(base))
-                continue
-            if base is not last:
-                held = buffers.get(id(base))
-                if held is None:
-                    held = buffers[id(base)] = [base, 0]
-                last = base
-            held[1] += len(value)
-
-    def _dropped(self, value: np.ndarray) -> None:
-        base = value.base
-        if base is not None and type(base) is not bytes:
-            self._buffers[id(base)][1] -= len(value)
-            self._touched.add(id(base))
-
-    def _release(self) -> None:
-        """Let go of each buffer no prompt views; copy out the prompts of those that less
-        than half of them view."""
-        buffers = self._buffers
-        for ident in self._touched:
-            if ident not in buffers:  # no prompt held views it
-                continue
-            base, views = buffers[ident]
-            if views and 2 * views < base.nbytes // TOKEN_DTYPE.itemsize:
-                for key, (cost, value) in list(self._entries.items()):
-                    if value.base is base:
-                        self._entries[key] = (cost, _own(value))
-                views = 0
-            if not views:
-                del buffers[ident]
-        self._touched.clear()
-
-    def clear(self) -> None:
-        super().clear()
-        self._buffers.clear()
-        self._touched.clear()
 
 
 class PromptMirror(TokenLRU[bool]):

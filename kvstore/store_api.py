@@ -306,6 +306,7 @@ class ManagedStore(LeasingStore, Protocol):
 
     read_only: bool
     may_block: bool
+    evicts_ahead: bool  # ``make_room`` frees room ahead of writes
     pin_budget_bytes: int
     pinned_bytes: int
 
@@ -321,6 +322,10 @@ class ManagedStore(LeasingStore, Protocol):
         """Bytes of namespace ``ns``'s distinct pinned blocks (pins that overlap share blocks)."""
 
     def evict(self, ns: bytes, tokens=None, extra: bytes = b"") -> EvictResult: ...
+
+    def make_room(self, ns: bytes, nblocks: int) -> int:
+        """Evict ahead of a write: room for ``nblocks`` blocks of ``ns`` in the arena (a
+        bounded share of it); the blocks of room free now."""
 
     def policy_names(self) -> dict[str, str]:
         """``tier name -> policy name``."""

@@ -44,6 +44,7 @@ from kvstore.transport.limits import Limits
 from kvstore.transport.lookup_batch import read_lookups
 from kvstore.transport.memo_budget import MemoBudget
 from kvstore.transport.messages import Op, Reply, Request
+from kvstore.transport.room_ahead import RoomAhead
 from kvstore.transport.session import Payload, Session, WrittenPrefix
 from kvstore.transport.stats_wire import ServerStats, stats_to_wire
 
@@ -74,6 +75,7 @@ class StoreOps:
         self.auth = auth
         self.server_name = server_name
         self.executor = executor
+        self.room_ahead = RoomAhead(store, executor) if store.evicts_ahead else None
         self.server_stats = server_stats
         self.cluster: ClusterHook | None = None  # set by the cluster service
         self.handlers: dict[Op, Handler] = {
@@ -109,7 +111,10 @@ class StoreOps:
         With an SSD tier, making room may wait for the SSD writer (a full
         staging buffer): that wait must not stall every other connection.
         """
-        return await self._lease_off_loop(self.store.lease_write, ns, tokens, extra)
+        lease = await self._lease_off_loop(self.store.lease_write, ns, tokens, extra)
+        if self.room_ahead is not None:  # evicts for the next write during the copy
+            self.room_ahead.ask(ns, len(lease.slots))
+        return lease
 
     async def _lease_off_loop(self, take: Callable[..., Lease], ns: bytes, tokens,
                               extra: bytes) -> Lease:

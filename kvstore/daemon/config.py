@@ -71,6 +71,9 @@ GiB = 1 << 30
 CPU_CAP = 64 * GiB
 SSD_CAP = 256 * GiB
 MIN_CPU = 64 << 20
+# The daemon frees room ahead of writes while a client copies (``transport.room_ahead``):
+# at most a sixteenth of the CPU tier (``[store] evict_ahead_share``; 0 turns it off).
+EVICT_AHEAD_SHARE = 16
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _SCALARS = (
     "admin", "admin_token_file", "pin_budget", "metrics", "cpu_bytes", "ssd_dir", "ssd_bytes",
@@ -248,6 +251,7 @@ class DaemonConfig:
         settings.setdefault("tenant_ssd_bytes", self.tenant_ssd_bytes)
         settings.setdefault("write_behind_seconds", self.write_behind_seconds)
         settings.setdefault("write_lease_seconds", self.write_lease_seconds)
+        settings.setdefault("evict_ahead_share", EVICT_AHEAD_SHARE)
         if self.pin_budget is not None:
             settings.update(pin_budget_bytes=self.pin_budget)
         if self.ssd_enabled:

@@ -65,6 +65,10 @@ class StoreConfig:
     # every put reaches the SSD tier within about this lag (0, the embedded default: only on
     # eviction/flush; the daemon's default is 1 s, kvstore.daemon.config)
     write_behind_seconds: float = 0.0
+    # room a write frees ahead of the next one (``DataPath.make_room``): at most 1/share of
+    # the CPU tier (0, the embedded default: evict only when room is needed; the daemon's
+    # default is 16, kvstore.daemon.config: it evicts during the client's copy)
+    evict_ahead_share: int = 0
 
     def __post_init__(self) -> None:
         for name in _SIZE_FIELDS:
@@ -74,6 +78,8 @@ class StoreConfig:
         if self.pin_budget_bytes in (None, ""):
             self.pin_budget_bytes = self.cpu_bytes // 4
         self.pin_budget_bytes = parse_size(self.pin_budget_bytes)
+        if self.evict_ahead_share < 0:
+            raise InvalidArgument("evict_ahead_share must be >= 0 (0: off)")
         if self.demotion_threads < 1:
             raise InvalidArgument("demotion_threads must be >= 1")
         if self.ssd_bytes and not self.ssd_dir:

@@ -84,6 +84,35 @@ class DataPath:
             return self._leases.open(nst, m.node, tier, (first + len(slots)) * bt, slots, first,
                                      True, arr, extra, keys, expires)
 
+    def make_room(self, ns: bytes, nblocks: int, tier: MemoryTier) -> int:
+        """Evict ahead of the next write: free room for ``nblocks`` blocks of ``ns`` in
+        ``tier`` (at most ``1 / config.evict_ahead_share`` of it: what evicting early may
+        cost the hit rate), made now so that the write lease finds free slots instead of
+        evicting inline. The room is made the way a write
+        makes it (slots allocated by the tier's policy, fairness and quotas, then freed):
+        the same blocks go as would go at that write, a little earlier. Returns the blocks
+        of room now free there (0 on a closed or read-only store, or with the share 0)."""
+        share = self.config.evict_ahead_share
+        if share <= 0:
+            return 0
+        with self._lock:
+            if self._is_closed() or self._read_only():
+                return 0
+            nst = self._namespaces.get(ns)
+            size = nst.spec.block_bytes
+            want = min(nblocks, tier.capacity_bytes // size // share)
+            slots = []
+            try:
+                for _ in range(want):
+                    slot = self._tiers.alloc(tier, size, nst.spec.tenant)
+                    if slot is None:
+                        break
+                    slots.append(slot)
+            finally:
+                for slot in slots:
+                    tier.free(slot)
+            return len(slots)
+
     def _check_quota(self, tier: MemoryTier, nst: NamespaceState, nblocks: int) -> None:
         """A write that can never fit its tenant's CPU quota is refused (not half stored)."""
         if tier is not self._cpu or nblocks <= 0:

@@ -346,6 +346,17 @@ class TieredStore:
         bt = self._namespaces.get(ns).spec.block_tokens  # a spec never changes: no lock
         return self._path.write_lease(ns, arr[: len(arr) // bt * bt], extra, self._cpu).lease
 
+    @property
+    def evicts_ahead(self) -> bool:
+        """Whether ``make_room`` frees anything (``StoreConfig.evict_ahead_share`` > 0)."""
+        return self._path.config.evict_ahead_share > 0
+
+    def make_room(self, ns: bytes, nblocks: int) -> int:
+        """Free room for ``nblocks`` blocks of ``ns`` in the CPU arena ahead of the next
+        write (``DataPath.make_room``: the daemon calls it off the event loop while a
+        client copies into the slots it was just leased)."""
+        return self._path.make_room(ns, nblocks, self._cpu)
+
     def commit_lease(self, lease_id: int) -> int:
         return self._path.commit_lease(lease_id)
 

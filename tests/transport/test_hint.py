@@ -9,6 +9,7 @@ process (tcp and shm), on the raw wire, and with the daemon gone.
 from __future__ import annotations
 
 import asyncio
+import os
 
 import numpy as np
 import pytest
@@ -167,7 +168,13 @@ def test_raw_hint_frames(small_daemon):
 # -- a real daemon process ---------------------------------------------------------------
 @pytest.mark.integration
 def test_hints_against_a_real_daemon_over_tcp_and_shm(sockdir):
-    d = DaemonProc(daemon_args(sockdir, ("shm", "tcp"), "--cpu-bytes", str(CAPACITY * 4096)))
+    # evictions exactly when room is needed (the daemon's evict-ahead off): the checks time
+    # each eviction to the block (with it on, the same blocks go in the same order, earlier)
+    config = os.path.join(sockdir, "kvstore.toml")
+    with open(config, "w") as f:
+        f.write("[store]\nevict_ahead_share = 0\n")
+    d = DaemonProc(daemon_args(sockdir, ("shm", "tcp"), "--cpu-bytes", str(CAPACITY * 4096),
+                               "--config", config))
     try:
         for carrier in ("tcp", "shm"):
             with RemoteStore.connect(d.url(carrier), timeout=10, strict=True) as rs:

@@ -30,8 +30,8 @@ import numpy as np
 from kvstore.errors import InvalidArgument
 from kvstore.prefix_index.answer_cache import AnswerCache, cacheable
 from kvstore.prefix_index.block import BlockMeta
+from kvstore.prefix_index.byte_walk import cached_by_bytes
 from kvstore.prefix_index.node import RadixNode
-from kvstore.prefix_index.query_bytes import query_bytes
 from kvstore.tokens import TOKEN_DTYPE, as_tokens
 
 _EMPTY = np.empty(0, dtype=TOKEN_DTYPE)
@@ -137,11 +137,8 @@ class RadixTree:
 
         ``query`` must already be 1-D uint32 (``as_tokens``): this is the hot
         path of lookups (one per waiting request and scheduler step), so it
-        walks the same edges as ``match`` but collects no blocks and touches
-        nothing: the query's bytes are made once (none are made for a query
-        that views a whole ``bytes`` object: ``query_bytes``), and each edge is
-        compared with one ``memcmp`` against the node's kept ``edge_bytes``.
-        A prompt its caller keeps (an array over its own ``bytes``: the prompt
+        walks the same edges as ``match`` by their bytes (``byte_walk``),
+        collecting no blocks and touching nothing. A prompt its caller keeps (an array over its own ``bytes``: the prompt
         memo's) has its answer kept too, reused while the tree is unchanged
         (``answer_cache``).
         """
@@ -185,37 +182,8 @@ class RadixTree:
         return known
 
     def _walk(self, query: np.ndarray, extra: bytes) -> int:
-        """``cached_tokens`` by walking the tree."""
-        node = self._roots.get(extra)
-        if node is None:
-            return 0
-        bt = self.block_tokens
-        step = bt * TOKEN_DTYPE.itemsize  # one block's bytes
-        raw = query_bytes(query)
-        end = (len(raw) // step) * step  # whole blocks only
-        at = 0
-        while at < end:
-            child = node.children.get(raw[at : at + step])
-            if child is None:
-                break
-            edge = child.edge_bytes
-            if len(edge) <= end - at:
-                if not raw.startswith(edge, at):
-                    break  # a mismatch inside this edge: found below
-                at += len(edge)
-                node = child
-                continue
-            if edge.startswith(raw[at:end]):  # the query ends inside this edge
-                return end // TOKEN_DTYPE.itemsize
-            break
-        else:
-            return at // TOKEN_DTYPE.itemsize
-        if child is None:
-            return at // TOKEN_DTYPE.itemsize
-        pos = at // TOKEN_DTYPE.itemsize  # locate the first differing token of the edge
-        n = min(len(child.tokens), end // TOKEN_DTYPE.itemsize - pos)
-        first = int((child.tokens[:n] != query[pos : pos + n]).argmax())
-        return pos + first // bt * bt
+        """``cached_tokens`` by walking the tree (``byte_walk``)."""
+        return cached_by_bytes(self._roots.get(extra), self.block_tokens, query)
 
     def lock(self, node: RadixNode | None) -> None:
         while node is not None:

@@ -25,9 +25,10 @@ block until it is installed, so nothing else reads or frees it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from itertools import repeat
 from typing import Protocol
 
 from kvstore.errors import InvalidArgument
@@ -43,7 +44,7 @@ from kvstore.store.store_lock import StoreLock
 from kvstore.store.tier_set import TierSet
 from kvstore.store.write_back import WriteBack
 from kvstore.store_api import Alloc, ArenaSlot, Lease
-from kvstore.tokens import as_tokens
+from kvstore.tokens import as_tokens, as_tokens_many
 
 
 @dataclass
@@ -113,6 +114,25 @@ def cached_tokens(tiers: TierSet, nst: NamespaceState, tokens, extra: bytes) -> 
     if tiers.lost:
         return match_prefix(tiers, nst, tokens, extra, False).num_tokens
     return nst.tree.cached_tokens(tokens, extra)
+
+
+def cached_tokens_many(tiers: TierSet, nst: NamespaceState, tokens_list: Sequence,
+                       extras: Sequence[bytes] | None) -> tuple[list[int], int]:
+    """``cached_tokens`` of each token array (``as_tokens``'d here when needed) and the
+    whole blocks they ask about together. A batch of kept prompts (a scheduler's next step
+    over the prompt memo) is answered from the tree's kept answers, with no pass a prompt
+    in Python; the caller's objects are checked only when something must be walked."""
+    plain = extras is None or not any(extras)
+    kept = nst.tree.kept_answers(tokens_list) if plain and not tiers.lost else None
+    if kept is not None:
+        return kept
+    arrs = as_tokens_many(tokens_list)
+    if plain and not tiers.lost:
+        found = nst.tree.cached_tokens_many(arrs)
+    else:
+        found = [cached_tokens(tiers, nst, arr, bytes(e))
+                 for arr, e in zip(arrs, extras or repeat(b""))]
+    return found, nst.tree.whole_blocks(arrs)
 
 
 class ReadPath:

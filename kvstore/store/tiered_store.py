@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from itertools import repeat
 
 from kvstore.errors import InvalidArgument, StorageError
 from kvstore.namespace_spec import NamespaceSpec
@@ -46,7 +45,7 @@ from kvstore.store.namespace_table import NamespaceTable
 from kvstore.store.operator_controls import OperatorControls
 from kvstore.store.promotion import Promoter
 from kvstore.store.quotas import Quotas, tenant_usage
-from kvstore.store.read_path import ReadPath, cached_tokens, match_prefix
+from kvstore.store.read_path import ReadPath, cached_tokens, cached_tokens_many, match_prefix
 from kvstore.store.ssd_side import SSDSide
 from kvstore.store.store_lock import StoreLock
 from kvstore.store.tenant_arenas import TenantArena
@@ -64,7 +63,7 @@ from kvstore.store_api import (
     StoreStats,
     TierStats,
 )
-from kvstore.tokens import as_tokens, as_tokens_many
+from kvstore.tokens import as_tokens
 
 log = logging.getLogger("kvstore.store")
 
@@ -166,28 +165,14 @@ class TieredStore:
     def lookup_many(self, ns: bytes, tokens_list: Sequence, extras: Sequence[bytes] | None = None,
                     ) -> list[int]:
         """``lookup`` of each token array, under one acquisition of the lock (the lookup
-        counters move once for the whole batch). A batch of kept prompts (a scheduler's
-        next step over the prompt memo) is answered from the tree's kept answers, with no
-        pass a prompt in Python."""
+        counters move once for the whole batch; ``read_path.cached_tokens_many``)."""
         if extras is not None and len(extras) != len(tokens_list):
             raise InvalidArgument("lookup_many: one extra per token array")
-        if not isinstance(tokens_list, (list, tuple)):  # walked twice below
+        if not isinstance(tokens_list, (list, tuple)):  # walked twice
             tokens_list = list(tokens_list)
-        plain = extras is None or not any(extras)
         with self._lock:
             nst = self._namespaces.get(ns)
-            tiers = self._tiers
-            kept = nst.tree.kept_answers(tokens_list) if plain and not tiers.lost else None
-            if kept is not None:
-                found, asked = kept
-            else:
-                arrs = as_tokens_many(tokens_list)
-                if plain and not tiers.lost:
-                    found = nst.tree.cached_tokens_many(arrs)
-                else:
-                    found = [cached_tokens(tiers, nst, arr, bytes(e))
-                             for arr, e in zip(arrs, extras or repeat(b""))]
-                asked = nst.tree.whole_blocks(arrs)
+            found, asked = cached_tokens_many(self._tiers, nst, tokens_list, extras)
             self._reads.counts.lookup(nst, sum(found) // nst.spec.block_tokens, asked)
             return found
 
